@@ -1,0 +1,48 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+let package = Package(
+    name: "Disco",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "discod", targets: ["discod"]),
+        .executable(name: "FuzzWire", targets: ["FuzzWire"]),
+        .executable(name: "FuzzZone", targets: ["FuzzZone"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
+    ],
+    targets: [
+        .target(name: "CShims"),
+        .target(name: "DNSWire"),
+        .target(name: "DNSZone", dependencies: ["DNSWire"]),
+        .target(
+            name: "DNSServer",
+            dependencies: [
+                "DNSWire", "DNSZone", "CShims",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
+            name: "Daemon",
+            dependencies: [
+                "DNSServer", "DNSZone", "DNSWire", "CShims",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(name: "discod", dependencies: ["Daemon"]),
+        .executableTarget(name: "FuzzWire", dependencies: ["DNSWire", "DNSZone"]),
+        .executableTarget(name: "FuzzZone", dependencies: ["DNSZone"]),
+        .testTarget(name: "DNSWireTests", dependencies: ["DNSWire"]),
+        .testTarget(name: "DNSZoneTests", dependencies: ["DNSZone", "DNSWire"], resources: []),
+        .testTarget(name: "DNSServerTests", dependencies: ["DNSServer", "DNSZone", "DNSWire", "CShims"]),
+        .testTarget(name: "DaemonTests", dependencies: ["Daemon", "DNSWire", "CShims"]),
+    ]
+)

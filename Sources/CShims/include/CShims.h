@@ -1,0 +1,56 @@
+#ifndef DISCO_CSHIMS_H
+#define DISCO_CSHIMS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+
+/// A preallocated batch of UDP datagrams for recvmmsg/sendmmsg.
+///
+/// Every buffer, address and control block is allocated once in `disco_udp_batch_create`;
+/// receiving and sending reuse them, so the UDP loop does not allocate per datagram.
+/// The control blocks carry IP_PKTINFO / IPV6_PKTINFO so that a socket bound to a wildcard
+/// address answers from the address the query was sent to.
+typedef struct disco_udp_batch disco_udp_batch;
+
+disco_udp_batch *disco_udp_batch_create(unsigned count, unsigned in_bytes, unsigned out_bytes);
+void disco_udp_batch_destroy(disco_udp_batch *batch);
+
+/// Receives up to `count` datagrams (blocking for the first one, then whatever is queued).
+/// Returns the number received, 0 on a timeout or EINTR, or -errno.
+int disco_udp_batch_recv(int fd, disco_udp_batch *batch);
+
+/// Sends the responses whose length was set with `disco_udp_batch_set_out_length`
+/// (entries with length 0 are skipped). Returns the number sent or -errno.
+int disco_udp_batch_send(int fd, disco_udp_batch *batch, unsigned received);
+
+uint8_t *disco_udp_batch_in(disco_udp_batch *batch, unsigned index);
+unsigned disco_udp_batch_in_length(const disco_udp_batch *batch, unsigned index);
+uint8_t *disco_udp_batch_out(disco_udp_batch *batch, unsigned index);
+unsigned disco_udp_batch_out_capacity(const disco_udp_batch *batch);
+void disco_udp_batch_set_out_length(disco_udp_batch *batch, unsigned index, unsigned length);
+/// The client's address of datagram `index`, as sockaddr (sockaddr_in or sockaddr_in6).
+const struct sockaddr *disco_udp_batch_peer(const disco_udp_batch *batch, unsigned index);
+
+/// Opens a UDP socket bound to `address` (sockaddr_in/in6) with SO_REUSEPORT, packet-info
+/// reception and a receive timeout, so a worker can notice shutdown. Returns fd or -errno.
+int disco_udp_socket(const struct sockaddr *address, socklen_t length, int receive_timeout_ms,
+                     int receive_buffer_bytes);
+
+/// The port a socket is bound to (host byte order), or -errno.
+int disco_socket_port(int fd);
+
+/// Parses "a.b.c.d" or an IPv6 literal with a port into a sockaddr_storage.
+/// Returns the sockaddr length or 0 if the text is not an address.
+socklen_t disco_parse_address(const char *host, uint16_t port, struct sockaddr_storage *out);
+
+/// Formats a sockaddr as "host:port" / "[host]:port" into `out`; returns its length.
+int disco_format_address(const struct sockaddr *address, char *out, size_t capacity);
+
+/// Sends a notification to systemd (sd_notify protocol) if NOTIFY_SOCKET is set.
+/// Returns 1 if sent, 0 if not under systemd, -errno on error.
+int disco_sd_notify(const char *state);
+
+#endif

@@ -1,0 +1,484 @@
+import DNSWire
+import DNSZone
+
+/// How a query arrived; decides the size limit and minimal ANY.
+public enum Transport: Sendable {
+    case udp
+    case tcp
+}
+
+/// The query pipeline: parse the question and EDNS, pick the zone, look up, encode.
+///
+/// Synchronous and allocation-free in the steady state (DESIGN.md contract): it reads the
+/// query from the caller's buffer, writes the response into the caller's buffer, and uses only
+/// scratch memory allocated once per instance. One instance per worker thread; not shared.
+///
+/// The order of the pipeline lives here: header checks → question → EDNS → class/type
+/// checks → zone → lookup (CNAME/DNAME chase) → sections → OPT.
+public final class Answerer {
+    /// Our advertised and maximum UDP payload (DNS Flag Day 2020: 1232 avoids fragmentation).
+    public static let udpPayloadBytesMax = 1232
+    /// CNAME/DNAME links followed inside served zones before answering with what we have.
+    public static let cnameChainLengthMax = 8
+    /// Responses are never larger than this (TCP's 16-bit length).
+    public static let responseBytesMax = Message.messageBytesMax
+
+    private let lowercasedName: UnsafeMutableRawPointer
+    private let scratch: UnsafeMutableRawPointer
+    private let compressionTable: UnsafeMutablePointer<UInt16>
+    /// The UDP payload size we advertise in OPT; ≤ `udpPayloadBytesMax`.
+    public let udpPayloadBytes: Int
+
+    public init(udpPayloadBytes: Int = Answerer.udpPayloadBytesMax) {
+        precondition(udpPayloadBytes >= EDNS.udpPayloadBytesMin && udpPayloadBytes <= Answerer.responseBytesMax)
+        lowercasedName = .allocate(byteCount: DomainName.nameBytesMax + 2, alignment: 8)
+        scratch = .allocate(byteCount: DomainName.nameBytesMax + 2, alignment: 8)
+        compressionTable = .allocate(capacity: WireWriter.compressionEntriesMax)
+        self.udpPayloadBytes = udpPayloadBytes
+    }
+
+    deinit {
+        lowercasedName.deallocate()
+        scratch.deallocate()
+        compressionTable.deallocate()
+    }
+
+    /// Answers one query. Returns the response length, or 0 when the packet is to be dropped
+    /// (too short to answer, or itself a response).
+    public func answer(query: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer,
+                       view: View, transport: Transport) -> Int {
+        guard query.count >= Message.headerBytes, output.count >= Message.udpMessageBytesClassic else { return 0 }
+        var reader = WireReader(query)
+        let id = (try? reader.u16()) ?? 0
+        let queryFlags = HeaderFlags(rawValue: (try? reader.u16()) ?? 0)
+        guard !queryFlags.qr else { return 0 }  // never answer a response: no loops
+        let qdcount = (try? reader.u16()) ?? 0
+        let ancount = (try? reader.u16()) ?? 0
+        let nscount = (try? reader.u16()) ?? 0
+        let arcount = (try? reader.u16()) ?? 0
+
+        var writer = WireWriter(buffer: UnsafeMutableRawBufferPointer(rebasing: output[0..<min(output.count, Self.responseBytesMax)]),
+                                compressionTable: compressionTable)
+        var flags = HeaderFlags(rawValue: 0)
+        flags.qr = true
+        flags.opcode = queryFlags.opcode
+        flags.rd = queryFlags.rd
+        flags.cd = queryFlags.cd
+
+        // The question: only a well-formed, single one is answered.
+        var questionEnd = 0
+        var nameLength = 0
+        var qtype = RRType(0)
+        var qclass = RRClass(rawValue: 0)
+        var questionOK = false
+        if qdcount == 1 {
+            let nameStart = reader.offset
+            if let length = try? reader.name(into: lowercasedName, lowercase: true),
+               let type = try? reader.u16(), let rrClass = try? reader.u16() {
+                nameLength = length
+                qtype = RRType(type)
+                qclass = RRClass(rawValue: rrClass)
+                questionEnd = reader.offset
+                // A compressed question name cannot be echoed verbatim.
+                questionOK = questionEnd - nameStart == nameLength + 4
+            }
+        }
+        guard questionOK else {
+            return error(.formErr, id: id, flags: flags, query: query, questionEnd: 0, edns: nil,
+                         transport: transport, writer: &writer)
+        }
+
+        // EDNS: skip answer and authority, find the OPT in the additional section.
+        var edns: ClientEDNS?
+        var formErr = false
+        do throws(WireError) {
+            for _ in 0..<(Int(ancount) + Int(nscount)) { try skipRecord(&reader) }
+            for _ in 0..<arcount {
+                let ownerAt = reader.offset
+                try reader.skipName()
+                let ownerIsRoot = reader.offset - ownerAt == 1
+                let type = try reader.u16()
+                let rrClass = try reader.u16()
+                let ttl = try reader.u32()
+                let length = Int(try reader.u16())
+                try reader.skip(length)
+                if type == RRType.opt.rawValue {
+                    guard edns == nil, ownerIsRoot else { formErr = true; break }
+                    edns = ClientEDNS(payload: rrClass, version: UInt8((ttl >> 16) & 0xFF), dnssecOK: ttl & 0x8000 != 0)
+                }
+            }
+        } catch {
+            formErr = true
+        }
+        if formErr {
+            return error(.formErr, id: id, flags: flags, query: query, questionEnd: questionEnd, edns: edns,
+                         transport: transport, writer: &writer)
+        }
+        guard queryFlags.opcode == .query else {
+            return error(.notImp, id: id, flags: flags, query: query, questionEnd: questionEnd, edns: edns,
+                         transport: transport, writer: &writer)
+        }
+        if let edns, edns.version != 0 {
+            // RFC 6891 §6.1.3: an unsupported version gets BADVERS, with our version (0).
+            return error(.badVers, id: id, flags: flags, query: query, questionEnd: questionEnd, edns: edns,
+                         transport: transport, writer: &writer)
+        }
+        if qclass != .in && qclass != .any {
+            return error(.refused, id: id, flags: flags, query: query, questionEnd: questionEnd, edns: edns,
+                         transport: transport, writer: &writer)
+        }
+        if qtype == .axfr || qtype == .ixfr {
+            // Zone transfers are not offered.
+            return error(.refused, id: id, flags: flags, query: query, questionEnd: questionEnd, edns: edns,
+                         transport: transport, writer: &writer)
+        }
+        if qtype.isMetaType && qtype != .any {
+            return error(.formErr, id: id, flags: flags, query: query, questionEnd: questionEnd, edns: edns,
+                         transport: transport, writer: &writer)
+        }
+        let name = UnsafeRawBufferPointer(start: lowercasedName, count: nameLength)
+        guard let zone = view.zone(containing: name) else {
+            return error(.refused, id: id, flags: flags, query: query, questionEnd: questionEnd, edns: edns,
+                         transport: transport, writer: &writer)
+        }
+
+        writer.reset(capacity: limit(transport: transport, edns: edns, output: output.count))
+        // Room for our OPT is kept back while the sections are written.
+        let optBytes = edns == nil ? 0 : EDNS.optRecordBytesMin
+        writer.capacity -= optBytes
+        writeHeaderAndQuestion(id: id, query: query, questionEnd: questionEnd, writer: &writer)
+        let afterQuestion = writer.mark
+
+        var counts = SectionCounts()
+        var rcode = RCode.noError
+        var aa = true
+        do throws(WireOverflow) {
+            (rcode, aa) = try resolve(zone: zone, qtype: qtype, view: view, transport: transport,
+                                      counts: &counts, writer: &writer)
+        } catch {
+            // RFC 2181 §9: a required section that does not fit sets TC; nothing partial is sent.
+            writer.rollback(to: afterQuestion)
+            counts = SectionCounts()
+            flags.tc = true
+            rcode = .noError
+        }
+        flags.aa = aa && !flags.tc
+        writer.capacity += optBytes
+        return finish(flags: flags, rcode: rcode, counts: counts, edns: edns, writer: &writer)
+    }
+
+    // MARK: - Resolution
+
+    private struct SectionCounts {
+        var answer: UInt16 = 0
+        var authority: UInt16 = 0
+        var additional: UInt16 = 0
+    }
+
+    private struct ClientEDNS {
+        var payload: UInt16
+        var version: UInt8
+        var dnssecOK: Bool
+    }
+
+    /// Runs the lookup, following CNAMEs and DNAMEs inside served zones, and writes the answer
+    /// and authority sections (throwing on overflow) and the additional section (best effort).
+    private func resolve(zone startZone: Zone, qtype: RRType, view: View, transport: Transport,
+                         counts: inout SectionCounts, writer: inout WireWriter) throws(WireOverflow) -> (RCode, Bool) {
+        var zone = startZone
+        var owner = Owner.offset(Message.headerBytes)
+        var nameLength = 0
+        while lowercasedName.load(fromByteOffset: nameLength, as: UInt8.self) != 0 {
+            nameLength += 1 + Int(lowercasedName.load(fromByteOffset: nameLength, as: UInt8.self))
+        }
+        nameLength += 1
+        var chain = 0
+        while true {
+            let name = UnsafeRawBufferPointer(start: lowercasedName, count: nameLength)
+            switch zone.lookup(name, type: qtype, scratch: scratch) {
+            case .answer(let nodeIndex, let rrsetIndex, _):
+                let node = zone.nodes[Int(nodeIndex)]
+                let rrset = node.rrsets[Int(rrsetIndex)]
+                try writeRRSet(rrset, owner: owner, writer: &writer)
+                counts.answer &+= UInt16(rrset.records.count)
+                writeAdditional(for: rrset, zone: zone, includeGlue: false, counts: &counts, writer: &writer)
+                return (.noError, true)
+
+            case .any(let nodeIndex, _):
+                let node = zone.nodes[Int(nodeIndex)]
+                // RFC 8482 §4.2: over UDP, one RRset answers ANY; TCP gets them all.
+                for rrset in node.rrsets {
+                    try writeRRSet(rrset, owner: owner, writer: &writer)
+                    counts.answer &+= UInt16(rrset.records.count)
+                    if transport == .udp { break }
+                }
+                return (.noError, true)
+
+            case .cname(let nodeIndex, let rrsetIndex, _):
+                let rrset = zone.nodes[Int(nodeIndex)].rrsets[Int(rrsetIndex)]
+                let targetAt = try writeRRSet(rrset, owner: owner, writer: &writer)
+                counts.answer &+= 1
+                chain += 1
+                let target = rrset.compiled[0].lowercasedTarget
+                guard chain <= Self.cnameChainLengthMax, targetAt < 0x4000 else { return (.noError, true) }
+                nameLength = target.count
+                target.withUnsafeBytes { lowercasedName.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+                guard let next = view.zone(containing: UnsafeRawBufferPointer(start: lowercasedName, count: nameLength)) else {
+                    return (.noError, true)  // the target is not ours: the resolver follows it
+                }
+                zone = next
+                owner = .offset(targetAt)
+
+            case .dname(let nodeIndex, let rrsetIndex):
+                let node = zone.nodes[Int(nodeIndex)]
+                let rrset = node.rrsets[Int(rrsetIndex)]
+                try writeRRSet(rrset, owner: .name(node.name), writer: &writer)
+                counts.answer &+= 1
+                // RFC 6672 §2.2: qname = prefix + owner; the synthesized CNAME points to prefix + target.
+                guard case .dname(let target) = rrset.records[0] else { preconditionFailure("DNAME RRset without DNAME") }
+                let prefixLength = nameLength - node.name.wire.count
+                guard prefixLength + target.wire.count <= DomainName.nameBytesMax else { return (.yxDomain, true) }
+                let targetAt = try writeSynthesizedCNAME(owner: owner, prefixLength: prefixLength, target: target,
+                                                         ttl: rrset.ttl, writer: &writer)
+                counts.answer &+= 1
+                chain += 1
+                // The new name: prefix (already lowercased in place) + lowercased target.
+                let lowerTarget = target.lowercased().wire
+                nameLength = prefixLength + lowerTarget.count
+                lowerTarget.withUnsafeBytes { (lowercasedName + prefixLength).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+                guard chain <= Self.cnameChainLengthMax, targetAt < 0x4000,
+                      let next = view.zone(containing: UnsafeRawBufferPointer(start: lowercasedName, count: nameLength))
+                else { return (.noError, true) }
+                zone = next
+                owner = .offset(targetAt)
+
+            case .delegation(let nodeIndex):
+                // RFC 1034 §4.3.2 step 3b: a referral, NS in authority, glue in additional, AA clear.
+                let node = zone.nodes[Int(nodeIndex)]
+                guard let nsIndex = node.rrsetIndex(of: .ns) else { preconditionFailure("delegation without NS") }
+                let ns = node.rrsets[nsIndex]
+                try writeRRSet(ns, owner: .name(node.name), writer: &writer)
+                counts.authority &+= UInt16(ns.records.count)
+                // RFC 9471: glue for in-domain name servers must fit, else TC.
+                try writeGlue(for: ns, zone: zone, counts: &counts, writer: &writer)
+                return (.noError, chain > 0)
+
+            case .noData:
+                try writeNegativeSOA(zone: zone, writer: &writer)
+                counts.authority &+= 1
+                return (.noError, true)
+
+            case .nxDomain:
+                // RFC 6604: the rcode describes the last name of the chain.
+                try writeNegativeSOA(zone: zone, writer: &writer)
+                counts.authority &+= 1
+                return (.nxDomain, true)
+            }
+        }
+    }
+
+    private enum Owner {
+        /// A name already in the message (the question, or a CNAME target): a pointer to it.
+        case offset(Int)
+        case name(DomainName)
+    }
+
+    /// Writes every record of `rrset` under `owner`. Returns the offset of the last record's
+    /// RDATA (a CNAME's target name), for the next link of a chain.
+    @discardableResult
+    private func writeRRSet(_ rrset: RRSet, owner: Owner, writer: inout WireWriter) throws(WireOverflow) -> Int {
+        var rdataAt = 0
+        for compiled in rrset.compiled {
+            switch owner {
+            case .offset(let offset): try writer.u16(0xC000 | UInt16(offset))
+            case .name(let name): try writer.name(name)
+            }
+            try writer.u16(rrset.type.rawValue)
+            try writer.u16(RRClass.in.rawValue)
+            try writer.u32(rrset.ttl)
+            let lengthAt = writer.count
+            try writer.u16(0)
+            rdataAt = writer.count
+            try writeRData(compiled, writer: &writer)
+            writer.patchU16(UInt16(writer.count - lengthAt - 2), at: lengthAt)
+        }
+        return rdataAt
+    }
+
+    @inline(__always)
+    private func writeRData(_ compiled: CompiledRData, writer: inout WireWriter) throws(WireOverflow) {
+        let written = compiled.bytes.withUnsafeBytes { bytes in
+            (try? Self.writeRData(bytes, firstNameAt: Int(compiled.firstNameAt),
+                                  secondNameAt: Int(compiled.secondNameAt), writer: &writer)) != nil
+        }
+        if !written { throw WireOverflow() }
+    }
+
+    @inline(__always)
+    private static func writeRData(_ bytes: UnsafeRawBufferPointer, firstNameAt: Int, secondNameAt: Int,
+                                   writer: inout WireWriter) throws(WireOverflow) {
+        guard firstNameAt >= 0 else {
+            try writer.bytes(bytes)
+            return
+        }
+        var position = try writeName(bytes, at: firstNameAt, from: 0, writer: &writer)
+        if secondNameAt >= 0 {
+            position = try writeName(bytes, at: secondNameAt, from: position, writer: &writer)
+        }
+        try writer.bytes(UnsafeRawBufferPointer(rebasing: bytes[position...]))
+    }
+
+    /// Copies `bytes[from..<nameAt]`, then the name at `nameAt` compressed; returns its end.
+    @inline(__always)
+    private static func writeName(_ bytes: UnsafeRawBufferPointer, at nameAt: Int, from position: Int,
+                                  writer: inout WireWriter) throws(WireOverflow) -> Int {
+        try writer.bytes(UnsafeRawBufferPointer(rebasing: bytes[position..<nameAt]))
+        var end = nameAt
+        while bytes[end] != 0 { end += 1 + Int(bytes[end]) }
+        end += 1
+        try writer.name(wire: UnsafeRawBufferPointer(rebasing: bytes[nameAt..<end]), compress: true)
+        return end
+    }
+
+    private func writeSynthesizedCNAME(owner: Owner, prefixLength: Int, target: DomainName, ttl: UInt32,
+                                       writer: inout WireWriter) throws(WireOverflow) -> Int {
+        switch owner {
+        case .offset(let offset): try writer.u16(0xC000 | UInt16(offset))
+        case .name(let name): try writer.name(name)
+        }
+        try writer.u16(RRType.cname.rawValue)
+        try writer.u16(RRClass.in.rawValue)
+        try writer.u32(ttl)
+        let lengthAt = writer.count
+        try writer.u16(0)
+        let rdataAt = writer.count
+        try writer.bytes(UnsafeRawBufferPointer(start: lowercasedName, count: prefixLength))
+        try writer.name(target)
+        writer.patchU16(UInt16(writer.count - lengthAt - 2), at: lengthAt)
+        return rdataAt
+    }
+
+    private func writeNegativeSOA(zone: Zone, writer: inout WireWriter) throws(WireOverflow) {
+        try writeRRSet(zone.negativeSOA, owner: .name(zone.origin), writer: &writer)
+    }
+
+    /// Additional-section A/AAAA for NS, MX and SRV targets in the same zone (RFC 1034 §3.6.2,
+    /// RFC 2782). Best effort: an RRset that does not fit is left out without setting TC.
+    private func writeAdditional(for rrset: RRSet, zone: Zone, includeGlue: Bool, counts: inout SectionCounts,
+                                 writer: inout WireWriter) {
+        let compiled = rrset.compiled
+        for i in compiled.indices {
+            let target = compiled[i].additionalNode
+            guard target >= 0, !compiled[..<i].contains(where: { $0.additionalNode == target }) else { continue }
+            let node = zone.nodes[Int(target)]
+            if node.kind == .glue && !includeGlue { continue }
+            for address in node.rrsets where address.type == .a || address.type == .aaaa {
+                let mark = writer.mark
+                do throws(WireOverflow) {
+                    try writeRRSet(address, owner: .name(node.name), writer: &writer)
+                    counts.additional &+= UInt16(address.records.count)
+                } catch {
+                    writer.rollback(to: mark)
+                    return
+                }
+            }
+        }
+    }
+
+    /// Glue for a referral: addresses of name servers at or below the cut must fit (RFC 9471);
+    /// other in-zone addresses are best effort.
+    private func writeGlue(for ns: RRSet, zone: Zone, counts: inout SectionCounts,
+                           writer: inout WireWriter) throws(WireOverflow) {
+        let compiled = ns.compiled
+        for i in compiled.indices {
+            let target = compiled[i].additionalNode
+            guard target >= 0, !compiled[..<i].contains(where: { $0.additionalNode == target }) else { continue }
+            let node = zone.nodes[Int(target)]
+            let required = node.kind == .glue || node.kind == .delegation
+            for address in node.rrsets where address.type == .a || address.type == .aaaa {
+                let mark = writer.mark
+                do throws(WireOverflow) {
+                    try writeRRSet(address, owner: .name(node.name), writer: &writer)
+                    counts.additional &+= UInt16(address.records.count)
+                } catch {
+                    writer.rollback(to: mark)
+                    if required { throw error }
+                    return
+                }
+            }
+        }
+    }
+
+    // MARK: - Framing
+
+    private func limit(transport: Transport, edns: ClientEDNS?, output: Int) -> Int {
+        switch transport {
+        case .tcp:
+            return min(output, Self.responseBytesMax)
+        case .udp:
+            guard let edns else { return min(output, Message.udpMessageBytesClassic) }
+            // RFC 6891 §6.2.5: below 512 counts as 512; we never send more than we advertise.
+            let requested = max(Int(edns.payload), EDNS.udpPayloadBytesMin)
+            return min(requested, udpPayloadBytes, output)
+        }
+    }
+
+    private func writeHeaderAndQuestion(id: UInt16, query: UnsafeRawBufferPointer, questionEnd: Int,
+                                        writer: inout WireWriter) {
+        // The header is patched in `finish`; the question is echoed as the client wrote it.
+        do throws(WireOverflow) {
+            try writer.u16(id)
+            try writer.u16(0)
+            try writer.u16(questionEnd > 0 ? 1 : 0)
+            try writer.u16(0)
+            try writer.u16(0)
+            try writer.u16(0)
+            if questionEnd > 0 {
+                try writer.bytes(UnsafeRawBufferPointer(rebasing: query[Message.headerBytes..<questionEnd]))
+                writer.registerName(at: Message.headerBytes)
+            }
+        } catch {
+            // The question came in a packet of at most this size; 512 bytes always hold it.
+            preconditionFailure("header and question do not fit in \(writer.capacity) bytes")
+        }
+    }
+
+    private func finish(flags: HeaderFlags, rcode: RCode, counts: SectionCounts, edns: ClientEDNS?,
+                        writer: inout WireWriter) -> Int {
+        var flags = flags
+        flags.rcodeBits = rcode.headerBits
+        writer.patchU16(flags.rawValue, at: 2)
+        writer.patchU16(counts.answer, at: 6)
+        writer.patchU16(counts.authority, at: 8)
+        var additional = counts.additional
+        if let edns {
+            do throws(WireOverflow) {
+                try writer.u8(0)
+                try writer.u16(RRType.opt.rawValue)
+                try writer.u16(UInt16(udpPayloadBytes))
+                // RFC 3225: DO is copied from the query.
+                try writer.u32(UInt32(rcode.extendedBits) << 24 | (edns.dnssecOK ? 0x8000 : 0))
+                try writer.u16(0)
+                additional &+= 1
+            } catch {
+                preconditionFailure("room for OPT was reserved")
+            }
+        }
+        writer.patchU16(additional, at: 10)
+        return writer.count
+    }
+
+    private func error(_ rcode: RCode, id: UInt16, flags: HeaderFlags, query: UnsafeRawBufferPointer,
+                       questionEnd: Int, edns: ClientEDNS?, transport: Transport, writer: inout WireWriter) -> Int {
+        writer.reset(capacity: Message.udpMessageBytesClassic)
+        writeHeaderAndQuestion(id: id, query: query, questionEnd: questionEnd, writer: &writer)
+        return finish(flags: flags, rcode: rcode, counts: SectionCounts(), edns: edns, writer: &writer)
+    }
+
+    private func skipRecord(_ reader: inout WireReader) throws(WireError) {
+        try reader.skipName()
+        try reader.skip(8)
+        let length = Int(try reader.u16())
+        try reader.skip(length)
+    }
+}

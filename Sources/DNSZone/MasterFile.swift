@@ -1,0 +1,266 @@
+import DNSWire
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// A record read from a master file, with where it was written.
+public struct ParsedRecord: Sendable, Hashable {
+    public var record: ResourceRecord
+    public var position: SourcePosition
+}
+
+/// All the errors of one zone load (at most `ZoneLoadError.errorsMax`), so an operator can fix
+/// several at once.
+public struct ZoneLoadError: Error, Sendable, CustomStringConvertible {
+    /// Reporting stops after this many errors; later ones are usually consequences.
+    public static let errorsMax = 20
+    public var errors: [ZoneError]
+
+    public init(_ errors: [ZoneError]) { self.errors = errors }
+
+    public var description: String { errors.map(\.description).joined(separator: "\n") }
+}
+
+/// The RFC 1035 §5 master-file parser: `$ORIGIN`, `$TTL`, `$INCLUDE`, `@`, relative names,
+/// omitted owners, parentheses, comments, quoted strings, escapes, TTL units, and RFC 3597
+/// generic RDATA (`TYPEnnn`, `\#`).
+public struct MasterFileParser {
+    /// `$INCLUDE` nesting deeper than this is an error (it catches include loops).
+    public static let includeDepthMax = 8
+    /// RFC 2181 §8: TTLs are 31-bit unsigned.
+    public static let ttlSecondsMax: UInt32 = 0x7FFF_FFFF
+    /// A master file larger than this is refused before reading.
+    public static let fileBytesMax = 256 << 20
+
+    private var origin: DomainName
+    private var defaultTTL: UInt32?
+    private var lastTTL: UInt32?
+    private var lastOwner: DomainName?
+    private var errors: [ZoneError] = []
+    private var records: [ParsedRecord] = []
+
+    private init(origin: DomainName) {
+        self.origin = origin
+    }
+
+    /// Parses master-file text. `file` names it in errors; `directory` resolves relative
+    /// `$INCLUDE` paths (nil forbids `$INCLUDE`).
+    public static func parse(text: [UInt8], file: String, origin: DomainName,
+                             directory: String? = nil) throws(ZoneLoadError) -> [ParsedRecord] {
+        var parser = MasterFileParser(origin: origin)
+        parser.parseFile(bytes: text, file: file, directory: directory, depth: 0)
+        guard parser.errors.isEmpty else { throw ZoneLoadError(parser.errors) }
+        return parser.records
+    }
+
+    public static func parse(path: String, origin: DomainName) throws(ZoneLoadError) -> [ParsedRecord] {
+        let position = SourcePosition(file: path, line: 0, column: 0)
+        let bytes: [UInt8]
+        do throws(ZoneError) {
+            bytes = try readFile(path, position: position)
+        } catch {
+            throw ZoneLoadError([error])
+        }
+        return try parse(text: bytes, file: path, origin: origin, directory: directoryOf(path))
+    }
+
+    private var full: Bool { errors.count >= ZoneLoadError.errorsMax }
+
+    private mutating func record(_ error: ZoneError) {
+        if !full { errors.append(error) }
+    }
+
+    private mutating func parseFile(bytes: [UInt8], file: String, directory: String?, depth: Int) {
+        var lexer = Lexer(bytes: bytes, file: file)
+        while !full {
+            let entry: Entry
+            do throws(ZoneError) {
+                guard let next = try lexer.nextEntry() else { return }
+                entry = next
+            } catch {
+                // A lexical error leaves the rest of the file unreliable: stop this file.
+                record(error)
+                return
+            }
+            do throws(ZoneError) {
+                try parseEntry(entry, directory: directory, depth: depth)
+            } catch {
+                record(error)
+            }
+        }
+    }
+
+    private mutating func parseEntry(_ entry: Entry, directory: String?, depth: Int) throws(ZoneError) {
+        let first = entry.tokens[0]
+        if !entry.startsWithBlank && !first.quoted && first.text.first == UInt8(ascii: "$") {
+            try parseDirective(entry, directory: directory, depth: depth)
+            return
+        }
+        var cursor = 0
+        let owner: DomainName
+        if entry.startsWithBlank {
+            guard let lastOwner else { throw ZoneError(entry.position, "no owner name (the first record must name its owner)") }
+            owner = lastOwner
+        } else {
+            owner = try name(first)
+            cursor = 1
+        }
+        var ttl: UInt32?
+        var sawClass = false
+        var type: RRType?
+        // [TTL] [class] type, or [class] [TTL] type (RFC 1035 §5.1).
+        while cursor < entry.tokens.count, type == nil {
+            let token = entry.tokens[cursor]
+            let word = token.string
+            if ttl == nil, let value = try? Self.parseTTL(token) {
+                ttl = value
+            } else if !sawClass, let rrClass = RRClass(mnemonic: word) {
+                guard rrClass == .in else { throw ZoneError(token.position, "class \(word) is not served (expected IN)") }
+                sawClass = true
+            } else if let parsed = RRType(mnemonic: word), !token.quoted {
+                guard !parsed.isMetaType else { throw ZoneError(token.position, "\(word) is a meta-type, not a record type") }
+                type = parsed
+            } else {
+                throw ZoneError(token.position, "expected a TTL, class or record type, found '\(word)'")
+            }
+            cursor += 1
+        }
+        guard let type else {
+            throw ZoneError(entry.tokens.last!.position, "expected a record type after the owner, TTL and class")
+        }
+        let effectiveTTL: UInt32
+        if let ttl {
+            effectiveTTL = ttl
+            lastTTL = ttl
+        } else if let defaultTTL {
+            effectiveTTL = defaultTTL
+        } else if let lastTTL {
+            effectiveTTL = lastTTL
+        } else {
+            throw ZoneError(entry.position, "no TTL (expected a TTL on the record or a $TTL directive before it)")
+        }
+        let rdataTokens = Array(entry.tokens[cursor...])
+        var rdataParser = RDataParser(origin: origin, tokens: rdataTokens, end: entry.tokens.last!.position)
+        let rdata = try rdataParser.parse(type: type)
+        lastOwner = owner
+        records.append(ParsedRecord(record: ResourceRecord(name: owner, ttl: effectiveTTL, rdata: rdata),
+                                    position: entry.tokens[0].position))
+    }
+
+    private mutating func parseDirective(_ entry: Entry, directory: String?, depth: Int) throws(ZoneError) {
+        let directive = entry.tokens[0]
+        let arguments = entry.tokens.dropFirst()
+        switch directive.string.uppercased() {
+        case "$ORIGIN":
+            guard arguments.count == 1, let token = arguments.first else {
+                throw ZoneError(directive.position, "$ORIGIN expects one domain name")
+            }
+            origin = try name(token)
+        case "$TTL":
+            guard arguments.count == 1, let token = arguments.first else {
+                throw ZoneError(directive.position, "$TTL expects one TTL")
+            }
+            defaultTTL = try Self.parseTTL(token)
+        case "$INCLUDE":
+            guard (1...2).contains(arguments.count), let pathToken = arguments.first else {
+                throw ZoneError(directive.position, "$INCLUDE expects a file name and an optional origin")
+            }
+            guard let directory else { throw ZoneError(directive.position, "$INCLUDE is not allowed here") }
+            guard depth < Self.includeDepthMax else {
+                throw ZoneError(directive.position, "$INCLUDE nested deeper than \(Self.includeDepthMax) (an include loop?)")
+            }
+            let path = String(decoding: try pathToken.unescaped(), as: UTF8.self)
+            let resolved = path.hasPrefix("/") ? path : directory + "/" + path
+            let bytes = try readFile(resolved, position: pathToken.position)
+            // RFC 1035 §5.1: the origin (and our owner) return to their values after the include.
+            let savedOrigin = origin
+            let savedOwner = lastOwner
+            if arguments.count == 2 { origin = try name(arguments[arguments.startIndex + 1]) }
+            parseFile(bytes: bytes, file: resolved, directory: directoryOf(resolved), depth: depth + 1)
+            origin = savedOrigin
+            lastOwner = savedOwner
+        default:
+            throw ZoneError(directive.position, "unknown directive \(directive.string) (expected $ORIGIN, $TTL or $INCLUDE)")
+        }
+    }
+
+    private func name(_ token: Token) throws(ZoneError) -> DomainName {
+        try parseName(token, origin: origin)
+    }
+
+    /// A TTL: seconds, or units `1w2d3h4m5s` (case-insensitive), at most 2^31-1.
+    static func parseTTL(_ token: Token) throws(ZoneError) -> UInt32 {
+        let text = token.text
+        guard !text.isEmpty, !token.quoted else { throw ZoneError(token.position, "expected a TTL") }
+        var total: UInt64 = 0
+        var current: UInt64 = 0
+        var sawDigit = false
+        var sawUnit = false
+        for byte in text {
+            if byte >= 48 && byte <= 57 {
+                current = current * 10 + UInt64(byte - 48)
+                sawDigit = true
+                guard current <= UInt64(ttlSecondsMax) else { throw ZoneError(token.position, "TTL too large (max 2147483647)") }
+                continue
+            }
+            let multiplier: UInt64
+            switch asciiLowerByte(byte) {
+            case UInt8(ascii: "s"): multiplier = 1
+            case UInt8(ascii: "m"): multiplier = 60
+            case UInt8(ascii: "h"): multiplier = 3600
+            case UInt8(ascii: "d"): multiplier = 86400
+            case UInt8(ascii: "w"): multiplier = 604800
+            default: throw ZoneError(token.position, "expected a TTL (seconds or units like 1h30m), found '\(token.string)'")
+            }
+            guard sawDigit else { throw ZoneError(token.position, "expected a number before the TTL unit in '\(token.string)'") }
+            total += current * multiplier
+            current = 0
+            sawDigit = false
+            sawUnit = true
+        }
+        if sawDigit { total += current } else if !sawUnit { throw ZoneError(token.position, "expected a TTL") }
+        guard total <= UInt64(ttlSecondsMax) else { throw ZoneError(token.position, "TTL too large (max 2147483647)") }
+        return UInt32(total)
+    }
+}
+
+func parseName(_ token: Token, origin: DomainName) throws(ZoneError) -> DomainName {
+    if token.text == [UInt8(ascii: "@")] && !token.quoted { return origin }
+    do throws(NameError) {
+        return try DomainName(parsing: token.text, origin: origin)
+    } catch {
+        throw ZoneError(token.position, "bad domain name '\(token.string)': \(error)")
+    }
+}
+
+@inline(__always)
+func asciiLowerByte(_ byte: UInt8) -> UInt8 { (byte >= 65 && byte <= 90) ? byte | 0x20 : byte }
+
+func directoryOf(_ path: String) -> String {
+    guard let slash = path.lastIndex(of: "/") else { return "." }
+    return slash == path.startIndex ? "/" : String(path[..<slash])
+}
+
+func readFile(_ path: String, position: SourcePosition) throws(ZoneError) -> [UInt8] {
+    guard let file = fopen(path, "rb") else {
+        throw ZoneError(position, "cannot open \(path): \(String(cString: strerror(errno)))")
+    }
+    defer { fclose(file) }
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = chunk.withUnsafeMutableBytes { fread($0.baseAddress, 1, 65536, file) }
+        if n > 0 { bytes.append(contentsOf: chunk[0..<n]) }
+        if n < 65536 {
+            if ferror(file) != 0 { throw ZoneError(position, "cannot read \(path): \(String(cString: strerror(errno)))") }
+            break
+        }
+        if bytes.count > MasterFileParser.fileBytesMax {
+            throw ZoneError(position, "\(path) is larger than \(MasterFileParser.fileBytesMax) bytes")
+        }
+    }
+    return bytes
+}
