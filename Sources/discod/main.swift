@@ -1,1 +1,3 @@
-print("discod")
+import Daemon
+
+DiscodCommand.main()

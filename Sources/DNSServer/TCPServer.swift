@@ -1,0 +1,160 @@
+import Atomics
+import DNSWire
+import Logging
+import NIOCore
+import NIOPosix
+
+/// Serves DNS over TCP (RFC 1035 §4.2.2, RFC 7766): 2-byte length framing, several queries
+/// per connection answered in order, an idle timeout and a cap on concurrent connections.
+public final class TCPServer: @unchecked Sendable {
+    // @unchecked: `channels` is written only by start()/stop() on the owner's thread.
+
+    /// Connections beyond this are closed on accept, so a flood cannot exhaust descriptors.
+    public static let connectionsMaxDefault = 1024
+    /// RFC 7766 §6.2.3: idle connections are closed after a few seconds.
+    public static let idleTimeoutSecondsDefault: Int64 = 10
+
+    private let addresses: [ListenAddress]
+    private let store: ViewStore
+    private let group: EventLoopGroup
+    private let connectionsMax: Int
+    private let idleTimeoutSeconds: Int64
+    private let logger: Logger
+    private let connections = ManagedAtomic<Int>(0)
+    private var channels: [Channel] = []
+    public private(set) var boundAddresses: [ListenAddress] = []
+
+    public init(addresses: [ListenAddress], store: ViewStore, group: EventLoopGroup,
+                connectionsMax: Int = TCPServer.connectionsMaxDefault,
+                idleTimeoutSeconds: Int64 = TCPServer.idleTimeoutSecondsDefault, logger: Logger) {
+        self.addresses = addresses
+        self.store = store
+        self.group = group
+        self.connectionsMax = connectionsMax
+        self.idleTimeoutSeconds = idleTimeoutSeconds
+        self.logger = logger
+    }
+
+    /// Open connections now, for metrics and tests.
+    public var connectionCount: Int { connections.load(ordering: .relaxed) }
+
+    public func start() throws(ServerError) {
+        let store = self.store
+        let connections = self.connections
+        let connectionsMax = self.connectionsMax
+        let idle = TimeAmount.seconds(idleTimeoutSeconds)
+        let logger = self.logger
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.maxMessagesPerRead, value: 4)
+            .childChannelInitializer { channel in
+                let open = connections.wrappingIncrementThenLoad(ordering: .relaxed)
+                channel.closeFuture.whenComplete { _ in connections.wrappingDecrement(ordering: .relaxed) }
+                guard open <= connectionsMax else {
+                    logger.debug("TCP connection refused: limit reached", metadata: ["dns.tcp.connections": "\(open)"])
+                    return channel.close()
+                }
+                return channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: idle))
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(DNSFrameDecoder()))
+                    try channel.pipeline.syncOperations.addHandler(DNSQueryHandler(store: store))
+                }
+            }
+        var started: [Channel] = []
+        var bound: [ListenAddress] = []
+        for address in addresses {
+            do {
+                let channel = try bootstrap.bind(host: address.host, port: address.port).wait()
+                started.append(channel)
+                bound.append(ListenAddress(host: address.host, port: channel.localAddress?.port ?? address.port))
+            } catch {
+                for channel in started { try? channel.close().wait() }
+                let code = (error as? IOError)?.errnoCode ?? 0
+                throw ServerError.bind(address: address.description, transport: "tcp", errno: code)
+            }
+        }
+        channels = started
+        boundAddresses = bound
+    }
+
+    public func stop() {
+        for channel in channels { try? channel.close().wait() }
+        channels = []
+    }
+}
+
+/// Splits the byte stream into DNS messages by their 2-byte length prefix.
+struct DNSFrameDecoder: ByteToMessageDecoder {
+    typealias InboundOut = ByteBuffer
+
+    mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
+        guard let length = buffer.getInteger(at: buffer.readerIndex, as: UInt16.self) else { return .needMoreData }
+        guard buffer.readableBytes >= 2 + Int(length) else { return .needMoreData }
+        buffer.moveReaderIndex(forwardBy: 2)
+        let frame = buffer.readSlice(length: Int(length))!
+        context.fireChannelRead(Self.wrapInboundOut(frame))
+        return .continue
+    }
+
+    mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
+        // A partial message at EOF is discarded.
+        .needMoreData
+    }
+}
+
+/// Answers each framed query in order; writes are flushed once per read burst.
+final class DNSQueryHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private let store: ViewStore
+    private let answerer = Answerer()
+    private var pendingFlush = false
+
+    init(store: ViewStore) {
+        self.store = store
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let query = unwrapInboundIn(data)
+        let view = store.load()
+        var response = context.channel.allocator.buffer(capacity: 2 + 512)
+        var length = 0
+        response.writeInteger(UInt16(0))
+        response.writeWithUnsafeMutableBytes(minimumWritableBytes: Answerer.responseBytesMax) { output in
+            length = query.withUnsafeReadableBytes { bytes in
+                answerer.answer(query: bytes, into: output, view: view, transport: .tcp)
+            }
+            return length
+        }
+        guard length > 0 else {
+            // Not a query we can answer (too short, or a response): end the connection.
+            context.close(promise: nil)
+            return
+        }
+        response.setInteger(UInt16(length), at: response.readerIndex)
+        context.write(wrapOutboundOut(response), promise: nil)
+        pendingFlush = true
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        if pendingFlush {
+            pendingFlush = false
+            context.flush()
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is IdleStateHandler.IdleStateEvent {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        context.close(promise: nil)
+    }
+}

@@ -1,0 +1,143 @@
+import CShims
+import DNSWire
+import Foundation
+import Logging
+
+/// Serves DNS over UDP: for each address, one socket per worker thread bound with
+/// SO_REUSEPORT (the kernel spreads datagrams across them), each thread looping over
+/// recvmmsg → answer → sendmmsg on preallocated buffers.
+public final class UDPServer: @unchecked Sendable {
+    // @unchecked: `sockets` and `threads` are written only in start()/stop(), which the owner
+    // calls from one thread; workers read only their own fd and the atomic `running` flag.
+
+    /// Datagrams taken per recvmmsg call. 32 amortises the syscall; more adds latency under light load.
+    public static let batchDatagramsMax: UInt32 = 32
+    /// Largest query datagram read; longer ones arrive truncated and get FORMERR.
+    public static let queryBytesMax: UInt32 = 4096
+    /// How long a blocked worker waits before it checks for shutdown.
+    public static let receiveTimeoutMilliseconds: Int32 = 200
+    /// Kernel receive buffer per socket, to ride out bursts.
+    public static let receiveBufferBytes: Int32 = 4 << 20
+
+    private let addresses: [ListenAddress]
+    private let workers: Int
+    private let store: ViewStore
+    private let udpPayloadBytes: Int
+    private let logger: Logger
+    private let running = ManagedAtomicFlag()
+    private var sockets: [Int32] = []
+    private var threads: [Thread] = []
+    private let finished = DispatchGroup()
+    /// Ports actually bound, in `addresses` order (differs from the request for port 0).
+    public private(set) var boundAddresses: [ListenAddress] = []
+
+    public init(addresses: [ListenAddress], workers: Int, store: ViewStore,
+                udpPayloadBytes: Int = Answerer.udpPayloadBytesMax, logger: Logger) {
+        precondition(workers >= 1, "at least one UDP worker")
+        self.addresses = addresses
+        self.workers = workers
+        self.store = store
+        self.udpPayloadBytes = udpPayloadBytes
+        self.logger = logger
+    }
+
+    /// Binds every socket (throwing, with nothing left open, if any bind fails), then starts the workers.
+    public func start() throws(ServerError) {
+        var opened: [Int32] = []
+        var bound: [ListenAddress] = []
+        for address in addresses {
+            var port = address.port
+            for _ in 0..<workers {
+                var current = address
+                current.port = port
+                var (storage, length) = current.sockaddr()
+                let fd = withUnsafePointer(to: &storage) {
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                        disco_udp_socket($0, length, Self.receiveTimeoutMilliseconds, Self.receiveBufferBytes)
+                    }
+                }
+                guard fd >= 0 else {
+                    opened.forEach { close($0) }
+                    throw ServerError.bind(address: address.description, transport: "udp", errno: -fd)
+                }
+                // With port 0 the first socket picks the port; the other workers join it.
+                if port == 0 { port = Int(disco_socket_port(fd)) }
+                opened.append(fd)
+            }
+            bound.append(ListenAddress(host: address.host, port: port))
+        }
+        sockets = opened
+        boundAddresses = bound
+        running.set(true)
+        for fd in sockets {
+            finished.enter()
+            let thread = Thread { [self] in
+                self.serve(fd: fd)
+                self.finished.leave()
+            }
+            thread.name = "disco-udp"
+            thread.stackSize = 1 << 20
+            threads.append(thread)
+            thread.start()
+        }
+    }
+
+    /// Stops the workers and closes the sockets; returns when every worker has exited.
+    public func stop() {
+        guard running.get() else { return }
+        running.set(false)
+        finished.wait()
+        sockets.forEach { close($0) }
+        sockets = []
+        threads = []
+    }
+
+    private func serve(fd: Int32) {
+        guard let batch = disco_udp_batch_create(Self.batchDatagramsMax, Self.queryBytesMax, UInt32(udpPayloadBytes)) else {
+            logger.critical("cannot allocate UDP buffers")
+            return
+        }
+        defer { disco_udp_batch_destroy(batch) }
+        let answerer = Answerer(udpPayloadBytes: udpPayloadBytes)
+        let outBytes = Int(disco_udp_batch_out_capacity(batch))
+        var lastErrorLogged: Int32 = 0
+        while running.get() {
+            let received = disco_udp_batch_recv(fd, batch)
+            if received < 0 {
+                if received != lastErrorLogged {
+                    logger.error("UDP receive failed", metadata: ["dns.errno": "\(-received)"])
+                    lastErrorLogged = received
+                }
+                continue
+            }
+            guard received > 0 else { continue }
+            let view = store.load()
+            for i in 0..<UInt32(received) {
+                let query = UnsafeRawBufferPointer(start: disco_udp_batch_in(batch, i),
+                                                   count: Int(disco_udp_batch_in_length(batch, i)))
+                let output = UnsafeMutableRawBufferPointer(start: disco_udp_batch_out(batch, i), count: outBytes)
+                let length = answerer.answer(query: query, into: output, view: view, transport: .udp)
+                disco_udp_batch_set_out_length(batch, i, UInt32(length))
+            }
+            let sent = disco_udp_batch_send(fd, batch, UInt32(received))
+            if sent < 0 && sent != lastErrorLogged {
+                logger.error("UDP send failed", metadata: ["dns.errno": "\(-sent)"])
+                lastErrorLogged = sent
+            }
+        }
+    }
+}
+
+/// Why a server could not start.
+public enum ServerError: Error, CustomStringConvertible {
+    case bind(address: String, transport: String, errno: Int32)
+    case other(String)
+
+    public var description: String {
+        switch self {
+        case .bind(let address, let transport, let code):
+            "cannot bind \(transport) \(address): \(String(cString: strerror(code)))"
+        case .other(let message): message
+        }
+    }
+}

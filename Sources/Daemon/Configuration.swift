@@ -1,0 +1,201 @@
+import DNSServer
+import Foundation
+import Logging
+
+/// Where a setting came from, for error messages.
+public enum ConfigSource: Sendable, Equatable, CustomStringConvertible {
+    case file(String, line: Int)
+    case environment(String)
+    case flag(String)
+
+    public var description: String {
+        switch self {
+        case .file(let path, let line): "\(path):\(line)"
+        case .environment(let name): "environment \(name)"
+        case .flag(let name): "flag \(name)"
+        }
+    }
+}
+
+/// A configuration error: where, which key, what was expected.
+public struct ConfigError: Error, Sendable, Equatable, CustomStringConvertible {
+    public var source: ConfigSource
+    public var key: String
+    public var message: String
+
+    public var description: String { "\(source): \(key): \(message)" }
+}
+
+/// discod's settings. Precedence (DESIGN.md): flags > DISCO_* environment > TOML file > defaults.
+/// Every key is documented, with its default, in Config/discod.toml.
+public struct Configuration: Sendable, Equatable {
+    /// Addresses to serve DNS on, UDP and TCP.
+    public var dnsListen: [ListenAddress]
+    /// UDP worker threads (one SO_REUSEPORT socket each, per address).
+    public var dnsWorkers: Int
+    /// The UDP payload size advertised in EDNS and the most a UDP response carries.
+    public var dnsUDPPayloadBytes: Int
+    /// Concurrent TCP connections accepted; more are closed on accept.
+    public var dnsTCPConnectionsMax: Int
+    /// Idle TCP connections are closed after this many seconds.
+    public var dnsTCPIdleTimeoutSeconds: Int
+    /// The directory of `<origin>.zone` master files.
+    public var zonesDirectory: String
+    public var logLevel: Logger.Level
+
+    /// The defaults of a service install (Config/discod.toml documents the same values).
+    public static let service = Configuration(
+        dnsListen: [ListenAddress(host: "0.0.0.0", port: 53)],
+        dnsWorkers: Configuration.workersDefault,
+        dnsUDPPayloadBytes: Answerer.udpPayloadBytesMax,
+        dnsTCPConnectionsMax: TCPServer.connectionsMaxDefault,
+        dnsTCPIdleTimeoutSeconds: Int(TCPServer.idleTimeoutSecondsDefault),
+        zonesDirectory: "/etc/disco/zones",
+        logLevel: .info)
+
+    /// `discod --dev`: loopback port 8600, the Zones directory of the working tree.
+    public static let development: Configuration = {
+        var config = Configuration.service
+        config.dnsListen = [ListenAddress(host: "127.0.0.1", port: 8600)]
+        config.zonesDirectory = "Zones"
+        return config
+    }()
+
+    /// One worker per core, at least one.
+    public static var workersDefault: Int { max(1, ProcessInfo.processInfo.activeProcessorCount) }
+
+    /// Upper bound on workers: more threads than this per address only adds contention.
+    public static let dnsWorkersMax = 64
+
+    // MARK: - Keys
+
+    /// A configuration key: its TOML name, environment name and how to apply a value.
+    struct Key: Sendable {
+        let name: String
+        let apply: @Sendable (inout Configuration, TOMLValue.Kind) -> String?  // nil, or what was expected
+    }
+
+    static let keys: [Key] = [
+        Key(name: "dns.listen") { config, value in
+            let texts: [String]
+            switch value {
+            case .string(let one): texts = [one]
+            case .array(let items):
+                var strings: [String] = []
+                for item in items {
+                    guard case .string(let text) = item.kind else { return "expected an array of \"HOST:PORT\" strings" }
+                    strings.append(text)
+                }
+                texts = strings
+            default: return "expected \"HOST:PORT\" or an array of them"
+            }
+            guard !texts.isEmpty else { return "expected at least one address" }
+            var addresses: [ListenAddress] = []
+            for text in texts {
+                guard let address = ListenAddress(text) else {
+                    return "'\(text)' is not an address (expected IPv4:PORT or [IPv6]:PORT)"
+                }
+                addresses.append(address)
+            }
+            config.dnsListen = addresses
+            return nil
+        },
+        Key(name: "dns.workers") { config, value in
+            guard case .integer(let n) = value, (1...dnsWorkersMax).contains(n) else {
+                return "expected an integer from 1 to \(dnsWorkersMax)"
+            }
+            config.dnsWorkers = n
+            return nil
+        },
+        Key(name: "dns.udp_payload_bytes") { config, value in
+            guard case .integer(let n) = value, (512...4096).contains(n) else { return "expected an integer from 512 to 4096" }
+            config.dnsUDPPayloadBytes = n
+            return nil
+        },
+        Key(name: "dns.tcp_connections_max") { config, value in
+            guard case .integer(let n) = value, (1...1_000_000).contains(n) else { return "expected an integer from 1 to 1000000" }
+            config.dnsTCPConnectionsMax = n
+            return nil
+        },
+        Key(name: "dns.tcp_idle_timeout_seconds") { config, value in
+            guard case .integer(let n) = value, (1...3600).contains(n) else { return "expected an integer from 1 to 3600" }
+            config.dnsTCPIdleTimeoutSeconds = n
+            return nil
+        },
+        Key(name: "zones.directory") { config, value in
+            guard case .string(let path) = value, !path.isEmpty else { return "expected a directory path" }
+            config.zonesDirectory = path
+            return nil
+        },
+        Key(name: "log.level") { config, value in
+            guard case .string(let text) = value, let level = Logger.Level(rawValue: text.lowercased()) else {
+                return "expected one of trace, debug, info, notice, warning, error, critical"
+            }
+            config.logLevel = level
+            return nil
+        },
+    ]
+
+    /// `dns.tcp_idle_timeout_seconds` → `DISCO_DNS_TCP_IDLE_TIMEOUT_SECONDS`.
+    static func environmentName(_ key: String) -> String {
+        "DISCO_" + key.uppercased().replacingOccurrences(of: ".", with: "_")
+    }
+
+    /// Applies a TOML file over self; unknown keys and bad values are errors naming file:line and key.
+    public mutating func apply(tomlFile path: String) throws(ConfigError) {
+        let text: String
+        do {
+            text = try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            throw ConfigError(source: .file(path, line: 0), key: "-", message: "cannot read the configuration file")
+        }
+        try apply(toml: text, file: path)
+    }
+
+    public mutating func apply(toml text: String, file: String) throws(ConfigError) {
+        let document: TOMLDocument
+        do throws(TOMLError) {
+            document = try TOMLDocument(parsing: text, file: file)
+        } catch {
+            throw ConfigError(source: .file(file, line: error.line), key: "-", message: error.message)
+        }
+        for (name, value) in document.values.sorted(by: { $0.value.line < $1.value.line }) {
+            guard let key = Self.keys.first(where: { $0.name == name }) else {
+                throw ConfigError(source: .file(file, line: value.line), key: name,
+                                  message: "unknown key (expected one of \(Self.keys.map(\.name).joined(separator: ", ")))")
+            }
+            if let expected = key.apply(&self, value.kind) {
+                throw ConfigError(source: .file(file, line: value.line), key: name, message: expected)
+            }
+        }
+    }
+
+    /// Applies `DISCO_*` variables. Lists are comma-separated; numbers are decimal.
+    public mutating func apply(environment: [String: String]) throws(ConfigError) {
+        for key in Self.keys {
+            let variable = Self.environmentName(key.name)
+            guard let raw = environment[variable] else { continue }
+            let value: TOMLValue.Kind
+            if let integer = Int(raw) {
+                value = .integer(integer)
+            } else if key.name == "dns.listen" {
+                value = .array(raw.split(separator: ",").map {
+                    TOMLValue(kind: .string($0.trimmingCharacters(in: .whitespaces)), line: 0)
+                })
+            } else {
+                value = .string(raw)
+            }
+            if let expected = key.apply(&self, value) {
+                throw ConfigError(source: .environment(variable), key: key.name, message: expected)
+            }
+        }
+    }
+
+    /// Applies one flag value through the same key table as the file and environment.
+    mutating func apply(flag: String, key name: String, value: TOMLValue.Kind) throws(ConfigError) {
+        guard let key = Self.keys.first(where: { $0.name == name }) else { preconditionFailure("no key \(name)") }
+        if let expected = key.apply(&self, value) {
+            throw ConfigError(source: .flag(flag), key: name, message: expected)
+        }
+    }
+}

@@ -1,0 +1,150 @@
+import CShims
+import DNSServer
+import DNSWire
+import DNSZone
+import Dispatch
+import Foundation
+import Logging
+import NIOPosix
+
+/// Distinct exit codes per start-up failure (sysexits.h), so systemd and scripts can tell
+/// them apart.
+public enum ExitCode: Int32, Sendable {
+    case ok = 0
+    case usage = 64
+    case unavailable = 69
+    case ioError = 74
+    case config = 78
+}
+
+/// discod: loads the zones, serves them over UDP and TCP, reloads on SIGHUP, stops on
+/// SIGTERM/SIGINT. Lifecycle events are told to systemd (Type=notify) when under it.
+public final class DiscoDaemon: @unchecked Sendable {
+    // @unchecked: `zones` is touched only on `signalQueue` after start(); start() runs before
+    // any signal source is resumed.
+
+    private let config: Configuration
+    private let logger: Logger
+    private let store = ViewStore(View.empty)
+    private var zones: [Zone] = []
+    private var udp: UDPServer?
+    private var tcp: TCPServer?
+    private var group: MultiThreadedEventLoopGroup?
+    private let signalQueue = DispatchQueue(label: "disco.signals")
+    private var signalSources: [DispatchSourceSignal] = []
+    private let stopped = DispatchSemaphore(value: 0)
+
+    public init(config: Configuration, logger: Logger) {
+        self.config = config
+        self.logger = logger
+    }
+
+    /// The addresses actually bound (port 0 resolved), once started.
+    public var udpAddresses: [ListenAddress] { udp?.boundAddresses ?? [] }
+    public var tcpAddresses: [ListenAddress] { tcp?.boundAddresses ?? [] }
+
+    /// Loads zones and binds every socket. Throws with an exit code and nothing left bound.
+    public func start() throws(StartError) {
+        do throws(ZoneError) {
+            let result = try ZoneDirectory.load(path: config.zonesDirectory)
+            report(result)
+            zones = result.zones
+        } catch {
+            throw StartError(code: .ioError, message: error.description)
+        }
+        store.publish(View(zones: zones))
+
+        let udp = UDPServer(addresses: config.dnsListen, workers: config.dnsWorkers, store: store,
+                            udpPayloadBytes: config.dnsUDPPayloadBytes, logger: logger)
+        // TCP is not the hot path: one event loop is plenty, and leaves the cores to UDP.
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let tcp = TCPServer(addresses: config.dnsListen, store: store, group: group,
+                            connectionsMax: config.dnsTCPConnectionsMax,
+                            idleTimeoutSeconds: Int64(config.dnsTCPIdleTimeoutSeconds), logger: logger)
+        do throws(ServerError) {
+            try udp.start()
+            // With port 0, TCP binds the port UDP got, so one number serves both.
+            if config.dnsListen.contains(where: { $0.port == 0 }) {
+                let tcpOnUDPPorts = TCPServer(addresses: udp.boundAddresses, store: store, group: group,
+                                              connectionsMax: config.dnsTCPConnectionsMax,
+                                              idleTimeoutSeconds: Int64(config.dnsTCPIdleTimeoutSeconds), logger: logger)
+                try tcpOnUDPPorts.start()
+                self.tcp = tcpOnUDPPorts
+            } else {
+                try tcp.start()
+                self.tcp = tcp
+            }
+        } catch {
+            udp.stop()
+            try? group.syncShutdownGracefully()
+            throw StartError(code: .unavailable, message: error.description)
+        }
+        self.udp = udp
+        self.group = group
+
+        let origins = zones.map(\.origin.description).joined(separator: ", ")
+        logger.info("discod serving \(zones.count) zone(s) [\(origins)] from \(config.zonesDirectory) on udp+tcp \(udp.boundAddresses.map(\.description).joined(separator: ", ")) with \(config.dnsWorkers) UDP worker(s)")
+        _ = disco_sd_notify("READY=1\nSTATUS=serving \(zones.count) zones")
+    }
+
+    /// Reloads the zone directory: changed zones are swapped in whole; a zone that fails keeps
+    /// its previous version and the error is logged.
+    public func reload() {
+        _ = disco_sd_notify("RELOADING=1")
+        do throws(ZoneError) {
+            let result = try ZoneDirectory.load(path: config.zonesDirectory, previous: zones)
+            report(result)
+            zones = result.zones
+            store.publish(View(zones: zones))
+            logger.info("zones reloaded", metadata: ["dns.zones": "\(zones.count)", "dns.failed": "\(result.failures.count)"])
+        } catch {
+            logger.error("zone reload failed; keeping every zone as it was", metadata: ["dns.error": "\(error)"])
+        }
+        _ = disco_sd_notify("READY=1\nSTATUS=serving \(zones.count) zones")
+    }
+
+    private func report(_ result: ZoneDirectory.LoadResult) {
+        for failure in result.failures {
+            for error in failure.error.errors {
+                logger.error("zone not loaded: \(error)", metadata: ["dns.zone.file": "\(failure.file)",
+                                                                     "dns.zone.kept_previous": "\(failure.keptPrevious)"])
+            }
+        }
+    }
+
+    /// Blocks until SIGTERM or SIGINT, reloading on SIGHUP; then stops the servers.
+    public func runUntilSignalled() {
+        for signalNumber in [SIGHUP, SIGTERM, SIGINT] {
+            signal(signalNumber, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: signalQueue)
+            source.setEventHandler { [self] in
+                if signalNumber == SIGHUP {
+                    reload()
+                } else {
+                    logger.info("stopping on signal \(signalNumber)")
+                    stopped.signal()
+                }
+            }
+            source.resume()
+            signalSources.append(source)
+        }
+        stopped.wait()
+        stop()
+    }
+
+    public func stop() {
+        _ = disco_sd_notify("STOPPING=1")
+        udp?.stop()
+        tcp?.stop()
+        try? group?.syncShutdownGracefully()
+        udp = nil
+        tcp = nil
+        group = nil
+    }
+}
+
+public struct StartError: Error, CustomStringConvertible {
+    public var code: ExitCode
+    public var message: String
+    public var description: String { message }
+}

@@ -1,0 +1,76 @@
+import ArgumentParser
+import DNSServer
+import Foundation
+import Logging
+
+/// The `discod` command line. Flags override DISCO_* variables, which override the TOML file.
+public struct DiscodCommand: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "discod",
+        abstract: "Disco: authoritative DNS for zones and the service registry.",
+        discussion: """
+            Precedence: flags > DISCO_* environment > --config file > defaults.
+            --dev serves ./Zones on 127.0.0.1:8600 (UDP and TCP).
+            SIGHUP reloads the zone directory; SIGTERM or SIGINT stops.
+            """)
+
+    @Flag(help: "Development defaults: serve ./Zones on 127.0.0.1:8600.")
+    var dev = false
+
+    @Option(help: "TOML configuration file (see Config/discod.toml).")
+    var config: String?
+
+    @Option(help: "Directory of <origin>.zone master files.")
+    var zones: String?
+
+    @Option(help: ArgumentHelp("Address to serve DNS on, UDP and TCP (repeatable).", valueName: "addr:port"))
+    var dns: [String] = []
+
+    @Option(help: "UDP worker threads (default: one per core).")
+    var workers: Int?
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String?
+
+    public init() {}
+
+    /// Resolves the configuration from defaults, file, environment and flags.
+    public func resolve(environment: [String: String]) throws(ConfigError) -> Configuration {
+        var configuration = dev ? Configuration.development : Configuration.service
+        if let config { try configuration.apply(tomlFile: config) }
+        try configuration.apply(environment: environment)
+        if let zones { try configuration.apply(flag: "--zones", key: "zones.directory", value: .string(zones)) }
+        if !dns.isEmpty {
+            try configuration.apply(flag: "--dns", key: "dns.listen",
+                                    value: .array(dns.map { TOMLValue(kind: .string($0), line: 0) }))
+        }
+        if let workers { try configuration.apply(flag: "--workers", key: "dns.workers", value: .integer(workers)) }
+        if let logLevel { try configuration.apply(flag: "--log-level", key: "log.level", value: .string(logLevel)) }
+        return configuration
+    }
+
+    public func run() throws {
+        let configuration: Configuration
+        do throws(ConfigError) {
+            configuration = try resolve(environment: ProcessInfo.processInfo.environment)
+        } catch {
+            FileHandle.standardError.write(Data("discod: configuration error: \(error)\n".utf8))
+            throw ArgumentParser.ExitCode(ExitCode.config.rawValue)
+        }
+        let level = configuration.logLevel
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "discod")
+        let daemon = DiscoDaemon(config: configuration, logger: logger)
+        do throws(StartError) {
+            try daemon.start()
+        } catch {
+            logger.critical("cannot start: \(error.message)")
+            throw ArgumentParser.ExitCode(error.code.rawValue)
+        }
+        daemon.runUntilSignalled()
+    }
+}
