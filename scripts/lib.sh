@@ -22,6 +22,7 @@ disco_die() { disco_log "error: $*"; exit 2; }
 
 # Running (not a zombie waiting for `wait`): a process, or any process of a group.
 disco_alive() { local s; s=$(ps -o stat= -p "$1" 2>/dev/null) && [[ $s != Z* ]]; }
+# shellcheck disable=SC2009 # pgrep cannot tell zombies apart
 disco_group_alive() { (($(ps -o stat= -g "$1" 2>/dev/null | grep -cv '^Z') > 0)); }
 
 disco_cleanup() {
@@ -106,16 +107,16 @@ disco_spawn() {
 }
 
 # Wait until a server on 127.0.0.1:PORT answers SOA for ZONE with NOERROR.
-# disco_wait_dns PORT ZONE PID LOGFILE
+# disco_wait_dns PORT ZONE PID LOGFILE [+rec]   (+rec for a resolver)
 disco_wait_dns() {
-  local port=$1 zone=$2 pid=$3 log=$4 i out
+  local port=$1 zone=$2 pid=$3 log=$4 rec=${5:-+norec} i out
   for ((i = 0; i < 150; i++)); do
     if ! kill -0 "$pid" 2>/dev/null; then
       disco_log "server (pid $pid) exited during start-up; its log:"
       sed 's/^/  | /' "$log" >&2 || true
       return 1
     fi
-    out=$(dig +norec +time=1 +tries=1 -p "$port" @127.0.0.1 "$zone" SOA 2>&1 || true)
+    out=$(dig "$rec" +time=1 +tries=1 -p "$port" @127.0.0.1 "$zone" SOA 2>&1 || true)
     [[ $out == *"status: NOERROR"* ]] && return 0
     sleep 0.1
   done

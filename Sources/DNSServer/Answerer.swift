@@ -26,6 +26,8 @@ public final class Answerer {
     private let lowercasedName: UnsafeMutableRawPointer
     private let scratch: UnsafeMutableRawPointer
     private let compressionTable: UnsafeMutablePointer<UInt16>
+    private let chainNodes: UnsafeMutablePointer<Int32>
+    private let chainZones: UnsafeMutablePointer<ObjectIdentifier?>
     /// The UDP payload size we advertise in OPT; ≤ `udpPayloadBytesMax`.
     public let udpPayloadBytes: Int
 
@@ -34,6 +36,9 @@ public final class Answerer {
         lowercasedName = .allocate(byteCount: DomainName.nameBytesMax + 2, alignment: 8)
         scratch = .allocate(byteCount: DomainName.nameBytesMax + 2, alignment: 8)
         compressionTable = .allocate(capacity: WireWriter.compressionEntriesMax)
+        chainNodes = .allocate(capacity: Self.cnameChainLengthMax)
+        chainZones = .allocate(capacity: Self.cnameChainLengthMax)
+        chainZones.initialize(repeating: nil, count: Self.cnameChainLengthMax)
         self.udpPayloadBytes = udpPayloadBytes
     }
 
@@ -41,6 +46,8 @@ public final class Answerer {
         lowercasedName.deallocate()
         scratch.deallocate()
         compressionTable.deallocate()
+        chainNodes.deallocate()
+        chainZones.deallocate()
     }
 
     /// Answers one query. Returns the response length, or 0 when the packet is to be dropped
@@ -214,7 +221,10 @@ public final class Answerer {
                 }
                 return (.noError, true)
 
-            case .cname(let nodeIndex, let rrsetIndex, _):
+            case .cname(let nodeIndex, let rrsetIndex, let wildcard):
+                // A CNAME seen before in this chain is a loop: answer with the chain so far.
+                if !wildcard && visited(zone: zone, node: nodeIndex, count: chain) { return (.noError, true) }
+                if !wildcard { remember(zone: zone, node: nodeIndex, at: chain) }
                 let rrset = zone.nodes[Int(nodeIndex)].rrsets[Int(rrsetIndex)]
                 let targetAt = try writeRRSet(rrset, owner: owner, writer: &writer)
                 counts.answer &+= 1
@@ -275,6 +285,20 @@ public final class Answerer {
                 return (.nxDomain, true)
             }
         }
+    }
+
+    /// CNAME owners of the current chain, to stop at a loop instead of repeating it.
+    private func visited(zone: Zone, node: Int32, count: Int) -> Bool {
+        for i in 0..<min(count, Self.cnameChainLengthMax) where chainNodes[i] == node && chainZones[i] == ObjectIdentifier(zone) {
+            return true
+        }
+        return false
+    }
+
+    private func remember(zone: Zone, node: Int32, at index: Int) {
+        guard index < Self.cnameChainLengthMax else { return }
+        chainNodes[index] = node
+        chainZones[index] = ObjectIdentifier(zone)
     }
 
     private enum Owner {

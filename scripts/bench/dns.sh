@@ -37,7 +37,7 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# shellcheck source=../lib.sh
+# shellcheck source-path=SCRIPTDIR source=../lib.sh
 source "$here/../lib.sh"
 
 DURATION=${DURATION:-20} CLIENTS=${CLIENTS:-4} THREADS=${THREADS:-} OUTSTANDING=${OUTSTANDING:-100}
@@ -90,10 +90,10 @@ if ((PIN)); then
   server_cpu=(taskset -c 0) client_cpu=(taskset -c 1)
 fi
 
-zones=$DISCO_TMP/zones
-mkdir -p "$zones"
+zonedir=$DISCO_TMP/zones
+mkdir -p "$zonedir"
 python3 "$here/genzone.py" --services "$SERVICES" --nodes "$NODES" \
-  "$zones/bench.disco.zone" "$DISCO_TMP/queries.txt"
+  "$zonedir/bench.disco.zone" "$DISCO_TMP/queries.txt"
 
 perf_args=(-s 127.0.0.1 -d "$DISCO_TMP/queries.txt" -c "$CLIENTS" -q "$OUTSTANDING" -m "$MODE")
 [[ -n $THREADS ]] && perf_args+=(-T "$THREADS")
@@ -103,7 +103,10 @@ perf_args=(-s 127.0.0.1 -d "$DISCO_TMP/queries.txt" -c "$CLIENTS" -q "$OUTSTANDI
 dnsperf_run() {
   local port=$1 seconds=$2 out=$3
   shift 3
-  "${client_cpu[@]}" dnsperf "${perf_args[@]}" -p "$port" -l "$seconds" "$@" >"$out" 2>&1 || {
+  # In the background and waited for, so that a signal to this script is handled
+  # at once (bash defers traps until a foreground child exits); cleanup kills it.
+  disco_spawn "$out" "${client_cpu[@]}" dnsperf "${perf_args[@]}" -p "$port" -l "$seconds" "$@"
+  wait "$DISCO_LAST_PID" || {
     disco_log "dnsperf failed; its output:"
     tail -n 20 "$out" >&2
     return 1
@@ -115,14 +118,14 @@ DISCO_SPAWN_PREFIX=("${server_cpu[@]}") # servers (and NSD's forked children) on
 if ((run_nsd)); then
   nsd_port=${NSD_PORT:-$(disco_free_port)}
   # NSD gets as many serving processes as discod gets workers.
-  NSD_SERVER_COUNT=$WORKERS disco_nsd_start "$zones" "$nsd_port"
+  NSD_SERVER_COUNT=$WORKERS disco_nsd_start "$zonedir" "$nsd_port"
   nsd_version=$(disco_nsd_version)
   names+=("NSD-$nsd_version") ports+=("$nsd_port")
   disco_log "NSD $nsd_version on 127.0.0.1:$nsd_port (server-count $WORKERS)"
 fi
 if ((run_discod)); then
   discod_port=${DISCOD_PORT:-$(disco_free_port)}
-  disco_discod_start "$discod" "$zones" "$discod_port" "$WORKERS"
+  disco_discod_start "$discod" "$zonedir" "$discod_port" "$WORKERS"
   names+=(discod) ports+=("$discod_port")
   disco_log "discod on 127.0.0.1:$discod_port (--workers $WORKERS, $discod)"
 fi
@@ -157,7 +160,7 @@ for name in "${names[@]}"; do
 done
 edns_text=$([[ $EDNS == 1 ]] && echo "EDNS" || echo "no EDNS")
 echo
-echo "zone bench.disco.: $(grep -c ' IN ' "$zones/bench.disco.zone") records, $SERVICES services, $NODES nodes;" \
+echo "zone bench.disco.: $(grep -c ' IN ' "$zonedir/bench.disco.zone") records, $SERVICES services, $NODES nodes;" \
   "$(wc -l <"$DISCO_TMP/queries.txt") queries (40% service A, 25% SRV, 15% node A, 10% AAAA NODATA, 10% NXDOMAIN)"
 echo "machine: $(nproc) CPUs; server workers $WORKERS; pinned: $([[ $PIN == 1 ]] && echo yes || echo no)"
 python3 "$here/dnsperf_report.py" \

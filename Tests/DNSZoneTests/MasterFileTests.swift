@@ -1,0 +1,165 @@
+import DNSWire
+import DNSZone
+import Foundation
+import Testing
+
+private let origin = try! DomainName("example.com.")
+
+private func records(_ text: String, origin: DomainName = origin) throws -> [String] {
+    try MasterFileParser.parse(text: Array(text.utf8), file: "t.zone", origin: origin).map(\.record.description)
+}
+
+/// The first error of a text that must not parse, as "line:column: message".
+private func firstError(_ text: String) -> String {
+    do {
+        let parsed = try MasterFileParser.parse(text: Array(text.utf8), file: "t.zone", origin: origin)
+        _ = try Zone(origin: origin, records: parsed, source: "t.zone")
+        return "no error"
+    } catch let error as ZoneLoadError {
+        let first = error.errors[0]
+        return "\(first.position.line):\(first.position.column): \(first.message)"
+    } catch {
+        return "\(error)"
+    }
+}
+
+@Suite("master files")
+struct MasterFileTests {
+    @Test func directivesOwnersAndDefaults() throws {
+        let text = """
+            $TTL 1h30m
+            @ IN SOA ns1 hostmaster ( 1 ; serial
+                    2h 15M 2w 5m )   ; timers with units
+              NS ns1          ; blank owner: the apex
+            ns1 300 IN A 192.0.2.1
+                IN 600 AAAA 2001:db8::1
+            $ORIGIN sub.example.com.
+            host A 192.0.2.2
+            abs.example.com. A 192.0.2.3
+            """
+        #expect(try records(text) == [
+            "example.com.\t5400\tIN\tSOA\tns1.example.com. hostmaster.example.com. 1 7200 900 1209600 300",
+            "example.com.\t5400\tIN\tNS\tns1.example.com.",
+            "ns1.example.com.\t300\tIN\tA\t192.0.2.1",
+            "ns1.example.com.\t600\tIN\tAAAA\t2001:db8::1",
+            "host.sub.example.com.\t5400\tIN\tA\t192.0.2.2",
+            "abs.example.com.\t5400\tIN\tA\t192.0.2.3",
+        ])
+    }
+
+    @Test func stringsAndEscapes() throws {
+        let text = """
+            $TTL 60
+            t TXT "quoted; not a comment" unquoted "with \\"quote\\"" "\\065\\066C"
+            t TXT ( "split"
+                    "across lines" )
+            e\\.dot A 192.0.2.9
+            h HINFO "Intel x86" Linux
+            """
+        #expect(try records(text) == [
+            "t.example.com.\t60\tIN\tTXT\t\"quoted; not a comment\" \"unquoted\" \"with \\\"quote\\\"\" \"ABC\"",
+            "t.example.com.\t60\tIN\tTXT\t\"split\" \"across lines\"",
+            "e\\.dot.example.com.\t60\tIN\tA\t192.0.2.9",
+            "h.example.com.\t60\tIN\tHINFO\t\"Intel x86\" \"Linux\"",
+        ])
+    }
+
+    @Test func everyType() throws {
+        let text = """
+            $TTL 60
+            a      A      192.0.2.1
+            a      AAAA   2001:db8::1
+            c      CNAME  a
+            p      PTR    a.example.net.
+            d      DNAME  example.net.
+            m      MX     10 mail
+            s      SRV    0 5 5060 sip
+            n      NAPTR  100 10 "S" "SIP+D2U" "" _sip._udp
+            x      CAA    0 issue "ca.example.net"
+            f      SSHFP  4 2 123456789abcdef0 1234
+            t      TLSA   3 1 1 ABCDEF
+            h      HINFO  "cpu" "os"
+            u      TYPE65280 \\# 4 0A000001
+            g      A      \\# 4 C0000202
+            e      TYPE65281 \\# 0
+            """
+        #expect(try records(text) == [
+            "a.example.com.\t60\tIN\tA\t192.0.2.1",
+            "a.example.com.\t60\tIN\tAAAA\t2001:db8::1",
+            "c.example.com.\t60\tIN\tCNAME\ta.example.com.",
+            "p.example.com.\t60\tIN\tPTR\ta.example.net.",
+            "d.example.com.\t60\tIN\tDNAME\texample.net.",
+            "m.example.com.\t60\tIN\tMX\t10 mail.example.com.",
+            "s.example.com.\t60\tIN\tSRV\t0 5 5060 sip.example.com.",
+            "n.example.com.\t60\tIN\tNAPTR\t100 10 \"S\" \"SIP+D2U\" \"\" _sip._udp.example.com.",
+            "x.example.com.\t60\tIN\tCAA\t0 issue \"ca.example.net\"",
+            "f.example.com.\t60\tIN\tSSHFP\t4 2 123456789ABCDEF01234",
+            "t.example.com.\t60\tIN\tTLSA\t3 1 1 ABCDEF",
+            "h.example.com.\t60\tIN\tHINFO\t\"cpu\" \"os\"",
+            "u.example.com.\t60\tIN\tTYPE65280\t\\# 4 0A000001",
+            "g.example.com.\t60\tIN\tA\t192.0.2.2",
+            "e.example.com.\t60\tIN\tTYPE65281\t\\# 0",
+        ])
+    }
+
+    @Test func includeResolvesAgainstTheIncludingFile() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("disco-include-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory.appendingPathComponent("inc"), withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        try "$TTL 60\n@ SOA ns h 1 2 3 4 5\n NS ns\n$INCLUDE inc/hosts.inc\nafter A 192.0.2.9\n"
+            .write(to: directory.appendingPathComponent("example.com.zone"), atomically: true, encoding: .utf8)
+        try "$ORIGIN hosts.example.com.\nns A 192.0.2.1\n"
+            .write(to: directory.appendingPathComponent("inc/hosts.inc"), atomically: true, encoding: .utf8)
+        let zone = try Zone.load(path: directory.appendingPathComponent("example.com.zone").path, origin: origin)
+        let names = Set(zone.nodes.map(\.name.description))
+        // $ORIGIN inside the include does not leak out of it (RFC 1035 §5.1).
+        #expect(names.contains("ns.hosts.example.com."))
+        #expect(names.contains("after.example.com."))
+    }
+
+    @Test("errors name line, column and what was expected", arguments: [
+        ("$TTL 60\n@ SOA ns h 1 2 3 4 5\n NS ns\nwww A 192.0.2.300\n", "4:7: expected an IPv4 address, found '192.0.2.300'"),
+        ("$TTL 60\n@ SOA ns h 1 2 3 4 5\n NS ns\nwww BOGUS 1\n", "4:5: expected a TTL, class or record type, found 'BOGUS'"),
+        ("$TTL 60\n@ SOA ns h 1 2 3 4 5\n NS ns\nwww MX 10\n", "4:8: expected a mail exchange"),
+        ("$TTL 60\n@ SOA ns h 1 2 3 4 5\n NS ns\nt TXT \"open\n", "4:7: unterminated quoted string (expected '\"')"),
+        ("$TTL 60\n@ SOA ns h ( 1 2 3 4 5\n NS ns\n", "2:12: '(' is never closed"),
+        ("$TTL 60\n@ SOA ns h 1 2 3 4 5\n NS ns\nx ) A 1.2.3.4\n", "4:3: unbalanced ')' (no '(' open)"),
+        ("@ SOA ns h 1 2 3 4 5\n", "1:1: no TTL (expected a TTL on the record or a $TTL directive before it)"),
+        ("$TTL 60\n@ SOA ns h 1 2 3 4 5\n NS ns\nwww.example.org. A 192.0.2.1\n", "4:1: www.example.org. is outside the zone example.com."),
+        ("$TTL 60\n@ NS ns\n", "2:1: no SOA record at the apex example.com. (expected exactly one)"),
+        ("$TTL 60\n@ SOA ns h 1 2 3 4 5\n", "2:1: no NS records at the apex example.com."),
+        ("$TTL 60\n@ SOA ns h 1 2 3 4 5\n NS ns\nc CNAME a\nc A 192.0.2.1\n", "4:1: CNAME at c.example.com. alongside other data (A); a CNAME must be alone"),
+        ("$TTL 60\n@ SOA ns h 1 2 3 4 5\n NS ns\nsub NS ns.sub\nx.sub MX 1 a\n", "5:1: x.sub.example.com. is below the delegation sub.example.com.: only A/AAAA glue may be there"),
+        ("$TTL 60\n@ SOA ns h 1 2 3 4 5\n NS ns\nsub NS ns.sub\nsub TXT hi\n", "5:1: TXT at the delegation point sub.example.com. (only NS, DS and glue belong there)"),
+        ("$TTL 60\n@ SOA ns h 1 2 3 4 5\n NS ns\nt TXT \"\(String(repeating: "x", count: 256))\"\n", "4:7: character-string of 256 bytes (expected at most 255; split it into several strings)"),
+        ("$TTL 99999999999\n", "1:6: TTL too large (max 2147483647)"),
+        ("$TTL 60\n@ SOA ns h 1 2 3 4 5\n NS ns\nu TYPE65280 \\# 3 0A00\n", "4:16: generic RDATA length 3 does not match the 2 bytes given"),
+        ("$TTL 60\n@ SOA ns h 1 2 3 4 5\n NS ns\n$INCLUDE nowhere.inc\n", "4:1: $INCLUDE is not allowed here"),
+        ("$TTL 60\n$GENERATE 1-2 a$ A 1.2.3.$\n", "2:1: unknown directive $GENERATE (expected $ORIGIN, $TTL or $INCLUDE)"),
+        ("$TTL 60\n@ SOA ns h 1 2 3 4 5\n NS ns\nx CH A 192.0.2.1\n", "4:3: class CH is not served (expected IN)"),
+        ("$TTL 60\n@ SOA ns h 1 2 3 4 5\n NS ns\nbad..name A 192.0.2.1\n", "4:1: bad domain name 'bad..name': empty label"),
+    ])
+    func errors(_ text: String, _ expected: String) {
+        #expect(firstError(text) == expected)
+    }
+
+    @Test func severalErrorsAreReportedAtOnce() {
+        let text = "$TTL 60\n@ SOA ns h 1 2 3 4 5\n NS ns\na A 1\nb A 2\nc AAAA x\n"
+        do {
+            _ = try MasterFileParser.parse(text: Array(text.utf8), file: "t.zone", origin: origin)
+            Issue.record("expected errors")
+        } catch {
+            #expect(error.errors.map(\.position.line) == [4, 5, 6])
+            #expect(error.description.hasPrefix("t.zone:4:5: expected an IPv4 address"))
+        }
+    }
+
+    @Test func duplicatesCollapseAndTheFirstTTLHolds() throws {
+        let zone = try Zone.parse(text: "$TTL 60\n@ SOA ns h 1 2 3 4 5\n NS ns\na 10 A 192.0.2.1\na 20 A 192.0.2.1\na 30 A 192.0.2.2\n",
+                                  origin: origin)
+        let node = try #require(zone.nodes.first { $0.name.description == "a.example.com." })
+        #expect(node.rrsets.count == 1)
+        #expect(node.rrsets[0].records.count == 2)
+        #expect(node.rrsets[0].ttl == 10)
+    }
+}
