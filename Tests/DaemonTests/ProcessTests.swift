@@ -1,0 +1,191 @@
+import DNSWire
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Real discod processes on loopback: UDP, TCP, reload, limits and start-up failures.
+@Suite("discod process", .serialized)
+struct ProcessTests {
+    @Test func answersOverUDPAndTCP() throws {
+        let zones = try TemporaryDirectory()
+        try zones.write("example.test.zone", testZone)
+        let daemon = try DiscodProcess.serving(zones: zones.url)
+        defer { daemon.stop() }
+
+        let query = Message.query(try DomainName("www.example.test."), .a, id: 7)
+        let udp = try DNSClient.udp(query, port: daemon.port)
+        #expect(udp.id == 7)
+        #expect(udp.flags.aa)
+        #expect(udp.answers.map(\.description) == ["www.example.test.\t300\tIN\tA\t192.0.2.10"])
+
+        let tcp = try DNSClient.tcp([query], port: daemon.port)
+        #expect(tcp.first?.answers == udp.answers)
+
+        let missing = try DNSClient.udp(Message.query(try DomainName("nope.example.test."), .a), port: daemon.port)
+        #expect(missing.rcode == .nxDomain)
+        #expect(missing.authority.first?.ttl == 60)
+        let outside = try DNSClient.udp(Message.query(try DomainName("example.org."), .a), port: daemon.port)
+        #expect(outside.rcode == .refused)
+    }
+
+    @Test func tcpPipelinesQueriesInOrder() throws {
+        let zones = try TemporaryDirectory()
+        try zones.write("example.test.zone", testZone)
+        let daemon = try DiscodProcess.serving(zones: zones.url)
+        defer { daemon.stop() }
+        let names = ["www", "ns1", "nope", "www", "ns1"]
+        let queries = try names.enumerated().map { index, name in
+            Message.query(try DomainName("\(name).example.test."), .a, id: UInt16(100 + index))
+        }
+        let answers = try DNSClient.tcp(queries, port: daemon.port)
+        #expect(answers.map(\.id) == [100, 101, 102, 103, 104])
+        #expect(answers.map(\.rcode) == [.noError, .noError, .nxDomain, .noError, .noError])
+        #expect(answers[1].answers.first?.rdata == .a(IPv4Address(192, 0, 2, 53)))
+    }
+
+    @Test func largeAnswersTruncateOverUDPAndArriveOverTCP() throws {
+        let zones = try TemporaryDirectory()
+        let addresses = (1...100).map { "many A 192.0.2.\($0)" }.joined(separator: "\n")
+        try zones.write("example.test.zone", testZone + "\n" + addresses + "\n")
+        let daemon = try DiscodProcess.serving(zones: zones.url)
+        defer { daemon.stop() }
+        let query = Message.query(try DomainName("many.example.test."), .a)
+        let udp = try DNSClient.udp(query, port: daemon.port)
+        #expect(udp.flags.tc)
+        #expect(udp.answers.isEmpty)
+        let tcp = try DNSClient.tcp([query], port: daemon.port)
+        #expect(tcp.first?.answers.count == 100)
+        #expect(tcp.first?.flags.tc == false)
+    }
+
+    @Test func sighupReloadsAndABrokenZoneKeepsItsPreviousVersion() throws {
+        let zones = try TemporaryDirectory()
+        try zones.write("example.test.zone", testZone)
+        let daemon = try DiscodProcess.serving(zones: zones.url)
+        defer { daemon.stop() }
+        let www = Message.query(try DomainName("www.example.test."), .a)
+        func address() throws -> String? { try DNSClient.udp(www, port: daemon.port).answers.first?.rdata.description }
+        #expect(try address() == "192.0.2.10")
+
+        // A changed zone and a new zone are picked up.
+        try zones.write("example.test.zone", testZone.replacingOccurrences(of: "192.0.2.10", with: "192.0.2.20"))
+        try zones.write("second.test.zone", testZone)
+        daemon.signal(SIGHUP)
+        #expect(daemon.waitForLog("zones reloaded"))
+        #expect(try address() == "192.0.2.20")
+        let second = try DNSClient.udp(Message.query(try DomainName("www.second.test."), .a), port: daemon.port)
+        #expect(second.rcode == .noError && second.answers.count == 1)
+
+        // A broken edit is refused whole; the previous version keeps answering.
+        try zones.write("example.test.zone", testZone.replacingOccurrences(of: "192.0.2.20", with: "192.0.2.30")
+            + "\nbad A 999.1.1.1\n")
+        daemon.signal(SIGHUP)
+        #expect(daemon.waitForLog("expected an IPv4 address, found '999.1.1.1'"))
+        #expect(daemon.stderr.contains("example.test.zone:6:7"))
+        #expect(try address() == "192.0.2.20")
+    }
+
+    @Test func sigtermStopsCleanly() throws {
+        let zones = try TemporaryDirectory()
+        try zones.write("example.test.zone", testZone)
+        let daemon = try DiscodProcess.serving(zones: zones.url)
+        daemon.signal(SIGTERM)
+        #expect(daemon.waitForExit() == 0)
+    }
+
+    @Test func idleTCPConnectionsAreClosed() throws {
+        let zones = try TemporaryDirectory()
+        try zones.write("example.test.zone", testZone)
+        try zones.write("discod.toml", "[dns]\ntcp_idle_timeout_seconds = 1\n")
+        let daemon = try DiscodProcess.serving(zones: zones.url, extra: ["--config", zones.url.appendingPathComponent("discod.toml").path])
+        defer { daemon.stop() }
+        let fd = try DNSClient.connectTCP(port: daemon.port)
+        defer { close(fd) }
+        #expect(DNSClient.isClosedByPeer(fd))
+    }
+
+    @Test func tcpConnectionsBeyondTheCapAreClosed() throws {
+        let zones = try TemporaryDirectory()
+        try zones.write("example.test.zone", testZone)
+        let daemon = try DiscodProcess.serving(zones: zones.url, environment: ["DISCO_DNS_TCP_CONNECTIONS_MAX": "2"])
+        defer { daemon.stop() }
+        let first = try DNSClient.connectTCP(port: daemon.port)
+        let second = try DNSClient.connectTCP(port: daemon.port)
+        defer { close(first); close(second) }
+        // Make sure both are accepted before the third arrives.
+        let query = Message.query(try DomainName("www.example.test."), .a)
+        for fd in [first, second] {
+            let bytes = try DNSClient.frame(query)
+            _ = send(fd, bytes, bytes.count, 0)
+            #expect(try DNSClient.readMessage(fd) != nil)
+        }
+        let third = try DNSClient.connectTCP(port: daemon.port)
+        defer { close(third) }
+        #expect(DNSClient.isClosedByPeer(third))
+    }
+
+    @Test func configurationErrorsNameFileLineAndKey() throws {
+        let directory = try TemporaryDirectory()
+        try directory.write("bad.toml", "[dns]\nworkers = 2\nlisten = [\"127.0.0.1:99999\"]\n")
+        let daemon = try DiscodProcess(arguments: ["--config", directory.url.appendingPathComponent("bad.toml").path])
+        #expect(daemon.waitForExit() == 78)
+        #expect(daemon.stderr.contains("bad.toml:3: dns.listen: '127.0.0.1:99999' is not an address"))
+    }
+
+    @Test func aPortInUseExitsWithUnavailable() throws {
+        let zones = try TemporaryDirectory()
+        try zones.write("example.test.zone", testZone)
+        // A UDP socket without SO_REUSEPORT holds the port.
+        let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        defer { close(fd) }
+        var address = DNSClient.loopback(0)
+        _ = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        let port = UInt16(bigEndian: address.sin_port)
+        let daemon = try DiscodProcess(arguments: ["--zones", zones.url.path, "--dns", "127.0.0.1:\(port)"])
+        #expect(daemon.waitForExit() == 69)
+        #expect(daemon.stderr.contains("cannot bind udp 127.0.0.1:\(port)"))
+    }
+
+    @Test func digAndKdigAgainstTheExampleZones() throws {
+        let daemon = try DiscodProcess.serving(zones: repositoryRoot.appendingPathComponent("Zones"))
+        defer { daemon.stop() }
+        for tool in ["dig", "kdig"] {
+            let output = try run(tool, ["@127.0.0.1", "-p", "\(daemon.port)", "+short", "example.com", "SOA"])
+            #expect(output.hasPrefix("ns1.example.com. hostmaster.example.com. "), "\(tool): \(output)")
+            let tcp = try run(tool, ["@127.0.0.1", "-p", "\(daemon.port)", "+tcp", "+short", "example.com", "NS"])
+            #expect(tcp.contains("ns1.example.com."), "\(tool) over TCP: \(tcp)")
+        }
+        let full = try run("dig", ["@127.0.0.1", "-p", "\(daemon.port)", "+norec", "nothing-here.example.com", "A"])
+        #expect(full.contains("status: NXDOMAIN"))
+        #expect(full.contains("flags: qr aa;"))
+    }
+
+    private func run(_ tool: String, _ arguments: [String]) throws -> String {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = [tool] + arguments
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        do {
+            try process.run()
+        } catch {
+            throw TestFailure("\(tool) is not installed (Debian dnsutils / knot-dnsutils): \(error)")
+        }
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else {
+            throw TestFailure("\(tool) exited \(process.terminationStatus): \(String(decoding: data, as: UTF8.self))")
+        }
+        return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+}

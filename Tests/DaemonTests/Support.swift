@@ -1,0 +1,222 @@
+import DNSWire
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The repository root, from this file's path.
+let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+    .deletingLastPathComponent()
+
+/// The discod binary built alongside the tests.
+func discodBinary() throws -> URL {
+    for configuration in ["debug", "release"] {
+        let url = repositoryRoot.appendingPathComponent(".build/\(configuration)/discod")
+        if FileManager.default.isExecutableFile(atPath: url.path) { return url }
+    }
+    throw TestFailure("discod is not built: run `swift build` first")
+}
+
+struct TestFailure: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// A temporary directory removed when the test ends.
+final class TemporaryDirectory {
+    let url: URL
+    init() throws {
+        url = FileManager.default.temporaryDirectory.appendingPathComponent("disco-test-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+    }
+    func write(_ name: String, _ text: String) throws {
+        try text.write(to: url.appendingPathComponent(name), atomically: true, encoding: .utf8)
+    }
+    deinit { try? FileManager.default.removeItem(at: url) }
+}
+
+/// A real discod process on loopback port 0; killed and reaped on `stop()` or deinit.
+/// @unchecked Sendable: `stderrText` is guarded by `lock`; the rest is set before the reader starts.
+final class DiscodProcess: @unchecked Sendable {
+    let process = Process()
+    private let stderrPipe = Pipe()
+    private let lock = NSLock()
+    private var stderrText = ""
+    private(set) var port: UInt16 = 0
+
+    init(arguments: [String], environment: [String: String] = [:]) throws {
+        process.executableURL = try discodBinary()
+        process.arguments = arguments
+        var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("DISCO_") && $0.key != "NOTIFY_SOCKET" }
+        env.merge(environment) { $1 }
+        process.environment = env
+        process.standardError = stderrPipe
+        process.standardOutput = FileHandle.nullDevice
+        stderrPipe.fileHandleForReading.readabilityHandler = { [weak self] handle in
+            let data = handle.availableData
+            guard let self, !data.isEmpty else { return }
+            self.lock.withLock { self.stderrText += String(decoding: data, as: UTF8.self) }
+        }
+        try process.run()
+    }
+
+    /// Starts discod serving `zones` on 127.0.0.1:0 and waits for its start-up line.
+    static func serving(zones: URL, extra: [String] = [], environment: [String: String] = [:]) throws -> DiscodProcess {
+        let daemon = try DiscodProcess(arguments: ["--zones", zones.path, "--dns", "127.0.0.1:0", "--workers", "2"] + extra,
+                                       environment: environment)
+        try daemon.waitForStart()
+        return daemon
+    }
+
+    var stderr: String { lock.withLock { stderrText } }
+
+    func waitForStart(timeoutSeconds: Double = 20) throws {
+        let deadline = Date().addingTimeInterval(timeoutSeconds)
+        while Date() < deadline {
+            let text = stderr
+            if let range = text.range(of: "on udp+tcp 127.0.0.1:") {
+                let digits = text[range.upperBound...].prefix { $0.isNumber }
+                if let port = UInt16(digits), port != 0 {
+                    self.port = port
+                    return
+                }
+            }
+            if !process.isRunning { throw TestFailure("discod exited (\(process.terminationStatus)): \(text)") }
+            usleep(20_000)
+        }
+        throw TestFailure("discod did not start: \(stderr)")
+    }
+
+    /// Waits until stderr contains `text`.
+    func waitForLog(_ text: String, timeoutSeconds: Double = 10) -> Bool {
+        let deadline = Date().addingTimeInterval(timeoutSeconds)
+        while Date() < deadline {
+            if stderr.contains(text) { return true }
+            usleep(20_000)
+        }
+        return false
+    }
+
+    func signal(_ number: Int32) { kill(process.processIdentifier, number) }
+
+    func waitForExit(timeoutSeconds: Double = 10) -> Int32? {
+        let deadline = Date().addingTimeInterval(timeoutSeconds)
+        while process.isRunning && Date() < deadline { usleep(20_000) }
+        return process.isRunning ? nil : process.terminationStatus
+    }
+
+    func stop() {
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+        stderrPipe.fileHandleForReading.readabilityHandler = nil
+    }
+
+    deinit { stop() }
+}
+
+/// A minimal DNS client over real sockets, for process tests.
+enum DNSClient {
+    static let timeoutMilliseconds = 3000
+
+    static func loopback(_ port: UInt16) -> sockaddr_in {
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = port.bigEndian
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        return address
+    }
+
+    static func setTimeout(_ fd: Int32) {
+        var tv = timeval(tv_sec: timeoutMilliseconds / 1000, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    static func udp(_ query: Message, port: UInt16) throws -> Message {
+        let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        defer { close(fd) }
+        setTimeout(fd)
+        var address = loopback(port)
+        let bytes = try query.serialized()
+        let sent = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                sendto(fd, bytes, bytes.count, 0, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+        guard sent == bytes.count else { throw TestFailure("sendto failed: \(errno)") }
+        var buffer = [UInt8](repeating: 0, count: 65535)
+        let received = recv(fd, &buffer, buffer.count, 0)
+        guard received > 0 else { throw TestFailure("no UDP answer (errno \(errno))") }
+        return try Message(parsing: Array(buffer[0..<received]))
+    }
+
+    /// A connected TCP socket; the caller closes it.
+    static func connectTCP(port: UInt16) throws -> Int32 {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        setTimeout(fd)
+        var address = loopback(port)
+        let result = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+        guard result == 0 else {
+            close(fd)
+            throw TestFailure("connect failed: \(errno)")
+        }
+        return fd
+    }
+
+    static func frame(_ message: Message) throws -> [UInt8] {
+        let bytes = try message.serialized()
+        return [UInt8(bytes.count >> 8), UInt8(bytes.count & 0xFF)] + bytes
+    }
+
+    static func readExactly(_ fd: Int32, _ count: Int) -> [UInt8]? {
+        var buffer = [UInt8](repeating: 0, count: count)
+        var have = 0
+        while have < count {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + have, count - have, 0) }
+            if n <= 0 { return nil }
+            have += n
+        }
+        return buffer
+    }
+
+    static func readMessage(_ fd: Int32) throws -> Message? {
+        guard let length = readExactly(fd, 2) else { return nil }
+        guard let body = readExactly(fd, Int(length[0]) << 8 | Int(length[1])) else { return nil }
+        return try Message(parsing: body)
+    }
+
+    static func tcp(_ queries: [Message], port: UInt16) throws -> [Message] {
+        let fd = try connectTCP(port: port)
+        defer { close(fd) }
+        // All queries in one write: pipelined (RFC 7766 §6.2.1.1).
+        let bytes = try queries.flatMap { try frame($0) }
+        guard send(fd, bytes, bytes.count, 0) == bytes.count else { throw TestFailure("send failed") }
+        var answers: [Message] = []
+        for _ in queries {
+            guard let answer = try readMessage(fd) else { throw TestFailure("TCP connection closed early") }
+            answers.append(answer)
+        }
+        return answers
+    }
+
+    /// True when the peer closes the connection within the timeout.
+    static func isClosedByPeer(_ fd: Int32) -> Bool {
+        var byte: UInt8 = 0
+        return recv(fd, &byte, 1, 0) == 0
+    }
+}
+
+let testZone = """
+    $TTL 300
+    @    SOA ns1 hostmaster 1 7200 900 1209600 60
+         NS  ns1
+    ns1  A   192.0.2.53
+    www  A   192.0.2.10
+    """
