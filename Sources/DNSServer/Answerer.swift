@@ -18,6 +18,8 @@ public enum Transport: Sendable {
 public final class Answerer {
     /// Our advertised and maximum UDP payload (DNS Flag Day 2020: 1232 avoids fragmentation).
     public static let udpPayloadBytesMax = 1232
+    /// RFC 8914: the EDNS option code of Extended DNS Errors.
+    static let extendedErrorOptionCode: UInt16 = 15
     /// CNAME/DNAME links followed inside served zones before answering with what we have.
     public static let cnameChainLengthMax = 8
     /// Responses are never larger than this (TCP's 16-bit length).
@@ -27,11 +29,19 @@ public final class Answerer {
     private let scratch: UnsafeMutableRawPointer
     private let compressionTable: UnsafeMutablePointer<UInt16>
     private let chainNodes: UnsafeMutablePointer<Int32>
+    /// Distinct names whose addresses one response carries in ADDITIONAL, at most.
+    public static let additionalNodesMax = 32
+    private let additionalNodes: UnsafeMutablePointer<Int32>
+    private var additionalCount = 0
+    /// Positive answers without the apex NS RRset in AUTHORITY (`dns.minimal_responses`).
+    public let minimalResponses: Bool
     private let chainZones: UnsafeMutablePointer<ObjectIdentifier?>
     /// The UDP payload size we advertise in OPT; ≤ `udpPayloadBytesMax`.
     public let udpPayloadBytes: Int
 
-    public init(udpPayloadBytes: Int = Answerer.udpPayloadBytesMax) {
+    public init(udpPayloadBytes: Int = Answerer.udpPayloadBytesMax, minimalResponses: Bool = false) {
+        self.minimalResponses = minimalResponses
+        additionalNodes = .allocate(capacity: Self.additionalNodesMax)
         precondition(udpPayloadBytes >= EDNS.udpPayloadBytesMin && udpPayloadBytes <= Answerer.responseBytesMax)
         lowercasedName = .allocate(byteCount: DomainName.nameBytesMax + 2, alignment: 8)
         scratch = .allocate(byteCount: DomainName.nameBytesMax + 2, alignment: 8)
@@ -47,6 +57,7 @@ public final class Answerer {
         scratch.deallocate()
         compressionTable.deallocate()
         chainNodes.deallocate()
+        additionalNodes.deallocate()
         chainZones.deallocate()
     }
 
@@ -132,7 +143,7 @@ public final class Answerer {
         }
         if qclass != .in && qclass != .any {
             return error(.refused, id: id, flags: flags, query: query, questionEnd: questionEnd, edns: edns,
-                         transport: transport, writer: &writer)
+                         extendedError: .notSupported, transport: transport, writer: &writer)
         }
         if qtype == .axfr || qtype == .ixfr {
             // Zone transfers are not offered.
@@ -146,7 +157,7 @@ public final class Answerer {
         let name = UnsafeRawBufferPointer(start: lowercasedName, count: nameLength)
         guard let zone = view.zone(containing: name) else {
             return error(.refused, id: id, flags: flags, query: query, questionEnd: questionEnd, edns: edns,
-                         transport: transport, writer: &writer)
+                         extendedError: .notAuthoritative, transport: transport, writer: &writer)
         }
 
         writer.reset(capacity: limit(transport: transport, edns: edns, output: output.count))
@@ -157,6 +168,7 @@ public final class Answerer {
         let afterQuestion = writer.mark
 
         var counts = SectionCounts()
+        additionalCount = 0
         var rcode = RCode.noError
         var aa = true
         do throws(WireOverflow) {
@@ -208,17 +220,20 @@ public final class Answerer {
                 let rrset = node.rrsets[Int(rrsetIndex)]
                 try writeRRSet(rrset, owner: owner, writer: &writer)
                 counts.answer &+= UInt16(rrset.records.count)
+                let apexNS = minimalResponses || (nodeIndex == 0 && rrset.type == .ns) ? nil : zone.apexNS
+                if let apexNS { writeAuthority(apexNS, zone: zone, counts: &counts, writer: &writer) }
                 writeAdditional(for: rrset, zone: zone, includeGlue: false, counts: &counts, writer: &writer)
+                if let apexNS, counts.authority > 0 {
+                    writeAdditional(for: apexNS, zone: zone, includeGlue: false, counts: &counts, writer: &writer)
+                }
                 return (.noError, true)
 
             case .any(let nodeIndex, _):
-                let node = zone.nodes[Int(nodeIndex)]
-                // RFC 8482 §4.2: over UDP, one RRset answers ANY; TCP gets them all.
-                for rrset in node.rrsets {
-                    try writeRRSet(rrset, owner: owner, writer: &writer)
-                    counts.answer &+= UInt16(rrset.records.count)
-                    if transport == .udp { break }
-                }
+                // RFC 8482 §4.2: one RRset answers ANY (the name's first, as NSD picks it),
+                // over UDP and TCP alike, so ANY cannot amplify.
+                let rrset = zone.nodes[Int(nodeIndex)].rrsets[0]
+                try writeRRSet(rrset, owner: owner, writer: &writer)
+                counts.answer &+= UInt16(rrset.records.count)
                 return (.noError, true)
 
             case .cname(let nodeIndex, let rrsetIndex, let wildcard):
@@ -386,6 +401,18 @@ public final class Answerer {
         try writeRRSet(zone.negativeSOA, owner: .name(zone.origin), writer: &writer)
     }
 
+    /// The apex NS RRset in AUTHORITY of a positive answer (NSD's default), best effort: left
+    /// out whole if it does not fit.
+    private func writeAuthority(_ ns: RRSet, zone: Zone, counts: inout SectionCounts, writer: inout WireWriter) {
+        let mark = writer.mark
+        do throws(WireOverflow) {
+            try writeRRSet(ns, owner: .name(zone.origin), writer: &writer)
+            counts.authority &+= UInt16(ns.records.count)
+        } catch {
+            writer.rollback(to: mark)
+        }
+    }
+
     /// Additional-section A/AAAA for NS, MX and SRV targets in the same zone (RFC 1034 §3.6.2,
     /// RFC 2782). Best effort: an RRset that does not fit is left out without setting TC.
     private func writeAdditional(for rrset: RRSet, zone: Zone, includeGlue: Bool, counts: inout SectionCounts,
@@ -393,9 +420,10 @@ public final class Answerer {
         let compiled = rrset.compiled
         for i in compiled.indices {
             let target = compiled[i].additionalNode
-            guard target >= 0, !compiled[..<i].contains(where: { $0.additionalNode == target }) else { continue }
+            guard target >= 0, !alreadyAdded(target) else { continue }
             let node = zone.nodes[Int(target)]
             if node.kind == .glue && !includeGlue { continue }
+            markAdded(target)
             for address in node.rrsets where address.type == .a || address.type == .aaaa {
                 let mark = writer.mark
                 do throws(WireOverflow) {
@@ -416,7 +444,8 @@ public final class Answerer {
         let compiled = ns.compiled
         for i in compiled.indices {
             let target = compiled[i].additionalNode
-            guard target >= 0, !compiled[..<i].contains(where: { $0.additionalNode == target }) else { continue }
+            guard target >= 0, !alreadyAdded(target) else { continue }
+            markAdded(target)
             let node = zone.nodes[Int(target)]
             let required = node.kind == .glue || node.kind == .delegation
             for address in node.rrsets where address.type == .a || address.type == .aaaa {
@@ -431,6 +460,21 @@ public final class Answerer {
                 }
             }
         }
+    }
+
+    /// Nodes whose addresses are already in ADDITIONAL (one zone per response: additional
+    /// data comes from the zone of the final answer or referral).
+    @inline(__always)
+    private func alreadyAdded(_ node: Int32) -> Bool {
+        for i in 0..<additionalCount where additionalNodes[i] == node { return true }
+        return false
+    }
+
+    @inline(__always)
+    private func markAdded(_ node: Int32) {
+        guard additionalCount < Self.additionalNodesMax else { return }
+        additionalNodes[additionalCount] = node
+        additionalCount += 1
     }
 
     // MARK: - Framing
@@ -468,7 +512,7 @@ public final class Answerer {
     }
 
     private func finish(flags: HeaderFlags, rcode: RCode, counts: SectionCounts, edns: ClientEDNS?,
-                        writer: inout WireWriter) -> Int {
+                        extendedError: ExtendedError? = nil, writer: inout WireWriter) -> Int {
         var flags = flags
         flags.rcodeBits = rcode.headerBits
         writer.patchU16(flags.rawValue, at: 2)
@@ -482,7 +526,15 @@ public final class Answerer {
                 try writer.u16(UInt16(udpPayloadBytes))
                 // RFC 3225: DO is copied from the query.
                 try writer.u32(UInt32(rcode.extendedBits) << 24 | (edns.dnssecOK ? 0x8000 : 0))
-                try writer.u16(0)
+                if let extendedError {
+                    // RFC 8914 §2: option 15, INFO-CODE, no EXTRA-TEXT.
+                    try writer.u16(6)
+                    try writer.u16(Self.extendedErrorOptionCode)
+                    try writer.u16(2)
+                    try writer.u16(extendedError.rawValue)
+                } else {
+                    try writer.u16(0)
+                }
                 additional &+= 1
             } catch {
                 preconditionFailure("room for OPT was reserved")
@@ -493,10 +545,18 @@ public final class Answerer {
     }
 
     private func error(_ rcode: RCode, id: UInt16, flags: HeaderFlags, query: UnsafeRawBufferPointer,
-                       questionEnd: Int, edns: ClientEDNS?, transport: Transport, writer: inout WireWriter) -> Int {
+                       questionEnd: Int, edns: ClientEDNS?, extendedError: ExtendedError? = nil,
+                       transport: Transport, writer: inout WireWriter) -> Int {
         writer.reset(capacity: Message.udpMessageBytesClassic)
         writeHeaderAndQuestion(id: id, query: query, questionEnd: questionEnd, writer: &writer)
-        return finish(flags: flags, rcode: rcode, counts: SectionCounts(), edns: edns, writer: &writer)
+        return finish(flags: flags, rcode: rcode, counts: SectionCounts(), edns: edns, extendedError: extendedError,
+                      writer: &writer)
+    }
+
+    /// RFC 8914 Extended DNS Error codes we send (only when the query had EDNS).
+    enum ExtendedError: UInt16 {
+        case notAuthoritative = 20
+        case notSupported = 21
     }
 
     private func skipRecord(_ reader: inout WireReader) throws(WireError) {

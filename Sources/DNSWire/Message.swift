@@ -260,7 +260,15 @@ extension Message: CustomStringConvertible {
         var lines: [String] = []
         lines.append("opcode: \(flags.opcode), rcode: \(rcode), flags: \(flags.flagNames)")
         if let edns {
-            lines.append("edns: version \(edns.version), udp \(edns.udpPayloadSize)\(edns.dnssecOK ? ", do" : "")")
+            var line = "edns: version \(edns.version), udp \(edns.udpPayloadSize)\(edns.dnssecOK ? ", do" : "")"
+            for option in edns.options {
+                if option.code == 15, option.data.count >= 2 {
+                    line += ", ede \(UInt16(option.data[0]) << 8 | UInt16(option.data[1]))"
+                } else {
+                    line += ", option \(option.code) \(option.data.count) bytes"
+                }
+            }
+            lines.append(line)
         }
         for q in questions { lines.append(";\(q.name)\t\(q.rrClass)\t\(q.type)") }
         for (title, section) in [("ANSWER", answers), ("AUTHORITY", authority), ("ADDITIONAL", additional)]

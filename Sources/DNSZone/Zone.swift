@@ -37,7 +37,7 @@ public struct Node: Sendable {
 
     public let name: DomainName
     public let kind: Kind
-    /// Sorted by type.
+    /// In the order their types first appear in the master file.
     public let rrsets: [RRSet]
 
     public func rrsetIndex(of type: RRType) -> Int? {
@@ -80,6 +80,8 @@ public final class Zone: Sendable {
     public let negativeTTL: UInt32
     /// The apex's SOA RRset with its TTL lowered to `negativeTTL`, for negative answers.
     public let negativeSOA: RRSet
+    /// The apex NS RRset, for AUTHORITY in positive answers.
+    public let apexNS: RRSet
     let originLabelCount: Int
     let table: NameTable
 
@@ -95,10 +97,10 @@ public final class Zone: Sendable {
         struct Owner {
             var name: DomainName
             var position: SourcePosition
-            var sets: [RRType: (ttl: UInt32, records: [RData], position: SourcePosition)] = [:]
+            var sets: [RRType: (ttl: UInt32, records: [RData], position: SourcePosition, order: Int)] = [:]
         }
         var owners: [DomainName: Owner] = [:]
-        for parsed in records {
+        for (order, parsed) in records.enumerated() {
             let rr = parsed.record
             guard rr.name.isSubdomain(of: origin) else {
                 fail(parsed.position, "\(rr.name) is outside the zone \(origin)")
@@ -111,7 +113,7 @@ public final class Zone: Sendable {
                 if !set.records.contains(rr.rdata) { set.records.append(rr.rdata) }
                 owner.sets[rr.type] = set
             } else {
-                owner.sets[rr.type] = (rr.ttl, [rr.rdata], parsed.position)
+                owner.sets[rr.type] = (rr.ttl, [rr.rdata], parsed.position, order)
             }
             owners[key] = owner
         }
@@ -211,7 +213,8 @@ public final class Zone: Sendable {
                 kind = strictlyBelow(key, cuts) != nil ? .glue : .authoritative
             }
             var rrsets: [RRSet] = []
-            for (type, set) in (owners[key]?.sets ?? [:]).sorted(by: { $0.key < $1.key }) {
+            // File order: minimal ANY answers with the name's first RRset, as NSD does.
+            for (type, set) in (owners[key]?.sets ?? [:]).sorted(by: { $0.value.order < $1.value.order }) {
                 let compiled = set.records.map { rdata in Zone.compile(rdata, table: table) }
                 rrsets.append(RRSet(type: type, ttl: set.ttl, records: set.records, compiled: compiled))
             }
@@ -227,6 +230,7 @@ public final class Zone: Sendable {
         let soaSet = nodes[0].rrsets[nodes[0].rrsetIndex(of: .soa)!]
         self.negativeSOA = RRSet(type: .soa, ttl: min(soaTTL, soaData.minimum), records: soaSet.records,
                                  compiled: soaSet.compiled)
+        self.apexNS = nodes[0].rrsets[nodes[0].rrsetIndex(of: .ns)!]
         self.originLabelCount = origin.labelCount
         self.table = table
     }
