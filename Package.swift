@@ -41,8 +41,10 @@ let package = Package(
         .executableTarget(name: "FuzzWire", dependencies: ["DNSWire", "DNSZone"]),
         .executableTarget(name: "FuzzZone", dependencies: ["DNSZone"]),
         .testTarget(name: "DNSWireTests", dependencies: ["DNSWire"]),
-        .testTarget(name: "DNSZoneTests", dependencies: ["DNSZone", "DNSWire"], resources: []),
-        .testTarget(name: "DNSServerTests", dependencies: ["DNSServer", "DNSZone", "DNSWire", "CShims"]),
+        .testTarget(name: "DNSZoneTests", dependencies: ["DNSZone", "DNSWire"]),
+        // Test-only: replaces malloc in the test binary to count allocations per query.
+        .target(name: "MallocCounter", path: "Tests/Support/MallocCounter"),
+        .testTarget(name: "DNSServerTests", dependencies: ["DNSServer", "DNSZone", "DNSWire", "CShims", "MallocCounter"]),
         .testTarget(name: "DaemonTests", dependencies: ["Daemon", "DNSWire", "CShims"]),
     ]
 )

@@ -33,6 +33,8 @@ public final class Answerer {
     public static let additionalNodesMax = 32
     private let additionalNodes: UnsafeMutablePointer<Int32>
     private var additionalCount = 0
+    /// The address RRset in ANSWER, which ADDITIONAL leaves out.
+    private var answeredAddress: (node: Int32, type: RRType) = (-1, RRType(0))
     /// Positive answers without the apex NS RRset in AUTHORITY (`dns.minimal_responses`).
     public let minimalResponses: Bool
     private let chainZones: UnsafeMutablePointer<ObjectIdentifier?>
@@ -169,11 +171,13 @@ public final class Answerer {
 
         var counts = SectionCounts()
         additionalCount = 0
+        answeredAddress = (-1, RRType(0))
         var rcode = RCode.noError
+        // Set before anything is written, so a truncated response keeps it (as NSD does).
         var aa = true
         do throws(WireOverflow) {
-            (rcode, aa) = try resolve(zone: zone, qtype: qtype, view: view, transport: transport,
-                                      counts: &counts, writer: &writer)
+            rcode = try resolve(zone: zone, qtype: qtype, view: view, transport: transport, authoritative: &aa,
+                                counts: &counts, writer: &writer)
         } catch {
             // RFC 2181 §9: a required section that does not fit sets TC; nothing partial is sent.
             writer.rollback(to: afterQuestion)
@@ -181,7 +185,7 @@ public final class Answerer {
             flags.tc = true
             rcode = .noError
         }
-        flags.aa = aa && !flags.tc
+        flags.aa = aa
         writer.capacity += optBytes
         return finish(flags: flags, rcode: rcode, counts: counts, edns: edns, writer: &writer)
     }
@@ -203,7 +207,8 @@ public final class Answerer {
     /// Runs the lookup, following CNAMEs and DNAMEs inside served zones, and writes the answer
     /// and authority sections (throwing on overflow) and the additional section (best effort).
     private func resolve(zone startZone: Zone, qtype: RRType, view: View, transport: Transport,
-                         counts: inout SectionCounts, writer: inout WireWriter) throws(WireOverflow) -> (RCode, Bool) {
+                         authoritative: inout Bool, counts: inout SectionCounts,
+                         writer: inout WireWriter) throws(WireOverflow) -> RCode {
         var zone = startZone
         var owner = Owner.offset(Message.headerBytes)
         var nameLength = 0
@@ -221,12 +226,14 @@ public final class Answerer {
                 try writeRRSet(rrset, owner: owner, writer: &writer)
                 counts.answer &+= UInt16(rrset.records.count)
                 let apexNS = minimalResponses || (nodeIndex == 0 && rrset.type == .ns) ? nil : zone.apexNS
+                // ADDITIONAL never repeats the answer (NSD): the answered name counts as added.
+                if rrset.type == .a || rrset.type == .aaaa { answeredAddress = (nodeIndex, rrset.type) }
                 if let apexNS { writeAuthority(apexNS, zone: zone, counts: &counts, writer: &writer) }
                 writeAdditional(for: rrset, zone: zone, includeGlue: false, counts: &counts, writer: &writer)
                 if let apexNS, counts.authority > 0 {
                     writeAdditional(for: apexNS, zone: zone, includeGlue: false, counts: &counts, writer: &writer)
                 }
-                return (.noError, true)
+                return .noError
 
             case .any(let nodeIndex, _):
                 // RFC 8482 §4.2: one RRset answers ANY (the name's first, as NSD picks it),
@@ -234,22 +241,23 @@ public final class Answerer {
                 let rrset = zone.nodes[Int(nodeIndex)].rrsets[0]
                 try writeRRSet(rrset, owner: owner, writer: &writer)
                 counts.answer &+= UInt16(rrset.records.count)
-                return (.noError, true)
+                writeAdditional(for: rrset, zone: zone, includeGlue: false, counts: &counts, writer: &writer)
+                return .noError
 
             case .cname(let nodeIndex, let rrsetIndex, let wildcard):
                 // A CNAME seen before in this chain is a loop: answer with the chain so far.
-                if !wildcard && visited(zone: zone, node: nodeIndex, count: chain) { return (.noError, true) }
+                if !wildcard && visited(zone: zone, node: nodeIndex, count: chain) { return .noError }
                 if !wildcard { remember(zone: zone, node: nodeIndex, at: chain) }
                 let rrset = zone.nodes[Int(nodeIndex)].rrsets[Int(rrsetIndex)]
                 let targetAt = try writeRRSet(rrset, owner: owner, writer: &writer)
                 counts.answer &+= 1
                 chain += 1
                 let target = rrset.compiled[0].lowercasedTarget
-                guard chain <= Self.cnameChainLengthMax, targetAt < 0x4000 else { return (.noError, true) }
+                guard chain <= Self.cnameChainLengthMax, targetAt < 0x4000 else { return .noError }
                 nameLength = target.count
                 target.withUnsafeBytes { lowercasedName.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
                 guard let next = view.zone(containing: UnsafeRawBufferPointer(start: lowercasedName, count: nameLength)) else {
-                    return (.noError, true)  // the target is not ours: the resolver follows it
+                    return .noError  // the target is not ours: the resolver follows it
                 }
                 zone = next
                 owner = .offset(targetAt)
@@ -262,18 +270,20 @@ public final class Answerer {
                 // RFC 6672 §2.2: qname = prefix + owner; the synthesized CNAME points to prefix + target.
                 guard case .dname(let target) = rrset.records[0] else { preconditionFailure("DNAME RRset without DNAME") }
                 let prefixLength = nameLength - node.name.wire.count
-                guard prefixLength + target.wire.count <= DomainName.nameBytesMax else { return (.yxDomain, true) }
+                guard prefixLength + target.wire.count <= DomainName.nameBytesMax else { return .yxDomain }
                 let targetAt = try writeSynthesizedCNAME(owner: owner, prefixLength: prefixLength, target: target,
                                                          ttl: rrset.ttl, writer: &writer)
                 counts.answer &+= 1
                 chain += 1
                 // The new name: prefix (already lowercased in place) + lowercased target.
-                let lowerTarget = target.lowercased().wire
+                let lowerTarget = rrset.compiled[0].lowercasedTarget
                 nameLength = prefixLength + lowerTarget.count
                 lowerTarget.withUnsafeBytes { (lowercasedName + prefixLength).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
                 guard chain <= Self.cnameChainLengthMax, targetAt < 0x4000,
                       let next = view.zone(containing: UnsafeRawBufferPointer(start: lowercasedName, count: nameLength))
-                else { return (.noError, true) }
+                else { return .noError }
+                // A CNAME query is answered by the synthesized CNAME itself.
+                if qtype == .cname { return .noError }
                 zone = next
                 owner = .offset(targetAt)
 
@@ -282,22 +292,24 @@ public final class Answerer {
                 let node = zone.nodes[Int(nodeIndex)]
                 guard let nsIndex = node.rrsetIndex(of: .ns) else { preconditionFailure("delegation without NS") }
                 let ns = node.rrsets[nsIndex]
+                // A referral is not authoritative, unless it follows an in-zone CNAME.
+                authoritative = chain > 0
                 try writeRRSet(ns, owner: .name(node.name), writer: &writer)
                 counts.authority &+= UInt16(ns.records.count)
                 // RFC 9471: glue for in-domain name servers must fit, else TC.
                 try writeGlue(for: ns, zone: zone, counts: &counts, writer: &writer)
-                return (.noError, chain > 0)
+                return .noError
 
             case .noData:
                 try writeNegativeSOA(zone: zone, writer: &writer)
                 counts.authority &+= 1
-                return (.noError, true)
+                return .noError
 
             case .nxDomain:
                 // RFC 6604: the rcode describes the last name of the chain.
                 try writeNegativeSOA(zone: zone, writer: &writer)
                 counts.authority &+= 1
-                return (.nxDomain, true)
+                return .nxDomain
             }
         }
     }
@@ -425,6 +437,7 @@ public final class Answerer {
             if node.kind == .glue && !includeGlue { continue }
             markAdded(target)
             for address in node.rrsets where address.type == .a || address.type == .aaaa {
+                if answeredAddress.node == target && answeredAddress.type == address.type { continue }
                 let mark = writer.mark
                 do throws(WireOverflow) {
                     try writeRRSet(address, owner: .name(node.name), writer: &writer)

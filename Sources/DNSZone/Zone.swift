@@ -10,7 +10,7 @@ public struct CompiledRData: Sendable {
     public let secondNameAt: Int16
     /// For NS, MX and SRV: the node of the target name in this zone, or -1.
     public let additionalNode: Int32
-    /// For CNAME: the lowercased target, to continue the lookup without decoding.
+    /// For CNAME and DNAME: the lowercased target, to continue the lookup without decoding.
     public let lowercasedTarget: [UInt8]
 }
 
@@ -253,7 +253,10 @@ public final class Zone: Sendable {
             additional = table.find(target.lowercased().wire)
         }
         var lowercasedTarget: [UInt8] = []
-        if case .cname(let target) = rdata { lowercasedTarget = target.lowercased().wire }
+        switch rdata {
+        case .cname(let target), .dname(let target): lowercasedTarget = target.lowercased().wire
+        default: break
+        }
         return CompiledRData(bytes: bytes, firstNameAt: Int16(names.first ?? -1),
                              secondNameAt: Int16(names.count > 1 ? names[1] : -1),
                              additionalNode: additional, lowercasedTarget: lowercasedTarget)
