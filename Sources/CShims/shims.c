@@ -26,6 +26,7 @@ struct disco_udp_batch {
     unsigned *out_lengths;
     uint8_t *in_control;
     uint8_t *out_control;
+    int with_control;
 };
 
 disco_udp_batch *disco_udp_batch_create(unsigned count, unsigned in_bytes, unsigned out_bytes) {
@@ -34,6 +35,7 @@ disco_udp_batch *disco_udp_batch_create(unsigned count, unsigned in_bytes, unsig
     b->count = count;
     b->in_bytes = in_bytes;
     b->out_bytes = out_bytes;
+    b->with_control = 1;
     b->in_headers = calloc(count, sizeof(struct mmsghdr));
     b->in_iov = calloc(count, sizeof(struct iovec));
     b->out_headers = calloc(count, sizeof(struct mmsghdr));
@@ -52,6 +54,8 @@ disco_udp_batch *disco_udp_batch_create(unsigned count, unsigned in_bytes, unsig
     return b;
 }
 
+void disco_udp_batch_set_control(disco_udp_batch *b, int enabled) { b->with_control = enabled; }
+
 void disco_udp_batch_destroy(disco_udp_batch *b) {
     if (!b) return;
     free(b->in_headers); free(b->in_iov); free(b->out_headers); free(b->out_iov);
@@ -69,8 +73,8 @@ int disco_udp_batch_recv(int fd, disco_udp_batch *b) {
         h->msg_namelen = sizeof(struct sockaddr_storage);
         h->msg_iov = &b->in_iov[i];
         h->msg_iovlen = 1;
-        h->msg_control = b->in_control + (size_t)i * DISCO_CONTROL_BYTES;
-        h->msg_controllen = DISCO_CONTROL_BYTES;
+        h->msg_control = b->with_control ? b->in_control + (size_t)i * DISCO_CONTROL_BYTES : NULL;
+        h->msg_controllen = b->with_control ? DISCO_CONTROL_BYTES : 0;
         h->msg_flags = 0;
         b->in_headers[i].msg_len = 0;
         b->out_lengths[i] = 0;
@@ -131,7 +135,7 @@ int disco_udp_batch_send(int fd, disco_udp_batch *b, unsigned received) {
         h->msg_iov = &b->out_iov[m];
         h->msg_iovlen = 1;
         uint8_t *control = b->out_control + (size_t)m * DISCO_CONTROL_BYTES;
-        size_t control_len = reply_control(&b->in_headers[i].msg_hdr, control);
+        size_t control_len = b->with_control ? reply_control(&b->in_headers[i].msg_hdr, control) : 0;
         if (control_len > 0) {
             h->msg_control = control;
             h->msg_controllen = control_len;
@@ -171,11 +175,18 @@ int disco_udp_socket(const struct sockaddr *address, socklen_t length, int recei
     if (fd < 0) return -errno;
     int one = 1;
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) goto fail;
+    /* Packet info is needed only on a wildcard address, to answer from the address the query
+     * was sent to; a socket bound to one address answers from it anyway, and skipping the
+     * control messages saves work per datagram in the kernel. */
     if (address->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *v6 = (const struct sockaddr_in6 *)address;
         if (setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) < 0) goto fail;
-        if (setsockopt(fd, IPPROTO_IPV6, IPV6_RECVPKTINFO, &one, sizeof(one)) < 0) goto fail;
+        if (IN6_IS_ADDR_UNSPECIFIED(&v6->sin6_addr) &&
+            setsockopt(fd, IPPROTO_IPV6, IPV6_RECVPKTINFO, &one, sizeof(one)) < 0) goto fail;
     } else {
-        if (setsockopt(fd, IPPROTO_IP, IP_PKTINFO, &one, sizeof(one)) < 0) goto fail;
+        const struct sockaddr_in *v4 = (const struct sockaddr_in *)address;
+        if (v4->sin_addr.s_addr == htonl(INADDR_ANY) &&
+            setsockopt(fd, IPPROTO_IP, IP_PKTINFO, &one, sizeof(one)) < 0) goto fail;
     }
     if (receive_buffer_bytes > 0) {
         (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &receive_buffer_bytes, sizeof(receive_buffer_bytes));

@@ -33,6 +33,11 @@ public final class Answerer {
     public static let additionalNodesMax = 32
     private let additionalNodes: UnsafeMutablePointer<Int32>
     private var additionalCount = 0
+    /// Something best-effort (AUTHORITY NS, ADDITIONAL) was left out for lack of room: the
+    /// response depends on the client's size and is not cached.
+    private var trimmed = false
+    /// Complete responses by question, for UDP workers (nil: no cache, as on TCP connections).
+    private let cache: AnswerCache?
     /// The address RRset in ANSWER, which ADDITIONAL leaves out.
     private var answeredAddress: (node: Int32, type: RRType) = (-1, RRType(0))
     /// Positive answers without the apex NS RRset in AUTHORITY (`dns.minimal_responses`).
@@ -41,8 +46,10 @@ public final class Answerer {
     /// The UDP payload size we advertise in OPT; ≤ `udpPayloadBytesMax`.
     public let udpPayloadBytes: Int
 
-    public init(udpPayloadBytes: Int = Answerer.udpPayloadBytesMax, minimalResponses: Bool = false) {
+    /// - Parameter cache: keep a response cache (8 MiB; for long-lived UDP workers, not per connection).
+    public init(udpPayloadBytes: Int = Answerer.udpPayloadBytesMax, minimalResponses: Bool = false, cache: Bool = false) {
         self.minimalResponses = minimalResponses
+        self.cache = cache ? AnswerCache() : nil
         additionalNodes = .allocate(capacity: Self.additionalNodesMax)
         precondition(udpPayloadBytes >= EDNS.udpPayloadBytesMin && udpPayloadBytes <= Answerer.responseBytesMax)
         lowercasedName = .allocate(byteCount: DomainName.nameBytesMax + 2, alignment: 8)
@@ -162,7 +169,15 @@ public final class Answerer {
                          extendedError: .notAuthoritative, transport: transport, writer: &writer)
         }
 
-        writer.reset(capacity: limit(transport: transport, edns: edns, output: output.count))
+        let sizeLimit = limit(transport: transport, edns: edns, output: output.count)
+        if let cache {
+            cache.use(view)
+            let hit = cache.answer(name: name, query: query, questionEnd: questionEnd, hasEDNS: edns != nil,
+                                   dnssecOK: edns?.dnssecOK ?? false, limit: sizeLimit, into: output)
+            if hit > 0 { return hit }
+        }
+
+        writer.reset(capacity: sizeLimit)
         // Room for our OPT is kept back while the sections are written.
         let optBytes = edns == nil ? 0 : EDNS.optRecordBytesMin
         writer.capacity -= optBytes
@@ -171,6 +186,7 @@ public final class Answerer {
 
         var counts = SectionCounts()
         additionalCount = 0
+        trimmed = false
         answeredAddress = (-1, RRType(0))
         var rcode = RCode.noError
         // Set before anything is written, so a truncated response keeps it (as NSD does).
@@ -187,7 +203,12 @@ public final class Answerer {
         }
         flags.aa = aa
         writer.capacity += optBytes
-        return finish(flags: flags, rcode: rcode, counts: counts, edns: edns, writer: &writer)
+        let length = finish(flags: flags, rcode: rcode, counts: counts, edns: edns, writer: &writer)
+        if let cache, !flags.tc, !trimmed, rcode == .noError || rcode == .nxDomain {
+            cache.store(name: name, response: UnsafeRawBufferPointer(start: output.baseAddress, count: length),
+                        questionEnd: questionEnd, hasEDNS: edns != nil)
+        }
+        return length
     }
 
     // MARK: - Resolution
@@ -422,6 +443,7 @@ public final class Answerer {
             counts.authority &+= UInt16(ns.records.count)
         } catch {
             writer.rollback(to: mark)
+            trimmed = true
         }
     }
 
@@ -444,6 +466,7 @@ public final class Answerer {
                     counts.additional &+= UInt16(address.records.count)
                 } catch {
                     writer.rollback(to: mark)
+                    trimmed = true
                     return
                 }
             }
@@ -469,6 +492,7 @@ public final class Answerer {
                 } catch {
                     writer.rollback(to: mark)
                     if required { throw error }
+                    trimmed = true
                     return
                 }
             }
@@ -516,7 +540,12 @@ public final class Answerer {
             try writer.u16(0)
             if questionEnd > 0 {
                 try writer.bytes(UnsafeRawBufferPointer(rebasing: query[Message.headerBytes..<questionEnd]))
-                writer.registerName(at: Message.headerBytes)
+                // Every suffix of the question name is a compression target (the zone apex is one).
+                var offset = Message.headerBytes
+                while query[offset] != 0 {
+                    writer.registerName(at: offset)
+                    offset += 1 + Int(query[offset])
+                }
             }
         } catch {
             // The question came in a packet of at most this size; 512 bytes always hold it.

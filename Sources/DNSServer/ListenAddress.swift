@@ -38,6 +38,9 @@ public struct ListenAddress: Hashable, Sendable, CustomStringConvertible {
 
     public var isIPv6: Bool { host.contains(":") }
 
+    /// 0.0.0.0 or ::, where replies must name their source address explicitly.
+    public var isWildcard: Bool { host == "0.0.0.0" || host == "::" || host.allSatisfy { $0 == ":" || $0 == "0" } }
+
     public var description: String { isIPv6 ? "[\(host)]:\(port)" : "\(host):\(port)" }
 
     /// The socket address, for bind(2).

@@ -25,7 +25,7 @@ public final class UDPServer: @unchecked Sendable {
     private let udpPayloadBytes: Int
     private let logger: Logger
     private let running = ManagedAtomicFlag()
-    private var sockets: [Int32] = []
+    private var sockets: [(fd: Int32, wildcard: Bool)] = []
     private var threads: [Thread] = []
     private let finished = DispatchGroup()
     /// Ports actually bound, in `addresses` order (differs from the request for port 0).
@@ -43,7 +43,7 @@ public final class UDPServer: @unchecked Sendable {
 
     /// Binds every socket (throwing, with nothing left open, if any bind fails), then starts the workers.
     public func start() throws(ServerError) {
-        var opened: [Int32] = []
+        var opened: [(fd: Int32, wildcard: Bool)] = []
         var bound: [ListenAddress] = []
         for address in addresses {
             var port = address.port
@@ -57,22 +57,22 @@ public final class UDPServer: @unchecked Sendable {
                     }
                 }
                 guard fd >= 0 else {
-                    opened.forEach { close($0) }
+                    opened.forEach { close($0.fd) }
                     throw ServerError.bind(address: address.description, transport: "udp", errno: -fd)
                 }
                 // With port 0 the first socket picks the port; the other workers join it.
                 if port == 0 { port = Int(disco_socket_port(fd)) }
-                opened.append(fd)
+                opened.append((fd, address.isWildcard))
             }
             bound.append(ListenAddress(host: address.host, port: port))
         }
         sockets = opened
         boundAddresses = bound
         running.set(true)
-        for fd in sockets {
+        for (fd, wildcard) in sockets {
             finished.enter()
             let thread = Thread { [self] in
-                self.serve(fd: fd)
+                self.serve(fd: fd, packetInfo: wildcard)
                 self.finished.leave()
             }
             thread.name = "disco-udp"
@@ -87,18 +87,19 @@ public final class UDPServer: @unchecked Sendable {
         guard running.get() else { return }
         running.set(false)
         finished.wait()
-        sockets.forEach { close($0) }
+        sockets.forEach { close($0.fd) }
         sockets = []
         threads = []
     }
 
-    private func serve(fd: Int32) {
+    private func serve(fd: Int32, packetInfo: Bool) {
         guard let batch = disco_udp_batch_create(Self.batchDatagramsMax, Self.queryBytesMax, UInt32(udpPayloadBytes)) else {
             logger.critical("cannot allocate UDP buffers")
             return
         }
         defer { disco_udp_batch_destroy(batch) }
-        let answerer = Answerer(udpPayloadBytes: udpPayloadBytes)
+        disco_udp_batch_set_control(batch, packetInfo ? 1 : 0)
+        let answerer = Answerer(udpPayloadBytes: udpPayloadBytes, cache: true)
         let outBytes = Int(disco_udp_batch_out_capacity(batch))
         var lastErrorLogged: Int32 = 0
         while running.get() {

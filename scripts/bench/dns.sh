@@ -14,6 +14,8 @@
 #   --latency-qps N      rate of the per-query latency runs (LAT_QPS, default 20000)
 #   --latency-duration S seconds of each latency run (LAT_DURATION, default 5; 0 = skip)
 #   --warmup S           unmeasured run before each server's first run (WARMUP, default 2)
+#   --cpu-qps N          rate of the CPU-cost runs (CPU_QPS, default 100000)
+#   --cpu-duration S     seconds of each CPU-cost run (CPU_DURATION, default 10; 0 = skip)
 #   --services N, --nodes N   zone size (SERVICES 2000, NODES 1000: ~33,000 records)
 #   --nsd-only           benchmark NSD alone (no discod needed)
 #   --discod-only        benchmark discod alone
@@ -32,8 +34,13 @@
 # prints only average/stddev/min/max). Prints one table, discod/NSD in the last
 # column. Everything started is stopped and the temp dir removed on exit.
 #
-# Note: on a 2-core machine dnsperf and the server share the CPUs; the figures
-# are for comparing servers in one run, not absolute capacity.
+# Then a CPU-cost run at a fixed CPU_QPS rate: the server's CPU time (every thread of
+# every process of its session, from /proc/*/task/*/schedstat) divided by the queries
+# answered, and its inverse, queries per CPU-second: the server's capacity per core.
+#
+# Note: on a 2-core machine dnsperf and the server share the CPUs, and dnsperf itself
+# saturates a core near 180,000 queries/s: the throughput row is then capped by the load
+# generator, not the server; the CPU-cost row measures the server alone.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -43,6 +50,7 @@ source "$here/../lib.sh"
 DURATION=${DURATION:-20} CLIENTS=${CLIENTS:-4} THREADS=${THREADS:-} OUTSTANDING=${OUTSTANDING:-100}
 WORKERS=${WORKERS:-1} QPS=${QPS:-} MODE=${MODE:-udp} EDNS=${EDNS:-1} ROUNDS=${ROUNDS:-1}
 LAT_QPS=${LAT_QPS:-20000} LAT_DURATION=${LAT_DURATION:-5} WARMUP=${WARMUP:-2}
+CPU_QPS=${CPU_QPS:-100000} CPU_DURATION=${CPU_DURATION:-10}
 SERVICES=${SERVICES:-2000} NODES=${NODES:-1000} PIN=${PIN:-0}
 run_nsd=1 run_discod=1
 
@@ -60,6 +68,8 @@ while (($#)); do
     --latency-qps) LAT_QPS=$2; shift ;;
     --latency-duration) LAT_DURATION=$2; shift ;;
     --warmup) WARMUP=$2; shift ;;
+    --cpu-qps) CPU_QPS=$2; shift ;;
+    --cpu-duration) CPU_DURATION=$2; shift ;;
     --services) SERVICES=$2; shift ;;
     --nodes) NODES=$2; shift ;;
     --nsd-only) run_discod=0 ;;
@@ -113,20 +123,32 @@ dnsperf_run() {
   }
 }
 
-names=() ports=()
+# server_cpu_ns SID: CPU nanoseconds used so far by every thread of every process of session SID.
+server_cpu_ns() {
+  local total=0 pid file t rest
+  for pid in $(ps -o pid= -s "$1"); do
+    for file in /proc/"$pid"/task/*/schedstat; do
+      read -r t rest <"$file" 2>/dev/null || continue
+      total=$((total + t))
+    done
+  done
+  echo "$total"
+}
+
+names=() ports=() pids=()
 DISCO_SPAWN_PREFIX=("${server_cpu[@]}") # servers (and NSD's forked children) on CPU 0
 if ((run_nsd)); then
   nsd_port=${NSD_PORT:-$(disco_free_port)}
   # NSD gets as many serving processes as discod gets workers.
   NSD_SERVER_COUNT=$WORKERS disco_nsd_start "$zonedir" "$nsd_port"
   nsd_version=$(disco_nsd_version)
-  names+=("NSD-$nsd_version") ports+=("$nsd_port")
+  names+=("NSD-$nsd_version") ports+=("$nsd_port") pids+=("$NSD_PID")
   disco_log "NSD $nsd_version on 127.0.0.1:$nsd_port (server-count $WORKERS)"
 fi
 if ((run_discod)); then
   discod_port=${DISCOD_PORT:-$(disco_free_port)}
   disco_discod_start "$discod" "$zonedir" "$discod_port" "$WORKERS"
-  names+=(discod) ports+=("$discod_port")
+  names+=(discod) ports+=("$discod_port") pids+=("$DISCOD_PID")
   disco_log "discod on 127.0.0.1:$discod_port (--workers $WORKERS, $discod)"
 fi
 
@@ -134,7 +156,7 @@ DISCO_SPAWN_PREFIX=()
 
 qps_args=()
 [[ -n $QPS ]] && qps_args=(-Q "$QPS")
-declare -A summaries=() latencies=()
+declare -A summaries=() latencies=() cpu_ns=() cpu_queries=()
 for ((round = 1; round <= ROUNDS; round++)); do
   for i in "${!names[@]}"; do
     name=${names[$i]} port=${ports[$i]}
@@ -150,6 +172,16 @@ for ((round = 1; round <= ROUNDS; round++)); do
       disco_log "round $round/$ROUNDS: $name, per-query latency at $LAT_QPS queries/s for $LAT_DURATION s"
       dnsperf_run "$port" "$LAT_DURATION" "$out" -Q "$LAT_QPS" -v
       latencies[$name]+="${latencies[$name]:+,}$out"
+    fi
+    if ((CPU_DURATION > 0)); then
+      out=$DISCO_TMP/cpu-$name-$round.txt
+      disco_log "round $round/$ROUNDS: $name, server CPU time at $CPU_QPS queries/s for $CPU_DURATION s"
+      before=$(server_cpu_ns "${pids[$i]}")
+      dnsperf_run "$port" "$CPU_DURATION" "$out" -Q "$CPU_QPS"
+      after=$(server_cpu_ns "${pids[$i]}")
+      completed=$(awk '/Queries completed:/ { print $3 }' "$out")
+      cpu_ns[$name]=$((${cpu_ns[$name]:-0} + after - before))
+      cpu_queries[$name]=$((${cpu_queries[$name]:-0} + completed))
     fi
   done
 done
@@ -167,3 +199,30 @@ python3 "$here/dnsperf_report.py" \
   --title "throughput: dnsperf $MODE, $edns_text, -c $CLIENTS -q $OUTSTANDING${THREADS:+ -T $THREADS}${QPS:+ -Q $QPS}, ${DURATION} s, median of $ROUNDS round(s)" \
   --latency-title "latency at a fixed $LAT_QPS queries/s, ${LAT_DURATION} s per round (percentiles from dnsperf -v per-query times, nearest rank)" \
   "${report_args[@]}"
+
+if ((CPU_DURATION > 0)); then
+  echo
+  echo "server CPU cost at a fixed $CPU_QPS queries/s, ${CPU_DURATION} s per round, summed over $ROUNDS round(s) (schedstat of every server thread)"
+  args=()
+  for name in "${names[@]}"; do args+=("$name" "${cpu_ns[$name]}" "${cpu_queries[$name]}"); done
+  python3 - "${args[@]}" <<'PY'
+import sys
+rows = sys.argv[1:]
+servers = [(rows[i], int(rows[i + 1]), int(rows[i + 2])) for i in range(0, len(rows), 3)]
+names = [s[0] for s in servers]
+us = [ns / 1000 / max(q, 1) for _, ns, q in servers]
+cap = [1e6 / u if u > 0 else 0 for u in us]
+head = f"{'':28}" + "".join(f"{n:>18}" for n in names)
+if len(servers) == 2:
+    head += f"{names[1] + '/' + names[0]:>18}"
+print(head)
+def line(label, values, fmt, ratio):
+    out = f"  {label:26}" + "".join(f"{fmt.format(v):>18}" for v in values)
+    if len(values) == 2 and values[0] > 0:
+        out += f"{ratio(values):>17.2f}x"
+    print(out)
+line("CPU us per query", us, "{:.2f}", lambda v: v[1] / v[0])
+line("queries per CPU-second", cap, "{:.0f}", lambda v: v[1] / v[0])
+line("queries answered", [q for _, _, q in servers], "{}", lambda v: v[1] / v[0])
+PY
+fi

@@ -17,6 +17,8 @@ typedef struct disco_udp_batch disco_udp_batch;
 
 disco_udp_batch *disco_udp_batch_create(unsigned count, unsigned in_bytes, unsigned out_bytes);
 void disco_udp_batch_destroy(disco_udp_batch *batch);
+/// Whether datagrams carry packet-info control messages (only sockets on a wildcard address need them).
+void disco_udp_batch_set_control(disco_udp_batch *batch, int enabled);
 
 /// Receives up to `count` datagrams (blocking for the first one, then whatever is queued).
 /// Returns the number received, 0 on a timeout or EINTR, or -errno.
