@@ -8,6 +8,8 @@ let package = Package(
         .executable(name: "discod", targets: ["discod"]),
         .executable(name: "FuzzWire", targets: ["FuzzWire"]),
         .executable(name: "FuzzZone", targets: ["FuzzZone"]),
+        .executable(name: "raft-sim", targets: ["raft-sim"]),
+        .library(name: "RaftTesting", targets: ["RaftTesting"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
@@ -37,6 +39,11 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        .target(name: "Raft"),
+        .target(name: "RaftTesting", dependencies: ["Raft"]),
+        .executableTarget(name: "raft-sim", dependencies: [
+            "RaftTesting", "Raft", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
         .executableTarget(name: "discod", dependencies: ["Daemon"]),
         .executableTarget(name: "FuzzWire", dependencies: ["DNSWire", "DNSZone"]),
         .executableTarget(name: "FuzzZone", dependencies: ["DNSZone"]),
@@ -46,5 +53,6 @@ let package = Package(
         .target(name: "MallocCounter", path: "Tests/Support/MallocCounter"),
         .testTarget(name: "DNSServerTests", dependencies: ["DNSServer", "DNSZone", "DNSWire", "CShims", "MallocCounter"]),
         .testTarget(name: "DaemonTests", dependencies: ["Daemon", "DNSWire", "CShims"]),
+        .testTarget(name: "RaftTests", dependencies: ["Raft", "RaftTesting"]),
     ]
 )
