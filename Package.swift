@@ -10,6 +10,7 @@ let package = Package(
         .executable(name: "FuzzZone", targets: ["FuzzZone"]),
         .executable(name: "raft-sim", targets: ["raft-sim"]),
         .library(name: "RaftTesting", targets: ["RaftTesting"]),
+        .library(name: "DNSTesting", targets: ["DNSTesting"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
@@ -45,13 +46,15 @@ let package = Package(
             "RaftTesting", "Raft", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "discod", dependencies: ["Daemon"]),
-        .executableTarget(name: "FuzzWire", dependencies: ["DNSWire", "DNSZone"]),
-        .executableTarget(name: "FuzzZone", dependencies: ["DNSZone"]),
+        // Test kit: the fuzzers' properties, shared by the fuzz targets and the corpus replay tests.
+        .target(name: "DNSTesting", dependencies: ["DNSServer", "DNSZone", "DNSWire"]),
+        .executableTarget(name: "FuzzWire", dependencies: ["DNSTesting"]),
+        .executableTarget(name: "FuzzZone", dependencies: ["DNSTesting"]),
         .testTarget(name: "DNSWireTests", dependencies: ["DNSWire"]),
         .testTarget(name: "DNSZoneTests", dependencies: ["DNSZone", "DNSWire"]),
         // Test-only: replaces malloc in the test binary to count allocations per query.
         .target(name: "MallocCounter", path: "Tests/Support/MallocCounter"),
-        .testTarget(name: "DNSServerTests", dependencies: ["DNSServer", "DNSZone", "DNSWire", "CShims", "MallocCounter"]),
+        .testTarget(name: "DNSServerTests", dependencies: ["DNSServer", "DNSZone", "DNSWire", "CShims", "MallocCounter", "DNSTesting"]),
         .testTarget(name: "DaemonTests", dependencies: ["Daemon", "DNSWire", "CShims"]),
         .testTarget(name: "RaftTests", dependencies: ["Raft", "RaftTesting"]),
     ]
