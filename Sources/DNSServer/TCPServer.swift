@@ -19,6 +19,7 @@ public final class TCPServer: @unchecked Sendable {
     private let group: EventLoopGroup
     private let connectionsMax: Int
     private let idleTimeoutSeconds: Int64
+    private let minimalResponses: Bool
     private let logger: Logger
     private let connections = ManagedAtomic<Int>(0)
     private var channels: [Channel] = []
@@ -26,7 +27,9 @@ public final class TCPServer: @unchecked Sendable {
 
     public init(addresses: [ListenAddress], store: ViewStore, group: EventLoopGroup,
                 connectionsMax: Int = TCPServer.connectionsMaxDefault,
-                idleTimeoutSeconds: Int64 = TCPServer.idleTimeoutSecondsDefault, logger: Logger) {
+                idleTimeoutSeconds: Int64 = TCPServer.idleTimeoutSecondsDefault, minimalResponses: Bool = false,
+                logger: Logger) {
+        self.minimalResponses = minimalResponses
         self.addresses = addresses
         self.store = store
         self.group = group
@@ -44,6 +47,7 @@ public final class TCPServer: @unchecked Sendable {
         let connectionsMax = self.connectionsMax
         let idle = TimeAmount.seconds(idleTimeoutSeconds)
         let logger = self.logger
+        let minimalResponses = self.minimalResponses
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -59,7 +63,7 @@ public final class TCPServer: @unchecked Sendable {
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: idle))
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(DNSFrameDecoder()))
-                    try channel.pipeline.syncOperations.addHandler(DNSQueryHandler(store: store))
+                    try channel.pipeline.syncOperations.addHandler(DNSQueryHandler(store: store, minimalResponses: minimalResponses))
                 }
             }
         var started: [Channel] = []
@@ -110,11 +114,12 @@ final class DNSQueryHandler: ChannelInboundHandler {
     typealias OutboundOut = ByteBuffer
 
     private let store: ViewStore
-    private let answerer = Answerer()
+    private let answerer: Answerer
     private var pendingFlush = false
 
-    init(store: ViewStore) {
+    init(store: ViewStore, minimalResponses: Bool) {
         self.store = store
+        self.answerer = Answerer(minimalResponses: minimalResponses)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {

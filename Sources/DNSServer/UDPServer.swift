@@ -23,6 +23,7 @@ public final class UDPServer: @unchecked Sendable {
     private let workers: Int
     private let store: ViewStore
     private let udpPayloadBytes: Int
+    private let minimalResponses: Bool
     private let logger: Logger
     private let running = ManagedAtomicFlag()
     private var sockets: [(fd: Int32, wildcard: Bool)] = []
@@ -32,7 +33,8 @@ public final class UDPServer: @unchecked Sendable {
     public private(set) var boundAddresses: [ListenAddress] = []
 
     public init(addresses: [ListenAddress], workers: Int, store: ViewStore,
-                udpPayloadBytes: Int = Answerer.udpPayloadBytesMax, logger: Logger) {
+                udpPayloadBytes: Int = Answerer.udpPayloadBytesMax, minimalResponses: Bool = false, logger: Logger) {
+        self.minimalResponses = minimalResponses
         precondition(workers >= 1, "at least one UDP worker")
         self.addresses = addresses
         self.workers = workers
@@ -99,7 +101,7 @@ public final class UDPServer: @unchecked Sendable {
         }
         defer { disco_udp_batch_destroy(batch) }
         disco_udp_batch_set_control(batch, packetInfo ? 1 : 0)
-        let answerer = Answerer(udpPayloadBytes: udpPayloadBytes, cache: true)
+        let answerer = Answerer(udpPayloadBytes: udpPayloadBytes, minimalResponses: minimalResponses, cache: true)
         let outBytes = Int(disco_udp_batch_out_capacity(batch))
         var lastErrorLogged: Int32 = 0
         while running.get() {

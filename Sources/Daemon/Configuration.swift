@@ -23,7 +23,8 @@ public struct ConfigError: Error, Sendable, Equatable, CustomStringConvertible {
     public var key: String
     public var message: String
 
-    public var description: String { "\(source): \(key): \(message)" }
+    /// `file:line: key: message`, or `file:line: message` for a syntax error (no key yet).
+    public var description: String { key.isEmpty ? "\(source): \(message)" : "\(source): \(key): \(message)" }
 }
 
 /// discod's settings. Precedence (DESIGN.md): flags > DISCO_* environment > TOML file > defaults.
@@ -39,6 +40,8 @@ public struct Configuration: Sendable, Equatable {
     public var dnsTCPConnectionsMax: Int
     /// Idle TCP connections are closed after this many seconds.
     public var dnsTCPIdleTimeoutSeconds: Int
+    /// Positive answers without the zone's NS RRset in AUTHORITY (NSD's default is to add it).
+    public var dnsMinimalResponses: Bool
     /// The directory of `<origin>.zone` master files.
     public var zonesDirectory: String
     public var logLevel: Logger.Level
@@ -50,6 +53,7 @@ public struct Configuration: Sendable, Equatable {
         dnsUDPPayloadBytes: Answerer.udpPayloadBytesMax,
         dnsTCPConnectionsMax: TCPServer.connectionsMaxDefault,
         dnsTCPIdleTimeoutSeconds: Int(TCPServer.idleTimeoutSecondsDefault),
+        dnsMinimalResponses: false,
         zonesDirectory: "/etc/disco/zones",
         logLevel: .info)
 
@@ -122,6 +126,11 @@ public struct Configuration: Sendable, Equatable {
             config.dnsTCPIdleTimeoutSeconds = n
             return nil
         },
+        Key(name: "dns.minimal_responses") { config, value in
+            guard case .boolean(let on) = value else { return "expected true or false" }
+            config.dnsMinimalResponses = on
+            return nil
+        },
         Key(name: "zones.directory") { config, value in
             guard case .string(let path) = value, !path.isEmpty else { return "expected a directory path" }
             config.zonesDirectory = path
@@ -147,7 +156,7 @@ public struct Configuration: Sendable, Equatable {
         do {
             text = try String(contentsOfFile: path, encoding: .utf8)
         } catch {
-            throw ConfigError(source: .file(path, line: 0), key: "-", message: "cannot read the configuration file")
+            throw ConfigError(source: .file(path, line: 0), key: "", message: "cannot read the configuration file")
         }
         try apply(toml: text, file: path)
     }
@@ -157,7 +166,7 @@ public struct Configuration: Sendable, Equatable {
         do throws(TOMLError) {
             document = try TOMLDocument(parsing: text, file: file)
         } catch {
-            throw ConfigError(source: .file(file, line: error.line), key: "-", message: error.message)
+            throw ConfigError(source: .file(file, line: error.line), key: "", message: error.message)
         }
         for (name, value) in document.values.sorted(by: { $0.value.line < $1.value.line }) {
             guard let key = Self.keys.first(where: { $0.name == name }) else {
@@ -178,6 +187,8 @@ public struct Configuration: Sendable, Equatable {
             let value: TOMLValue.Kind
             if let integer = Int(raw) {
                 value = .integer(integer)
+            } else if raw == "true" || raw == "false" {
+                value = .boolean(raw == "true")
             } else if key.name == "dns.listen" {
                 value = .array(raw.split(separator: ",").map {
                     TOMLValue(kind: .string($0.trimmingCharacters(in: .whitespaces)), line: 0)

@@ -55,25 +55,19 @@ public final class DiscoDaemon: @unchecked Sendable {
         store.publish(View(zones: zones))
 
         let udp = UDPServer(addresses: config.dnsListen, workers: config.dnsWorkers, store: store,
-                            udpPayloadBytes: config.dnsUDPPayloadBytes, logger: logger)
+                            udpPayloadBytes: config.dnsUDPPayloadBytes, minimalResponses: config.dnsMinimalResponses,
+                            logger: logger)
         // TCP is not the hot path: one event loop is plenty, and leaves the cores to UDP.
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let tcp = TCPServer(addresses: config.dnsListen, store: store, group: group,
-                            connectionsMax: config.dnsTCPConnectionsMax,
-                            idleTimeoutSeconds: Int64(config.dnsTCPIdleTimeoutSeconds), logger: logger)
         do throws(ServerError) {
             try udp.start()
-            // With port 0, TCP binds the port UDP got, so one number serves both.
-            if config.dnsListen.contains(where: { $0.port == 0 }) {
-                let tcpOnUDPPorts = TCPServer(addresses: udp.boundAddresses, store: store, group: group,
-                                              connectionsMax: config.dnsTCPConnectionsMax,
-                                              idleTimeoutSeconds: Int64(config.dnsTCPIdleTimeoutSeconds), logger: logger)
-                try tcpOnUDPPorts.start()
-                self.tcp = tcpOnUDPPorts
-            } else {
-                try tcp.start()
-                self.tcp = tcp
-            }
+            // TCP binds the ports UDP got, so with port 0 one number serves both.
+            let tcp = TCPServer(addresses: udp.boundAddresses, store: store, group: group,
+                                connectionsMax: config.dnsTCPConnectionsMax,
+                                idleTimeoutSeconds: Int64(config.dnsTCPIdleTimeoutSeconds),
+                                minimalResponses: config.dnsMinimalResponses, logger: logger)
+            try tcp.start()
+            self.tcp = tcp
         } catch {
             udp.stop()
             try? group.syncShutdownGracefully()

@@ -157,6 +157,7 @@ public struct TOMLDocument: Sendable {
                     index += 1
                 }
                 let word = String(decoding: bytes[start..<index], as: UTF8.self)
+                guard !word.isEmpty else { throw fail("expected a value after '='") }
                 if word == "true" { return TOMLValue(kind: .boolean(true), line: valueLine) }
                 if word == "false" { return TOMLValue(kind: .boolean(false), line: valueLine) }
                 let digits = word.replacingOccurrences(of: "_", with: "")

@@ -1,0 +1,97 @@
+@testable import Daemon
+import DNSServer
+import Foundation
+import Testing
+
+@Suite("configuration")
+struct ConfigurationTests {
+    @Test func theShippedFileLoadsAndDocumentsEveryKey() throws {
+        let path = repositoryRoot.appendingPathComponent("Config/discod.toml").path
+        var config = Configuration.development
+        try config.apply(tomlFile: path)
+        #expect(config.dnsListen == [ListenAddress(host: "0.0.0.0", port: 53)])
+        #expect(config.zonesDirectory == "/etc/disco/zones")
+        #expect(config.dnsUDPPayloadBytes == Answerer.udpPayloadBytesMax)
+        // Every key the daemon understands is written (or shown commented) in the file.
+        let text = try String(contentsOfFile: path, encoding: .utf8)
+        for key in Configuration.keys {
+            let leaf = String(key.name.split(separator: ".").last!)
+            #expect(text.contains("\(leaf) = "), "Config/discod.toml does not document \(key.name)")
+        }
+        // The file's values are the service defaults.
+        var defaults = Configuration.service
+        defaults.dnsWorkers = config.dnsWorkers
+        #expect(config == defaults)
+    }
+
+    @Test func precedenceIsFlagsThenEnvironmentThenFile() throws {
+        let directory = try TemporaryDirectory()
+        try directory.write("c.toml", "[dns]\nworkers = 3\nlisten = \"127.0.0.1:1053\"\n[zones]\ndirectory = \"from-file\"\n")
+        let file = directory.url.appendingPathComponent("c.toml").path
+        var command = try DiscodCommand.parse(["--config", file, "--workers", "5"])
+        var config = try command.resolve(environment: ["DISCO_DNS_WORKERS": "4", "DISCO_ZONES_DIRECTORY": "from-env"])
+        #expect(config.dnsWorkers == 5)
+        #expect(config.zonesDirectory == "from-env")
+        #expect(config.dnsListen == [ListenAddress(host: "127.0.0.1", port: 1053)])
+        command = try DiscodCommand.parse(["--dev"])
+        config = try command.resolve(environment: ["DISCO_DNS_LISTEN": "127.0.0.1:1,[::1]:2", "DISCO_DNS_MINIMAL_RESPONSES": "true"])
+        #expect(config.dnsListen == [ListenAddress(host: "127.0.0.1", port: 1), ListenAddress(host: "::1", port: 2)])
+        #expect(config.dnsMinimalResponses)
+        #expect(config.zonesDirectory == "Zones")
+    }
+
+    @Test("errors name where, which key and what was expected", arguments: [
+        ("[dns]\nworkers = 0\n", "f.toml:2: dns.workers: expected an integer from 1 to 64"),
+        ("[dns]\nlisten = [\"localhost:53\"]\n", "f.toml:2: dns.listen: 'localhost:53' is not an address (expected IPv4:PORT or [IPv6]:PORT)"),
+        ("[dns]\nworkers = 2\nbogus = 1\n", "f.toml:3: dns.bogus: unknown key (expected one of dns.listen, dns.workers, dns.udp_payload_bytes, dns.tcp_connections_max, dns.tcp_idle_timeout_seconds, dns.minimal_responses, zones.directory, log.level)"),
+        ("[log]\nlevel = \"loud\"\n", "f.toml:2: log.level: expected one of trace, debug, info, notice, warning, error, critical"),
+        ("[dns]\nminimal_responses = 1\n", "f.toml:2: dns.minimal_responses: expected true or false"),
+        ("[dns\n", "f.toml:1: expected ']' to close the table header"),
+        ("[dns]\nworkers = \n", "f.toml:2: expected a value after '='"),
+        ("[dns]\nworkers = 1\nworkers = 2\n", "f.toml:3: key dns.workers is defined twice"),
+        ("[dns]\nlisten = [\"127.0.0.1:53\"\n", "f.toml:3: unterminated array (expected ']')"),
+        ("a = { b = 1 }\n", "f.toml:1: inline tables are not supported; use a [table] header"),
+    ])
+    func errors(_ text: String, _ expected: String) {
+        var config = Configuration.development
+        #expect(throws: ConfigError.self) { try config.apply(toml: text, file: "f.toml") }
+        do {
+            try config.apply(toml: text, file: "f.toml")
+        } catch {
+            #expect(error.description == expected)
+        }
+    }
+
+    @Test func environmentErrorsNameTheVariable() {
+        var config = Configuration.development
+        do {
+            try config.apply(environment: ["DISCO_DNS_TCP_CONNECTIONS_MAX": "lots"])
+            Issue.record("expected an error")
+        } catch {
+            #expect(error.description == "environment DISCO_DNS_TCP_CONNECTIONS_MAX: dns.tcp_connections_max: expected an integer from 1 to 1000000")
+        }
+    }
+
+    @Test func tomlValues() throws {
+        let document = try TOMLDocument(parsing: """
+            # comment
+            top = "a \\"quoted\\" string" # trailing comment
+            [t.sub]
+            n = 1_000
+            f = 2.5
+            yes = true
+            list = [
+              "x", # first
+              'y',
+            ]
+            "quoted key" = 'lit\\eral'
+            """, file: "v.toml")
+        #expect(document.values["top"]?.kind == .string("a \"quoted\" string"))
+        #expect(document.values["t.sub.n"]?.kind == .integer(1000))
+        #expect(document.values["t.sub.f"]?.kind == .float(2.5))
+        #expect(document.values["t.sub.yes"]?.kind == .boolean(true))
+        #expect(document.values["t.sub.list"]?.kind == .array([TOMLValue(kind: .string("x"), line: 8), TOMLValue(kind: .string("y"), line: 9)]))
+        #expect(document.values["t.sub.quoted key"]?.kind == .string("lit\\eral"))
+        #expect(document.values["t.sub.n"]?.line == 4)
+    }
+}
