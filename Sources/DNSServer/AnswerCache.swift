@@ -8,18 +8,21 @@
 /// AUTHORITY or ADDITIONAL) and small are stored, so a hit is byte-for-byte what the full
 /// pipeline would write.
 ///
-/// Memory: `entriesMax × entryBytesMax` (8 MiB), allocated once; no allocation per query.
+/// Memory: `entriesMax × entryBytesMax` (12 MiB), allocated once; no allocation per query.
 final class AnswerCache {
-    /// Direct-mapped slots; a power of two. 16384 keeps a service-shaped working set of ~10,000
-    /// distinct questions mostly resident.
+    /// Slots, in 2-way sets (a question lives in slot 2k or 2k+1); a power of two. 16384 keeps
+    /// a service-shaped working set of ~10,000 distinct questions resident.
     static let entriesMax = 16384
-    /// Responses longer than this are not cached (they are rare and bigger to copy anyway).
-    static let entryBytesMax = 512
+    /// Responses longer than this are not cached. 768 holds an SRV answer of a dozen instances
+    /// with their addresses; a full 1232-byte slot would make the cache 60% bigger for the few
+    /// responses above it.
+    static let entryBytesMax = 768
 
     private let storage: UnsafeMutableRawPointer
     /// Length of each slot's response; 0 = empty.
     private let lengths: UnsafeMutablePointer<UInt16>
     /// Bit 0: the query had EDNS. Bit 1: the response carries OPT last (DO patched there).
+    /// Bit 2 (first slot of a set only): which way to replace next.
     private let keys: UnsafeMutablePointer<UInt8>
     /// The View the entries were computed from; held strongly so its identity cannot be reused.
     private var view: View?
@@ -60,18 +63,37 @@ final class AnswerCache {
     func answer(name: UnsafeRawBufferPointer, query: UnsafeRawBufferPointer, questionEnd: Int, hasEDNS: Bool,
                 dnssecOK: Bool, limit: Int, into output: UnsafeMutableRawBufferPointer) -> Int {
         let typeAndClass = query.loadUnaligned(fromByteOffset: questionEnd - 4, as: UInt32.self)
-        let index = slot(name: name, typeAndClass: typeAndClass)
+        let set = slot(name: name, typeAndClass: typeAndClass) & ~1
+        for index in set...(set + 1)
+        where matches(index, name: name, questionEnd: questionEnd, typeAndClass: typeAndClass, hasEDNS: hasEDNS) {
+            let length = Int(lengths[index])
+            guard length <= limit else { return 0 }
+            copy(index, length: length, query: query, questionEnd: questionEnd, dnssecOK: dnssecOK, into: output)
+            return length
+        }
+        return 0
+    }
+
+    /// Whether slot `index` holds the response to this question.
+    @inline(__always)
+    private func matches(_ index: Int, name: UnsafeRawBufferPointer, questionEnd: Int, typeAndClass: UInt32,
+                         hasEDNS: Bool) -> Bool {
         let length = Int(lengths[index])
-        guard length > 0, length <= limit, (keys[index] & 1 != 0) == hasEDNS else { return 0 }
+        guard length >= questionEnd, (keys[index] & 1 != 0) == hasEDNS else { return false }
         let entry = storage + index * Self.entryBytesMax
         // Same question: the name compared case-insensitively, then type and class exactly.
-        let questionBytes = questionEnd - 12
-        guard length >= 12 + questionBytes else { return 0 }
+        guard entry.load(fromByteOffset: 12 + name.count - 1, as: UInt8.self) == 0,
+              entry.loadUnaligned(fromByteOffset: questionEnd - 4, as: UInt32.self) == typeAndClass else { return false }
         for i in 0..<name.count where asciiLowerByte(entry.load(fromByteOffset: 12 + i, as: UInt8.self)) != name[i] {
-            return 0
+            return false
         }
-        guard entry.loadUnaligned(fromByteOffset: questionEnd - 4, as: UInt32.self) == typeAndClass else { return 0 }
+        return true
+    }
 
+    @inline(__always)
+    private func copy(_ index: Int, length: Int, query: UnsafeRawBufferPointer, questionEnd: Int, dnssecOK: Bool,
+                      into output: UnsafeMutableRawBufferPointer) {
+        let entry = storage + index * Self.entryBytesMax
         let out = output.baseAddress!
         out.copyMemory(from: entry, byteCount: length)
         // ID, then the query's RD and CD bits over the cached flags (stored with both clear).
@@ -80,12 +102,11 @@ final class AnswerCache {
         let flags = (UInt16(out.load(fromByteOffset: 2, as: UInt8.self)) << 8 | UInt16(out.load(fromByteOffset: 3, as: UInt8.self)))
             | (queryFlags & Self.copiedFlagBits)
         out.storeBytes(of: flags.bigEndian, toByteOffset: 2, as: UInt16.self)
-        (out + 12).copyMemory(from: query.baseAddress! + 12, byteCount: questionBytes)
+        (out + 12).copyMemory(from: query.baseAddress! + 12, byteCount: questionEnd - 12)
         if keys[index] & 2 != 0 {
             // OPT is last, without options: its DO byte is 4 bytes from the end (RFC 6891 §6.1.3).
             out.storeBytes(of: dnssecOK ? 0x80 : 0, toByteOffset: length - 4, as: UInt8.self)
         }
-        return length
     }
 
     /// RD (bit 8) and CD (bit 4) come from each query.
@@ -96,13 +117,23 @@ final class AnswerCache {
     func store(name: UnsafeRawBufferPointer, response: UnsafeRawBufferPointer, questionEnd: Int, hasEDNS: Bool) {
         guard response.count <= Self.entryBytesMax, response.count >= questionEnd else { return }
         let typeAndClass = response.loadUnaligned(fromByteOffset: questionEnd - 4, as: UInt32.self)
-        let index = slot(name: name, typeAndClass: typeAndClass)
+        let set = slot(name: name, typeAndClass: typeAndClass) & ~1
+        // An empty way first; else the way not written last (bit 2 of the set's first key).
+        let index: Int
+        if lengths[set] == 0 {
+            index = set
+        } else if lengths[set + 1] == 0 {
+            index = set + 1
+        } else {
+            index = keys[set] & 4 != 0 ? set : set + 1
+        }
+        keys[set] ^= 4
         let entry = storage + index * Self.entryBytesMax
         entry.copyMemory(from: response.baseAddress!, byteCount: response.count)
         let flags = (UInt16(response[2]) << 8 | UInt16(response[3])) & ~Self.copiedFlagBits
         entry.storeBytes(of: flags.bigEndian, toByteOffset: 2, as: UInt16.self)
         lengths[index] = UInt16(response.count)
-        keys[index] = (hasEDNS ? 1 : 0) | (hasEDNS ? 2 : 0)
+        keys[index] = (keys[index] & 4) | (hasEDNS ? 1 | 2 : 0)
     }
 }
 

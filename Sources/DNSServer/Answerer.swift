@@ -38,6 +38,9 @@ public final class Answerer {
     private var trimmed = false
     /// Complete responses by question, for UDP workers (nil: no cache, as on TCP connections).
     private let cache: AnswerCache?
+    /// Queries answered from / missed in the response cache (for metrics and tests).
+    public private(set) var cacheHits = 0
+    public private(set) var cacheMisses = 0
     /// The address RRset in ANSWER, which ADDITIONAL leaves out.
     private var answeredAddress: (node: Int32, type: RRType) = (-1, RRType(0))
     /// Positive answers without the apex NS RRset in AUTHORITY (`dns.minimal_responses`).
@@ -46,7 +49,7 @@ public final class Answerer {
     /// The UDP payload size we advertise in OPT; ≤ `udpPayloadBytesMax`.
     public let udpPayloadBytes: Int
 
-    /// - Parameter cache: keep a response cache (8 MiB; for long-lived UDP workers, not per connection).
+    /// - Parameter cache: keep a response cache (12 MiB; for long-lived UDP workers, not per connection).
     public init(udpPayloadBytes: Int = Answerer.udpPayloadBytesMax, minimalResponses: Bool = false, cache: Bool = false) {
         self.minimalResponses = minimalResponses
         self.cache = cache ? AnswerCache() : nil
@@ -174,7 +177,11 @@ public final class Answerer {
             cache.use(view)
             let hit = cache.answer(name: name, query: query, questionEnd: questionEnd, hasEDNS: edns != nil,
                                    dnssecOK: edns?.dnssecOK ?? false, limit: sizeLimit, into: output)
-            if hit > 0 { return hit }
+            if hit > 0 {
+                cacheHits &+= 1
+                return hit
+            }
+            cacheMisses &+= 1
         }
 
         writer.reset(capacity: sizeLimit)

@@ -128,6 +128,8 @@ public final class UDPServer: @unchecked Sendable {
                 lastErrorLogged = sent
             }
         }
+        logger.debug("UDP worker stopped", metadata: ["dns.cache.hits": "\(answerer.cacheHits)",
+                                                      "dns.cache.misses": "\(answerer.cacheMisses)"])
     }
 }
 

@@ -1,0 +1,80 @@
+import DNSServer
+import DNSWire
+import DNSZone
+import Testing
+
+@Suite("response cache")
+struct AnswerCacheTests {
+    static let zoneText = """
+        $TTL 300
+        @    SOA ns1 hostmaster 1 7200 900 1209600 60
+             NS  ns1
+        ns1  A   192.0.2.53
+        www  A   192.0.2.10
+        _s._tcp SRV 1 1 80 a
+                SRV 1 1 80 b
+                SRV 1 1 80 c
+                SRV 1 1 80 d
+        a A 192.0.2.1
+        b A 192.0.2.2
+        c A 192.0.2.3
+        d A 192.0.2.4
+        """
+
+    func answer(_ answerer: Answerer, _ query: Message, view: View) throws -> [UInt8] {
+        let bytes = try query.serialized()
+        var output = [UInt8](repeating: 0, count: 65535)
+        let length = bytes.withUnsafeBytes { q in
+            output.withUnsafeMutableBytes { answerer.answer(query: q, into: $0, view: view, transport: .udp) }
+        }
+        return Array(output[0..<length])
+    }
+
+    @Test func hitsAreByteForByteWhatThePipelineWrites() throws {
+        let view = View(zones: [try Zone.parse(text: Self.zoneText, origin: try DomainName("example.test."))])
+        let cached = Answerer(cache: true)
+        let plain = Answerer()
+        var queries: [Message] = []
+        for (name, type) in [("www", RRType.a), ("_s._tcp", .srv), ("nope", .a), ("www", .aaaa)] {
+            var query = Message.query(try DomainName("\(name).example.test."), type, id: 1)
+            queries.append(query)
+            query.id = 2; query.flags.rd = true; query.edns?.dnssecOK = true
+            queries.append(query)
+            query.id = 3; query.edns = nil
+            queries.append(query)
+            query.questions[0].name = try DomainName("\(name.uppercased()).Example.TEST.")
+            queries.append(query)
+        }
+        for query in queries + queries {
+            #expect(try answer(cached, query, view: view) == answer(plain, query, view: view), "\(query.questions[0])")
+        }
+        #expect(cached.cacheHits >= queries.count)
+    }
+
+    @Test func aNewViewEmptiesTheCache() throws {
+        let origin = try DomainName("example.test.")
+        let first = View(zones: [try Zone.parse(text: Self.zoneText, origin: origin)])
+        let second = View(zones: [try Zone.parse(text: Self.zoneText.replacingOccurrences(of: "192.0.2.10", with: "192.0.2.20"),
+                                                 origin: origin)])
+        let answerer = Answerer(cache: true)
+        let query = Message.query(try DomainName("www.example.test."), .a)
+        _ = try answer(answerer, query, view: first)
+        let before = try Message(parsing: try answer(answerer, query, view: first))
+        #expect(answerer.cacheHits == 1)
+        let after = try Message(parsing: try answer(answerer, query, view: second))
+        #expect(before.answers.first?.rdata == .a(IPv4Address(192, 0, 2, 10)))
+        #expect(after.answers.first?.rdata == .a(IPv4Address(192, 0, 2, 20)))
+    }
+
+    @Test func responsesThatDependOnTheClientSizeAreNotCached() throws {
+        let view = View(zones: [try Zone.parse(text: Self.zoneText, origin: try DomainName("example.test."))])
+        let answerer = Answerer(cache: true)
+        var small = Message.query(try DomainName("_s._tcp.example.test."), .srv)
+        small.edns = nil
+        // 512 bytes hold the SRV set but not all of ADDITIONAL: trimmed, so not cached.
+        let first = try Message(parsing: try answer(answerer, small, view: view))
+        let large = try Message(parsing: try answer(answerer, Message.query(try DomainName("_s._tcp.example.test."), .srv), view: view))
+        #expect(first.answers.count == 4 && large.answers.count == 4)
+        #expect(large.additional.count >= first.additional.count)
+    }
+}
