@@ -257,9 +257,9 @@ public final class Answerer {
                 // ADDITIONAL never repeats the answer (NSD): the answered name counts as added.
                 if rrset.type == .a || rrset.type == .aaaa { answeredAddress = (nodeIndex, rrset.type) }
                 if let apexNS { writeAuthority(apexNS, zone: zone, counts: &counts, writer: &writer) }
-                writeAdditional(for: rrset, zone: zone, includeGlue: false, counts: &counts, writer: &writer)
+                writeAdditional(for: rrset, zone: zone, counts: &counts, writer: &writer)
                 if let apexNS, counts.authority > 0 {
-                    writeAdditional(for: apexNS, zone: zone, includeGlue: false, counts: &counts, writer: &writer)
+                    writeAdditional(for: apexNS, zone: zone, counts: &counts, writer: &writer)
                 }
                 return .noError
 
@@ -269,7 +269,7 @@ public final class Answerer {
                 let rrset = zone.nodes[Int(nodeIndex)].rrsets[0]
                 try writeRRSet(rrset, owner: owner, writer: &writer)
                 counts.answer &+= UInt16(rrset.records.count)
-                writeAdditional(for: rrset, zone: zone, includeGlue: false, counts: &counts, writer: &writer)
+                writeAdditional(for: rrset, zone: zone, counts: &counts, writer: &writer)
                 return .noError
 
             case .cname(let nodeIndex, let rrsetIndex, let wildcard):
@@ -456,14 +456,33 @@ public final class Answerer {
 
     /// Additional-section A/AAAA for NS, MX and SRV targets in the same zone (RFC 1034 §3.6.2,
     /// RFC 2782). Best effort: an RRset that does not fit is left out without setting TC.
-    private func writeAdditional(for rrset: RRSet, zone: Zone, includeGlue: Bool, counts: inout SectionCounts,
-                                 writer: inout WireWriter) {
+    private func writeAdditional(for rrset: RRSet, zone: Zone, counts: inout SectionCounts, writer: inout WireWriter) {
+        do throws(WireOverflow) {
+            try writeAddresses(for: rrset, zone: zone, referral: false, counts: &counts, writer: &writer)
+        } catch {
+            preconditionFailure("only referral glue is required to fit")
+        }
+    }
+
+    /// Glue for a referral: addresses of name servers at or below the cut must fit (RFC 9471),
+    /// else this throws and the response gets TC; other in-zone addresses are best effort.
+    private func writeGlue(for ns: RRSet, zone: Zone, counts: inout SectionCounts,
+                           writer: inout WireWriter) throws(WireOverflow) {
+        try writeAddresses(for: ns, zone: zone, referral: true, counts: &counts, writer: &writer)
+    }
+
+    /// The A/AAAA RRsets of the in-zone targets of `rrset`, each name once per response and
+    /// never repeating the answer. Glue (below a cut) is used only in referrals, where it is
+    /// required to fit.
+    private func writeAddresses(for rrset: RRSet, zone: Zone, referral: Bool, counts: inout SectionCounts,
+                                writer: inout WireWriter) throws(WireOverflow) {
         let compiled = rrset.compiled
         for i in compiled.indices {
             let target = compiled[i].additionalNode
             guard target >= 0, !alreadyAdded(target) else { continue }
             let node = zone.nodes[Int(target)]
-            if node.kind == .glue && !includeGlue { continue }
+            let isGlue = node.kind == .glue || node.kind == .delegation
+            if node.kind == .glue && !referral { continue }
             markAdded(target)
             for address in node.rrsets where address.type == .a || address.type == .aaaa {
                 if answeredAddress.node == target && answeredAddress.type == address.type { continue }
@@ -473,32 +492,7 @@ public final class Answerer {
                     counts.additional &+= UInt16(address.records.count)
                 } catch {
                     writer.rollback(to: mark)
-                    trimmed = true
-                    return
-                }
-            }
-        }
-    }
-
-    /// Glue for a referral: addresses of name servers at or below the cut must fit (RFC 9471);
-    /// other in-zone addresses are best effort.
-    private func writeGlue(for ns: RRSet, zone: Zone, counts: inout SectionCounts,
-                           writer: inout WireWriter) throws(WireOverflow) {
-        let compiled = ns.compiled
-        for i in compiled.indices {
-            let target = compiled[i].additionalNode
-            guard target >= 0, !alreadyAdded(target) else { continue }
-            markAdded(target)
-            let node = zone.nodes[Int(target)]
-            let required = node.kind == .glue || node.kind == .delegation
-            for address in node.rrsets where address.type == .a || address.type == .aaaa {
-                let mark = writer.mark
-                do throws(WireOverflow) {
-                    try writeRRSet(address, owner: .name(node.name), writer: &writer)
-                    counts.additional &+= UInt16(address.records.count)
-                } catch {
-                    writer.rollback(to: mark)
-                    if required { throw error }
+                    if referral && isGlue { throw error }
                     trimmed = true
                     return
                 }

@@ -145,6 +145,9 @@ public struct Configuration: Sendable, Equatable {
         },
     ]
 
+    /// Every key a file may set, as `table.key`.
+    public static var keyNames: [String] { keys.map(\.name) }
+
     /// `dns.tcp_idle_timeout_seconds` → `DISCO_DNS_TCP_IDLE_TIMEOUT_SECONDS`.
     static func environmentName(_ key: String) -> String {
         "DISCO_" + key.uppercased().replacingOccurrences(of: ".", with: "_")

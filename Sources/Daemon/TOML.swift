@@ -11,6 +11,11 @@ public struct TOMLValue: Sendable, Equatable {
     }
     public var kind: Kind
     public var line: Int
+
+    public init(kind: Kind, line: Int) {
+        self.kind = kind
+        self.line = line
+    }
 }
 
 /// A parse error: file, line, and what was expected.

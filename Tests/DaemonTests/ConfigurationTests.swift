@@ -1,4 +1,4 @@
-@testable import Daemon
+import Daemon
 import DNSServer
 import Foundation
 import Testing
@@ -14,9 +14,9 @@ struct ConfigurationTests {
         #expect(config.dnsUDPPayloadBytes == Answerer.udpPayloadBytesMax)
         // Every key the daemon understands is written (or shown commented) in the file.
         let text = try String(contentsOfFile: path, encoding: .utf8)
-        for key in Configuration.keys {
-            let leaf = String(key.name.split(separator: ".").last!)
-            #expect(text.contains("\(leaf) = "), "Config/discod.toml does not document \(key.name)")
+        for key in Configuration.keyNames {
+            let leaf = String(key.split(separator: ".").last!)
+            #expect(text.contains("\(leaf) = "), "Config/discod.toml does not document \(key)")
         }
         // The file's values are the service defaults.
         var defaults = Configuration.service
