@@ -108,38 +108,59 @@ struct DNSFrameDecoder: ByteToMessageDecoder {
     }
 }
 
+/// What the TCP path needs per event-loop thread: an Answerer and a full-size response
+/// buffer, so connections share them instead of each holding 64 KiB.
+final class TCPAnswerContext {
+    let answerer: Answerer
+    let output = UnsafeMutableRawBufferPointer.allocate(byteCount: Answerer.responseBytesMax, alignment: 8)
+
+    init(minimalResponses: Bool) {
+        answerer = Answerer(minimalResponses: minimalResponses)
+    }
+
+    deinit { output.deallocate() }
+
+    // Each thread sees only its own value: the variable is safe to share.
+    nonisolated(unsafe) private static let perThread = ThreadSpecificVariable<TCPAnswerContext>()
+
+    /// The calling thread's context (an event loop thread: one context per loop).
+    static func current(minimalResponses: Bool) -> TCPAnswerContext {
+        if let context = perThread.currentValue, context.answerer.minimalResponses == minimalResponses { return context }
+        let context = TCPAnswerContext(minimalResponses: minimalResponses)
+        perThread.currentValue = context
+        return context
+    }
+}
+
 /// Answers each framed query in order; writes are flushed once per read burst.
 final class DNSQueryHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
     private let store: ViewStore
-    private let answerer: Answerer
+    private let minimalResponses: Bool
     private var pendingFlush = false
 
     init(store: ViewStore, minimalResponses: Bool) {
         self.store = store
-        self.answerer = Answerer(minimalResponses: minimalResponses)
+        self.minimalResponses = minimalResponses
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let query = unwrapInboundIn(data)
         let view = store.load()
-        var response = context.channel.allocator.buffer(capacity: 2 + 512)
-        var length = 0
-        response.writeInteger(UInt16(0))
-        response.writeWithUnsafeMutableBytes(minimumWritableBytes: Answerer.responseBytesMax) { output in
-            length = query.withUnsafeReadableBytes { bytes in
-                answerer.answer(query: bytes, into: output, view: view, transport: .tcp)
-            }
-            return length
+        let answering = TCPAnswerContext.current(minimalResponses: minimalResponses)
+        let length = query.withUnsafeReadableBytes { bytes in
+            answering.answerer.answer(query: bytes, into: answering.output, view: view, transport: .tcp)
         }
         guard length > 0 else {
             // Not a query we can answer (too short, or a response): end the connection.
             context.close(promise: nil)
             return
         }
-        response.setInteger(UInt16(length), at: response.readerIndex)
+        var response = context.channel.allocator.buffer(capacity: 2 + length)
+        response.writeInteger(UInt16(length))
+        response.writeBytes(UnsafeRawBufferPointer(rebasing: answering.output[0..<length]))
         context.write(wrapOutboundOut(response), promise: nil)
         pendingFlush = true
     }

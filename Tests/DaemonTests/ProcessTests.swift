@@ -48,7 +48,8 @@ struct ProcessTests {
 
     @Test func largeAnswersTruncateOverUDPAndArriveOverTCP() throws {
         let zones = try TemporaryDirectory()
-        let addresses = (1...100).map { "many A 192.0.2.\($0)" }.joined(separator: "\n")
+        // 1,500 addresses: a 24 KB answer, far past UDP, well within TCP's 64 KB.
+        let addresses = (0..<1500).map { "many A 198.18.\($0 / 256).\($0 % 256)" }.joined(separator: "\n")
         try zones.write("example.test.zone", testZone + "\n" + addresses + "\n")
         let daemon = try DiscodProcess.serving(zones: zones.url)
         defer { daemon.stop() }
@@ -57,7 +58,7 @@ struct ProcessTests {
         #expect(udp.flags.tc)
         #expect(udp.answers.isEmpty)
         let tcp = try DNSClient.tcp([query], port: daemon.port)
-        #expect(tcp.first?.answers.count == 100)
+        #expect(tcp.first?.answers.count == 1500)
         #expect(tcp.first?.flags.tc == false)
     }
 
