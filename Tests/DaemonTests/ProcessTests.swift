@@ -170,6 +170,21 @@ struct ProcessTests {
         #expect(full.contains("flags: qr aa;"))
     }
 
+    @Test func servesIPv6AndIPv4Together() throws {
+        let zones = try TemporaryDirectory()
+        try zones.write("example.test.zone", testZone)
+        let daemon = try DiscodProcess(arguments: ["--zones", zones.url.path, "--dns", "[::1]:0", "--dns", "127.0.0.1:0"])
+        defer { daemon.stop() }
+        #expect(daemon.waitForLog("UDP worker(s)"))
+        let log = daemon.stderr
+        let v6 = try #require(log.range(of: "[::1]:")).upperBound
+        let port = String(log[v6...].prefix { $0.isNumber })
+        for transport in ["+notcp", "+tcp"] {
+            let output = try run("dig", ["@::1", "-p", port, transport, "+short", "www.example.test", "A"])
+            #expect(output == "192.0.2.10", "over \(transport): \(output)")
+        }
+    }
+
     private func run(_ tool: String, _ arguments: [String]) throws -> String {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
