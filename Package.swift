@@ -40,6 +40,8 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        .systemLibrary(name: "CSQLite", path: "Sources/CSQLite", providers: [.apt(["libsqlite3-dev"])]),
+        .target(name: "Store", dependencies: ["CSQLite"]),
         .target(name: "Raft"),
         .target(name: "RaftTesting", dependencies: ["Raft"]),
         .executableTarget(name: "raft-sim", dependencies: [
@@ -57,5 +59,6 @@ let package = Package(
         .testTarget(name: "DNSServerTests", dependencies: ["DNSServer", "DNSZone", "DNSWire", "CShims", "MallocCounter", "DNSTesting"]),
         .testTarget(name: "DaemonTests", dependencies: ["Daemon", "DNSWire", "CShims"]),
         .testTarget(name: "RaftTests", dependencies: ["Raft", "RaftTesting"]),
+        .testTarget(name: "StoreTests", dependencies: ["Store"]),
     ]
 )

@@ -1,0 +1,106 @@
+import Foundation
+import Store
+import Testing
+
+@Suite("SQLite store")
+struct StoreTests {
+    final class Directory {
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("disco-store-\(UUID().uuidString)")
+        init() throws { try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true) }
+        func path(_ name: String) -> String { url.appendingPathComponent(name).path }
+        deinit { try? FileManager.default.removeItem(at: url) }
+    }
+
+    @Test func durabilitySettingsAreApplied() throws {
+        let directory = try Directory()
+        let durable = try Database(path: directory.path("raft.db"))
+        #expect(try durable.scalar("PRAGMA journal_mode") == .text("wal"))
+        #expect(try durable.scalar("PRAGMA synchronous") == .integer(2))  // FULL
+        let rebuildable = try Database(path: directory.path("registry.db"), durability: .rebuildable)
+        #expect(try rebuildable.scalar("PRAGMA synchronous") == .integer(1))  // NORMAL
+    }
+
+    @Test func typedBindingRoundTrips() throws {
+        let directory = try Directory()
+        let db = try Database(path: directory.path("t.db"))
+        try db.execute("CREATE TABLE t (i INTEGER, r REAL, s TEXT, b BLOB, n)")
+        let insert = try db.prepare("INSERT INTO t VALUES (?, ?, ?, ?, ?)")
+        try insert.run(.integer(Int64.max), .real(2.5), .text("héllo ✓"), .blob([0, 1, 255]), .null)
+        try insert.run(.integer(-1), .real(0), .text(""), .blob([]), .null)
+        let rows = try db.prepare("SELECT i, r, s, b, n FROM t ORDER BY rowid").query()
+        #expect(rows == [
+            [.integer(Int64.max), .real(2.5), .text("héllo ✓"), .blob([0, 1, 255]), .null],
+            [.integer(-1), .real(0), .text(""), .blob([]), .null],
+        ])
+        #expect(db.lastInsertRowID == 2)
+    }
+
+    @Test func errorsCarrySQLitesCodeAndMessage() throws {
+        let directory = try Directory()
+        let db = try Database(path: directory.path("t.db"))
+        try db.execute("CREATE TABLE k (key TEXT PRIMARY KEY)")
+        let insert = try db.prepare("INSERT INTO k VALUES (?)")
+        try insert.run(.text("a"))
+        do {
+            try insert.run(.text("a"))
+            Issue.record("duplicate key accepted")
+        } catch {
+            #expect(error.code == StoreError.constraint)
+            #expect(error.message.contains("UNIQUE constraint failed: k.key"))
+            #expect(error.description.hasPrefix(directory.path("t.db")))
+            #expect(error.sql == "INSERT INTO k VALUES (?)")
+        }
+        #expect(throws: StoreError.self) { _ = try db.prepare("SELEC nonsense") }
+    }
+
+    @Test func transactionsCommitOrRollBackWhole() throws {
+        let directory = try Directory()
+        let db = try Database(path: directory.path("t.db"))
+        try db.execute("CREATE TABLE k (key TEXT PRIMARY KEY)")
+        let insert = try db.prepare("INSERT INTO k VALUES (?)")
+        try db.transaction { () throws(StoreError) in
+            try insert.run(.text("a"))
+            try insert.run(.text("b"))
+        }
+        #expect(throws: StoreError.self) {
+            try db.transaction { () throws(StoreError) in
+                try insert.run(.text("c"))
+                try insert.run(.text("a"))  // fails: c must not survive
+            }
+        }
+        #expect(try db.prepare("SELECT key FROM k ORDER BY key").query() == [[.text("a")], [.text("b")]])
+    }
+
+    @Test func aFileThatIsNotADatabaseIsAnErrorNamingIt() throws {
+        let directory = try Directory()
+        let path = directory.path("raft.db")
+        try Data(repeating: 0x5A, count: 8192).write(to: URL(fileURLWithPath: path))
+        do {
+            _ = try Database(path: path)
+            Issue.record("opened garbage as a database")
+        } catch {
+            #expect(error.code == StoreError.notADatabase)
+            #expect(error.description.contains(path))
+        }
+        // The file is left as it was: never silently reset.
+        #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == Data(repeating: 0x5A, count: 8192))
+    }
+
+    @Test func dataSurvivesReopeningAndBackupIsConsistent() throws {
+        let directory = try Directory()
+        do {
+            let db = try Database(path: directory.path("a.db"))
+            try db.execute("CREATE TABLE k (key TEXT PRIMARY KEY, value BLOB)")
+            let insert = try db.prepare("INSERT INTO k VALUES (?, ?)")
+            try db.transaction { () throws(StoreError) in
+                for i in 0..<100 { try insert.run(.text("k\(i)"), .blob([UInt8(i)])) }
+            }
+            try db.backup(to: directory.path("copy.db"))
+        }
+        let reopened = try Database(path: directory.path("a.db"))
+        #expect(try reopened.scalar("SELECT count(*) FROM k") == .integer(100))
+        #expect(try reopened.quickCheck() == "ok")
+        let copy = try Database(path: directory.path("copy.db"))
+        #expect(try copy.scalar("SELECT value FROM k WHERE key = ?", .text("k42")) == .blob([42]))
+    }
+}
