@@ -56,24 +56,24 @@ public struct DomainName: Sendable {
         var labels: [[UInt8]] = []
         var label: [UInt8] = []
         var absolute = false
-        var iterator = Array(text)
-        if iterator == [UInt8(ascii: ".")] {
+        let bytes = Array(text)
+        if bytes == [UInt8(ascii: ".")] {
             self = .root
             return
         }
-        guard !iterator.isEmpty else { throw .emptyLabel }
+        guard !bytes.isEmpty else { throw .emptyLabel }
         var index = 0
-        let count = iterator.count
+        let count = bytes.count
         while index < count {
-            let byte = iterator[index]
+            let byte = bytes[index]
             if byte == UInt8(ascii: "\\") {
                 guard index + 1 < count else { throw .badEscape }
-                let next = iterator[index + 1]
+                let next = bytes[index + 1]
                 if isDigit(next) {
-                    guard index + 3 < count, isDigit(iterator[index + 2]), isDigit(iterator[index + 3]) else {
+                    guard index + 3 < count, isDigit(bytes[index + 2]), isDigit(bytes[index + 3]) else {
                         throw .badEscape
                     }
-                    let value = Int(next - 48) * 100 + Int(iterator[index + 2] - 48) * 10 + Int(iterator[index + 3] - 48)
+                    let value = Int(next - 48) * 100 + Int(bytes[index + 2] - 48) * 10 + Int(bytes[index + 3] - 48)
                     guard value <= 255 else { throw .badEscape }
                     label.append(UInt8(value))
                     index += 4
@@ -95,7 +95,6 @@ public struct DomainName: Sendable {
             index += 1
         }
         if !label.isEmpty { labels.append(label) }
-        iterator = []
         if absolute {
             try self.init(labels: labels)
         } else {
