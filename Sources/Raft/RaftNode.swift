@@ -506,6 +506,7 @@ public struct RaftNode: Sendable {
         leaderState = LeaderState()
         for member in membership.members { leaderState.addProgress(member, next: log.lastIndex.next, config: config) }
         leaderState.progress[member: id].selfDurable(through: log.stable)
+        leaderState.progress[member: id].becomeReplicate()
         leaderState.progress[member: id].recentActive = true
         // Paper §8: a no-op in the new term lets the leader commit, and so learn, everything before it.
         appendAsLeader([Entry(term: term, index: log.lastIndex.next, kind: .noop)])

@@ -75,8 +75,15 @@ public struct ScriptCluster: Sendable {
         for entry in ready.entries { lines.append("  persist: \(entry)") }
         node.disk.write(ready)
         node.disk.sync()
-        for message in ready.messages { lines.append("  send: \(message)") }
-        queue.append(contentsOf: ready.messages)
+        for message in ready.messages {
+            // A partition loses what is sent into it, not only what is delivered across it.
+            if cut.contains(Link(from: message.from, to: message.to)) || nodes[message.to]?.crashed != false {
+                lines.append("  cut: \(message)")
+            } else {
+                lines.append("  send: \(message)")
+                queue.append(message)
+            }
+        }
         if let snapshot = ready.snapshot {
             node.applied = ScriptCluster.decodeAppliedSnapshot(snapshot.data)
             lines.append("  install: \(snapshot)")
@@ -157,6 +164,7 @@ public struct ScriptCluster: Sendable {
     public mutating func crash(_ id: NodeID) {
         nodes[id]!.disk.crash()
         nodes[id]!.crashed = true
+        queue.removeAll { $0.to == id }  // what was on its way to it is lost with it
     }
 
     /// Start `id` again from its disk, with a fresh state machine rebuilt from snapshot + log.
