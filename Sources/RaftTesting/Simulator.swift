@@ -1,4 +1,752 @@
 import Raft
 
-/// Deterministic cluster simulator over the Raft core (issue 4). Work in progress.
-public enum RaftSimulation {}
+/// What one simulation run does. Everything not given here is drawn from `seed`, so a seed alone
+/// replays a run exactly (TigerBeetle's VOPR, FoundationDB's simulation).
+public struct SimulationOptions: Sendable {
+    /// One virtual millisecond per simulation step; servers tick every `tickMilliseconds`.
+    public static let tickMilliseconds = 10
+    /// A client gives up on an attempt after this long and retries (same sequence number).
+    public static let clientAttemptTimeoutMilliseconds = 300
+
+    public var seed: UInt64
+    /// Voters at the start (3, 5 or 7); two more servers stand by to be added.
+    public var nodeCount: Int
+    /// Virtual time with faults and client load.
+    public var faultMilliseconds: Int = 3_000
+    /// After the fault phase everything is healed and restarted: within this much virtual time a
+    /// leader must exist, every server must have caught up and every client operation must be
+    /// decided (the liveness check).
+    public var healMillisecondsMax: Int = 6_000
+    public var clientCount: Int = 3
+    public var keyCount: Int = 3
+    /// Record a step trace (for `raft-sim --seed N --trace`).
+    public var trace: Bool = false
+    package var mutation: TestingMutation = .none
+
+    public init(seed: UInt64, nodeCount: Int) {
+        self.seed = seed
+        self.nodeCount = nodeCount
+    }
+
+    /// Test-only: run with a known bug in every server.
+    package mutating func inject(_ mutation: TestingMutation) { self.mutation = mutation }
+}
+
+/// A broken invariant, with the virtual time at which it was seen.
+public struct Violation: Error, Hashable, Sendable, CustomStringConvertible {
+    public enum Kind: String, Hashable, Sendable {
+        case electionSafety = "election safety"
+        case logMatching = "log matching"
+        case leaderCompleteness = "leader completeness"
+        case stateMachineSafety = "state machine safety"
+        case acknowledgedWriteLost = "acknowledged write lost"
+        case liveness = "liveness"
+        case linearizability = "linearizability"
+    }
+
+    public var kind: Kind
+    public var time: Int
+    public var detail: String
+
+    public var description: String { "\(kind.rawValue) at t=\(time)ms: \(detail)" }
+}
+
+/// Counts of what happened in a run, to show the faults were really exercised.
+public struct SimulationStats: Sendable {
+    public var messagesSent = 0
+    public var messagesDropped = 0
+    public var messagesDuplicated = 0
+    public var messagesDelayed = 0
+    public var partitions = 0
+    public var asymmetricPartitions = 0
+    public var crashes = 0
+    public var unsyncedWritesLost = 0
+    public var restarts = 0
+    public var membershipChanges = 0
+    public var leaderTransfers = 0
+    public var snapshotsMade = 0
+    public var snapshotsInstalled = 0
+    public var leadersElected = 0
+    public var operationsCompleted = 0
+    public var entriesCommitted = 0
+    public var healMilliseconds = 0
+
+    public init() {}
+
+    public mutating func add(_ o: SimulationStats) {
+        messagesSent += o.messagesSent; messagesDropped += o.messagesDropped
+        messagesDuplicated += o.messagesDuplicated; messagesDelayed += o.messagesDelayed
+        partitions += o.partitions; asymmetricPartitions += o.asymmetricPartitions
+        crashes += o.crashes; unsyncedWritesLost += o.unsyncedWritesLost; restarts += o.restarts
+        membershipChanges += o.membershipChanges; leaderTransfers += o.leaderTransfers
+        snapshotsMade += o.snapshotsMade; snapshotsInstalled += o.snapshotsInstalled
+        leadersElected += o.leadersElected; operationsCompleted += o.operationsCompleted
+        entriesCommitted += o.entriesCommitted; healMilliseconds = max(healMilliseconds, o.healMilliseconds)
+    }
+}
+
+public struct SimulationResult: Sendable {
+    public var seed: UInt64
+    public var nodeCount: Int
+    /// The first violation; the run stops there.
+    public var violation: Violation?
+    public var stats: SimulationStats
+    public var history: [HistoryOperation]
+    public var trace: [String]
+}
+
+/// A deterministic simulation of a whole cluster: servers over the pure core with in-memory disks,
+/// a network that drops, duplicates, delays and reorders, partitions (symmetric and one-way),
+/// crashes that lose unsynced writes, restarts, membership changes, leader transfers and
+/// compaction, all decided by one seeded generator and a virtual clock. Invariants (paper
+/// Figure 3) are checked after every event; at the end the history is checked for
+/// linearizability.
+public struct Simulation: Sendable {
+    public static func run(_ options: SimulationOptions) -> SimulationResult {
+        var world = World(options)
+        world.run()
+        var result = SimulationResult(seed: options.seed, nodeCount: options.nodeCount, violation: world.violation,
+                                      stats: world.stats, history: world.history, trace: world.trace)
+        if result.violation == nil {
+            switch LinearizabilityChecker.check(world.history) {
+            case .linearizable: break
+            case .violation(let key, let ops):
+                result.violation = Violation(
+                    kind: .linearizability, time: world.now,
+                    detail: "key \(key): " + ops.map(\.description).joined(separator: "; "))
+            case .inconclusive(let key):
+                // Not a proof of a bug; reported so that it is never silently taken for a pass.
+                result.violation = Violation(kind: .linearizability, time: world.now, detail: "inconclusive on key \(key)")
+            }
+        }
+        return result
+    }
+}
+
+private struct World {
+    struct Server {
+        var id: NodeID
+        var config: RaftConfig
+        var raft: RaftNode
+        var disk = MemoryDisk()
+        var store = KVStore()
+        var up = true
+        var pendingReady: Ready?
+        var readyDoneAt = 0
+        var deferredTicks = 0
+        var tickPhase: Int
+        var wasLeader = false
+        /// Proposals this server accepted: index → (client, sequence, term).
+        var proposals: [LogIndex: (client: Int, sequence: UInt64, term: Term)] = [:]
+        /// ReadIndex requests: context → (client, attempt, key).
+        var reads: [[UInt8]: (client: Int, attempt: Int, key: String)] = [:]
+        /// Confirmed reads waiting for the applied index.
+        var readsWaiting: [(index: LogIndex, context: [UInt8])] = []
+        var downUntil = 0
+        /// A targeted fault: crash at this time (a leader soon after its election).
+        var crashAt = Int.max
+        var compactEvery: Int
+    }
+
+    struct Client {
+        var id: Int
+        var sequence: UInt64 = 0
+        var leaderHint: NodeID?
+        var current: Request?
+        var nextOperationAt = 0
+        var attempt = 0
+    }
+
+    struct Request {
+        var operation: KVOperation
+        var sequence: UInt64
+        var call: Int
+        var attempt: Int
+        var deadline: Int
+        var retryAt: Int?
+    }
+
+    let options: SimulationOptions
+    var random: SplitMix64
+    var now = 0
+    var servers: [Server] = []
+    var clients: [Client] = []
+    var inFlight: [Int: [Message]] = [:]
+    var cut: Set<Pair> = []
+    var violation: Violation?
+    var stats = SimulationStats()
+    var history: [HistoryOperation] = []
+    var trace: [String] = []
+    var faultsOn = true
+    // Network character of this seed.
+    let dropPercent: UInt64
+    let duplicatePercent: UInt64
+    let delayPercent: UInt64
+    let diskLatencyMax: Int
+    /// Chance that a newly elected leader crashes within a few milliseconds: the schedules of
+    /// the paper's Figure 8 need several leaders to fail right after winning.
+    let leaderCrashPercent: UInt64
+    // Invariant state.
+    var leaderOfTerm: [Term: NodeID] = [:]
+    /// Every (index, term) ever persisted anywhere: the entry and the term before it.
+    var persisted: [IndexTerm: (entry: Entry, previousTerm: Term?)] = [:]
+    /// Every index applied anywhere: the entry and the lowest term a server applying it was in.
+    var committed: [LogIndex: (entry: Entry, term: Term)] = [:]
+    var highestCommitted: LogIndex = .zero
+    /// Writes acknowledged to clients, with the entry index that carried them when the server saw
+    /// that entry applied (nil when a snapshot's session table decided it: an earlier attempt at
+    /// another index may have been the one applied).
+    var acknowledged: [(client: Int, sequence: UInt64, index: LogIndex?)] = []
+
+    struct Pair: Hashable { var from: NodeID; var to: NodeID }
+    struct IndexTerm: Hashable { var index: LogIndex; var term: Term }
+
+    init(_ options: SimulationOptions) {
+        self.options = options
+        var random = SplitMix64(seed: options.seed)
+        dropPercent = random.next(below: 4) == 0 ? 0 : random.next(below: 12)
+        duplicatePercent = random.next(below: 6)
+        delayPercent = random.next(below: 15)
+        diskLatencyMax = Int(random.next(below: 4))
+        leaderCrashPercent = random.chance(1, in: 2) ? 0 : UInt64(random.next(in: 10...50))
+        let voters = (1...UInt64(options.nodeCount)).map { NodeID(rawValue: $0) }
+        let spares = (UInt64(options.nodeCount + 1)...UInt64(options.nodeCount + 2)).map { NodeID(rawValue: $0) }
+        let tinyMessages = random.chance(1, in: 3)
+        // Cluster-wide, as in a deployment: a server without PreVote and CheckQuorum among servers
+        // with them ignores the leader's lower-term messages while their lease ignores its votes.
+        let preVote = random.chance(7, in: 8)
+        let checkQuorum = random.chance(7, in: 8)
+        for id in voters + spares {
+            var config = RaftConfig(id: id, initialMembership: voters.contains(id) ? Membership(voters: voters) : .empty)
+            config.randomSeed = random.next()
+            config.preVote = preVote
+            config.checkQuorum = checkQuorum
+            config.appendsInflightMax = random.next(in: 1...8)
+            config.appendMessageBytesMax = tinyMessages ? 1 : random.next(in: 64...4096)
+            config.testingMutation = options.mutation
+            let compactEvery = random.chance(1, in: 5) ? Int.max : random.next(in: 5...60)
+            servers.append(Server(id: id, config: config, raft: RaftNode(config: config),
+                                  tickPhase: random.next(in: 0...(SimulationOptions.tickMilliseconds - 1)),
+                                  compactEvery: compactEvery))
+        }
+        clients = (0..<options.clientCount).map { Client(id: $0 + 1) }
+        self.random = random
+    }
+
+    /// Callers test `options.trace` first, so untraced runs build no strings.
+    mutating func record(_ text: String) { trace.append("t=\(now) \(text)") }
+
+    mutating func fail(_ kind: Violation.Kind, _ detail: String) {
+        guard violation == nil else { return }
+        violation = Violation(kind: kind, time: now, detail: detail)
+        if options.trace { record("VIOLATION \(kind.rawValue): \(detail)") }
+    }
+
+    func index(of id: NodeID) -> Int { Int(id.rawValue) - 1 }
+
+    // MARK: - Main loop
+
+    mutating func run() {
+        let end = options.faultMilliseconds + options.healMillisecondsMax
+        while now < end && violation == nil {
+            if now == options.faultMilliseconds { healEverything() }
+            if faultsOn { injectFaults() }
+            deliverMessages()
+            tickServers()
+            runClients()
+            for k in servers.indices { driveReady(k) }
+            if violation != nil { return }
+            if !faultsOn && isSettled() {
+                stats.healMilliseconds = now - options.faultMilliseconds
+                checkFinalState()
+                return
+            }
+            now += 1
+        }
+        if violation == nil {
+            fail(.liveness, "not settled \(options.healMillisecondsMax)ms after healing: " + describeCluster())
+        }
+    }
+
+    func describeCluster() -> String {
+        servers.map { s in
+            "\(s.id):\(s.up ? s.raft.role.rawValue : "down") t\(s.raft.term) c\(s.raft.commitIndex) a\(s.raft.appliedIndex) l\(s.raft.lastIndex)"
+        }.joined(separator: " ") + " clients pending: \(clients.filter { $0.current != nil }.count)"
+    }
+
+    // MARK: - Faults
+
+    mutating func injectFaults() {
+        let n = servers.count
+        // Crash a running server (at most a minority of the founding voters down at once).
+        if random.chance(1, in: 700) {
+            let down = servers.filter { !$0.up }.count
+            let k = Int(random.next(below: UInt64(n)))
+            if servers[k].up && down < (options.nodeCount - 1) / 2 + 1 { crash(k) }
+        }
+        for k in servers.indices where servers[k].up && now >= servers[k].crashAt {
+            servers[k].crashAt = Int.max
+            if servers.filter({ !$0.up }).count < (options.nodeCount - 1) / 2 + 1 { crash(k) }
+        }
+        for k in servers.indices where !servers[k].up && now >= servers[k].downUntil { restart(k) }
+        if random.chance(1, in: 900) {
+            stats.partitions += 1
+            var groups: [[NodeID]] = [[], []]
+            for s in servers { groups[Int(random.next(below: 2))].append(s.id) }
+            cut = []
+            for a in groups[0] { for b in groups[1] { cut.insert(Pair(from: a, to: b)); cut.insert(Pair(from: b, to: a)) } }
+            if options.trace { record("partition \(groups[0]) / \(groups[1])") }
+        }
+        if random.chance(1, in: 1200) {
+            stats.asymmetricPartitions += 1
+            let victim = servers[Int(random.next(below: UInt64(n)))].id
+            let inbound = random.chance(1, in: 2)
+            for s in servers where s.id != victim {
+                cut.insert(inbound ? Pair(from: s.id, to: victim) : Pair(from: victim, to: s.id))
+            }
+            if options.trace { record("one-way cut: \(victim) \(inbound ? "hears nobody" : "reaches nobody")") }
+        }
+        if !cut.isEmpty && random.chance(1, in: 700) {
+            cut = []
+            if options.trace { record("heal partitions") }
+        }
+        if random.chance(1, in: 900) { changeMembership() }
+        if random.chance(1, in: 1000) { transferLeadership() }
+    }
+
+    mutating func crash(_ k: Int) {
+        stats.crashes += 1
+        let unsynced = servers[k].disk.unsyncedUnitCount
+        let keep = unsynced == 0 ? 0 : Int(random.next(below: UInt64(unsynced + 1)))
+        stats.unsyncedWritesLost += unsynced - keep
+        servers[k].disk.crash(keeping: keep)
+        servers[k].up = false
+        servers[k].pendingReady = nil
+        servers[k].proposals = [:]
+        servers[k].reads = [:]
+        servers[k].readsWaiting = []
+        servers[k].downUntil = now + (leaderCrashPercent > 0 ? random.next(in: 5...200) : random.next(in: 20...800))
+        servers[k].wasLeader = false
+        if options.trace { record("crash \(servers[k].id) (kept \(keep) of \(unsynced) unsynced writes)") }
+    }
+
+    mutating func restart(_ k: Int) {
+        stats.restarts += 1
+        let durable = servers[k].disk.durable
+        servers[k].raft = RaftNode(config: servers[k].config, persistent: durable)
+        servers[k].store = durable.snapshot.map { KVStore(snapshot: $0.data) } ?? KVStore()
+        servers[k].up = true
+        servers[k].deferredTicks = 0
+        if options.trace { record("restart \(servers[k].id): \(servers[k].raft.status.description.split(separator: "\n")[0])") }
+    }
+
+    mutating func changeMembership() {
+        guard let k = servers.firstIndex(where: { $0.up && $0.raft.isLeader && $0.pendingReady == nil }) else { return }
+        let membership = servers[k].raft.membership
+        let leader = servers[k].id
+        let all = servers.map(\.id)
+        var choices: [MembershipChange] = []
+        for id in all where !membership.contains(id) { choices.append(.addLearner(id)); choices.append(.addVoter(id)) }
+        for id in membership.learners { choices.append(.addVoter(id)); choices.append(.remove(id)) }
+        if membership.voters.count > 3 { for id in membership.voters where id != leader { choices.append(.remove(id)) } }
+        guard !choices.isEmpty else { return }
+        let change = choices[Int(random.next(below: UInt64(choices.count)))]
+        do throws(ProposalError) {
+            let at = try servers[k].raft.proposeMembershipChange(change)
+            stats.membershipChanges += 1
+            if options.trace { record("\(leader) proposes \(change) at \(at.term)/\(at.index)") }
+        } catch {
+            if options.trace { record("\(leader) refuses \(change): \(error)") }
+        }
+        afterEvent(k)
+    }
+
+    mutating func transferLeadership() {
+        guard let k = servers.firstIndex(where: { $0.up && $0.raft.isLeader && $0.pendingReady == nil }) else { return }
+        let voters = servers[k].raft.membership.voters.filter { $0 != servers[k].id }
+        guard !voters.isEmpty else { return }
+        let target = voters[Int(random.next(below: UInt64(voters.count)))]
+        if (try? servers[k].raft.transferLeadership(to: target)) != nil {
+            stats.leaderTransfers += 1
+            if options.trace { record("\(servers[k].id) transfers leadership to \(target)") }
+        }
+        afterEvent(k)
+    }
+
+    mutating func healEverything() {
+        faultsOn = false
+        cut = []
+        for k in servers.indices where !servers[k].up { restart(k) }
+        if options.trace { record("heal everything; no new client operations") }
+    }
+
+    // MARK: - Network
+
+    mutating func send(_ message: Message) {
+        stats.messagesSent += 1
+        if faultsOn && random.chance(dropPercent, in: 100) {
+            stats.messagesDropped += 1
+            return
+        }
+        var delay = random.next(in: 1...3)
+        if faultsOn && random.chance(delayPercent, in: 100) {
+            stats.messagesDelayed += 1
+            delay += random.next(in: 5...120)
+        }
+        inFlight[now + delay, default: []].append(message)
+        if faultsOn && random.chance(duplicatePercent, in: 100) {
+            stats.messagesDuplicated += 1
+            inFlight[now + random.next(in: 1...60), default: []].append(message)
+        }
+    }
+
+    mutating func deliverMessages() {
+        guard let due = inFlight.removeValue(forKey: now) else { return }
+        for message in due {
+            let k = index(of: message.to)
+            guard servers[k].up, !cut.contains(Pair(from: message.from, to: message.to)) else {
+                stats.messagesDropped += 1
+                continue
+            }
+            if servers[k].pendingReady != nil {
+                // The server is busy persisting: the message waits in its socket buffer.
+                inFlight[now + 1, default: []].append(message)
+                continue
+            }
+            if options.trace { record("\(message)") }
+            servers[k].raft.step(message)
+            afterEvent(k)
+            if violation != nil { return }
+        }
+    }
+
+    mutating func tickServers() {
+        for k in servers.indices where servers[k].up && (now + servers[k].tickPhase) % SimulationOptions.tickMilliseconds == 0 {
+            if servers[k].pendingReady != nil {
+                servers[k].deferredTicks += 1
+            } else {
+                servers[k].raft.tick()
+                afterEvent(k)
+            }
+        }
+    }
+
+    // MARK: - Ready
+
+    mutating func driveReady(_ k: Int) {
+        guard servers[k].up else { return }
+        if servers[k].pendingReady == nil {
+            guard servers[k].raft.hasReady else { return }
+            let ready = servers[k].raft.ready()
+            checkPersisted(k, ready)
+            servers[k].disk.write(ready)
+            servers[k].pendingReady = ready
+            servers[k].readyDoneAt = now + (diskLatencyMax == 0 ? 0 : random.next(in: 0...diskLatencyMax))
+        }
+        guard let ready = servers[k].pendingReady, now >= servers[k].readyDoneAt else { return }
+        // Contract step 1 done (fsync), then send, apply, advance.
+        servers[k].disk.sync()
+        for message in ready.messages { send(message) }
+        if let snapshot = ready.snapshot { installSnapshot(k, snapshot) }
+        for entry in ready.committedEntries { apply(k, entry) }
+        if violation != nil { return }
+        for read in ready.readStates { servers[k].readsWaiting.append((read.index, read.context)) }
+        servers[k].raft.advance(ready)
+        servers[k].pendingReady = nil
+        serveReads(k)
+        while servers[k].deferredTicks > 0 {
+            servers[k].deferredTicks -= 1
+            servers[k].raft.tick()
+        }
+        afterEvent(k)
+        maybeCompact(k)
+    }
+
+    mutating func maybeCompact(_ k: Int) {
+        let raft = servers[k].raft
+        guard servers[k].compactEvery != Int.max,
+              raft.appliedIndex.rawValue >= raft.snapshotIndex.rawValue + UInt64(servers[k].compactEvery)
+        else { return }
+        servers[k].raft.compact(through: raft.appliedIndex, data: servers[k].store.snapshot())
+        servers[k].disk.saveSnapshot(servers[k].raft.snapshot!)
+        stats.snapshotsMade += 1
+        if options.trace { record("\(servers[k].id) compacts through \(raft.appliedIndex)") }
+    }
+
+    mutating func installSnapshot(_ k: Int, _ snapshot: Snapshot) {
+        stats.snapshotsInstalled += 1
+        if let known = committed[snapshot.index], known.entry.term != snapshot.term {
+            fail(.stateMachineSafety, "\(servers[k].id) installs snapshot \(snapshot.term)/\(snapshot.index), committed there: \(known.entry)")
+        }
+        servers[k].store = KVStore(snapshot: snapshot.data)
+        if options.trace { record("\(servers[k].id) installs \(snapshot)") }
+        // Proposals the snapshot covers are decided by the session table.
+        for index in servers[k].proposals.keys.sorted() where index <= snapshot.index {
+            let p = servers[k].proposals.removeValue(forKey: index)!
+            if let session = servers[k].store.session(of: p.client), session.sequence == p.sequence {
+                complete(client: p.client, sequence: p.sequence, result: session.result, index: nil)
+            } else {
+                attemptFailed(client: p.client, sequence: p.sequence)
+            }
+        }
+    }
+
+    mutating func apply(_ k: Int, _ entry: Entry) {
+        let id = servers[k].id
+        let term = servers[k].raft.term
+        if let known = committed[entry.index] {
+            if known.entry != entry {
+                fail(.stateMachineSafety, "\(id) applies \(entry) at \(entry.index), another server applied \(known.entry)")
+                return
+            }
+            if term < known.term { committed[entry.index]!.term = term }
+        } else {
+            committed[entry.index] = (entry, term)
+            stats.entriesCommitted += 1
+            if entry.index > highestCommitted { highestCommitted = entry.index }
+        }
+        var result: KVResult? = nil
+        var command: KVStore.Command? = nil
+        if entry.kind == .normal {
+            let c = KVStore.decode(entry.data)
+            command = c
+            result = servers[k].store.apply(c)
+        }
+        if let p = servers[k].proposals.removeValue(forKey: entry.index) {
+            if entry.term == p.term, let command, command.client == p.client, command.sequence == p.sequence, let result {
+                complete(client: p.client, sequence: p.sequence, result: result, index: entry.index)
+            } else {
+                attemptFailed(client: p.client, sequence: p.sequence)
+            }
+        }
+        if entry.kind == .membership, !servers[k].raft.membership.contains(id) {
+            // Removed: proposals beyond this point can no longer be decided here.
+            for index in servers[k].proposals.keys.sorted() {
+                let p = servers[k].proposals.removeValue(forKey: index)!
+                attemptFailed(client: p.client, sequence: p.sequence)
+            }
+        }
+    }
+
+    mutating func serveReads(_ k: Int) {
+        let applied = servers[k].raft.appliedIndex
+        var waiting: [(index: LogIndex, context: [UInt8])] = []
+        for read in servers[k].readsWaiting {
+            guard read.index <= applied else {
+                waiting.append(read)
+                continue
+            }
+            guard let r = servers[k].reads.removeValue(forKey: read.context) else { continue }
+            completeRead(client: r.client, attempt: r.attempt, value: servers[k].store.values[r.key])
+        }
+        servers[k].readsWaiting = waiting
+    }
+
+    // MARK: - Invariants
+
+    /// After every event on a server: Election Safety, and Leader Completeness for a new leader.
+    mutating func afterEvent(_ k: Int) {
+        let raft = servers[k].raft
+        let isLeader = raft.isLeader
+        defer { servers[k].wasLeader = isLeader }
+        guard isLeader, !servers[k].wasLeader else { return }
+        stats.leadersElected += 1
+        if options.trace { record("\(raft.id) is leader of term \(raft.term)") }
+        if let other = leaderOfTerm[raft.term], other != raft.id {
+            fail(.electionSafety, "\(other) and \(raft.id) both leader in term \(raft.term)")
+            return
+        }
+        leaderOfTerm[raft.term] = raft.id
+        if faultsOn && random.chance(leaderCrashPercent, in: 100) { servers[k].crashAt = now + random.next(in: 0...8) }
+        // Paper §5.4.1: an entry committed in an earlier term is in every later leader's log.
+        var index = raft.snapshotIndex.next
+        while index <= highestCommitted {
+            if let known = committed[index], known.term < raft.term, raft.term(at: index) != known.entry.term {
+                fail(.leaderCompleteness, "leader \(raft.id) of term \(raft.term) lacks committed \(known.entry)"
+                     + " (has \(raft.entry(at: index).map(\.description) ?? "nothing"))")
+                return
+            }
+            index = index.next
+        }
+    }
+
+    /// Log Matching (paper §5.3), incrementally: an (index, term) pair names one entry, with one
+    /// predecessor term, across every log that ever held it.
+    mutating func checkPersisted(_ k: Int, _ ready: Ready) {
+        var previousTerm: Term? = ready.entries.first.flatMap { servers[k].raft.term(at: $0.index.previous) }
+        for entry in ready.entries {
+            let key = IndexTerm(index: entry.index, term: entry.term)
+            if let seen = persisted[key] {
+                if seen.entry != entry {
+                    fail(.logMatching, "\(servers[k].id) persists \(entry), another log holds \(seen.entry)")
+                    return
+                }
+                if let a = seen.previousTerm, let b = previousTerm, a != b {
+                    fail(.logMatching, "\(servers[k].id): entry \(entry) follows term \(b), elsewhere term \(a)")
+                    return
+                }
+            } else {
+                persisted[key] = (entry, previousTerm)
+            }
+            previousTerm = entry.term
+        }
+    }
+
+    /// Liveness: a leader, every member caught up, every client operation decided.
+    mutating func isSettled() -> Bool {
+        guard clients.allSatisfy({ $0.current == nil }) else { return false }
+        guard let leader = servers.first(where: { $0.up && $0.raft.isLeader }) else { return false }
+        let commit = leader.raft.commitIndex
+        guard commit == leader.raft.lastIndex else { return false }
+        for id in leader.raft.membership.members {
+            let s = servers[index(of: id)]
+            if !s.up || s.pendingReady != nil || s.raft.appliedIndex != commit || s.raft.term != leader.raft.term { return false }
+        }
+        return true
+    }
+
+    /// Every acknowledged write is in the committed log that every member applied.
+    mutating func checkFinalState() {
+        let leader = servers.first { $0.up && $0.raft.isLeader }!
+        for ack in acknowledged {
+            // The session table holds the last applied request per client; clients are sequential.
+            guard let session = leader.store.session(of: ack.client), session.sequence >= ack.sequence else {
+                fail(.acknowledgedWriteLost, "client \(ack.client) #\(ack.sequence) acknowledged, not in the final state")
+                return
+            }
+            guard let index = ack.index else { continue }
+            guard let known = committed[index], known.entry.kind == .normal else {
+                fail(.acknowledgedWriteLost, "client \(ack.client) #\(ack.sequence) acknowledged at \(index), never committed")
+                return
+            }
+            let c = KVStore.decode(known.entry.data)
+            if c.client != ack.client || c.sequence != ack.sequence {
+                fail(.acknowledgedWriteLost, "client \(ack.client) #\(ack.sequence) acknowledged at \(index), committed there: \(known.entry)")
+                return
+            }
+        }
+        for id in leader.raft.membership.members {
+            let s = servers[index(of: id)]
+            if let last = acknowledged.compactMap(\.index).max(), s.raft.appliedIndex < last {
+                fail(.acknowledgedWriteLost, "\(id) applied only \(s.raft.appliedIndex) < \(last)")
+            }
+            if s.store.values != leader.store.values {
+                fail(.stateMachineSafety, "\(id) state \(s.store.values.sorted { $0.key < $1.key }) differs from leader's")
+            }
+        }
+    }
+
+    // MARK: - Clients
+
+    mutating func runClients() {
+        for c in clients.indices {
+            if clients[c].current == nil {
+                guard faultsOn, now >= clients[c].nextOperationAt else { continue }
+                startOperation(c)
+            } else if let retryAt = clients[c].current!.retryAt, now >= retryAt {
+                submit(c)
+            } else if now >= clients[c].current!.deadline {
+                clients[c].leaderHint = nil
+                submit(c)
+            }
+        }
+    }
+
+    mutating func startOperation(_ c: Int) {
+        clients[c].sequence += 1
+        let key = "k\(random.next(below: UInt64(options.keyCount)))"
+        let value = "c\(clients[c].id)-\(clients[c].sequence)"
+        let operation: KVOperation
+        switch random.next(below: 10) {
+        case 0..<4: operation = .put(key: key, value: value)
+        case 4..<8: operation = .get(key: key)
+        default:
+            // Compare against a value some client may have written, or absence.
+            let guess = random.chance(1, in: 4) ? nil
+                : "c\(random.next(in: 1...options.clientCount))-\(random.next(in: max(1, Int(clients[c].sequence) - 3)...Int(clients[c].sequence)))"
+            operation = .cas(key: key, expected: guess, new: value)
+        }
+        clients[c].current = Request(operation: operation, sequence: clients[c].sequence, call: now, attempt: 0,
+                                     deadline: 0, retryAt: nil)
+        if options.trace { record("client \(clients[c].id) calls \(operation)") }
+        submit(c)
+    }
+
+    mutating func submit(_ c: Int) {
+        guard var request = clients[c].current else { return }
+        clients[c].attempt += 1
+        request.attempt = clients[c].attempt
+        request.retryAt = nil
+        request.deadline = now + SimulationOptions.clientAttemptTimeoutMilliseconds
+        let target: NodeID
+        if let hint = clients[c].leaderHint, random.chance(7, in: 8) {
+            target = hint
+        } else {
+            target = servers[Int(random.next(below: UInt64(servers.count)))].id
+        }
+        let k = index(of: target)
+        clients[c].current = request
+        guard servers[k].up, servers[k].pendingReady == nil else {
+            clients[c].current!.retryAt = now + random.next(in: 5...30)
+            clients[c].leaderHint = nil
+            return
+        }
+        let outcome: ProposalError?
+        if case .get = request.operation {
+            var context: [UInt8] = []
+            for value in [UInt64(clients[c].id), UInt64(request.attempt)] {
+                for b in 0..<8 { context.append(UInt8(truncatingIfNeeded: value >> (8 * UInt64(b)))) }
+            }
+            do throws(ProposalError) {
+                try servers[k].raft.readIndex(context: context)
+                servers[k].reads[context] = (clients[c].id, request.attempt, request.operation.key)
+                outcome = nil
+            } catch { outcome = error }
+        } else {
+            let command = KVStore.Command(client: clients[c].id, sequence: request.sequence, operation: request.operation)
+            do throws(ProposalError) {
+                let at = try servers[k].raft.propose(KVStore.encode(command))
+                servers[k].proposals[at.index] = (clients[c].id, request.sequence, at.term)
+                outcome = nil
+            } catch { outcome = error }
+        }
+        switch outcome {
+        case nil:
+            clients[c].leaderHint = target
+        case .notLeader(let leader)?:
+            clients[c].leaderHint = leader
+            clients[c].current!.retryAt = now + random.next(in: 1...5)
+        case .some:
+            clients[c].current!.retryAt = now + random.next(in: 5...30)
+        }
+        afterEvent(k)
+    }
+
+    mutating func complete(client id: Int, sequence: UInt64, result: KVResult, index: LogIndex?) {
+        let c = id - 1
+        guard let request = clients[c].current, request.sequence == sequence else { return }
+        if request.operation.isWrite { acknowledged.append((id, sequence, index)) }
+        finish(c, request, result)
+    }
+
+    mutating func attemptFailed(client id: Int, sequence: UInt64) {
+        let c = id - 1
+        guard let request = clients[c].current, request.sequence == sequence, request.retryAt == nil else { return }
+        clients[c].current!.retryAt = now + 1
+    }
+
+    mutating func completeRead(client id: Int, attempt: Int, value: String?) {
+        let c = id - 1
+        guard let request = clients[c].current, request.attempt == attempt, case .get = request.operation else { return }
+        finish(c, request, .value(value))
+    }
+
+    mutating func finish(_ c: Int, _ request: Request, _ result: KVResult) {
+        history.append(HistoryOperation(client: clients[c].id, operation: request.operation, call: Int64(request.call),
+                                        returned: Int64(now), result: result))
+        stats.operationsCompleted += 1
+        if options.trace { record("client \(clients[c].id) \(request.operation) returns \(result)") }
+        clients[c].current = nil
+        clients[c].nextOperationAt = now + random.next(in: 0...20)
+    }
+}

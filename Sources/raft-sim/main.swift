@@ -1,1 +1,118 @@
+import ArgumentParser
+import Foundation
+import Raft
 import RaftTesting
+import Synchronization
+
+/// `raft-sim`: many seeded simulations of whole clusters, the replay of one seed with a trace,
+/// and the core micro-benchmark. The logic lives in RaftTesting; this only parses and prints.
+struct RaftSim: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "raft-sim",
+        abstract: "Deterministic Raft cluster simulation and core benchmark.",
+        subcommands: [Simulate.self, Bench.self],
+        defaultSubcommand: Simulate.self)
+}
+
+struct Simulate: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run seeds; print seeds/s, failures and how to replay them.")
+
+    @Option(help: "Number of seeds to run, from --first-seed.") var seeds: Int = 1000
+    @Option(help: "First seed.") var firstSeed: UInt64 = 0
+    @Option(help: "Run exactly this seed (implies --seeds 1).") var seed: UInt64?
+    @Option(help: "Voters: 3, 5 or 7; 0 alternates 3 and 5 by seed.") var nodes: Int = 5
+    @Option(help: "Virtual milliseconds of faults per seed.") var faultMs: Int = 3000
+    @Flag(help: "Print the step trace (with --seed).") var trace = false
+    @Option(help: "Parallel workers.") var jobs: Int = 1
+    @Option(help: "Inject a known bug: commit-previous-term or vote-without-log-check.") var mutation: String?
+
+    func options(for seed: UInt64) -> SimulationOptions {
+        var options = SimulationOptions(seed: seed, nodeCount: nodes == 0 ? (seed % 2 == 0 ? 3 : 5) : nodes)
+        options.faultMilliseconds = faultMs
+        options.trace = trace
+        switch mutation {
+        case "commit-previous-term": options.inject(.commitPreviousTermEntries)
+        case "vote-without-log-check": options.inject(.grantVoteWithoutLogCheck)
+        default: break
+        }
+        return options
+    }
+
+    func replayCommand(_ seed: UInt64, _ nodeCount: Int) -> String {
+        var command = "swift run -c release raft-sim --seed \(seed) --nodes \(nodeCount) --fault-ms \(faultMs) --trace"
+        if let mutation { command += " --mutation \(mutation)" }
+        return command
+    }
+
+    func run() throws {
+        if let mutation, !["commit-previous-term", "vote-without-log-check"].contains(mutation) {
+            throw ValidationError("unknown mutation \(mutation)")
+        }
+        if let seed {
+            let result = Simulation.run(options(for: seed))
+            for line in result.trace { print(line) }
+            print("seed \(seed) nodes \(result.nodeCount): " + (result.violation.map { "FAILED: \($0)" } ?? "ok"))
+            print(describe(result.stats))
+            if result.violation != nil { throw ExitCode(1) }
+            return
+        }
+        let start = DispatchTime.now().uptimeNanoseconds
+        struct Tally: Sendable {
+            var failures: [SimulationResult] = []
+            var total = SimulationStats()
+            var done = 0
+        }
+        let tally = Mutex(Tally())
+        let workers = max(1, jobs)
+        let seeds = self.seeds, firstSeed = self.firstSeed, command = self
+        DispatchQueue.concurrentPerform(iterations: workers) { worker in
+            var k = worker
+            while k < seeds {
+                let result = Simulation.run(command.options(for: firstSeed + UInt64(k)))
+                tally.withLock { tally in
+                    tally.done += 1
+                    tally.total.add(result.stats)
+                    if let violation = result.violation {
+                        tally.failures.append(result)
+                        print("seed \(result.seed) FAILED: \(violation)")
+                        print("  replay: \(command.replayCommand(result.seed, result.nodeCount))")
+                    }
+                    if tally.done % 10_000 == 0 { print("... \(tally.done) seeds, \(tally.failures.count) failures") }
+                }
+                k += workers
+            }
+        }
+        let (failures, total) = tally.withLock { ($0.failures, $0.total) }
+        let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        print(String(format: "%d seeds in %.1f s: %.0f seeds/s, %d failures", seeds, seconds, Double(seeds) / seconds, failures.count))
+        print(describe(total))
+        if !failures.isEmpty { throw ExitCode(1) }
+    }
+
+    func describe(_ s: SimulationStats) -> String {
+        "messages \(s.messagesSent) (dropped \(s.messagesDropped), duplicated \(s.messagesDuplicated), delayed \(s.messagesDelayed)); "
+            + "partitions \(s.partitions) + one-way \(s.asymmetricPartitions); crashes \(s.crashes) (unsynced writes lost \(s.unsyncedWritesLost)), "
+            + "restarts \(s.restarts); membership changes \(s.membershipChanges); transfers \(s.leaderTransfers); "
+            + "snapshots made \(s.snapshotsMade), installed \(s.snapshotsInstalled); leaders \(s.leadersElected); "
+            + "client ops \(s.operationsCompleted); entries committed \(s.entriesCommitted); worst heal \(s.healMilliseconds) ms"
+    }
+}
+
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Committed entries per second through the core alone.")
+
+    @Option(help: "Entries per propose batch.") var batch: Int = 256
+    @Option(help: "Entries to commit.") var entries: Int = 5_000_000
+    @Option(help: "Payload bytes per entry.") var payload: Int = 64
+    @Option(help: "Voters (1 = leader alone; 3 = leader and two in-memory followers).") var voters: Int = 1
+
+    func run() {
+        let result = CoreBenchmark.run(voters: voters, batch: batch, total: entries, payloadBytes: payload) {
+            DispatchTime.now().uptimeNanoseconds
+        }
+        print(String(format: "voters %d, batch %d, payload %d B: %d entries in %.2f s = %.2f M entries/s",
+                     voters, batch, payload, result.entries, Double(result.nanoseconds) / 1e9, result.entriesPerSecond / 1e6))
+    }
+}
+
+RaftSim.main()
