@@ -44,6 +44,7 @@ let package = Package(
         .target(name: "Store", dependencies: ["CSQLite"]),
         .target(name: "Raft"),
         .target(name: "RaftTesting", dependencies: ["Raft"]),
+        .target(name: "Cluster", dependencies: ["Raft", "Store"]),
         .executableTarget(name: "raft-sim", dependencies: [
             "RaftTesting", "Raft", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
@@ -60,5 +61,6 @@ let package = Package(
         .testTarget(name: "DaemonTests", dependencies: ["Daemon", "DNSWire", "CShims"]),
         .testTarget(name: "RaftTests", dependencies: ["Raft", "RaftTesting"]),
         .testTarget(name: "StoreTests", dependencies: ["Store"]),
+        .testTarget(name: "ClusterTests", dependencies: ["Cluster", "Raft", "Store"]),
     ]
 )

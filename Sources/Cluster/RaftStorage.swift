@@ -1,0 +1,182 @@
+import Raft
+import Store
+
+/// Why the Raft log could not be read or written. Always names the file.
+public struct RaftStorageError: Error, Sendable, CustomStringConvertible {
+    public var path: String
+    public var message: String
+    /// The SQLite failure underneath, if any.
+    public var underlying: StoreError?
+
+    public var description: String {
+        underlying.map { "\(path): \(message): \($0.message) (SQLite code \($0.extendedCode))" } ?? "\(path): \(message)"
+    }
+}
+
+/// The durable Raft state of one server in `DATA/raft.db`: hard state, log entries after the
+/// last snapshot, and the snapshot itself (metadata and state-machine bytes).
+///
+/// SQLite in WAL mode with `synchronous=FULL`: a committed transaction is on disk. Everything
+/// one `Ready` asks to persist is written in **one transaction** (`save`), so a burst of proposals
+/// batched into one Ready shares one fsync (group commit), and a crash leaves either all of a
+/// Ready's state or none of it.
+///
+/// Invariants checked on load (a violation is a corrupt file, reported with its path, never
+/// repaired silently): entries are contiguous, start right after the snapshot, terms never
+/// decrease, and the commit index is within the log.
+public final class RaftStorage {
+    /// The layout version in `meta`; a file with another version is refused.
+    public static let schemaVersion: Int64 = 1
+
+    public let path: String
+    private let database: Database
+    private let insertEntry: Statement
+    private let deleteEntriesFrom: Statement
+    private let deleteEntriesThrough: Statement
+    private let upsertHardState: Statement
+    private let upsertSnapshot: Statement
+
+    public init(path: String) throws(RaftStorageError) {
+        self.path = path
+        do throws(StoreError) {
+            database = try Database(path: path, durability: .durable)
+            try database.execute("""
+                CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+                CREATE TABLE IF NOT EXISTS hard_state (
+                    id INTEGER PRIMARY KEY CHECK (id = 1),
+                    term INTEGER NOT NULL, vote INTEGER, commit_index INTEGER NOT NULL);
+                CREATE TABLE IF NOT EXISTS entries (
+                    idx INTEGER PRIMARY KEY, term INTEGER NOT NULL, kind INTEGER NOT NULL, data BLOB NOT NULL);
+                CREATE TABLE IF NOT EXISTS snapshot (
+                    id INTEGER PRIMARY KEY CHECK (id = 1),
+                    idx INTEGER NOT NULL, term INTEGER NOT NULL, membership BLOB NOT NULL, data BLOB NOT NULL);
+                INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', \(Self.schemaVersion));
+                """)
+            insertEntry = try database.prepare("INSERT INTO entries (idx, term, kind, data) VALUES (?, ?, ?, ?)")
+            deleteEntriesFrom = try database.prepare("DELETE FROM entries WHERE idx >= ?")
+            deleteEntriesThrough = try database.prepare("DELETE FROM entries WHERE idx <= ?")
+            upsertHardState = try database.prepare(
+                "INSERT OR REPLACE INTO hard_state (id, term, vote, commit_index) VALUES (1, ?, ?, ?)")
+            upsertSnapshot = try database.prepare(
+                "INSERT OR REPLACE INTO snapshot (id, idx, term, membership, data) VALUES (1, ?, ?, ?, ?)")
+        } catch {
+            throw RaftStorageError(path: path, message: "cannot open the Raft log", underlying: error)
+        }
+        let version: SQLValue?
+        do throws(StoreError) {
+            version = try database.scalar("SELECT value FROM meta WHERE key = 'schema_version'")
+        } catch {
+            throw RaftStorageError(path: path, message: "cannot read the schema version", underlying: error)
+        }
+        guard version == .integer(Self.schemaVersion) else {
+            throw RaftStorageError(path: path, message: "schema version \(String(describing: version)) is not \(Self.schemaVersion)")
+        }
+    }
+
+    /// Reads everything back, checking the invariants above.
+    public func load() throws(RaftStorageError) -> PersistentState {
+        var state = PersistentState()
+        do {
+            if let row = try database.prepare("SELECT term, vote, commit_index FROM hard_state WHERE id = 1").query().first {
+                guard case .integer(let term) = row[0], case .integer(let commit) = row[2] else {
+                    throw corrupt("hard state row has the wrong types")
+                }
+                var vote: NodeID?
+                if case .integer(let v) = row[1], v != 0 { vote = NodeID(rawValue: UInt64(v)) }
+                state.hardState = HardState(term: Term(UInt64(term)), vote: vote, commit: LogIndex(UInt64(commit)))
+            }
+            if let row = try database.prepare("SELECT idx, term, membership, data FROM snapshot WHERE id = 1").query().first {
+                guard case .integer(let index) = row[0], case .integer(let term) = row[1],
+                      case .blob(let membershipBytes) = row[2], case .blob(let data) = row[3],
+                      let membership = Membership(decoding: membershipBytes) else {
+                    throw corrupt("snapshot row is not readable")
+                }
+                state.snapshot = Snapshot(index: LogIndex(UInt64(index)), term: Term(UInt64(term)), membership: membership,
+                                          data: data)
+            }
+            let entries = try database.prepare("SELECT idx, term, kind, data FROM entries ORDER BY idx")
+            try entries.bind([])
+            defer { entries.reset() }
+            var expected = (state.snapshot?.index ?? .zero).next
+            var lastTerm = state.snapshot?.term ?? .zero
+            while try entries.step() {
+                let index = LogIndex(UInt64(entries.int64(0)))
+                let term = Term(UInt64(entries.int64(1)))
+                guard let kind = Entry.Kind(rawValue: UInt8(truncatingIfNeeded: entries.int64(2))) else {
+                    throw corrupt("entry \(index) has an unknown kind \(entries.int64(2))")
+                }
+                guard index == expected else { throw corrupt("log has a gap: expected entry \(expected), found \(index)") }
+                guard term >= lastTerm else { throw corrupt("entry \(index) has term \(term) below \(lastTerm)") }
+                state.entries.append(Entry(term: term, index: index, kind: kind, data: entries.blob(3)))
+                expected = index.next
+                lastTerm = term
+            }
+        } catch let error as RaftStorageError {
+            throw error
+        } catch {
+            throw RaftStorageError(path: path, message: "cannot read the Raft log", underlying: error as? StoreError)
+        }
+        let lastIndex = state.entries.last?.index ?? state.snapshot?.index ?? .zero
+        guard state.hardState.commit <= lastIndex else {
+            throw corrupt("commit index \(state.hardState.commit) is beyond the last entry \(lastIndex)")
+        }
+        return state
+    }
+
+    private func corrupt(_ message: String) -> RaftStorageError {
+        RaftStorageError(path: path, message: "corrupt Raft log: \(message)")
+    }
+
+    /// Persists what a Ready asks (contract step 1) in one durable transaction.
+    public func save(_ ready: Ready) throws(RaftStorageError) {
+        try save(snapshot: ready.snapshot, entries: ready.entries, hardState: ready.hardState)
+    }
+
+    /// One durable transaction: the snapshot, then the entries (replacing the stored log from the
+    /// first one's index on), then the hard state. Nothing to write writes nothing.
+    public func save(snapshot: Snapshot?, entries: [Entry], hardState: HardState?) throws(RaftStorageError) {
+        guard snapshot != nil || !entries.isEmpty || hardState != nil else { return }
+        do {
+            try database.transaction { () throws(StoreError) in
+                if let snapshot { try writeSnapshot(snapshot) }
+                if let first = entries.first {
+                    // Raft §5.3: a conflicting suffix is replaced by the leader's entries.
+                    try deleteEntriesFrom.run(.integer(Int64(first.index.rawValue)))
+                    for entry in entries {
+                        try insertEntry.run(.integer(Int64(entry.index.rawValue)), .integer(Int64(entry.term.rawValue)),
+                                            .integer(Int64(entry.kind.rawValue)), .blob(entry.data))
+                    }
+                }
+                if let hard = hardState {
+                    try upsertHardState.run(.integer(Int64(hard.term.rawValue)),
+                                            hard.vote.map { .integer(Int64($0.rawValue)) } ?? .null,
+                                            .integer(Int64(hard.commit.rawValue)))
+                }
+            }
+        } catch {
+            throw RaftStorageError(path: path, message: "cannot persist Raft state", underlying: error as? StoreError)
+        }
+    }
+
+    /// Stores a snapshot the application took (after `RaftNode.compact`) and drops the log it covers.
+    public func saveSnapshot(_ snapshot: Snapshot) throws(RaftStorageError) {
+        do {
+            try database.transaction { () throws(StoreError) in try writeSnapshot(snapshot) }
+        } catch {
+            throw RaftStorageError(path: path, message: "cannot persist a snapshot", underlying: error as? StoreError)
+        }
+    }
+
+    private func writeSnapshot(_ snapshot: Snapshot) throws(StoreError) {
+        try upsertSnapshot.run(.integer(Int64(snapshot.index.rawValue)), .integer(Int64(snapshot.term.rawValue)),
+                               .blob(snapshot.membership.encoded), .blob(snapshot.data))
+        // Raft §7: entries after the snapshot stay only if the log holds the snapshot's last entry
+        // (same index and term); otherwise the whole log is replaced by the snapshot.
+        let lastTerm = try database.scalar("SELECT term FROM entries WHERE idx = ?", .integer(Int64(snapshot.index.rawValue)))
+        if lastTerm == .integer(Int64(snapshot.term.rawValue)) {
+            try deleteEntriesThrough.run(.integer(Int64(snapshot.index.rawValue)))
+        } else {
+            try database.execute("DELETE FROM entries")
+        }
+    }
+}

@@ -1,0 +1,112 @@
+import Cluster
+import Foundation
+import Raft
+import Store
+import Testing
+
+@Suite("durable Raft log")
+struct RaftStorageTests {
+    final class Directory {
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("disco-raftdb-\(UUID().uuidString)")
+        init() throws { try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true) }
+        var path: String { url.appendingPathComponent("raft.db").path }
+        deinit { try? FileManager.default.removeItem(at: url) }
+    }
+
+    func entries(_ range: ClosedRange<UInt64>, term: UInt64) -> [Entry] {
+        range.map { Entry(term: Term(term), index: LogIndex($0), data: Array("e\($0)".utf8)) }
+    }
+
+    @Test func aRestartedNodeRecoversExactlyWhatItPersisted() throws {
+        let directory = try Directory()
+        let config = RaftConfig(id: 1, initialMembership: Membership(voters: [1]))
+        var node = RaftNode(config: config)
+        let storage = try RaftStorage(path: directory.path)
+        node.campaign()
+        for i in 0..<5 {
+            if i > 0 { _ = try node.propose(Array("value \(i)".utf8)) }
+            while node.hasReady {
+                let ready = node.ready()
+                try storage.save(ready)
+                node.advance(ready)
+            }
+        }
+        #expect(node.isLeader)
+        let hardState = node.hardState
+        let lastIndex = node.lastIndex
+        let log = (1...lastIndex.rawValue).map { node.entry(at: LogIndex($0)) }
+
+        // A new process: open the file again and rebuild the node from it.
+        let state = try RaftStorage(path: directory.path).load()
+        let restarted = RaftNode(config: config, persistent: state)
+        #expect(state.hardState == hardState)
+        #expect(restarted.lastIndex == lastIndex)
+        #expect((1...restarted.lastIndex.rawValue).map { restarted.entry(at: LogIndex($0)) } == log)
+        #expect(state.entries.last.map { String(decoding: $0.data, as: UTF8.self) } == "value 4")
+    }
+
+    @Test func aConflictingSuffixIsReplaced() throws {
+        let directory = try Directory()
+        let storage = try RaftStorage(path: directory.path)
+        try storage.save(snapshot: nil, entries: entries(1...5, term: 1), hardState: HardState(term: 1, vote: 2, commit: 2))
+        try storage.save(snapshot: nil, entries: entries(3...4, term: 2), hardState: HardState(term: 2, vote: 3, commit: 3))
+        let state = try RaftStorage(path: directory.path).load()
+        #expect(state.entries.map { "\($0.term.rawValue)/\($0.index.rawValue)" } == ["1/1", "1/2", "2/3", "2/4"])
+        #expect(state.hardState == HardState(term: 2, vote: 3, commit: 3))
+    }
+
+    @Test func snapshotsDropTheLogTheyCover() throws {
+        let directory = try Directory()
+        let storage = try RaftStorage(path: directory.path)
+        let membership = Membership(voters: [1, 2, 3])
+        try storage.save(snapshot: nil, entries: entries(1...6, term: 1), hardState: HardState(term: 1, commit: 6))
+        // The log holds the snapshot's last entry: the entries after it stay.
+        try storage.saveSnapshot(Snapshot(index: 4, term: 1, membership: membership, data: [1, 2, 3]))
+        var state = try storage.load()
+        #expect(state.snapshot == Snapshot(index: 4, term: 1, membership: membership, data: [1, 2, 3]))
+        #expect(state.entries.map(\.index.rawValue) == [5, 6])
+        // A snapshot from a leader whose history differs replaces the whole log.
+        try storage.save(snapshot: Snapshot(index: 8, term: 3, membership: membership, data: [9]), entries: [],
+                         hardState: HardState(term: 3, commit: 8))
+        state = try storage.load()
+        #expect(state.entries.isEmpty)
+        #expect(state.snapshot?.index == 8)
+        #expect(state.hardState.commit == 8)
+    }
+
+    @Test func aCorruptLogIsReportedWithItsFileNeverRepaired() throws {
+        let directory = try Directory()
+        do {
+            let storage = try RaftStorage(path: directory.path)
+            try storage.save(snapshot: nil, entries: entries(1...4, term: 1), hardState: HardState(term: 1, commit: 4))
+        }
+        // Simulate damage: a hole in the log.
+        try Database(path: directory.path).execute("DELETE FROM entries WHERE idx = 2")
+        do {
+            _ = try RaftStorage(path: directory.path).load()
+            Issue.record("a log with a gap loaded")
+        } catch {
+            #expect(error.description == "\(directory.path): corrupt Raft log: log has a gap: expected entry 2, found 3")
+        }
+        #expect(try Database(path: directory.path).scalar("SELECT count(*) FROM entries") == .integer(3))
+    }
+
+    @Test func aCommitBeyondTheLogIsCorrupt() throws {
+        let directory = try Directory()
+        let storage = try RaftStorage(path: directory.path)
+        try storage.save(snapshot: nil, entries: entries(1...2, term: 1), hardState: HardState(term: 1, commit: 9))
+        #expect(throws: RaftStorageError.self) { _ = try storage.load() }
+    }
+
+    @Test func aForeignFileIsRefusedByName() throws {
+        let directory = try Directory()
+        try Data("not a database, just text that is long enough to be a header".utf8)
+            .write(to: URL(fileURLWithPath: directory.path))
+        do {
+            _ = try RaftStorage(path: directory.path)
+            Issue.record("opened a foreign file")
+        } catch {
+            #expect(error.description.hasPrefix("\(directory.path): cannot open the Raft log: file is not a database"))
+        }
+    }
+}
