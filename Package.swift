@@ -44,7 +44,15 @@ let package = Package(
         .target(name: "Store", dependencies: ["CSQLite"]),
         .target(name: "Raft"),
         .target(name: "RaftTesting", dependencies: ["Raft"]),
-        .target(name: "Cluster", dependencies: ["Raft", "Store"]),
+        .target(
+            name: "Cluster",
+            dependencies: [
+                "Raft", "Store",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .executableTarget(name: "raft-sim", dependencies: [
             "RaftTesting", "Raft", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
@@ -61,6 +69,11 @@ let package = Package(
         .testTarget(name: "DaemonTests", dependencies: ["Daemon", "DNSWire", "CShims"]),
         .testTarget(name: "RaftTests", dependencies: ["Raft", "RaftTesting"]),
         .testTarget(name: "StoreTests", dependencies: ["Store"]),
-        .testTarget(name: "ClusterTests", dependencies: ["Cluster", "Raft", "Store"]),
+        .testTarget(name: "ClusterTests", dependencies: [
+            "Cluster", "Raft", "Store",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
     ]
 )

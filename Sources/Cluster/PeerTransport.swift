@@ -1,0 +1,229 @@
+import Logging
+import NIOCore
+import NIOPosix
+import Raft
+
+/// A peer's Raft address.
+public struct PeerAddress: Hashable, Sendable, CustomStringConvertible {
+    public var host: String
+    public var port: Int
+
+    public init(host: String, port: Int) {
+        self.host = host
+        self.port = port
+    }
+
+    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+}
+
+/// Raft messages between servers over TCP (SwiftNIO), framed by `PeerCodec`.
+///
+/// Each server listens for its peers and keeps one outbound connection to each peer, over which
+/// its messages to that peer are pipelined (writes never wait for answers; Raft's own
+/// acknowledgements drive flow control). A connection that drops is dialled again on demand with
+/// exponential backoff; messages queued meanwhile are bounded and the oldest dropped first — Raft
+/// tolerates loss and resends what matters. A malformed or oversized inbound frame closes that
+/// connection and is logged.
+public final class PeerTransport: @unchecked Sendable {
+    // @unchecked: `peers`, `outbound` and `listener` are touched only on `loop`.
+
+    /// Messages waiting for a connection to one peer; beyond it the oldest are dropped.
+    public static let queueMessagesMax = 1024
+    /// Reconnect backoff: starts here, doubles per failure, capped below.
+    public static let reconnectBackoffMillisecondsMin: Int64 = 20
+    public static let reconnectBackoffMillisecondsMax: Int64 = 1000
+    public static let connectTimeoutMilliseconds: Int64 = 500
+
+    public let id: NodeID
+    private let listen: PeerAddress
+    private let group: EventLoopGroup
+    private let loop: EventLoop
+    private let logger: Logger
+    private let deliver: @Sendable (Message) -> Void
+    private var peers: [NodeID: PeerAddress]
+    private var outbound: [NodeID: Outbound] = [:]
+    private var listener: Channel?
+    private var stopped = false
+
+    /// - Parameter deliver: called (on a NIO thread) with every well-formed inbound message.
+    public init(id: NodeID, listen: PeerAddress, peers: [NodeID: PeerAddress], group: EventLoopGroup, logger: Logger,
+                deliver: @escaping @Sendable (Message) -> Void) {
+        self.id = id
+        self.listen = listen
+        self.peers = peers
+        self.group = group
+        self.loop = group.next()
+        self.logger = logger
+        self.deliver = deliver
+    }
+
+    /// Binds the listener; returns the port (useful with port 0).
+    public func start() throws -> Int {
+        let deliver = self.deliver
+        let logger = self.logger
+        let channel = try ServerBootstrap(group: group)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(PeerFrameDecoder()))
+                    try channel.pipeline.syncOperations.addHandler(PeerInboundHandler(deliver: deliver, logger: logger))
+                }
+            }
+            .bind(host: listen.host, port: listen.port).wait()
+        let port = channel.localAddress?.port ?? listen.port
+        try loop.submit { self.listener = channel }.wait()
+        return port
+    }
+
+    public func stop() {
+        try? loop.submit {
+            self.stopped = true
+            for (_, connection) in self.outbound { connection.channel?.close(promise: nil) }
+            self.outbound = [:]
+            self.listener?.close(promise: nil)
+            self.listener = nil
+        }.wait()
+    }
+
+    /// Changes where peers are (membership changes); connections to moved or removed peers close.
+    public func setPeers(_ peers: [NodeID: PeerAddress]) {
+        loop.execute {
+            for (id, connection) in self.outbound where peers[id] != self.peers[id] {
+                connection.channel?.close(promise: nil)
+                self.outbound[id] = nil
+            }
+            self.peers = peers
+        }
+    }
+
+    /// Sends messages to their `to` servers. Thread-safe; never blocks.
+    public func send(_ messages: [Message]) {
+        guard !messages.isEmpty else { return }
+        loop.execute {
+            for message in messages where message.to != self.id { self.enqueue(message) }
+        }
+    }
+
+    // MARK: - Outbound, on `loop`
+
+    private final class Outbound {
+        var channel: Channel?
+        var connecting = false
+        var queue: [[UInt8]] = []
+        var backoffMilliseconds = PeerTransport.reconnectBackoffMillisecondsMin
+        var retryAt: NIODeadline = .uptimeNanoseconds(0)
+        var dropped = 0
+    }
+
+    private func enqueue(_ message: Message) {
+        guard !stopped, let address = peers[message.to] else { return }
+        let connection = outbound[message.to] ?? Outbound()
+        outbound[message.to] = connection
+        let frame = PeerCodec.encode(message)
+        if let channel = connection.channel, channel.isActive {
+            var buffer = channel.allocator.buffer(capacity: frame.count)
+            buffer.writeBytes(frame)
+            channel.writeAndFlush(buffer, promise: nil)
+            return
+        }
+        if connection.queue.count >= Self.queueMessagesMax {
+            connection.queue.removeFirst()
+            connection.dropped += 1
+        }
+        connection.queue.append(frame)
+        connect(message.to, address, connection)
+    }
+
+    private func connect(_ peer: NodeID, _ address: PeerAddress, _ connection: Outbound) {
+        guard !connection.connecting, NIODeadline.now() >= connection.retryAt else { return }
+        connection.connecting = true
+        ClientBootstrap(group: loop)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .connectTimeout(.milliseconds(Self.connectTimeoutMilliseconds))
+            .connect(host: address.host, port: address.port)
+            .whenComplete { result in
+                connection.connecting = false
+                switch result {
+                case .success(let channel):
+                    guard !self.stopped, self.outbound[peer] === connection else {
+                        channel.close(promise: nil)
+                        return
+                    }
+                    connection.channel = channel
+                    connection.backoffMilliseconds = Self.reconnectBackoffMillisecondsMin
+                    if connection.dropped > 0 {
+                        self.logger.debug("dropped messages while disconnected",
+                                          metadata: ["raft.peer": "\(peer)", "raft.dropped": "\(connection.dropped)"])
+                        connection.dropped = 0
+                    }
+                    for frame in connection.queue {
+                        var buffer = channel.allocator.buffer(capacity: frame.count)
+                        buffer.writeBytes(frame)
+                        channel.write(buffer, promise: nil)
+                    }
+                    connection.queue = []
+                    channel.flush()
+                    channel.closeFuture.whenComplete { _ in
+                        if connection.channel === channel { connection.channel = nil }
+                    }
+                case .failure(let error):
+                    connection.retryAt = .now() + .milliseconds(connection.backoffMilliseconds)
+                    self.logger.debug("cannot reach peer", metadata: [
+                        "raft.peer": "\(peer)", "raft.peer.address": "\(address)", "error": "\(error)",
+                        "raft.backoff_ms": "\(connection.backoffMilliseconds)",
+                    ])
+                    let retryIn = connection.backoffMilliseconds
+                    connection.backoffMilliseconds = min(connection.backoffMilliseconds * 2, Self.reconnectBackoffMillisecondsMax)
+                    // Try again after the backoff if messages are still waiting.
+                    self.loop.scheduleTask(in: .milliseconds(retryIn)) {
+                        if !connection.queue.isEmpty, let address = self.peers[peer] {
+                            self.connect(peer, address, connection)
+                        }
+                    }
+                }
+            }
+    }
+}
+
+/// Frames from the byte stream: `PeerCodec` length, then the body. An oversized length closes
+/// the connection before the body is buffered.
+struct PeerFrameDecoder: ByteToMessageDecoder {
+    typealias InboundOut = Message
+
+    mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
+        guard let header = buffer.getBytes(at: buffer.readerIndex, length: PeerCodec.lengthFieldBytes) else { return .needMoreData }
+        guard let length = try PeerCodec.bodyLength(header: header) else { return .needMoreData }
+        guard buffer.readableBytes >= PeerCodec.lengthFieldBytes + length else { return .needMoreData }
+        buffer.moveReaderIndex(forwardBy: PeerCodec.lengthFieldBytes)
+        let body = buffer.readBytes(length: length)!
+        context.fireChannelRead(wrapInboundOut(try PeerCodec.decode(body: body)))
+        return .continue
+    }
+
+    mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
+        .needMoreData
+    }
+}
+
+final class PeerInboundHandler: ChannelInboundHandler {
+    typealias InboundIn = Message
+
+    private let deliver: @Sendable (Message) -> Void
+    private let logger: Logger
+
+    init(deliver: @escaping @Sendable (Message) -> Void, logger: Logger) {
+        self.deliver = deliver
+        self.logger = logger
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        deliver(unwrapInboundIn(data))
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        logger.warning("closing a peer connection: \(error)",
+                       metadata: ["raft.peer.remote": "\(context.remoteAddress.map { "\($0)" } ?? "?")"])
+        context.close(promise: nil)
+    }
+}

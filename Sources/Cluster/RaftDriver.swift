@@ -1,0 +1,175 @@
+import Logging
+import NIOCore
+import Raft
+
+/// Why a proposal did not take effect.
+public enum ProposeError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// Refused by the core (e.g. not the leader: the caller forwards or redirects).
+    case refused(ProposalError)
+    /// Accepted, but another leader's entry took its index: it never committed.
+    case superseded
+    /// The driver stopped (shutdown, or storage failed) before the entry applied.
+    case stopped
+
+    public var description: String {
+        switch self {
+        case .refused(let error): "\(error)"
+        case .superseded: "the proposal was superseded by another leader's entry and did not commit"
+        case .stopped: "the Raft driver stopped"
+        }
+    }
+}
+
+/// What a server knows of the cluster right now (for status endpoints and tests).
+public struct RaftStatus: Sendable, Equatable {
+    public var id: NodeID
+    public var role: Role
+    public var term: Term
+    public var leader: NodeID?
+    public var commitIndex: LogIndex
+    public var appliedIndex: LogIndex
+}
+
+/// Runs one `RaftNode` against the real world (DESIGN.md: Cluster owns all I/O in one loop):
+/// ticks from a clock, messages from `PeerTransport`, proposals from the API. After every event
+/// it carries out the `Ready` contract in order: **persist** (one SQLite transaction, fsynced),
+/// **send**, **apply**, **advance**.
+///
+/// Everything runs on one event loop, which also does the fsync: a dedicated loop, so DNS and
+/// HTTP never wait behind the disk.
+public final class RaftDriver: @unchecked Sendable {
+    // @unchecked: `node`, `pending` and `stoppedReason` are touched only on `loop`.
+
+    /// Wall-clock length of a tick. With the core's defaults (election after 10–20 ticks,
+    /// heartbeat every tick) a dead leader is replaced within 0.5–1 s, and 50 ms heartbeats stay
+    /// far inside the timeout on a loaded 2-core machine.
+    public static let tickMillisecondsDefault: Int64 = 50
+
+    public let id: NodeID
+    private let loop: EventLoop
+    private let storage: RaftStorage
+    private let transport: PeerTransport
+    private let tick: TimeAmount
+    private let apply: (Entry) -> Void
+    private let logger: Logger
+    private var node: RaftNode
+    private var ticker: RepeatedTask?
+    private var pending: [LogIndex: (term: Term, promise: EventLoopPromise<LogIndex>)] = [:]
+    private var stoppedReason: String?
+    private var lastLeader: NodeID?
+
+    /// - Parameter apply: called on the driver's loop with every committed entry, in order.
+    public init(config: RaftConfig, storage: RaftStorage, transport: PeerTransport, loop: EventLoop,
+                tickMilliseconds: Int64 = RaftDriver.tickMillisecondsDefault, logger: Logger,
+                apply: @escaping (Entry) -> Void) throws(RaftStorageError) {
+        self.id = config.id
+        self.loop = loop
+        self.storage = storage
+        self.transport = transport
+        self.tick = .milliseconds(tickMilliseconds)
+        self.logger = logger
+        self.apply = apply
+        self.node = RaftNode(config: config, persistent: try storage.load())
+    }
+
+    public func start() {
+        loop.execute {
+            self.ticker = self.loop.scheduleRepeatedTask(initialDelay: self.tick, delay: self.tick) { _ in
+                self.event { $0.tick() }
+            }
+        }
+    }
+
+    /// Stops ticking and fails every pending proposal.
+    public func stop() {
+        try? loop.submit { self.halt("stopped") }.wait()
+    }
+
+    /// A message from a peer (any thread).
+    public func receive(_ message: Message) {
+        loop.execute { self.event { $0.step(message) } }
+    }
+
+    /// Proposes `data`; the future succeeds with the entry's index once it is applied here.
+    public func propose(_ data: [UInt8]) -> EventLoopFuture<LogIndex> {
+        loop.flatSubmit {
+            guard self.stoppedReason == nil else { return self.loop.makeFailedFuture(ProposeError.stopped) }
+            do throws(ProposalError) {
+                let (term, index) = try self.node.propose(data)
+                let promise = self.loop.makePromise(of: LogIndex.self)
+                self.pending[index] = (term, promise)
+                self.handleReady()
+                return promise.futureResult
+            } catch {
+                return self.loop.makeFailedFuture(ProposeError.refused(error))
+            }
+        }
+    }
+
+    /// Asks the leader to hand over (thesis §3.10), e.g. before a planned shutdown.
+    public func transferLeadership(to target: NodeID) -> EventLoopFuture<Void> {
+        loop.submit {
+            try self.node.transferLeadership(to: target)
+            self.handleReady()
+        }
+    }
+
+    public var status: EventLoopFuture<RaftStatus> {
+        loop.submit {
+            RaftStatus(id: self.id, role: self.node.role, term: self.node.hardState.term, leader: self.node.leader,
+                       commitIndex: self.node.commitIndex, appliedIndex: self.node.appliedIndex)
+        }
+    }
+
+    // MARK: - On `loop`
+
+    private func event(_ body: (inout RaftNode) -> Void) {
+        guard stoppedReason == nil else { return }
+        body(&node)
+        handleReady()
+    }
+
+    private func handleReady() {
+        while stoppedReason == nil && node.hasReady {
+            let ready = node.ready()
+            // 1. Persist: nothing below may happen before this is durable.
+            do throws(RaftStorageError) {
+                try storage.save(ready)
+            } catch {
+                // The environment failed; this server must not act on state it could not keep.
+                logger.critical("Raft storage failed; this server stops taking part", metadata: ["raft.error": "\(error)"])
+                halt("storage failed: \(error)")
+                return
+            }
+            // 2. Send.
+            transport.send(ready.messages)
+            // 3. Apply, and answer the proposals that applied.
+            for entry in ready.committedEntries {
+                if entry.kind == .normal { apply(entry) }
+                if let waiting = pending.removeValue(forKey: entry.index) {
+                    if waiting.term == entry.term {
+                        waiting.promise.succeed(entry.index)
+                    } else {
+                        waiting.promise.fail(ProposeError.superseded)
+                    }
+                }
+            }
+            // 4. Advance.
+            node.advance(ready)
+            if ready.leader != lastLeader {
+                lastLeader = ready.leader
+                logger.info("leader changed", metadata: ["raft.term": "\(node.hardState.term)",
+                                                         "raft.leader": "\(ready.leader.map(\.description) ?? "none")"])
+            }
+        }
+    }
+
+    private func halt(_ reason: String) {
+        guard stoppedReason == nil else { return }
+        stoppedReason = reason
+        ticker?.cancel()
+        ticker = nil
+        for (_, waiting) in pending { waiting.promise.fail(ProposeError.stopped) }
+        pending = [:]
+    }
+}
