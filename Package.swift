@@ -35,14 +35,25 @@ let package = Package(
         .target(
             name: "Daemon",
             dependencies: [
-                "DNSServer", "DNSZone", "DNSWire", "CShims",
+                "DNSServer", "DNSZone", "DNSWire", "CShims", "Cluster", "API", "Raft", "Store",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .systemLibrary(name: "CSQLite", path: "Sources/CSQLite", providers: [.apt(["libsqlite3-dev"])]),
         .target(name: "Store", dependencies: ["CSQLite"]),
         .target(name: "Raft"),
+        .target(
+            name: "API",
+            dependencies: [
+                "Cluster", "Raft", "Store",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .target(name: "RaftTesting", dependencies: ["Raft"]),
         .target(
             name: "Cluster",

@@ -45,6 +45,43 @@ public struct Configuration: Sendable, Equatable {
     /// The directory of `<origin>.zone` master files.
     public var zonesDirectory: String
     public var logLevel: Logger.Level
+    /// This server's Raft identity; 0 with no `raft.servers`: DNS only, no cluster.
+    public var raftNodeID: UInt64
+    /// Where peers reach this server's Raft transport.
+    public var raftListen: ListenAddress
+    /// The founding servers of the cluster, this one included (the same list on every server).
+    public var raftServers: [ServerSpec]
+    /// The HTTP API.
+    public var httpListen: ListenAddress
+    /// raft.db (the Raft log) and kv.db (the state machine) live here.
+    public var dataDirectory: String
+
+    /// One founding server: `ID=RAFT_ADDR,HTTP_ADDR`, e.g. `2=10.0.0.2:8300,10.0.0.2:8500`.
+    public struct ServerSpec: Sendable, Equatable, CustomStringConvertible {
+        public var id: UInt64
+        public var raft: ListenAddress
+        public var http: ListenAddress
+
+        public init(id: UInt64, raft: ListenAddress, http: ListenAddress) {
+            self.id = id
+            self.raft = raft
+            self.http = http
+        }
+
+        public init?(_ text: String) {
+            let parts = text.split(separator: "=", maxSplits: 1)
+            guard parts.count == 2, let id = UInt64(parts[0]), id > 0 else { return nil }
+            let addresses = parts[1].split(separator: ",")
+            guard addresses.count == 2, let raft = ListenAddress(String(addresses[0])),
+                  let http = ListenAddress(String(addresses[1])) else { return nil }
+            self.init(id: id, raft: raft, http: http)
+        }
+
+        public var description: String { "\(id)=\(raft),\(http)" }
+    }
+
+    /// Whether this server runs the replicated store (a cluster of one in --dev).
+    public var clusterEnabled: Bool { raftNodeID != 0 && !raftServers.isEmpty }
 
     /// The defaults of a service install (Config/discod.toml documents the same values).
     public static let service = Configuration(
@@ -55,13 +92,23 @@ public struct Configuration: Sendable, Equatable {
         dnsTCPIdleTimeoutSeconds: Int(TCPServer.idleTimeoutSecondsDefault),
         dnsMinimalResponses: false,
         zonesDirectory: "/etc/disco/zones",
-        logLevel: .info)
+        logLevel: .info,
+        raftNodeID: 0,
+        raftListen: ListenAddress(host: "0.0.0.0", port: 8300),
+        raftServers: [],
+        httpListen: ListenAddress(host: "127.0.0.1", port: 8500),
+        dataDirectory: "/var/lib/disco")
 
     /// `discod --dev`: loopback port 8600, the Zones directory of the working tree.
     public static let development: Configuration = {
         var config = Configuration.service
         config.dnsListen = [ListenAddress(host: "127.0.0.1", port: 8600)]
         config.zonesDirectory = "Zones"
+        // A cluster of one on loopback (DESIGN.md defaults).
+        config.raftNodeID = 1
+        config.raftListen = ListenAddress(host: "127.0.0.1", port: 8300)
+        config.raftServers = [ServerSpec(id: 1, raft: config.raftListen, http: config.httpListen)]
+        config.dataDirectory = ".disco-data"
         return config
     }()
 
@@ -131,6 +178,43 @@ public struct Configuration: Sendable, Equatable {
             config.dnsMinimalResponses = on
             return nil
         },
+        Key(name: "raft.id") { config, value in
+            guard case .integer(let n) = value, n >= 1 else { return "expected a positive integer" }
+            config.raftNodeID = UInt64(n)
+            return nil
+        },
+        Key(name: "raft.listen") { config, value in
+            guard case .string(let text) = value, let address = ListenAddress(text) else {
+                return "expected \"IPv4:PORT\" or \"[IPv6]:PORT\""
+            }
+            config.raftListen = address
+            return nil
+        },
+        Key(name: "raft.servers") { config, value in
+            guard case .array(let items) = value else { return "expected an array of \"ID=RAFT_ADDR,HTTP_ADDR\"" }
+            var servers: [ServerSpec] = []
+            for item in items {
+                guard case .string(let text) = item.kind, let spec = ServerSpec(text) else {
+                    return "expected \"ID=RAFT_ADDR,HTTP_ADDR\" (e.g. \"1=127.0.0.1:8300,127.0.0.1:8500\")"
+                }
+                guard !servers.contains(where: { $0.id == spec.id }) else { return "server \(spec.id) is listed twice" }
+                servers.append(spec)
+            }
+            config.raftServers = servers
+            return nil
+        },
+        Key(name: "http.listen") { config, value in
+            guard case .string(let text) = value, let address = ListenAddress(text) else {
+                return "expected \"IPv4:PORT\" or \"[IPv6]:PORT\""
+            }
+            config.httpListen = address
+            return nil
+        },
+        Key(name: "data.directory") { config, value in
+            guard case .string(let path) = value, !path.isEmpty else { return "expected a directory path" }
+            config.dataDirectory = path
+            return nil
+        },
         Key(name: "zones.directory") { config, value in
             guard case .string(let path) = value, !path.isEmpty else { return "expected a directory path" }
             config.zonesDirectory = path
@@ -192,7 +276,7 @@ public struct Configuration: Sendable, Equatable {
                 value = .integer(integer)
             } else if raw == "true" || raw == "false" {
                 value = .boolean(raw == "true")
-            } else if key.name == "dns.listen" {
+            } else if key.name == "dns.listen" || key.name == "raft.servers" {
                 value = .array(raw.split(separator: ",").map {
                     TOMLValue(kind: .string($0.trimmingCharacters(in: .whitespaces)), line: 0)
                 })
@@ -202,6 +286,14 @@ public struct Configuration: Sendable, Equatable {
             if let expected = key.apply(&self, value) {
                 throw ConfigError(source: .environment(variable), key: key.name, message: expected)
             }
+        }
+    }
+
+    /// Checks relations between keys, after every source is applied.
+    public func validate() throws(ConfigError) {
+        if !raftServers.isEmpty && !raftServers.contains(where: { $0.id == raftNodeID }) {
+            throw ConfigError(source: .flag("--node-id"), key: "raft.id",
+                              message: "\(raftNodeID) is not one of raft.servers (\(raftServers.map(\.id)))")
         }
     }
 

@@ -30,6 +30,7 @@ public final class DiscoDaemon: @unchecked Sendable {
     private var udp: UDPServer?
     private var tcp: TCPServer?
     private var group: MultiThreadedEventLoopGroup?
+    private var cluster: ClusterRuntime?
     private let signalQueue = DispatchQueue(label: "disco.signals")
     private var signalSources: [DispatchSourceSignal] = []
     private let stopped = DispatchSemaphore(value: 0)
@@ -75,6 +76,17 @@ public final class DiscoDaemon: @unchecked Sendable {
         }
         self.udp = udp
         self.group = group
+
+        if config.clusterEnabled {
+            do throws(StartError) {
+                let cluster = try ClusterRuntime(config: config, logger: logger)
+                self.cluster = cluster
+                logger.info("raft server \(config.raftNodeID) of \(config.raftServers.count) on \(config.raftListen.host):\(cluster.raftPort); HTTP API on \(config.httpListen.host):\(cluster.httpPort); data in \(config.dataDirectory)")
+            } catch {
+                stop()
+                throw error
+            }
+        }
 
         let origins = zones.map(\.origin.description).joined(separator: ", ")
         logger.info("discod serving \(zones.count) zone(s) [\(origins)] from \(config.zonesDirectory) on udp+tcp \(udp.boundAddresses.map(\.description).joined(separator: ", ")) with \(config.dnsWorkers) UDP worker(s)")
@@ -128,6 +140,8 @@ public final class DiscoDaemon: @unchecked Sendable {
 
     public func stop() {
         _ = disco_sd_notify("STOPPING=1")
+        cluster?.stop()
+        cluster = nil
         udp?.stop()
         tcp?.stop()
         try? group?.syncShutdownGracefully()

@@ -32,6 +32,22 @@ public struct DiscodCommand: ParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String?
 
+    @Option(help: "This server's Raft id (with --server).")
+    var nodeID: Int?
+
+    @Option(help: ArgumentHelp("This server's Raft address.", valueName: "addr:port"))
+    var raft: String?
+
+    @Option(help: ArgumentHelp("A founding server of the cluster (repeatable, this one included).",
+                               valueName: "id=raft-addr,http-addr"))
+    var server: [String] = []
+
+    @Option(help: ArgumentHelp("The HTTP API address.", valueName: "addr:port"))
+    var http: String?
+
+    @Option(help: "Directory of raft.db and kv.db.")
+    var dataDir: String?
+
     public init() {}
 
     /// Resolves the configuration from defaults, file, environment and flags.
@@ -46,6 +62,15 @@ public struct DiscodCommand: ParsableCommand {
         }
         if let workers { try configuration.apply(flag: "--workers", key: "dns.workers", value: .integer(workers)) }
         if let logLevel { try configuration.apply(flag: "--log-level", key: "log.level", value: .string(logLevel)) }
+        if let nodeID { try configuration.apply(flag: "--node-id", key: "raft.id", value: .integer(nodeID)) }
+        if let raft { try configuration.apply(flag: "--raft", key: "raft.listen", value: .string(raft)) }
+        if !server.isEmpty {
+            try configuration.apply(flag: "--server", key: "raft.servers",
+                                    value: .array(server.map { TOMLValue(kind: .string($0), line: 0) }))
+        }
+        if let http { try configuration.apply(flag: "--http", key: "http.listen", value: .string(http)) }
+        if let dataDir { try configuration.apply(flag: "--data-dir", key: "data.directory", value: .string(dataDir)) }
+        try configuration.validate()
         return configuration
     }
 

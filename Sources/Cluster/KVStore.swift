@@ -1,0 +1,178 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Raft
+import Store
+
+/// A command of the replicated key-value store, as it travels in a log entry.
+public enum KVCommand: Sendable, Equatable {
+    case put(key: String, value: [UInt8], flags: UInt64)
+    /// Consul's `?cas=N`: write only if the key's ModifyIndex is N (0: only if absent).
+    case compareAndSet(key: String, value: [UInt8], flags: UInt64, modifyIndex: UInt64)
+    case delete(key: String)
+    /// `?recurse` delete of every key with the prefix.
+    case deleteTree(prefix: String)
+
+    /// Keys longer than this are refused (Consul's limit is about the same).
+    public static let keyBytesMax = 512
+    /// Values larger than this are refused (Consul's default KV limit is 512 KiB).
+    public static let valueBytesMax = 512 << 10
+
+    public var encoded: [UInt8] {
+        var out = ByteWriter()
+        switch self {
+        case .put(let key, let value, let flags):
+            out.u8(1); out.bytes(Array(key.utf8)); out.bytes(value); out.u64(flags)
+        case .compareAndSet(let key, let value, let flags, let index):
+            out.u8(2); out.bytes(Array(key.utf8)); out.bytes(value); out.u64(flags); out.u64(index)
+        case .delete(let key):
+            out.u8(3); out.bytes(Array(key.utf8))
+        case .deleteTree(let prefix):
+            out.u8(4); out.bytes(Array(prefix.utf8))
+        }
+        return out.bytes
+    }
+
+    public init(decoding bytes: [UInt8]) throws(PeerFrameError) {
+        var r = ByteReader(bytes)
+        let op = try r.u8()
+        func string() throws(PeerFrameError) -> String { String(decoding: try r.bytes(), as: UTF8.self) }
+        switch op {
+        case 1: self = .put(key: try string(), value: try r.bytes(), flags: try r.u64())
+        case 2: self = .compareAndSet(key: try string(), value: try r.bytes(), flags: try r.u64(), modifyIndex: try r.u64())
+        case 3: self = .delete(key: try string())
+        case 4: self = .deleteTree(prefix: try string())
+        default: throw PeerFrameError(offset: 0, message: "unknown KV command \(op)")
+        }
+        guard r.remaining == 0 else { throw PeerFrameError(offset: r.offset, message: "trailing bytes in a KV command") }
+    }
+}
+
+/// One key as Consul's KV API reports it.
+public struct KVEntry: Sendable, Equatable {
+    public var key: String
+    public var value: [UInt8]
+    public var flags: UInt64
+    public var createIndex: UInt64
+    public var modifyIndex: UInt64
+}
+
+/// The replicated KV state machine, applied from the Raft log into `kv.db`.
+///
+/// Each entry is applied in one transaction together with the last applied index, so a restart
+/// skips exactly what is already in (entries at or below it are replayed by the core and ignored).
+/// Indices are Raft log indices: CreateIndex/ModifyIndex mean what Consul's do.
+public final class KVStore: @unchecked Sendable {
+    // @unchecked: written only by the Raft driver's loop (apply); reads take `lock`.
+
+    /// Outcomes of recent commands by log index, for the proposer to read after its entry
+    /// applied; older ones are forgotten.
+    public static let outcomesMax = 4096
+
+    private let database: Database
+    private let lock = NSLockLike()
+    public private(set) var appliedIndex: UInt64 = 0
+    /// The highest ModifyIndex of any write (Consul's X-Consul-Index for KV).
+    public private(set) var lastModifyIndex: UInt64 = 0
+    private var outcomes: [UInt64: Bool] = [:]
+    private var outcomeOrder: [UInt64] = []
+
+    public init(path: String) throws(StoreError) {
+        database = try Database(path: path, durability: .rebuildable)
+        try database.execute("""
+            CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL, flags INTEGER NOT NULL,
+                                           create_index INTEGER NOT NULL, modify_index INTEGER NOT NULL);
+            CREATE TABLE IF NOT EXISTS applied (id INTEGER PRIMARY KEY CHECK (id = 1), idx INTEGER NOT NULL);
+            """)
+        if case .integer(let index)? = try database.scalar("SELECT idx FROM applied WHERE id = 1") { appliedIndex = UInt64(index) }
+        if case .integer(let index)? = try database.scalar("SELECT max(modify_index) FROM kv") { lastModifyIndex = UInt64(index) }
+    }
+
+    /// Applies a committed entry (on the driver's loop). Entries already applied are skipped.
+    public func apply(_ entry: Entry) throws(StoreError) {
+        let index = entry.index.rawValue
+        guard index > appliedIndex else { return }
+        let command = try? KVCommand(decoding: entry.data)
+        var outcome = false
+        try lock.withLock { () throws(StoreError) in
+            do {
+                try database.transaction { () throws(StoreError) in
+                    if let command { outcome = try execute(command, at: index) }
+                    try database.prepare("INSERT OR REPLACE INTO applied (id, idx) VALUES (1, ?)").run(.integer(Int64(index)))
+                }
+            } catch let error as StoreError {
+                throw error
+            } catch {
+                preconditionFailure("unexpected error \(error)")
+            }
+            appliedIndex = index
+            if outcome { lastModifyIndex = index }
+        }
+        outcomes[index] = outcome
+        outcomeOrder.append(index)
+        if outcomeOrder.count > Self.outcomesMax { outcomes[outcomeOrder.removeFirst()] = nil }
+    }
+
+    /// Whether the command at `index` took effect (a CAS may not); nil if unknown or forgotten.
+    public func outcome(at index: UInt64) -> Bool? { lock.withLock { outcomes[index] } }
+
+    private func execute(_ command: KVCommand, at index: UInt64) throws(StoreError) -> Bool {
+        switch command {
+        case .put(let key, let value, let flags):
+            try upsert(key, value, flags, index)
+            return true
+        case .compareAndSet(let key, let value, let flags, let expected):
+            let current = try database.scalar("SELECT modify_index FROM kv WHERE key = ?", .text(key))
+            let matches: Bool
+            switch current {
+            case .integer(let modify)?: matches = UInt64(modify) == expected
+            default: matches = expected == 0
+            }
+            guard matches else { return false }
+            try upsert(key, value, flags, index)
+            return true
+        case .delete(let key):
+            try database.prepare("DELETE FROM kv WHERE key = ?").run(.text(key))
+            return true
+        case .deleteTree(let prefix):
+            try database.prepare("DELETE FROM kv WHERE substr(key, 1, ?) = ?").run(.integer(Int64(prefix.utf8.count)), .text(prefix))
+            return true
+        }
+    }
+
+    private func upsert(_ key: String, _ value: [UInt8], _ flags: UInt64, _ index: UInt64) throws(StoreError) {
+        try database.prepare("""
+            INSERT INTO kv (key, value, flags, create_index, modify_index) VALUES (?, ?, ?, ?, ?)
+            ON CONFLICT(key) DO UPDATE SET value = excluded.value, flags = excluded.flags, modify_index = excluded.modify_index
+            """).run(.text(key), .blob(value), .integer(Int64(bitPattern: flags)), .integer(Int64(index)), .integer(Int64(index)))
+    }
+
+    /// One key, or every key with the prefix when `recurse`.
+    public func get(_ key: String, recurse: Bool) throws(StoreError) -> [KVEntry] {
+        try lock.withLock { () throws(StoreError) in
+            let statement = recurse
+                ? try database.prepare("SELECT key, value, flags, create_index, modify_index FROM kv WHERE substr(key, 1, ?) = ? ORDER BY key")
+                : try database.prepare("SELECT key, value, flags, create_index, modify_index FROM kv WHERE key = ?")
+            let rows = recurse ? try statement.query(.integer(Int64(key.utf8.count)), .text(key)) : try statement.query(.text(key))
+            return rows.map { row in
+                func int(_ value: SQLValue) -> UInt64 { if case .integer(let v) = value { return UInt64(bitPattern: v) } else { return 0 } }
+                var entry = KVEntry(key: "", value: [], flags: int(row[2]), createIndex: int(row[3]), modifyIndex: int(row[4]))
+                if case .text(let k) = row[0] { entry.key = k }
+                if case .blob(let v) = row[1] { entry.value = v }
+                return entry
+            }
+        }
+    }
+}
+
+/// A mutex without Foundation (Cluster keeps Foundation out of its core types).
+final class NSLockLike: @unchecked Sendable {
+    private var mutex = pthread_mutex_t()
+    init() { pthread_mutex_init(&mutex, nil) }
+    deinit { pthread_mutex_destroy(&mutex) }
+    func withLock<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        return try body()
+    }
+}

@@ -1,0 +1,87 @@
+import API
+import Cluster
+import Foundation
+import Logging
+import NIOPosix
+import Raft
+import Store
+
+/// The replicated part of discod: the Raft log (raft.db), the KV state machine (kv.db), the peer
+/// transport, the driver and the HTTP API, started together and stopped together.
+final class ClusterRuntime {
+    private let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+    private let transport: PeerTransport
+    private let driver: RaftDriver
+    private let api: APIServer
+    let raftPort: Int
+    let httpPort: Int
+
+    init(config: Configuration, logger: Logger) throws(StartError) {
+        let id = NodeID(rawValue: config.raftNodeID)
+        do {
+            try FileManager.default.createDirectory(atPath: config.dataDirectory, withIntermediateDirectories: true)
+        } catch {
+            throw StartError(code: .ioError, message: "cannot create the data directory \(config.dataDirectory): \(error)")
+        }
+        let storage: RaftStorage
+        let kv: KVStore
+        do {
+            storage = try RaftStorage(path: config.dataDirectory + "/raft.db")
+            kv = try KVStore(path: config.dataDirectory + "/kv.db")
+        } catch {
+            throw StartError(code: .ioError, message: "\(error)")
+        }
+        var raftConfig = RaftConfig(id: id, initialMembership: Membership(voters: config.raftServers.map { NodeID(rawValue: $0.id) }))
+        raftConfig.randomSeed = UInt64(UInt32.random(in: 1...UInt32.max))
+        let peers = Dictionary(uniqueKeysWithValues: config.raftServers.filter { $0.id != config.raftNodeID }.map {
+            (NodeID(rawValue: $0.id), PeerAddress(host: $0.raft.host, port: $0.raft.port))
+        })
+        final class DriverBox: @unchecked Sendable { var driver: RaftDriver? }
+        let box = DriverBox()
+        transport = PeerTransport(id: id, listen: PeerAddress(host: config.raftListen.host, port: config.raftListen.port),
+                                  peers: peers, group: group, logger: logger) { box.driver?.receive($0) }
+        do {
+            driver = try RaftDriver(config: raftConfig, storage: storage, transport: transport, loop: group.next(),
+                                    logger: logger) { entry in
+                do throws(StoreError) {
+                    try kv.apply(entry)
+                } catch {
+                    // The state machine cannot keep up with the log: stop rather than serve divergent data.
+                    logger.critical("cannot apply entry \(entry.index) to kv.db: \(error)")
+                    exit(ExitCode.ioError.rawValue)
+                }
+            }
+        } catch {
+            throw StartError(code: .ioError, message: "\(error)")
+        }
+        box.driver = driver
+        let directory = ClusterDirectory(
+            raft: Dictionary(uniqueKeysWithValues: config.raftServers.map {
+                (NodeID(rawValue: $0.id), PeerAddress(host: $0.raft.host, port: $0.raft.port))
+            }),
+            http: Dictionary(uniqueKeysWithValues: config.raftServers.map {
+                (NodeID(rawValue: $0.id), PeerAddress(host: $0.http.host, port: $0.http.port))
+            }))
+        api = APIServer(listen: PeerAddress(host: config.httpListen.host, port: config.httpListen.port), group: group,
+                        kv: kv, driver: driver, directory: directory, logger: logger)
+        do {
+            raftPort = try transport.start()
+        } catch {
+            throw StartError(code: .unavailable, message: "cannot bind raft \(config.raftListen): \(error)")
+        }
+        do {
+            httpPort = try api.start()
+        } catch {
+            transport.stop()
+            throw StartError(code: .unavailable, message: "cannot bind http \(config.httpListen): \(error)")
+        }
+        driver.start()
+    }
+
+    func stop() {
+        api.stop()
+        driver.stop()
+        transport.stop()
+        try? group.syncShutdownGracefully()
+    }
+}

@@ -1,0 +1,159 @@
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A free TCP port on loopback (bound and released; the OS does not hand it out again at once).
+func freePort() -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var address = DNSClient.loopback(0)
+    _ = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    _ = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+    }
+    return Int(UInt16(bigEndian: address.sin_port))
+}
+
+/// HTTP/1.1 over a plain socket, `Connection: close`: enough for the API's tests.
+struct HTTPReply {
+    var status: Int
+    var headers: [String: String]
+    var body: String
+}
+
+func http(_ method: String, port: Int, _ path: String, body: String = "") -> HTTPReply? {
+    guard let fd = try? DNSClient.connectTCP(port: UInt16(port)) else { return nil }
+    defer { close(fd) }
+    let request = "\(method) \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"
+    let bytes = Array(request.utf8)
+    guard send(fd, bytes, bytes.count, 0) == bytes.count else { return nil }
+    var response: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 4096)
+    while true {
+        let n = recv(fd, &chunk, chunk.count, 0)
+        if n <= 0 { break }
+        response += chunk[0..<n]
+    }
+    let text = String(decoding: response, as: UTF8.self)
+    guard let split = text.range(of: "\r\n\r\n") else { return nil }
+    let lines = text[..<split.lowerBound].components(separatedBy: "\r\n")
+    guard let status = lines.first?.split(separator: " ").dropFirst().first.flatMap({ Int($0) }) else { return nil }
+    var headers: [String: String] = [:]
+    for line in lines.dropFirst() {
+        if let colon = line.firstIndex(of: ":") {
+            headers[line[..<colon].lowercased()] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+        }
+    }
+    return HTTPReply(status: status, headers: headers, body: String(text[split.upperBound...]))
+}
+
+/// Real discod processes forming a Raft cluster on loopback, with real fsync and kill -9.
+@Suite("discod cluster processes", .serialized)
+struct ClusterProcessTests {
+    final class Node {
+        let id: Int
+        let raftPort: Int
+        let httpPort: Int
+        let data: URL
+        var process: DiscodProcess?
+
+        init(id: Int, root: URL) {
+            self.id = id
+            raftPort = freePort()
+            httpPort = freePort()
+            data = root.appendingPathComponent("node\(id)")
+        }
+    }
+
+    final class ClusterFixture {
+        let directory: TemporaryDirectory
+        let nodes: [Node]
+        let zones: URL
+
+        init(size: Int) throws {
+            let directory = try TemporaryDirectory()
+            let zones = directory.url.appendingPathComponent("zones")
+            try FileManager.default.createDirectory(at: zones, withIntermediateDirectories: true)
+            try testZone.write(to: zones.appendingPathComponent("example.test.zone"), atomically: true, encoding: .utf8)
+            self.directory = directory
+            self.zones = zones
+            nodes = (1...size).map { Node(id: $0, root: directory.url) }
+            for node in nodes { try start(node) }
+        }
+
+        func start(_ node: Node) throws {
+            var arguments = ["--zones", zones.path, "--dns", "127.0.0.1:0", "--workers", "1",
+                             "--node-id", "\(node.id)", "--raft", "127.0.0.1:\(node.raftPort)",
+                             "--http", "127.0.0.1:\(node.httpPort)", "--data-dir", node.data.path]
+            for peer in nodes { arguments += ["--server", "\(peer.id)=127.0.0.1:\(peer.raftPort),127.0.0.1:\(peer.httpPort)"] }
+            let process = try DiscodProcess(arguments: arguments)
+            try process.waitForStart()
+            node.process = process
+        }
+
+        func kill9(_ node: Node) {
+            node.process?.stop()  // SIGKILL and reap
+            node.process = nil
+        }
+
+        /// The node every running node names as leader, waiting up to `seconds`.
+        func leader(seconds: Double = 15) -> Node? {
+            let deadline = Date().addingTimeInterval(seconds)
+            while Date() < deadline {
+                let running = nodes.filter { $0.process != nil }
+                let answers = running.compactMap { http("GET", port: $0.httpPort, "/v1/status/leader")?.body }
+                if answers.count == running.count, let first = answers.first, first != "\"\"",
+                   answers.allSatisfy({ $0 == first }),
+                   let node = nodes.first(where: { first == "\"127.0.0.1:\($0.raftPort)\"" }), node.process != nil {
+                    return node
+                }
+                usleep(50_000)
+            }
+            return nil
+        }
+
+        /// Waits until a stale read of `key` on `node` returns `value`.
+        func eventually(_ node: Node, _ key: String, _ value: String, seconds: Double = 15) -> Bool {
+            let deadline = Date().addingTimeInterval(seconds)
+            while Date() < deadline {
+                if http("GET", port: node.httpPort, "/v1/kv/\(key)?stale&raw")?.body == value { return true }
+                usleep(50_000)
+            }
+            return false
+        }
+    }
+
+    @Test func writesSurviveKillingTheLeaderAndARestartedNodeCatchesUp() throws {
+        let cluster = try ClusterFixture(size: 3)
+        let leader = try #require(cluster.leader())
+
+        // A write through the leader is readable on every node.
+        #expect(http("PUT", port: leader.httpPort, "/v1/kv/service/web", body: "v1")?.body == "true")
+        for node in cluster.nodes { #expect(cluster.eventually(node, "service/web", "v1"), "node \(node.id)") }
+
+        // A follower refuses writes and names the leader.
+        let follower = try #require(cluster.nodes.first { $0.id != leader.id })
+        let refused = http("PUT", port: follower.httpPort, "/v1/kv/x", body: "y")
+        #expect(refused?.status == 503)
+        #expect(refused?.headers["x-disco-leader"] == "127.0.0.1:\(leader.httpPort)")
+
+        // kill -9 the leader: the others elect a new one and writes resume.
+        cluster.kill9(leader)
+        let next = try #require(cluster.leader())
+        #expect(next.id != leader.id)
+        #expect(http("PUT", port: next.httpPort, "/v1/kv/service/web", body: "v2")?.body == "true")
+        #expect(http("GET", port: next.httpPort, "/v1/kv/service/web?raw")?.body == "v2")
+
+        // The killed node restarts from its data directory and catches up.
+        try cluster.start(leader)
+        #expect(cluster.eventually(leader, "service/web", "v2"))
+        let index = http("GET", port: next.httpPort, "/v1/kv/service/web")?.headers["x-consul-index"]
+        #expect(index.flatMap { Int($0) }.map { $0 > 2 } == true)
+    }
+}
