@@ -130,6 +130,13 @@ final class KVService: Sendable {
         }
         let key = String(request.path.dropFirst("/v1/kv/".count))
         switch request.method {
+        case .GET where request.query["consistent"] != nil:
+            // ReadIndex: linearizable on any server (a follower asks the leader).
+            return driver.linearizableRead().hop(to: loop).map { _ in
+                self.read(key, request, status, confirmed: true)
+            }.flatMapErrorThrowing { error in
+                .text("consistent read failed: \(error)", status: .serviceUnavailable, headers: self.leaderHeaders(status))
+            }
         case .GET: return loop.makeSucceededFuture(read(key, request, status))
         case .PUT: return write(key, request, status, on: loop)
         case .DELETE: return write(key, request, status, on: loop)
@@ -137,9 +144,11 @@ final class KVService: Sendable {
         }
     }
 
-    private func read(_ key: String, _ request: APIRequest, _ status: RaftStatus) -> APIResponse {
-        // Default and ?consistent reads are served by the leader; ?stale by any server.
-        if request.query["stale"] == nil && status.role != .leader { return notLeader(status) }
+    /// `?stale`: any server, from what it has applied. Default: the leader, from what it has
+    /// applied (Consul's default mode: a deposed leader may briefly serve a stale value).
+    /// `?consistent`: after a ReadIndex round (`confirmed`), any server, linearizable.
+    private func read(_ key: String, _ request: APIRequest, _ status: RaftStatus, confirmed: Bool = false) -> APIResponse {
+        if !confirmed && request.query["stale"] == nil && status.role != .leader { return notLeader(status) }
         let recurse = request.query["recurse"] != nil || request.query["keys"] != nil
         let entries: [KVEntry]
         do throws(StoreError) {

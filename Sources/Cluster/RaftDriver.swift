@@ -56,6 +56,10 @@ public final class RaftDriver: @unchecked Sendable {
     private var ticker: RepeatedTask?
     private var pending: [LogIndex: (term: Term, promise: EventLoopPromise<LogIndex>)] = [:]
     private var stoppedReason: String?
+    /// ReadIndex requests sent, by context; then confirmed reads waiting for `applied` to reach them.
+    private var readsAsked: [UInt64: EventLoopPromise<Void>] = [:]
+    private var readsWaiting: [(index: LogIndex, promise: EventLoopPromise<Void>)] = []
+    private var readSequence: UInt64 = 0
     private var lastLeader: NodeID?
 
     /// - Parameter apply: called on the driver's loop with every committed entry, in order.
@@ -103,6 +107,32 @@ public final class RaftDriver: @unchecked Sendable {
             } catch {
                 return self.loop.makeFailedFuture(ProposeError.refused(error))
             }
+        }
+    }
+
+    /// A linearizable read barrier (ReadIndex, thesis §6.4): the future succeeds once this server
+    /// has applied everything committed when the leader confirmed its leadership, so a read of the
+    /// local state machine after it is linearizable. Works on followers too (the core forwards to
+    /// the leader). Fails after `readTimeout` if leadership changed and the answer never came.
+    public func linearizableRead(timeout: TimeAmount = .seconds(2)) -> EventLoopFuture<Void> {
+        loop.flatSubmit {
+            guard self.stoppedReason == nil else { return self.loop.makeFailedFuture(ProposeError.stopped) }
+            self.readSequence &+= 1
+            let sequence = self.readSequence
+            var context = [UInt8](repeating: 0, count: 8)
+            for i in 0..<8 { context[i] = UInt8(truncatingIfNeeded: sequence >> UInt64(56 - 8 * i)) }
+            let promise = self.loop.makePromise(of: Void.self)
+            do throws(ProposalError) {
+                try self.node.readIndex(context: context)
+            } catch {
+                return self.loop.makeFailedFuture(ProposeError.refused(error))
+            }
+            self.readsAsked[sequence] = promise
+            self.loop.scheduleTask(in: timeout) {
+                if let waiting = self.readsAsked.removeValue(forKey: sequence) { waiting.fail(ProposeError.stopped) }
+            }
+            self.handleReady()
+            return promise.futureResult
         }
     }
 
@@ -154,13 +184,29 @@ public final class RaftDriver: @unchecked Sendable {
                     }
                 }
             }
+            // Reads confirmed by the leader wait until this server has applied their index.
+            for state in ready.readStates {
+                let sequence = state.context.reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+                if let promise = readsAsked.removeValue(forKey: sequence) { readsWaiting.append((state.index, promise)) }
+            }
             // 4. Advance.
             node.advance(ready)
+            releaseReads()
             if ready.leader != lastLeader {
                 lastLeader = ready.leader
                 logger.info("leader changed", metadata: ["raft.term": "\(node.hardState.term)",
                                                          "raft.leader": "\(ready.leader.map(\.description) ?? "none")"])
             }
+        }
+    }
+
+    private func releaseReads() {
+        guard !readsWaiting.isEmpty else { return }
+        let applied = node.appliedIndex
+        readsWaiting.removeAll { waiting in
+            guard waiting.index <= applied else { return false }
+            waiting.promise.succeed(())
+            return true
         }
     }
 
@@ -171,5 +217,9 @@ public final class RaftDriver: @unchecked Sendable {
         ticker = nil
         for (_, waiting) in pending { waiting.promise.fail(ProposeError.stopped) }
         pending = [:]
+        for (_, promise) in readsAsked { promise.fail(ProposeError.stopped) }
+        readsAsked = [:]
+        for waiting in readsWaiting { waiting.promise.fail(ProposeError.stopped) }
+        readsWaiting = []
     }
 }

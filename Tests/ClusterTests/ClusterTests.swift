@@ -110,6 +110,12 @@ struct ClusterTests {
         let first = (0..<50).map { Array("write \($0)".utf8) }
         let futures = first.map { leader.driver.propose($0) }
         for future in futures { _ = try future.wait() }
+        // ReadIndex on a follower: once the barrier returns, the follower has applied every
+        // acknowledged write (no waiting, no polling).
+        for server in cluster.servers where server.id != leader.id {
+            try server.driver.linearizableRead().wait()
+            #expect(server.applied.all.count == 50, "server \(server.id) after a linearizable read")
+        }
         #expect(cluster.waitApplied(cluster.servers, count: 50))
         for server in cluster.servers { #expect(server.applied.all == first, "server \(server.id)") }
 
