@@ -35,6 +35,9 @@ public final class DiscoDaemon: @unchecked Sendable {
     private var signalSources: [DispatchSourceSignal] = []
     private let stopped = DispatchSemaphore(value: 0)
 
+    /// Port-0 start-ups retried when TCP cannot have the port UDP was given.
+    static let portZeroAttemptsMax = 8
+
     public init(config: Configuration, logger: Logger) {
         self.config = config
         self.logger = logger
@@ -60,19 +63,25 @@ public final class DiscoDaemon: @unchecked Sendable {
                             logger: logger)
         // TCP is not the hot path: one event loop is plenty, and leaves the cores to UDP.
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        do throws(ServerError) {
-            try udp.start()
-            // TCP binds the ports UDP got, so with port 0 one number serves both.
-            let tcp = TCPServer(addresses: udp.boundAddresses, store: store, group: group,
-                                connectionsMax: config.dnsTCPConnectionsMax,
-                                idleTimeoutSeconds: Int64(config.dnsTCPIdleTimeoutSeconds),
-                                minimalResponses: config.dnsMinimalResponses, logger: logger)
-            try tcp.start()
-            self.tcp = tcp
-        } catch {
-            udp.stop()
-            try? group.syncShutdownGracefully()
-            throw StartError(code: .unavailable, message: error.description)
+        // With port 0 the kernel picks a free UDP port, which TCP may already use: then pick again.
+        let attempts = config.dnsListen.contains { $0.port == 0 } ? Self.portZeroAttemptsMax : 1
+        for attempt in 1...attempts {
+            do throws(ServerError) {
+                try udp.start()
+                // TCP binds the ports UDP got, so with port 0 one number serves both.
+                let tcp = TCPServer(addresses: udp.boundAddresses, store: store, group: group,
+                                    connectionsMax: config.dnsTCPConnectionsMax,
+                                    idleTimeoutSeconds: Int64(config.dnsTCPIdleTimeoutSeconds),
+                                    minimalResponses: config.dnsMinimalResponses, logger: logger)
+                try tcp.start()
+                self.tcp = tcp
+                break
+            } catch {
+                udp.stop()
+                if attempt < attempts, case .bind(_, "tcp", EADDRINUSE) = error { continue }
+                try? group.syncShutdownGracefully()
+                throw StartError(code: .unavailable, message: error.description)
+            }
         }
         self.udp = udp
         self.group = group

@@ -10,7 +10,7 @@ struct RaftSim: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "raft-sim",
         abstract: "Deterministic Raft cluster simulation and core benchmark.",
-        subcommands: [Simulate.self, Bench.self],
+        subcommands: [Simulate.self, Bench.self, CheckHistory.self],
         defaultSubcommand: Simulate.self)
 }
 
@@ -116,3 +116,40 @@ struct Bench: ParsableCommand {
 }
 
 RaftSim.main()
+
+/// Checks a history recorded from real processes (scripts/chaos.sh) for linearizability.
+struct CheckHistory: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check-history",
+        abstract: "Check a JSON-lines client history (format: RaftTesting's HistoryFile) for linearizability.")
+
+    @Argument(help: "The history file.")
+    var file: String
+
+    func run() throws {
+        guard let data = FileManager.default.contents(atPath: file) else {
+            throw ValidationError("cannot read \(file)")
+        }
+        let operations: [HistoryOperation]
+        do {
+            operations = try HistoryFile.parse(String(decoding: data, as: UTF8.self))
+        } catch {
+            print("\(file): \(error)")
+            throw ExitCode(2)
+        }
+        let keys = Set(operations.map(\.operation.key)).count
+        let completed = operations.filter { $0.returned != nil }.count
+        switch LinearizabilityChecker.check(operations) {
+        case .linearizable:
+            print("\(file): \(operations.count) operations (\(completed) completed, \(operations.count - completed) ambiguous) on \(keys) keys: linearizable")
+        case .violation(let key, let ops):
+            print("\(file): NOT linearizable on key \(key); the smallest failing set:")
+            for op in ops { print("  \(op)") }
+            throw ExitCode(1)
+        case .inconclusive(let key):
+            print("\(file): inconclusive on key \(key) (search budget exhausted)")
+            throw ExitCode(3)
+        }
+    }
+}
+

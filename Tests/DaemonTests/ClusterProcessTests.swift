@@ -5,19 +5,26 @@ import Testing
 import Glibc
 #endif
 
-/// A free TCP port on loopback (bound and released; the OS does not hand it out again at once).
-func freePort() -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
-    var address = DNSClient.loopback(0)
-    _ = withUnsafePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+/// Distinct free TCP ports on loopback: every socket stays bound until all are picked, so no
+/// port is handed out twice.
+func freePorts(_ count: Int) -> [Int] {
+    var sockets: [Int32] = []
+    var ports: [Int] = []
+    for _ in 0..<count {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        sockets.append(fd)
+        var address = DNSClient.loopback(0)
+        _ = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        ports.append(Int(UInt16(bigEndian: address.sin_port)))
     }
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    _ = withUnsafeMutablePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
-    }
-    return Int(UInt16(bigEndian: address.sin_port))
+    sockets.forEach { close($0) }
+    return ports
 }
 
 /// HTTP/1.1 over a plain socket, `Connection: close`: enough for the API's tests.
@@ -63,10 +70,10 @@ struct ClusterProcessTests {
         let data: URL
         var process: DiscodProcess?
 
-        init(id: Int, root: URL) {
+        init(id: Int, root: URL, raftPort: Int, httpPort: Int) {
             self.id = id
-            raftPort = freePort()
-            httpPort = freePort()
+            self.raftPort = raftPort
+            self.httpPort = httpPort
             data = root.appendingPathComponent("node\(id)")
         }
     }
@@ -83,7 +90,8 @@ struct ClusterProcessTests {
             try testZone.write(to: zones.appendingPathComponent("example.test.zone"), atomically: true, encoding: .utf8)
             self.directory = directory
             self.zones = zones
-            nodes = (1...size).map { Node(id: $0, root: directory.url) }
+            let ports = freePorts(2 * size)
+            nodes = (1...size).map { Node(id: $0, root: directory.url, raftPort: ports[2 * $0 - 2], httpPort: ports[2 * $0 - 1]) }
             for node in nodes { try start(node) }
         }
 
