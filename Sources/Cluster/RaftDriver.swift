@@ -144,6 +144,35 @@ public final class RaftDriver: @unchecked Sendable {
         }
     }
 
+    /// Before a planned shutdown (SIGTERM): if this server leads, hand leadership to the most
+    /// up-to-date voter and wait (at most `timeout`) until another server leads, so a rolling
+    /// restart costs no election timeout. A follower returns at once.
+    public func stepDownForShutdown(timeout: TimeAmount = .seconds(2)) -> EventLoopFuture<Bool> {
+        loop.flatSubmit {
+            // The most caught-up voter that has been heard from lately takes over.
+            let candidates = self.node.status.progress.filter { !$0.learner && $0.id != self.id && $0.recentActive }
+            guard self.stoppedReason == nil, self.node.isLeader,
+                  let target = candidates.max(by: { $0.match < $1.match })?.id else { return self.loop.makeSucceededFuture(false) }
+            do throws(ProposalError) {
+                try self.node.transferLeadership(to: target)
+            } catch {
+                return self.loop.makeSucceededFuture(false)
+            }
+            self.handleReady()
+            let done = self.loop.makePromise(of: Bool.self)
+            let deadline = NIODeadline.now() + timeout
+            func check() {
+                if !self.node.isLeader || NIODeadline.now() >= deadline {
+                    done.succeed(!self.node.isLeader)
+                } else {
+                    self.loop.scheduleTask(in: self.tick) { check() }
+                }
+            }
+            check()
+            return done.futureResult
+        }
+    }
+
     public var status: EventLoopFuture<RaftStatus> {
         loop.submit {
             RaftStatus(id: self.id, role: self.node.role, term: self.node.hardState.term, leader: self.node.leader,

@@ -13,11 +13,13 @@ final class ClusterRuntime {
     private let transport: PeerTransport
     private let driver: RaftDriver
     private let api: APIServer
+    private let logger: Logger
     let raftPort: Int
     let httpPort: Int
 
     init(config: Configuration, logger: Logger) throws(StartError) {
         let id = NodeID(rawValue: config.raftNodeID)
+        self.logger = logger
         do {
             try FileManager.default.createDirectory(atPath: config.dataDirectory, withIntermediateDirectories: true)
         } catch {
@@ -78,7 +80,11 @@ final class ClusterRuntime {
         driver.start()
     }
 
+    /// SIGTERM: a leader hands over first, so a rolling restart causes no election timeout.
     func stop() {
+        if let handedOver = try? driver.stepDownForShutdown().wait(), handedOver {
+            logger.info("leadership handed over before shutdown")
+        }
         api.stop()
         driver.stop()
         transport.stop()

@@ -98,7 +98,7 @@ struct ClusterProcessTests {
         func start(_ node: Node) throws {
             var arguments = ["--zones", zones.path, "--dns", "127.0.0.1:0", "--workers", "1",
                              "--node-id", "\(node.id)", "--raft", "127.0.0.1:\(node.raftPort)",
-                             "--http", "127.0.0.1:\(node.httpPort)", "--data-dir", node.data.path]
+                             "--http", "127.0.0.1:\(node.httpPort)", "--data-dir", node.data.path, "--log-level", "info"]
             for peer in nodes { arguments += ["--server", "\(peer.id)=127.0.0.1:\(peer.raftPort),127.0.0.1:\(peer.httpPort)"] }
             let process = try DiscodProcess(arguments: arguments)
             try process.waitForStart()
@@ -163,5 +163,19 @@ struct ClusterProcessTests {
         #expect(cluster.eventually(leader, "service/web", "v2"))
         let index = http("GET", port: next.httpPort, "/v1/kv/service/web")?.headers["x-consul-index"]
         #expect(index.flatMap { Int($0) }.map { $0 > 2 } == true)
+    }
+
+    @Test func sigtermOnTheLeaderHandsLeadershipOverFirst() throws {
+        let cluster = try ClusterFixture(size: 3)
+        let leader = try #require(cluster.leader())
+        #expect(http("PUT", port: leader.httpPort, "/v1/kv/a", body: "1")?.body == "true")
+        let process = try #require(leader.process)
+        process.signal(SIGTERM)
+        #expect(process.waitForExit() == 0)
+        #expect(process.stderr.contains("leadership handed over before shutdown"))
+        leader.process = nil
+        let next = try #require(cluster.leader(seconds: 5))
+        #expect(next.id != leader.id)
+        #expect(http("GET", port: next.httpPort, "/v1/kv/a?raw")?.body == "1")
     }
 }
