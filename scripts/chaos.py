@@ -20,15 +20,26 @@ LEADER_WAIT_SECONDS = 30
 
 
 def free_ports(count):
-    """Distinct free loopback ports: all held open until every one is picked, so none repeats."""
-    sockets = []
-    for _ in range(count):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        sockets.append(s)
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
+    """Distinct free loopback ports below the kernel's ephemeral range, so that a port released by
+    a killed server is not taken meanwhile as the source port of some outgoing connection."""
+    low = 32768
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except OSError:
+        pass
+    rng = random.Random()
+    ports = []
+    while len(ports) < count:
+        port = rng.randrange(max(1024, low - 12000), low)
+        if port in ports:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
     return ports
 
 

@@ -121,12 +121,12 @@ public final class RaftDriver: @unchecked Sendable {
             let sequence = self.readSequence
             var context = [UInt8](repeating: 0, count: 8)
             for i in 0..<8 { context[i] = UInt8(truncatingIfNeeded: sequence >> UInt64(56 - 8 * i)) }
-            let promise = self.loop.makePromise(of: Void.self)
             do throws(ProposalError) {
                 try self.node.readIndex(context: context)
             } catch {
                 return self.loop.makeFailedFuture(ProposeError.refused(error))
             }
+            let promise = self.loop.makePromise(of: Void.self)
             self.readsAsked[sequence] = promise
             self.loop.scheduleTask(in: timeout) {
                 if let waiting = self.readsAsked.removeValue(forKey: sequence) { waiting.fail(ProposeError.stopped) }

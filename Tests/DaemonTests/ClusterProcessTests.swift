@@ -5,25 +5,23 @@ import Testing
 import Glibc
 #endif
 
-/// Distinct free TCP ports on loopback: every socket stays bound until all are picked, so no
-/// port is handed out twice.
+/// Distinct free TCP ports on loopback below the kernel's ephemeral range, so that the port of a
+/// killed server is not taken meanwhile as the source port of an outgoing connection.
 func freePorts(_ count: Int) -> [Int] {
-    var sockets: [Int32] = []
+    let range = (try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8))?
+        .split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }).first.flatMap { Int($0) } ?? 32768
     var ports: [Int] = []
-    for _ in 0..<count {
+    while ports.count < count {
+        let port = Int.random(in: max(1024, range - 12000)..<range)
+        guard !ports.contains(port) else { continue }
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        sockets.append(fd)
-        var address = DNSClient.loopback(0)
-        _ = withUnsafePointer(to: &address) {
+        var address = DNSClient.loopback(UInt16(port))
+        let bound = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
-        }
-        ports.append(Int(UInt16(bigEndian: address.sin_port)))
+        close(fd)
+        if bound == 0 { ports.append(port) }
     }
-    sockets.forEach { close($0) }
     return ports
 }
 
