@@ -6,6 +6,7 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .executable(name: "discod", targets: ["discod"]),
+        .executable(name: "discoctl", targets: ["discoctl"]),
         .executable(name: "FuzzWire", targets: ["FuzzWire"]),
         .executable(name: "FuzzZone", targets: ["FuzzZone"]),
         .executable(name: "raft-sim", targets: ["raft-sim"]),
@@ -68,6 +69,8 @@ let package = Package(
             "RaftTesting", "Raft", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "discod", dependencies: ["Daemon"]),
+        .target(name: "DiscoClient", dependencies: [.product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        .executableTarget(name: "discoctl", dependencies: ["DiscoClient"]),
         // Test kit: the fuzzers' properties, shared by the fuzz targets and the corpus replay tests.
         .target(name: "DNSTesting", dependencies: ["DNSServer", "DNSZone", "DNSWire"]),
         .executableTarget(name: "FuzzWire", dependencies: ["DNSTesting"]),

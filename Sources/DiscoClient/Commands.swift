@@ -1,0 +1,154 @@
+import ArgumentParser
+import Foundation
+
+/// Options every discoctl command takes.
+public struct GlobalOptions: ParsableArguments {
+    @Option(help: "discod's HTTP API (default: $DISCO_HTTP_ADDR or 127.0.0.1:8500).")
+    public var httpAddr: String?
+
+    @Option(help: "ACL token sent as X-Consul-Token (not enforced yet).")
+    public var token: String?
+
+    @Flag(help: "Print JSON instead of text.")
+    public var json = false
+
+    public init() {}
+
+    var client: DiscoClient {
+        DiscoClient(address: httpAddr ?? ProcessInfo.processInfo.environment["DISCO_HTTP_ADDR"] ?? "127.0.0.1:8500",
+                    token: token)
+    }
+
+    func printJSON(_ value: Any) {
+        let data = (try? JSONSerialization.data(withJSONObject: value, options: [.prettyPrinted, .sortedKeys, .fragmentsAllowed])) ?? Data()
+        print(String(decoding: data, as: UTF8.self))
+    }
+}
+
+/// Runs a command body; a failure is one line on stderr and exit status 1.
+func reporting(_ body: () throws -> Void) throws {
+    do {
+        try body()
+    } catch let error as ClientError {
+        FileHandle.standardError.write(Data("discoctl: \(error.message)\n".utf8))
+        throw ExitCode(1)
+    } catch let error as ExitCode {
+        throw error
+    } catch {
+        FileHandle.standardError.write(Data("discoctl: \(error)\n".utf8))
+        throw ExitCode(1)
+    }
+}
+
+public struct DiscoctlCommand: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "discoctl",
+        abstract: "Control a Disco cluster: key-value store, status.",
+        subcommands: [KV.self, Leader.self, Peers.self])
+
+    public init() {}
+}
+
+struct KV: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "kv", abstract: "Read and write the replicated key-value store.",
+        subcommands: [Get.self, Put.self, Delete.self, List.self])
+
+    struct Get: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Print a key's value (exit 1 if it does not exist).")
+        @OptionGroup var options: GlobalOptions
+        @Argument var key: String
+        @Flag(help: "Linearizable read (ReadIndex).") var consistent = false
+
+        func run() throws {
+            try reporting {
+                guard let item = try options.client.get(key, consistent: consistent) else {
+                    throw ClientError("no key \(key)")
+                }
+                if options.json {
+                    options.printJSON(["Key": item.key, "Value": item.text ?? NSNull(), "Flags": item.flags,
+                                       "CreateIndex": item.createIndex, "ModifyIndex": item.modifyIndex])
+                } else {
+                    print(item.text ?? "")
+                }
+            }
+        }
+    }
+
+    struct Put: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Set a key (exit 1 if --cas did not match).")
+        @OptionGroup var options: GlobalOptions
+        @Argument var key: String
+        @Argument var value: String
+        @Option(help: "Only if the key's ModifyIndex is this (0: only if absent).") var cas: UInt64?
+
+        func run() throws {
+            try reporting {
+                let written = try options.client.put(key, value: Data(value.utf8), cas: cas)
+                if options.json { options.printJSON(written) } else { print(written ? "ok" : "not written: the CAS index did not match") }
+                if !written { throw ExitCode(1) }
+            }
+        }
+    }
+
+    struct Delete: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Delete a key (or a prefix with --recurse).")
+        @OptionGroup var options: GlobalOptions
+        @Argument var key: String
+        @Flag var recurse = false
+
+        func run() throws {
+            try reporting {
+                try options.client.delete(key, recurse: recurse)
+                if options.json { options.printJSON(true) } else { print("deleted") }
+            }
+        }
+    }
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List the keys under a prefix.")
+        @OptionGroup var options: GlobalOptions
+        @Argument var prefix: String = ""
+
+        func run() throws {
+            try reporting {
+                let items = try options.client.list(prefix)
+                if options.json {
+                    options.printJSON(items.map { ["Key": $0.key, "Value": $0.text ?? NSNull(), "ModifyIndex": $0.modifyIndex] as [String: Any] })
+                } else {
+                    let width = max(3, items.map(\.key.count).max() ?? 0)
+                    print("KEY".padding(toLength: width, withPad: " ", startingAt: 0) + "  INDEX  VALUE")
+                    for item in items {
+                        print(item.key.padding(toLength: width, withPad: " ", startingAt: 0) + "  "
+                              + String(item.modifyIndex).padding(toLength: 5, withPad: " ", startingAt: 0) + "  " + (item.text ?? ""))
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct Leader: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print the leader's Raft address.")
+    @OptionGroup var options: GlobalOptions
+
+    func run() throws {
+        try reporting {
+            let leader = try options.client.leader()
+            if options.json { options.printJSON(leader) } else { print(leader.isEmpty ? "no leader" : leader) }
+            if leader.isEmpty { throw ExitCode(1) }
+        }
+    }
+}
+
+struct Peers: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print the Raft addresses of the servers.")
+    @OptionGroup var options: GlobalOptions
+
+    func run() throws {
+        try reporting {
+            let peers = try options.client.peers()
+            if options.json { options.printJSON(peers) } else { peers.forEach { print($0) } }
+        }
+    }
+}

@@ -1,0 +1,3 @@
+import DiscoClient
+
+DiscoctlCommand.main()
