@@ -70,12 +70,16 @@ public final class KVStore: @unchecked Sendable {
     public static let outcomesMax = 4096
 
     private let database: Database
+    /// Guards everything below and the database: apply runs on the Raft loop, reads on HTTP loops.
     private let lock = NSLockLike()
-    public private(set) var appliedIndex: UInt64 = 0
-    /// The highest ModifyIndex of any write (Consul's X-Consul-Index for KV).
-    public private(set) var lastModifyIndex: UInt64 = 0
+    private var applied: UInt64 = 0
+    private var lastModify: UInt64 = 0
     private var outcomes: [UInt64: Bool] = [:]
     private var outcomeOrder: [UInt64] = []
+
+    public var appliedIndex: UInt64 { lock.withLock { applied } }
+    /// The highest ModifyIndex of any write (Consul's X-Consul-Index for KV).
+    public var lastModifyIndex: UInt64 { lock.withLock { lastModify } }
 
     public init(path: String) throws(StoreError) {
         database = try Database(path: path, durability: .rebuildable)
@@ -84,17 +88,17 @@ public final class KVStore: @unchecked Sendable {
                                            create_index INTEGER NOT NULL, modify_index INTEGER NOT NULL);
             CREATE TABLE IF NOT EXISTS applied (id INTEGER PRIMARY KEY CHECK (id = 1), idx INTEGER NOT NULL);
             """)
-        if case .integer(let index)? = try database.scalar("SELECT idx FROM applied WHERE id = 1") { appliedIndex = UInt64(index) }
-        if case .integer(let index)? = try database.scalar("SELECT max(modify_index) FROM kv") { lastModifyIndex = UInt64(index) }
+        if case .integer(let index)? = try database.scalar("SELECT idx FROM applied WHERE id = 1") { applied = UInt64(index) }
+        if case .integer(let index)? = try database.scalar("SELECT max(modify_index) FROM kv") { lastModify = UInt64(index) }
     }
 
     /// Applies a committed entry (on the driver's loop). Entries already applied are skipped.
     public func apply(_ entry: Entry) throws(StoreError) {
         let index = entry.index.rawValue
-        guard index > appliedIndex else { return }
         let command = try? KVCommand(decoding: entry.data)
-        var outcome = false
         try lock.withLock { () throws(StoreError) in
+            guard index > applied else { return }
+            var outcome = false
             do {
                 try database.transaction { () throws(StoreError) in
                     if let command { outcome = try execute(command, at: index) }
@@ -105,12 +109,12 @@ public final class KVStore: @unchecked Sendable {
             } catch {
                 preconditionFailure("unexpected error \(error)")
             }
-            appliedIndex = index
-            if outcome { lastModifyIndex = index }
+            applied = index
+            if outcome { lastModify = index }
+            outcomes[index] = outcome
+            outcomeOrder.append(index)
+            if outcomeOrder.count > Self.outcomesMax { outcomes[outcomeOrder.removeFirst()] = nil }
         }
-        outcomes[index] = outcome
-        outcomeOrder.append(index)
-        if outcomeOrder.count > Self.outcomesMax { outcomes[outcomeOrder.removeFirst()] = nil }
     }
 
     /// Whether the command at `index` took effect (a CAS may not); nil if unknown or forgotten.
@@ -165,14 +169,24 @@ public final class KVStore: @unchecked Sendable {
     }
 }
 
-/// A mutex without Foundation (Cluster keeps Foundation out of its core types).
+/// A mutex without Foundation (Cluster keeps Foundation out of its core types). The
+/// pthread_mutex_t lives on the heap: its address must not move while locked.
 final class NSLockLike: @unchecked Sendable {
-    private var mutex = pthread_mutex_t()
-    init() { pthread_mutex_init(&mutex, nil) }
-    deinit { pthread_mutex_destroy(&mutex) }
+    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+
+    init() {
+        mutex = .allocate(capacity: 1)
+        pthread_mutex_init(mutex, nil)
+    }
+
+    deinit {
+        pthread_mutex_destroy(mutex)
+        mutex.deallocate()
+    }
+
     func withLock<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
         return try body()
     }
 }

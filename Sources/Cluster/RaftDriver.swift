@@ -60,6 +60,7 @@ public final class RaftDriver: @unchecked Sendable {
     private var readsAsked: [UInt64: EventLoopPromise<Void>] = [:]
     private var readsWaiting: [(index: LogIndex, promise: EventLoopPromise<Void>)] = []
     private var readSequence: UInt64 = 0
+    private var readyScheduled = false
     private var lastLeader: NodeID?
 
     /// - Parameter apply: called on the driver's loop with every committed entry, in order.
@@ -102,7 +103,7 @@ public final class RaftDriver: @unchecked Sendable {
                 let (term, index) = try self.node.propose(data)
                 let promise = self.loop.makePromise(of: LogIndex.self)
                 self.pending[index] = (term, promise)
-                self.handleReady()
+                self.scheduleReady()
                 return promise.futureResult
             } catch {
                 return self.loop.makeFailedFuture(ProposeError.refused(error))
@@ -131,7 +132,7 @@ public final class RaftDriver: @unchecked Sendable {
             self.loop.scheduleTask(in: timeout) {
                 if let waiting = self.readsAsked.removeValue(forKey: sequence) { waiting.fail(ProposeError.stopped) }
             }
-            self.handleReady()
+            self.scheduleReady()
             return promise.futureResult
         }
     }
@@ -185,7 +186,19 @@ public final class RaftDriver: @unchecked Sendable {
     private func event(_ body: (inout RaftNode) -> Void) {
         guard stoppedReason == nil else { return }
         body(&node)
-        handleReady()
+        scheduleReady()
+    }
+
+    /// Group commit: events (proposals, messages, ticks) that arrive together are handled into
+    /// one Ready — one fsync for all of them — by deferring the Ready to the end of the loop's
+    /// current batch of tasks instead of running it per event.
+    private func scheduleReady() {
+        guard !readyScheduled else { return }
+        readyScheduled = true
+        loop.execute {
+            self.readyScheduled = false
+            self.handleReady()
+        }
     }
 
     private func handleReady() {

@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# Write benchmark: a 3-server Disco cluster against a 3-member etcd 3.4 cluster (Debian
+# etcd-server, fsync on), on loopback, in the same run, with the same client (wrk, keep-alive):
+# PUTs of 60-byte values over HTTP at 1, 16 and 64 concurrent connections.
+#
+# Usage: scripts/bench/writes.sh [-d SECONDS] [--clients "1 16 64"]
+#   env DISCOD (default .build/release/discod, built if missing), DURATION, CLIENTS, KEEP_TMP=1
+# Needs: apt-get install etcd-server wrk
+#
+# Disco: PUT /v1/kv/bench/<n> on the leader (followers answer 503; the leader is found with
+# /v1/status/leader). etcd: POST /v3/kv/put {"key","value"} (base64) on any member (etcd
+# forwards to its leader). Prints writes/s, p50 and p99 for both and the ratio.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DURATION=${DURATION:-10}
+CLIENTS=${CLIENTS:-"1 16 64"}
+while (($#)); do
+  case $1 in
+    -d) DURATION=$2; shift ;;
+    --clients) CLIENTS=$2; shift ;;
+    -h | --help) sed -n '2,12p' "$0"; exit 0 ;;
+    *) echo "writes.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+DISCOD=${DISCOD:-.build/release/discod}
+[ -x "$DISCOD" ] || swift build -c release --product discod
+for tool in etcd wrk python3; do command -v $tool >/dev/null || { echo "writes.sh: needs $tool (apt-get install etcd-server wrk)" >&2; exit 2; }; done
+
+tmp=$(mktemp -d /tmp/disco-writes-XXXXXX)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  [ "${KEEP_TMP:-0}" = 1 ] && echo "kept $tmp" || rm -rf "$tmp"
+}
+trap cleanup EXIT INT TERM
+
+read -r -a ports < <(python3 - <<'PY'
+import random, socket
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+ports = []
+while len(ports) < 12:
+    p = random.randrange(low - 12000, low)
+    if p in ports: continue
+    with socket.socket() as s:
+        try: s.bind(("127.0.0.1", p))
+        except OSError: continue
+    ports.append(p)
+print(" ".join(map(str, ports)))
+PY
+)
+
+# Disco: 3 servers.
+mkdir -p "$tmp/zones"
+printf '$TTL 60\n@ SOA ns h 1 2 3 4 5\n NS ns\nns A 192.0.2.1\n' >"$tmp/zones/bench.test.zone"
+servers=()
+for i in 1 2 3; do servers+=(--server "$i=127.0.0.1:${ports[$((i - 1))]},127.0.0.1:${ports[$((i + 2))]}"); done
+for i in 1 2 3; do
+  "$DISCOD" --zones "$tmp/zones" --dns 127.0.0.1:0 --workers 1 --node-id $i --raft "127.0.0.1:${ports[$((i - 1))]}" \
+    --http "127.0.0.1:${ports[$((i + 2))]}" --data-dir "$tmp/disco$i" --log-level warning "${servers[@]}" \
+    >"$tmp/disco$i.log" 2>&1 &
+  pids+=($!)
+done
+# etcd: 3 members, fsync on (the default).
+cluster=""
+for i in 1 2 3; do cluster+="${cluster:+,}e$i=http://127.0.0.1:${ports[$((i + 5))]}"; done
+for i in 1 2 3; do
+  etcd --name "e$i" --data-dir "$tmp/etcd$i" --listen-client-urls "http://127.0.0.1:${ports[$((i + 8))]}" \
+    --advertise-client-urls "http://127.0.0.1:${ports[$((i + 8))]}" --listen-peer-urls "http://127.0.0.1:${ports[$((i + 5))]}" \
+    --initial-advertise-peer-urls "http://127.0.0.1:${ports[$((i + 5))]}" --initial-cluster "$cluster" \
+    --initial-cluster-state new --initial-cluster-token disco-bench --log-level error >"$tmp/etcd$i.log" 2>&1 &
+  pids+=($!)
+done
+
+value=$(printf 'v%.0s' $(seq 1 60))
+deadline=$((SECONDS + 30))
+disco_leader=""
+while [ -z "$disco_leader" ] && ((SECONDS < deadline)); do
+  for i in 1 2 3; do
+    raft=$(curl -s "http://127.0.0.1:${ports[$((i + 2))]}/v1/status/leader" | tr -d '"') || true
+    for j in 1 2 3; do [ "$raft" = "127.0.0.1:${ports[$((j - 1))]}" ] && disco_leader="127.0.0.1:${ports[$((j + 2))]}"; done
+    [ -n "$disco_leader" ] && break
+  done
+  sleep 0.2
+done
+[ -n "$disco_leader" ] || { echo "writes.sh: no Disco leader" >&2; exit 1; }
+etcd_url="http://127.0.0.1:${ports[9]}"
+until curl -sf -X POST "$etcd_url/v3/kv/put" -d '{"key":"d2FybQ==","value":"d2FybQ=="}' >/dev/null; do
+  ((SECONDS < deadline)) || { echo "writes.sh: etcd did not start" >&2; tail "$tmp"/etcd1.log >&2; exit 1; }
+  sleep 0.2
+done
+
+# wrk scripts: 1000 keys, 60-byte values; etcd's body is JSON with base64.
+cat >"$tmp/disco.lua" <<LUA
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format("PUT", "/v1/kv/bench/" .. (n % 1000), nil, "$value")
+end
+LUA
+python3 - "$tmp/etcd.lua" "$value" <<'PY'
+import base64, sys
+path, value = sys.argv[1], sys.argv[2]
+v = base64.b64encode(value.encode()).decode()
+keys = ",".join('"%s"' % base64.b64encode(("bench/%d" % i).encode()).decode() for i in range(1000))
+open(path, "w").write("""local keys = {%s}
+local n = 0
+wrk.method = "POST"
+request = function()
+  n = n + 1
+  return wrk.format("POST", "/v3/kv/put", nil, '{"key":"' .. keys[(n %% 1000) + 1] .. '","value":"%s"}')
+end
+""" % (keys, v))
+PY
+
+run() { # name url script clients -> "writes/s p50 p99 errors"
+  local out threads=$(($4 < 2 ? 1 : 2))
+  out=$(wrk -t$threads -c"$4" -d"${DURATION}s" --latency -s "$3" "$2" 2>&1)
+  echo "$out" >"$tmp/$1-$4.txt"
+  python3 - "$tmp/$1-$4.txt" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+def pct(p):
+    m = re.search(r"^\s+%s%%\s+([\d.]+)(us|ms|s)" % p, text, re.M)
+    v, unit = float(m.group(1)), m.group(2)
+    return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+socket_errors = re.search(r"Socket errors: .*", text)
+print("%.0f %.2f %.2f %s" % (rps, pct(50), pct(99), (errors.group(1) if errors else "0") + ("+" if socket_errors else "")))
+PY
+}
+
+printf '\n3 servers each, loopback, %ss per run, 60-byte values, wrk keep-alive\n' "$DURATION"
+printf '%-8s %14s %10s %10s %8s   %14s %10s %10s %8s   %8s\n' clients "disco w/s" "p50 ms" "p99 ms" errors "etcd w/s" "p50 ms" "p99 ms" errors ratio
+for c in $CLIENTS; do
+  read -r dw dp50 dp99 derr < <(run disco "http://$disco_leader" "$tmp/disco.lua" "$c")
+  read -r ew ep50 ep99 eerr < <(run etcd "$etcd_url" "$tmp/etcd.lua" "$c")
+  ratio=$(python3 -c "print('%.2fx' % ($dw / $ew))")
+  printf '%-8s %14s %10s %10s %8s   %14s %10s %10s %8s   %8s\n' "$c" "$dw" "$dp50" "$dp99" "$derr" "$ew" "$ep50" "$ep99" "$eerr" "$ratio"
+done
