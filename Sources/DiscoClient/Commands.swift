@@ -66,7 +66,7 @@ struct KV: ParsableCommand {
                     throw ClientError("no key \(key)")
                 }
                 if options.json {
-                    options.printJSON(["Key": item.key, "Value": item.text ?? NSNull(), "Flags": item.flags,
+                    options.printJSON(["Key": item.key, "Value": item.text.map { $0 as Any } ?? NSNull(), "Flags": item.flags,
                                        "CreateIndex": item.createIndex, "ModifyIndex": item.modifyIndex])
                 } else {
                     print(item.text ?? "")
@@ -114,7 +114,7 @@ struct KV: ParsableCommand {
             try reporting {
                 let items = try options.client.list(prefix)
                 if options.json {
-                    options.printJSON(items.map { ["Key": $0.key, "Value": $0.text ?? NSNull(), "ModifyIndex": $0.modifyIndex] as [String: Any] })
+                    options.printJSON(items.map { ["Key": $0.key, "Value": $0.text.map { $0 as Any } ?? NSNull(), "ModifyIndex": $0.modifyIndex] as [String: Any] })
                 } else {
                     let width = max(3, items.map(\.key.count).max() ?? 0)
                     print("KEY".padding(toLength: width, withPad: " ", startingAt: 0) + "  INDEX  VALUE")

@@ -11,15 +11,13 @@ private func records(_ text: String, origin: DomainName = origin) throws -> [Str
 
 /// The first error of a text that must not parse, as "line:column: message".
 private func firstError(_ text: String) -> String {
-    do {
+    do throws(ZoneLoadError) {
         let parsed = try MasterFileParser.parse(text: Array(text.utf8), file: "t.zone", origin: origin)
         _ = try Zone(origin: origin, records: parsed, source: "t.zone")
         return "no error"
-    } catch let error as ZoneLoadError {
+    } catch {
         let first = error.errors[0]
         return "\(first.position.line):\(first.position.column): \(first.message)"
-    } catch {
-        return "\(error)"
     }
 }
 
