@@ -72,6 +72,14 @@ public final class KVStore: @unchecked Sendable {
     private let database: Database
     /// Guards everything below and the database: apply runs on the Raft loop, reads on HTTP loops.
     private let lock = NSLockLike()
+    /// Statements prepared once: applying an entry must not re-parse SQL (it runs per write, per server).
+    private let setApplied: Statement
+    private let selectModifyIndex: Statement
+    private let deleteKey: Statement
+    private let deletePrefix: Statement
+    private let upsertKey: Statement
+    private let selectKey: Statement
+    private let selectPrefix: Statement
     private var applied: UInt64 = 0
     private var lastModify: UInt64 = 0
     private var outcomes: [UInt64: Bool] = [:]
@@ -88,6 +96,17 @@ public final class KVStore: @unchecked Sendable {
                                            create_index INTEGER NOT NULL, modify_index INTEGER NOT NULL);
             CREATE TABLE IF NOT EXISTS applied (id INTEGER PRIMARY KEY CHECK (id = 1), idx INTEGER NOT NULL);
             """)
+        setApplied = try database.prepare("INSERT OR REPLACE INTO applied (id, idx) VALUES (1, ?)")
+        selectModifyIndex = try database.prepare("SELECT modify_index FROM kv WHERE key = ?")
+        deleteKey = try database.prepare("DELETE FROM kv WHERE key = ?")
+        deletePrefix = try database.prepare("DELETE FROM kv WHERE substr(key, 1, ?) = ?")
+        upsertKey = try database.prepare("""
+            INSERT INTO kv (key, value, flags, create_index, modify_index) VALUES (?, ?, ?, ?, ?)
+            ON CONFLICT(key) DO UPDATE SET value = excluded.value, flags = excluded.flags, modify_index = excluded.modify_index
+            """)
+        selectKey = try database.prepare("SELECT key, value, flags, create_index, modify_index FROM kv WHERE key = ?")
+        selectPrefix = try database.prepare(
+            "SELECT key, value, flags, create_index, modify_index FROM kv WHERE substr(key, 1, ?) = ? ORDER BY key")
         if case .integer(let index)? = try database.scalar("SELECT idx FROM applied WHERE id = 1") { applied = UInt64(index) }
         if case .integer(let index)? = try database.scalar("SELECT max(modify_index) FROM kv") { lastModify = UInt64(index) }
     }
@@ -102,7 +121,7 @@ public final class KVStore: @unchecked Sendable {
             do {
                 try database.transaction { () throws(StoreError) in
                     if let command { outcome = try execute(command, at: index) }
-                    try database.prepare("INSERT OR REPLACE INTO applied (id, idx) VALUES (1, ?)").run(.integer(Int64(index)))
+                    try setApplied.run(.integer(Int64(index)))
                 }
             } catch let error as StoreError {
                 throw error
@@ -126,7 +145,8 @@ public final class KVStore: @unchecked Sendable {
             try upsert(key, value, flags, index)
             return true
         case .compareAndSet(let key, let value, let flags, let expected):
-            let current = try database.scalar("SELECT modify_index FROM kv WHERE key = ?", .text(key))
+            let rows = try selectModifyIndex.query(.text(key))
+            let current = rows.first?.first
             let matches: Bool
             switch current {
             case .integer(let modify)?: matches = UInt64(modify) == expected
@@ -136,28 +156,22 @@ public final class KVStore: @unchecked Sendable {
             try upsert(key, value, flags, index)
             return true
         case .delete(let key):
-            try database.prepare("DELETE FROM kv WHERE key = ?").run(.text(key))
+            try deleteKey.run(.text(key))
             return true
         case .deleteTree(let prefix):
-            try database.prepare("DELETE FROM kv WHERE substr(key, 1, ?) = ?").run(.integer(Int64(prefix.utf8.count)), .text(prefix))
+            try deletePrefix.run(.integer(Int64(prefix.utf8.count)), .text(prefix))
             return true
         }
     }
 
     private func upsert(_ key: String, _ value: [UInt8], _ flags: UInt64, _ index: UInt64) throws(StoreError) {
-        try database.prepare("""
-            INSERT INTO kv (key, value, flags, create_index, modify_index) VALUES (?, ?, ?, ?, ?)
-            ON CONFLICT(key) DO UPDATE SET value = excluded.value, flags = excluded.flags, modify_index = excluded.modify_index
-            """).run(.text(key), .blob(value), .integer(Int64(bitPattern: flags)), .integer(Int64(index)), .integer(Int64(index)))
+        try upsertKey.run(.text(key), .blob(value), .integer(Int64(bitPattern: flags)), .integer(Int64(index)), .integer(Int64(index)))
     }
 
     /// One key, or every key with the prefix when `recurse`.
     public func get(_ key: String, recurse: Bool) throws(StoreError) -> [KVEntry] {
         try lock.withLock { () throws(StoreError) in
-            let statement = recurse
-                ? try database.prepare("SELECT key, value, flags, create_index, modify_index FROM kv WHERE substr(key, 1, ?) = ? ORDER BY key")
-                : try database.prepare("SELECT key, value, flags, create_index, modify_index FROM kv WHERE key = ?")
-            let rows = recurse ? try statement.query(.integer(Int64(key.utf8.count)), .text(key)) : try statement.query(.text(key))
+            let rows = recurse ? try selectPrefix.query(.integer(Int64(key.utf8.count)), .text(key)) : try selectKey.query(.text(key))
             return rows.map { row in
                 func int(_ value: SQLValue) -> UInt64 { if case .integer(let v) = value { return UInt64(bitPattern: v) } else { return 0 } }
                 var entry = KVEntry(key: "", value: [], flags: int(row[2]), createIndex: int(row[3]), modifyIndex: int(row[4]))
