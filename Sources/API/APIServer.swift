@@ -122,6 +122,9 @@ final class KVService: Sendable {
             let leader = status.leader.flatMap { directory.raft[$0] }.map(\.description) ?? ""
             return loop.makeSucceededFuture(.json(leader))
         }
+        if request.path == "/v1/operator/raft/configuration" {
+            return driver.detailedStatus.hop(to: loop).map { detail in self.configuration(detail) }
+        }
         if request.path == "/v1/status/peers" {
             return loop.makeSucceededFuture(.json(directory.raft.sorted { $0.key < $1.key }.map(\.value.description)))
         }
@@ -147,6 +150,28 @@ final class KVService: Sendable {
     /// `?stale`: any server, from what it has applied. Default: the leader, from what it has
     /// applied (Consul's default mode: a deposed leader may briefly serve a stale value).
     /// `?consistent`: after a ReadIndex round (`confirmed`), any server, linearizable.
+    /// Consul's raft configuration (Servers with ID, Node, Address, Leader, Voter), plus what the
+    /// leader knows of each follower: MatchIndex and Lag (entries behind its last index).
+    private func configuration(_ detail: Raft.Status) -> APIResponse {
+        let progress = Dictionary(uniqueKeysWithValues: detail.progress.map { ($0.id, $0) })
+        let servers: [[String: Any]] = detail.membership.members.map { id in
+            var server: [String: Any] = [
+                "ID": "\(id.rawValue)", "Node": "\(id.rawValue)",
+                "Address": directory.raft[id]?.description ?? "", "Leader": detail.leader == id,
+                "Voter": detail.membership.isVoter(id), "RaftProtocol": "3",
+            ]
+            if let p = progress[id] {
+                server["MatchIndex"] = p.match.rawValue
+                server["Lag"] = detail.lastIndex.rawValue - min(p.match.rawValue, detail.lastIndex.rawValue)
+            } else if id == detail.id {
+                server["MatchIndex"] = detail.lastIndex.rawValue
+                server["Lag"] = 0
+            }
+            return server
+        }
+        return .json(["Servers": servers, "Index": detail.commit.rawValue])
+    }
+
     private func read(_ key: String, _ request: APIRequest, _ status: RaftStatus, confirmed: Bool = false) -> APIResponse {
         if !confirmed && request.query["stale"] == nil && status.role != .leader { return notLeader(status) }
         let recurse = request.query["recurse"] != nil || request.query["keys"] != nil

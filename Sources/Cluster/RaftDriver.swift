@@ -174,6 +174,11 @@ public final class RaftDriver: @unchecked Sendable {
         }
     }
 
+    /// The core's full status: membership, and on the leader each follower's progress.
+    public var detailedStatus: EventLoopFuture<Raft.Status> {
+        loop.submit { self.node.status }
+    }
+
     public var status: EventLoopFuture<RaftStatus> {
         loop.submit {
             RaftStatus(id: self.id, role: self.node.role, term: self.node.hardState.term, leader: self.node.leader,

@@ -44,7 +44,7 @@ public struct DiscoctlCommand: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "discoctl",
         abstract: "Control a Disco cluster: key-value store, status.",
-        subcommands: [KV.self, Leader.self, Peers.self])
+        subcommands: [KV.self, Members.self, Leader.self, Peers.self])
 
     public init() {}
 }
@@ -123,6 +123,33 @@ struct KV: ParsableCommand {
                               + String(item.modifyIndex).padding(toLength: 5, withPad: " ", startingAt: 0) + "  " + (item.text ?? ""))
                     }
                 }
+            }
+        }
+    }
+}
+
+struct Members: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "List the cluster's servers: id, address, role, voter, match index and lag (known on the leader).")
+    @OptionGroup var options: GlobalOptions
+
+    func run() throws {
+        try reporting {
+            let members = try options.client.members()
+            if options.json {
+                options.printJSON(members)
+                return
+            }
+            func cell(_ value: Any?) -> String { value.map { "\($0)" } ?? "-" }
+            let rows = members.map { m -> [String] in
+                [cell(m["ID"]), cell(m["Address"]), (m["Leader"] as? Bool) == true ? "leader" : "follower",
+                 (m["Voter"] as? Bool) == true ? "yes" : "no", cell(m["MatchIndex"]), cell(m["Lag"])]
+            }
+            let header = ["ID", "ADDRESS", "ROLE", "VOTER", "MATCH", "LAG"]
+            let widths = header.indices.map { i in ([header[i]] + rows.map { $0[i] }).map(\.count).max()! }
+            for row in [header] + rows {
+                print(row.indices.map { row[$0].padding(toLength: widths[$0], withPad: " ", startingAt: 0) }
+                    .joined(separator: "  ").trimmingCharacters(in: .whitespaces))
             }
         }
     }

@@ -117,6 +117,14 @@ public struct DiscoClient: Sendable {
         return (try JSONSerialization.jsonObject(with: response.body, options: .fragmentsAllowed) as? String) ?? ""
     }
 
+    /// GET /v1/operator/raft/configuration: the servers, as the answering server knows them.
+    public func members() throws -> [[String: Any]] {
+        let response = try request("GET", "/v1/operator/raft/configuration")
+        try expectOK(response)
+        let object = try JSONSerialization.jsonObject(with: response.body) as? [String: Any]
+        return object?["Servers"] as? [[String: Any]] ?? []
+    }
+
     public func peers() throws -> [String] {
         let response = try request("GET", "/v1/status/peers")
         try expectOK(response)

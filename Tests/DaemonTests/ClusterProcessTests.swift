@@ -143,6 +143,13 @@ struct ClusterProcessTests {
         #expect(http("PUT", port: leader.httpPort, "/v1/kv/service/web", body: "v1")?.body == "true")
         for node in cluster.nodes { #expect(cluster.eventually(node, "service/web", "v1"), "node \(node.id)") }
 
+        // The leader reports every server with its match index.
+        let configuration = http("GET", port: leader.httpPort, "/v1/operator/raft/configuration")
+        let servers = (try? JSONSerialization.jsonObject(with: Data((configuration?.body ?? "").utf8)) as? [String: Any])?["Servers"] as? [[String: Any]]
+        #expect(servers?.count == 3)
+        #expect(servers?.allSatisfy { $0["MatchIndex"] is Int && $0["Voter"] as? Bool == true } == true, "\(String(describing: servers))")
+        #expect(servers?.filter { $0["Leader"] as? Bool == true }.count == 1)
+
         // A follower refuses writes and names the leader.
         let follower = try #require(cluster.nodes.first { $0.id != leader.id })
         let refused = http("PUT", port: follower.httpPort, "/v1/kv/x", body: "y")

@@ -53,6 +53,15 @@ struct DiscoctlTests {
         #expect(run.status == 1 && run.stdout.isEmpty && run.stderr == "discoctl: no key app/color\n", "\(run)")
         run = try discoctl(["leader"], http: port)
         #expect(run.status == 0 && run.stdout == "127.0.0.1:\(node.raftPort)\n", "\(run)")
+        run = try discoctl(["members"], http: port)
+        #expect(run.status == 0, "\(run)")
+        let lines = run.stdout.split(separator: "\n")
+        #expect(lines.first?.hasPrefix("ID") == true && lines.count == 2, "\(run)")
+        #expect(lines.last?.contains("127.0.0.1:\(node.raftPort)") == true && lines.last?.contains("leader") == true, "\(run)")
+        run = try discoctl(["members", "--json"], http: port)
+        let members = try JSONSerialization.jsonObject(with: Data(run.stdout.utf8)) as? [[String: Any]]
+        #expect(members?.first?["Voter"] as? Bool == true)
+        #expect(members?.first?["Lag"] as? Int == 0)
         run = try discoctl(["peers", "--json"], http: port)
         #expect(run.stdout.contains("127.0.0.1:\(node.raftPort)"))
     }
@@ -66,6 +75,7 @@ struct DiscoctlTests {
         let help = try discoctl(["kv", "--help"], http: 1)
         for command in ["get", "put", "delete", "list"] { #expect(help.stdout.contains(command), "kv --help: \(help.stdout)") }
         let top = try discoctl(["--help"], http: 1)
-        #expect(top.stdout.contains("kv") && top.stdout.contains("leader") && top.stdout.contains("peers"))
+        #expect(top.stdout.contains("kv") && top.stdout.contains("leader") && top.stdout.contains("peers")
+                && top.stdout.contains("members"))
     }
 }
