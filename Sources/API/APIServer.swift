@@ -182,8 +182,9 @@ final class KVService: Sendable {
             logger.error("KV read failed: \(error)")
             return .text("storage error", status: .internalServerError)
         }
-        let index = max(entries.map(\.modifyIndex).max() ?? 0, 1)
-        let headers = [("X-Consul-Index", "\(index == 1 ? max(kv.lastModifyIndex, 1) : index)")] + leaderHeaders(status)
+        // Consul: the highest ModifyIndex of what was read, else the store's; never 0.
+        let index = entries.map(\.modifyIndex).max() ?? max(kv.lastModifyIndex, 1)
+        let headers = [("X-Consul-Index", "\(index)")] + leaderHeaders(status)
         guard !entries.isEmpty else { return APIResponse(status: .notFound, headers: headers) }
         if request.query["keys"] != nil { return .json(entries.map(\.key), headers: headers) }
         if request.query["raw"] != nil {

@@ -1,7 +1,7 @@
 import DNSWire
 import DNSZone
 
-/// How a query arrived; decides the size limit and minimal ANY.
+/// How a query arrived; decides the size limit (512/EDNS for UDP, 64 KiB for TCP).
 public enum Transport: Sendable {
     case udp
     case tcp
@@ -115,7 +115,7 @@ public final class Answerer {
         }
         guard questionOK else {
             return error(.formErr, id: id, flags: flags, query: query, questionEnd: 0, edns: nil,
-                         transport: transport, writer: &writer)
+                         writer: &writer)
         }
 
         // EDNS: skip answer and authority, find the OPT in the additional section.
@@ -142,34 +142,34 @@ public final class Answerer {
         }
         if formErr {
             return error(.formErr, id: id, flags: flags, query: query, questionEnd: questionEnd, edns: edns,
-                         transport: transport, writer: &writer)
+                         writer: &writer)
         }
         guard queryFlags.opcode == .query else {
             return error(.notImp, id: id, flags: flags, query: query, questionEnd: questionEnd, edns: edns,
-                         transport: transport, writer: &writer)
+                         writer: &writer)
         }
         if let edns, edns.version != 0 {
             // RFC 6891 §6.1.3: an unsupported version gets BADVERS, with our version (0).
             return error(.badVers, id: id, flags: flags, query: query, questionEnd: questionEnd, edns: edns,
-                         transport: transport, writer: &writer)
+                         writer: &writer)
         }
         if qclass != .in && qclass != .any {
             return error(.refused, id: id, flags: flags, query: query, questionEnd: questionEnd, edns: edns,
-                         extendedError: .notSupported, transport: transport, writer: &writer)
+                         extendedError: .notSupported, writer: &writer)
         }
         if qtype == .axfr || qtype == .ixfr {
             // Zone transfers are not offered.
             return error(.refused, id: id, flags: flags, query: query, questionEnd: questionEnd, edns: edns,
-                         transport: transport, writer: &writer)
+                         writer: &writer)
         }
         if qtype.isMetaType && qtype != .any {
             return error(.formErr, id: id, flags: flags, query: query, questionEnd: questionEnd, edns: edns,
-                         transport: transport, writer: &writer)
+                         writer: &writer)
         }
         let name = UnsafeRawBufferPointer(start: lowercasedName, count: nameLength)
         guard let zone = view.zone(containing: name) else {
             return error(.refused, id: id, flags: flags, query: query, questionEnd: questionEnd, edns: edns,
-                         extendedError: .notAuthoritative, transport: transport, writer: &writer)
+                         extendedError: .notAuthoritative, writer: &writer)
         }
 
         let sizeLimit = limit(transport: transport, edns: edns, output: output.count)
@@ -199,7 +199,7 @@ public final class Answerer {
         // Set before anything is written, so a truncated response keeps it (as NSD does).
         var aa = true
         do throws(WireOverflow) {
-            rcode = try resolve(zone: zone, qtype: qtype, view: view, transport: transport, authoritative: &aa,
+            rcode = try resolve(zone: zone, qtype: qtype, view: view, authoritative: &aa,
                                 counts: &counts, writer: &writer)
         } catch {
             // RFC 2181 §9: a required section that does not fit sets TC; nothing partial is sent.
@@ -234,7 +234,7 @@ public final class Answerer {
 
     /// Runs the lookup, following CNAMEs and DNAMEs inside served zones, and writes the answer
     /// and authority sections (throwing on overflow) and the additional section (best effort).
-    private func resolve(zone startZone: Zone, qtype: RRType, view: View, transport: Transport,
+    private func resolve(zone startZone: Zone, qtype: RRType, view: View,
                          authoritative: inout Bool, counts: inout SectionCounts,
                          writer: inout WireWriter) throws(WireOverflow) -> RCode {
         var zone = startZone
@@ -589,7 +589,7 @@ public final class Answerer {
 
     private func error(_ rcode: RCode, id: UInt16, flags: HeaderFlags, query: UnsafeRawBufferPointer,
                        questionEnd: Int, edns: ClientEDNS?, extendedError: ExtendedError? = nil,
-                       transport: Transport, writer: inout WireWriter) -> Int {
+                       writer: inout WireWriter) -> Int {
         writer.reset(capacity: Message.udpMessageBytesClassic)
         writeHeaderAndQuestion(id: id, query: query, questionEnd: questionEnd, writer: &writer)
         return finish(flags: flags, rcode: rcode, counts: SectionCounts(), edns: edns, extendedError: extendedError,
