@@ -36,7 +36,7 @@ let package = Package(
         .target(
             name: "Daemon",
             dependencies: [
-                "DNSServer", "DNSZone", "DNSWire", "CShims", "Cluster", "API", "Raft", "Store",
+                "DNSServer", "DNSZone", "DNSWire", "CShims", "Cluster", "API", "Raft", "Store", "Registry",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -45,10 +45,11 @@ let package = Package(
         .systemLibrary(name: "CSQLite", path: "Sources/CSQLite", providers: [.apt(["libsqlite3-dev"])]),
         .target(name: "Store", dependencies: ["CSQLite"]),
         .target(name: "Raft"),
+        .target(name: "Registry", dependencies: ["Store", "DNSWire", "DNSZone"]),
         .target(
             name: "API",
             dependencies: [
-                "Cluster", "Raft", "Store",
+                "Cluster", "Raft", "Store", "Registry",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -83,6 +84,7 @@ let package = Package(
         .testTarget(name: "DaemonTests", dependencies: ["Daemon", "DNSWire", "CShims"]),
         .testTarget(name: "RaftTests", dependencies: ["Raft", "RaftTesting"]),
         .testTarget(name: "StoreTests", dependencies: ["Store"]),
+        .testTarget(name: "RegistryTests", dependencies: ["Registry", "DNSServer", "DNSZone", "DNSWire"]),
         .testTarget(name: "ClusterTests", dependencies: [
             "Cluster", "Raft", "Store",
             .product(name: "NIOCore", package: "swift-nio"),

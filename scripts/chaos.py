@@ -151,7 +151,7 @@ def client(ident, cluster, args, history, deadline):
             if status == 200 and body.strip() == b"true":
                 record["return"] = ret
                 history.add(record, "put ok")
-            elif status == 503 and body.startswith(b"this server is not the leader"):
+            elif status == 503 and (body.startswith(b"this server is not the leader") or body.startswith(b"No cluster leader")):
                 record["return"], record["error"] = ret, "not leader"  # refused before the log
                 history.add(record, "put refused")
             else:

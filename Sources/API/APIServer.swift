@@ -20,10 +20,10 @@ public struct ClusterDirectory: Sendable {
     }
 }
 
-/// The HTTP API (SwiftNIO HTTP/1.1): the first, Consul-compatible endpoints of the KV store and
-/// /v1/status. Writes are proposed through Raft and answered once applied; on a follower they
-/// (and default-consistency reads) are refused with 503 and the leader's address in
-/// `X-Disco-Leader`.
+/// The HTTP API (SwiftNIO HTTP/1.1): Consul's KV, catalog, health and agent endpoints,
+/// /v1/status, /ready, /health and /metrics. Writes are proposed through Raft and answered once
+/// applied; a server that is not the leader forwards them (and default-consistency reads) to the
+/// leader, or answers 503 when no leader is known.
 public final class APIServer: @unchecked Sendable {
     // @unchecked: `channel` is written only by start()/stop() on the owner's thread.
 
@@ -32,29 +32,37 @@ public final class APIServer: @unchecked Sendable {
 
     private let listen: PeerAddress
     private let group: EventLoopGroup
-    private let service: KVService
+    private let router: APIRouter
     private var channel: Channel?
 
     public init(listen: PeerAddress, group: EventLoopGroup, kv: KVStore, driver: RaftDriver, directory: ClusterDirectory,
-                logger: Logger) {
+                registry: RegistryContext? = nil, logger: Logger) {
         self.listen = listen
         self.group = group
-        self.service = KVService(kv: kv, driver: driver, directory: directory, logger: logger)
+        self.router = APIRouter(kv: KVService(kv: kv, driver: driver, directory: directory, logger: logger),
+                                registry: registry.map { RegistryService(context: $0, driver: driver, logger: logger) },
+                                driver: driver, directory: directory, forwarder: Forwarder(group: group), logger: logger)
     }
 
     public func start() throws -> Int {
-        let service = self.service
+        let router = self.router
         let channel = try ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelOption(.backlog, value: Self.listenBacklog)
             .childChannelInitializer { channel in
-                channel.pipeline.configureHTTPServerPipeline().flatMap {
-                    channel.pipeline.addHandler(HTTPHandler(service: service))
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline()
+                    try channel.pipeline.syncOperations.addHandler(HTTPHandler(router: router))
                 }
             }
             .bind(host: listen.host, port: listen.port).wait()
         self.channel = channel
         return channel.localAddress?.port ?? listen.port
     }
+
+    /// Pending connections the kernel queues: a herd of agents reconnecting at once should wait
+    /// in the queue, not be refused.
+    public static let listenBacklog: Int32 = 1024
 
     public func stop() {
         try? channel?.close().wait()
@@ -65,9 +73,138 @@ public final class APIServer: @unchecked Sendable {
 /// A parsed request and the response the service builds for it.
 struct APIRequest {
     var method: HTTPMethod
+    /// The request target as received (path and query, still percent-encoded): what a forward sends.
+    var uri: String = ""
     var path: String
     var query: [String: String]
+    /// Every query parameter in order, for repeatable ones such as `?tag=`.
+    var queryItems: [(String, String)] = []
+    var headers: HTTPHeaders = HTTPHeaders()
+    /// The client's IP address ("" if unknown).
+    var remoteAddress: String = ""
     var body: [UInt8]
+
+    /// Every value of a repeatable query parameter.
+    func values(_ name: String) -> [String] { queryItems.filter { $0.0 == name }.map(\.1) }
+
+    /// Whether another server forwarded this request (it is not forwarded again).
+    var forwarded: Bool { headers.first(name: Forwarder.forwardedHeader) != nil }
+}
+
+/// Sends each request where it belongs: forwarded to the leader if only the leader can serve it,
+/// else to the registry or KV service, or answered here (status, readiness, metrics).
+final class APIRouter: Sendable {
+    /// A server that has not heard from a leader for longer than this reports itself stale in
+    /// /ready (it keeps answering DNS from its last state). About 3 election timeouts.
+    static let readyLastContactSecondsMax: Double = 3
+
+    let kv: KVService
+    let registry: RegistryService?
+    let driver: RaftDriver
+    let directory: ClusterDirectory
+    let forwarder: Forwarder
+    let logger: Logger
+
+    init(kv: KVService, registry: RegistryService?, driver: RaftDriver, directory: ClusterDirectory, forwarder: Forwarder,
+         logger: Logger) {
+        self.kv = kv
+        self.registry = registry
+        self.driver = driver
+        self.directory = directory
+        self.forwarder = forwarder
+        self.logger = logger
+    }
+
+    /// Writes to the replicated state, and reads of it in the default consistency mode, are the
+    /// leader's; agent reads, `?stale` and `?consistent` reads are served by any server.
+    static func needsLeader(_ request: APIRequest) -> Bool {
+        let path = request.path
+        let agent = path.hasPrefix("/v1/agent/")
+        guard path.hasPrefix("/v1/kv/") || path.hasPrefix("/v1/catalog/") || path.hasPrefix("/v1/health/") || agent else {
+            return false
+        }
+        if request.method == .GET { return !agent && request.query["stale"] == nil && request.query["consistent"] == nil }
+        return true
+    }
+
+    func handle(_ request: APIRequest, on loop: EventLoop) -> EventLoopFuture<APIResponse> {
+        driver.status.hop(to: loop).flatMap { status in
+            switch request.path {
+            case "/health": return loop.makeSucceededFuture(.text("ok", status: .ok))
+            case "/ready": return loop.makeSucceededFuture(self.ready(status))
+            case "/metrics": return loop.makeSucceededFuture(self.metrics(status))
+            default: break
+            }
+            if Self.needsLeader(request) && status.role != .leader {
+                return self.forwardToLeader(request, status, on: loop)
+            }
+            if let registry = self.registry, RegistryService.owns(request.path) {
+                return registry.handle(request, status: status, on: loop)
+            }
+            return self.kv.route(request, status: status, on: loop)
+        }
+    }
+
+    private func forwardToLeader(_ request: APIRequest, _ status: RaftStatus, on loop: EventLoop) -> EventLoopFuture<APIResponse> {
+        guard !request.forwarded, let leader = status.leader, let address = directory.http[leader] else {
+            return loop.makeSucceededFuture(.text("No cluster leader", status: .serviceUnavailable,
+                                                  headers: RegistryService.leaderHeaders(status)))
+        }
+        var extra = [(RegistryService.clientAddressHeader, request.remoteAddress)]
+        if let registry {
+            extra += [(RegistryService.nodeHeader, registry.context.nodeName),
+                      (RegistryService.nodeAddressHeader, registry.context.nodeAddress)]
+        }
+        let wait = request.query["wait"].flatMap { JSONFields.parseDuration($0) }
+            ?? (request.query["index"] != nil ? WatchHub.waitSecondsDefault : 0)
+        let timeout = min(wait, WatchHub.waitSecondsMax) * (1 + WatchHub.jitterFraction) + Forwarder.responseTimeoutSecondsMin
+        return forwarder.forward(request, to: address, extraHeaders: extra, timeoutSeconds: timeout, on: loop)
+            .flatMapErrorThrowing { error in
+                self.logger.debug("forwarding to the leader failed", metadata: ["http.error": "\(error)", "raft.leader": "\(leader)"])
+                return .text("the leader (\(address)) could not be reached: \(error)", status: .serviceUnavailable,
+                             headers: RegistryService.leaderHeaders(status))
+            }
+    }
+
+    /// Readiness: 200 while this server has a leader it heard from recently; else 503 and
+    /// `"stale": true`. Either way DNS keeps answering from the last applied state.
+    private func ready(_ status: RaftStatus) -> APIResponse {
+        let contact = status.lastContact.map { Double($0.nanoseconds) / 1e9 }
+        let fresh = status.leader != nil && (contact.map { $0 <= Self.readyLastContactSecondsMax } ?? false)
+        var body: [String: Any] = [
+            "ready": fresh, "stale": !fresh, "known_leader": status.leader != nil,
+            "last_contact_seconds": contact.map { $0 as Any } ?? NSNull(),
+            "raft_applied_index": status.appliedIndex.rawValue, "raft_commit_index": status.commitIndex.rawValue,
+            "role": status.role.rawValue,
+        ]
+        if let registry { body["catalog_index"] = registry.context.catalog.state.index }
+        return .json(body, status: fresh ? .ok : .serviceUnavailable)
+    }
+
+    /// Prometheus text exposition (version 0.0.4).
+    private func metrics(_ status: RaftStatus) -> APIResponse {
+        var lines: [String] = []
+        func gauge(_ name: String, _ help: String, _ value: String) {
+            lines += ["# HELP \(name) \(help)", "# TYPE \(name) gauge", "\(name) \(value)"]
+        }
+        gauge("disco_raft_term", "Current Raft term.", "\(status.term.rawValue)")
+        gauge("disco_raft_commit_index", "Highest log index known committed.", "\(status.commitIndex.rawValue)")
+        gauge("disco_raft_applied_index", "Highest log index applied here.", "\(status.appliedIndex.rawValue)")
+        gauge("disco_raft_leader", "1 if this server is the leader.", status.role == .leader ? "1" : "0")
+        gauge("disco_raft_known_leader", "1 if this server knows a leader.", status.leader == nil ? "0" : "1")
+        gauge("disco_raft_last_contact_seconds", "Seconds since this server last heard from a leader (+Inf: never).",
+              status.lastContact.map { "\(Double($0.nanoseconds) / 1e9)" } ?? "+Inf")
+        if let registry {
+            let state = registry.context.catalog.state
+            gauge("disco_catalog_index", "Last log index that changed the catalog.", "\(state.index)")
+            gauge("disco_catalog_nodes", "Nodes in the catalog.", "\(state.nodes.count)")
+            gauge("disco_catalog_services", "Service names with at least one instance.", "\(state.serviceNames.count)")
+            gauge("disco_catalog_instances", "Registered service instances.", "\(state.services.count)")
+            gauge("disco_blocking_queries", "Blocking queries parked on this server.", "\(registry.context.hub.parkedCount)")
+        }
+        return APIResponse(status: .ok, headers: [("Content-Type", "text/plain; version=0.0.4")],
+                           body: Array((lines.joined(separator: "\n") + "\n").utf8))
+    }
 }
 
 struct APIResponse {
@@ -99,12 +236,6 @@ final class KVService: Sendable {
         self.logger = logger
     }
 
-    func handle(_ request: APIRequest, on loop: EventLoop) -> EventLoopFuture<APIResponse> {
-        driver.status.hop(to: loop).flatMap { status in
-            self.route(request, status: status, on: loop)
-        }
-    }
-
     private func leaderHeaders(_ status: RaftStatus) -> [(String, String)] {
         var headers = [("X-Consul-KnownLeader", status.leader == nil ? "false" : "true"), ("X-Consul-LastContact", "0")]
         if let leader = status.leader, let http = directory.http[leader] { headers.append(("X-Disco-Leader", http.description)) }
@@ -116,7 +247,7 @@ final class KVService: Sendable {
         return .text("this server is not the leader; \(where_)", status: .serviceUnavailable, headers: leaderHeaders(status))
     }
 
-    private func route(_ request: APIRequest, status: RaftStatus, on loop: EventLoop) -> EventLoopFuture<APIResponse> {
+    func route(_ request: APIRequest, status: RaftStatus, on loop: EventLoop) -> EventLoopFuture<APIResponse> {
         let parts = request.path.split(separator: "/", maxSplits: 2, omittingEmptySubsequences: true)
         if request.path == "/v1/status/leader" {
             let leader = status.leader.flatMap { directory.raft[$0] }.map(\.description) ?? ""
@@ -235,13 +366,13 @@ final class HTTPHandler: ChannelInboundHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
 
-    private let service: KVService
+    private let router: APIRouter
     private var head: HTTPRequestHead?
     private var body: [UInt8] = []
     private var tooLarge = false
 
-    init(service: KVService) {
-        self.service = service
+    init(router: APIRouter) {
+        self.router = router
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -264,10 +395,14 @@ final class HTTPHandler: ChannelInboundHandler {
                 respond(context, .text("request body too large", status: .payloadTooLarge), head: head, keepAlive: false)
                 return
             }
-            let (path, query) = Self.split(head.uri)
-            let request = APIRequest(method: head.method, path: path, query: query, body: body)
+            let (path, items) = Self.split(head.uri)
+            var query: [String: String] = [:]
+            for (name, value) in items { query[name] = value }
+            let request = APIRequest(method: head.method, uri: head.uri, path: path, query: query, queryItems: items,
+                                     headers: head.headers, remoteAddress: context.channel.remoteAddress?.ipAddress ?? "",
+                                     body: body)
             let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-            service.handle(request, on: context.eventLoop).whenComplete { result in
+            router.handle(request, on: context.eventLoop).whenComplete { result in
                 let (handler, context) = loopBound.value
                 let response = (try? result.get()) ?? .text("internal error", status: .internalServerError)
                 handler.respond(context, response, head: head, keepAlive: keepAlive)
@@ -285,19 +420,22 @@ final class HTTPHandler: ChannelInboundHandler {
         buffer.writeBytes(response.body)
         context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
         let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
-        if !keepAlive { done.whenComplete { _ in context.close(promise: nil) } }
+        if !keepAlive {
+            let channel = context.channel
+            done.whenComplete { _ in channel.close(promise: nil) }
+        }
     }
 
     /// `/v1/kv/a%20b?recurse&cas=3` → ("/v1/kv/a b", ["recurse": "", "cas": "3"]).
-    static func split(_ uri: String) -> (String, [String: String]) {
+    static func split(_ uri: String) -> (String, [(String, String)]) {
         let pieces = uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)
         let path = String(pieces[0]).removingPercentEncoding ?? String(pieces[0])
-        var query: [String: String] = [:]
+        var query: [(String, String)] = []
         if pieces.count > 1 {
             for pair in pieces[1].split(separator: "&") {
                 let kv = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
                 let name = String(kv[0]).removingPercentEncoding ?? String(kv[0])
-                query[name] = kv.count > 1 ? (String(kv[1]).removingPercentEncoding ?? String(kv[1])) : ""
+                query.append((name, kv.count > 1 ? (String(kv[1]).removingPercentEncoding ?? String(kv[1])) : ""))
             }
         }
         return (path, query)

@@ -28,6 +28,9 @@ public struct RaftStatus: Sendable, Equatable {
     public var leader: NodeID?
     public var commitIndex: LogIndex
     public var appliedIndex: LogIndex
+    /// How long ago this server last heard from a leader: zero on the leader, nil if never
+    /// since start (Consul's X-Consul-LastContact, and staleness in /ready).
+    public var lastContact: TimeAmount?
 }
 
 /// Runs one `RaftNode` against the real world (DESIGN.md: Cluster owns all I/O in one loop):
@@ -62,6 +65,7 @@ public final class RaftDriver: @unchecked Sendable {
     private var readSequence: UInt64 = 0
     private var readyScheduled = false
     private var lastLeader: NodeID?
+    private var lastLeaderContact: NIODeadline?
 
     /// - Parameter apply: called on the driver's loop with every committed entry, in order.
     public init(config: RaftConfig, storage: RaftStorage, transport: PeerTransport, loop: EventLoop,
@@ -92,7 +96,10 @@ public final class RaftDriver: @unchecked Sendable {
 
     /// A message from a peer (any thread).
     public func receive(_ message: Message) {
-        loop.execute { self.event { $0.step(message) } }
+        loop.execute {
+            self.event { $0.step(message) }
+            if message.from == self.node.leader { self.lastLeaderContact = .now() }
+        }
     }
 
     /// Proposes `data`; the future succeeds with the entry's index once it is applied here.
@@ -182,7 +189,8 @@ public final class RaftDriver: @unchecked Sendable {
     public var status: EventLoopFuture<RaftStatus> {
         loop.submit {
             RaftStatus(id: self.id, role: self.node.role, term: self.node.hardState.term, leader: self.node.leader,
-                       commitIndex: self.node.commitIndex, appliedIndex: self.node.appliedIndex)
+                       commitIndex: self.node.commitIndex, appliedIndex: self.node.appliedIndex,
+                       lastContact: self.node.isLeader ? .zero : self.lastLeaderContact.map { .now() - $0 })
         }
     }
 

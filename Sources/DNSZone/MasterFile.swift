@@ -10,6 +10,11 @@ import Darwin
 public struct ParsedRecord: Sendable, Hashable {
     public var record: ResourceRecord
     public var position: SourcePosition
+
+    public init(record: ResourceRecord, position: SourcePosition) {
+        self.record = record
+        self.position = position
+    }
 }
 
 /// All the errors of one zone load (at most `ZoneLoadError.errorsMax`), so an operator can fix

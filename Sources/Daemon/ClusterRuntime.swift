@@ -4,10 +4,12 @@ import Foundation
 import Logging
 import NIOPosix
 import Raft
+import Registry
 import Store
 
-/// The replicated part of discod: the Raft log (raft.db), the KV state machine (kv.db), the peer
-/// transport, the driver and the HTTP API, started together and stopped together.
+/// The replicated part of discod: the Raft log (raft.db), the state machines (kv.db, and the
+/// catalog in registry.db), the peer transport, the driver and the HTTP API, started together
+/// and stopped together.
 final class ClusterRuntime {
     private let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
     private let transport: PeerTransport
@@ -16,8 +18,12 @@ final class ClusterRuntime {
     private let logger: Logger
     let raftPort: Int
     let httpPort: Int
+    let catalog: Catalog
 
-    init(config: Configuration, logger: Logger) throws(StartError) {
+    /// - Parameter onCatalogChange: called on the driver's loop after each entry that changed
+    ///   the catalog (the DNS view rebuild hooks in here).
+    init(config: Configuration, logger: Logger,
+         onCatalogChange: @escaping @Sendable (CatalogChange, CatalogState) -> Void) throws(StartError) {
         let id = NodeID(rawValue: config.raftNodeID)
         self.logger = logger
         do {
@@ -27,12 +33,18 @@ final class ClusterRuntime {
         }
         let storage: RaftStorage
         let kv: KVStore
+        let catalog: Catalog
         do {
             storage = try RaftStorage(path: config.dataDirectory + "/raft.db")
             kv = try KVStore(path: config.dataDirectory + "/kv.db")
+            catalog = try Catalog(path: config.dataDirectory + "/registry.db")
         } catch {
             throw StartError(code: .ioError, message: "\(error)")
         }
+        self.catalog = catalog
+        let hub = WatchHub()
+        catalog.observe { change, _ in hub.notify(change) }
+        catalog.observe(onCatalogChange)
         var raftConfig = RaftConfig(id: id, initialMembership: Membership(voters: config.raftServers.map { NodeID(rawValue: $0.id) }))
         raftConfig.randomSeed = UInt64(UInt32.random(in: 1...UInt32.max))
         let peers = Dictionary(uniqueKeysWithValues: config.raftServers.filter { $0.id != config.raftNodeID }.map {
@@ -45,11 +57,17 @@ final class ClusterRuntime {
         do {
             driver = try RaftDriver(config: raftConfig, storage: storage, transport: transport, loop: group.next(),
                                     logger: logger) { entry in
-                do throws(StoreError) {
-                    try kv.apply(entry)
+                // Registry entries start with their tag byte; everything else is the KV store's.
+                let registry = entry.data.first.map { $0 >= CatalogCommand.entryTag } ?? false
+                do {
+                    if registry {
+                        try catalog.apply(index: entry.index.rawValue, data: entry.data)
+                    } else {
+                        try kv.apply(entry)
+                    }
                 } catch {
                     // The state machine cannot keep up with the log: stop rather than serve divergent data.
-                    logger.critical("cannot apply entry \(entry.index) to kv.db: \(error)")
+                    logger.critical("cannot apply entry \(entry.index) to \(registry ? "registry.db" : "kv.db"): \(error)")
                     exit(ExitCode.ioError.rawValue)
                 }
             }
@@ -65,7 +83,10 @@ final class ClusterRuntime {
                 (NodeID(rawValue: $0.id), PeerAddress(host: $0.http.host, port: $0.http.port))
             }))
         api = APIServer(listen: PeerAddress(host: config.httpListen.host, port: config.httpListen.port), group: group,
-                        kv: kv, driver: driver, directory: directory, logger: logger)
+                        kv: kv, driver: driver, directory: directory,
+                        registry: RegistryContext(catalog: catalog, hub: hub, nodeName: config.effectiveNodeName,
+                                                  nodeAddress: config.effectiveNodeAddress),
+                        logger: logger)
         do {
             raftPort = try transport.start()
         } catch {

@@ -1,5 +1,7 @@
 import DNSServer
+import DNSWire
 import Foundation
+import Registry
 import Logging
 
 /// Where a setting came from, for error messages.
@@ -44,6 +46,22 @@ public struct Configuration: Sendable, Equatable {
     public var dnsMinimalResponses: Bool
     /// The directory of `<origin>.zone` master files.
     public var zonesDirectory: String
+    /// The domain the registry is answered under (`consul.` for a drop-in), with a final dot.
+    public var dnsDomain: String
+    /// TTL of service answers (a service's meta `dns-ttl` overrides it).
+    public var dnsServiceTTLSeconds: Int
+    /// TTL of node and address answers.
+    public var dnsNodeTTLSeconds: Int
+    /// SOA minimum of the registry zone: how long NXDOMAIN/NODATA are cached.
+    public var dnsNegativeTTLSeconds: Int
+    /// Answer only passing instances; by default warning instances are answered too (Consul).
+    public var dnsOnlyPassing: Bool
+    /// This server's node name in the catalog (services registered through its agent API live
+    /// on it); empty: `disco-<raft id>`.
+    public var nodeName: String
+    /// The address recorded for this server's node; empty: the HTTP, else Raft, listen host,
+    /// else 127.0.0.1.
+    public var nodeAddress: String
     public var logLevel: Logger.Level
     /// This server's Raft identity; 0 with no `raft.servers`: DNS only, no cluster.
     public var raftNodeID: UInt64
@@ -80,6 +98,16 @@ public struct Configuration: Sendable, Equatable {
         public var description: String { "\(id)=\(raft),\(http)" }
     }
 
+    /// The catalog node name of this server.
+    public var effectiveNodeName: String { nodeName.isEmpty ? "disco-\(raftNodeID)" : nodeName }
+
+    /// The address of this server's catalog node.
+    public var effectiveNodeAddress: String {
+        if !nodeAddress.isEmpty { return nodeAddress }
+        for host in [httpListen.host, raftListen.host] where host != "0.0.0.0" && host != "::" { return host }
+        return "127.0.0.1"
+    }
+
     /// Whether this server runs the replicated store (a cluster of one in --dev).
     public var clusterEnabled: Bool { raftNodeID != 0 && !raftServers.isEmpty }
 
@@ -92,6 +120,13 @@ public struct Configuration: Sendable, Equatable {
         dnsTCPIdleTimeoutSeconds: Int(TCPServer.idleTimeoutSecondsDefault),
         dnsMinimalResponses: false,
         zonesDirectory: "/etc/disco/zones",
+        dnsDomain: "disco.",
+        dnsServiceTTLSeconds: Int(ServiceViewConfig.serviceTTLSecondsDefault),
+        dnsNodeTTLSeconds: Int(ServiceViewConfig.nodeTTLSecondsDefault),
+        dnsNegativeTTLSeconds: Int(ServiceViewConfig.negativeTTLSecondsDefault),
+        dnsOnlyPassing: false,
+        nodeName: "",
+        nodeAddress: "",
         logLevel: .info,
         raftNodeID: 0,
         raftListen: ListenAddress(host: "0.0.0.0", port: 8300),
@@ -176,6 +211,53 @@ public struct Configuration: Sendable, Equatable {
         Key(name: "dns.minimal_responses") { config, value in
             guard case .boolean(let on) = value else { return "expected true or false" }
             config.dnsMinimalResponses = on
+            return nil
+        },
+        Key(name: "dns.domain") { config, value in
+            guard case .string(var text) = value, !text.isEmpty, text != "." else { return "expected a domain name such as \"disco.\"" }
+            if !text.hasSuffix(".") { text += "." }
+            guard (try? DomainName(text)) != nil else { return "'\(text)' is not a domain name" }
+            config.dnsDomain = text
+            return nil
+        },
+        Key(name: "dns.service_ttl_seconds") { config, value in
+            guard case .integer(let n) = value, (0...Int(ServiceViewConfig.serviceTTLSecondsMax)).contains(n) else {
+                return "expected an integer from 0 to \(ServiceViewConfig.serviceTTLSecondsMax)"
+            }
+            config.dnsServiceTTLSeconds = n
+            return nil
+        },
+        Key(name: "dns.node_ttl_seconds") { config, value in
+            guard case .integer(let n) = value, (0...Int(ServiceViewConfig.serviceTTLSecondsMax)).contains(n) else {
+                return "expected an integer from 0 to \(ServiceViewConfig.serviceTTLSecondsMax)"
+            }
+            config.dnsNodeTTLSeconds = n
+            return nil
+        },
+        Key(name: "dns.negative_ttl_seconds") { config, value in
+            guard case .integer(let n) = value, (0...Int(ServiceViewConfig.serviceTTLSecondsMax)).contains(n) else {
+                return "expected an integer from 0 to \(ServiceViewConfig.serviceTTLSecondsMax)"
+            }
+            config.dnsNegativeTTLSeconds = n
+            return nil
+        },
+        Key(name: "dns.only_passing") { config, value in
+            guard case .boolean(let on) = value else { return "expected true or false" }
+            config.dnsOnlyPassing = on
+            return nil
+        },
+        Key(name: "node.name") { config, value in
+            guard case .string(let text) = value, !text.isEmpty, text.utf8.count <= 63 else {
+                return "expected a node name of 1 to 63 characters"
+            }
+            config.nodeName = text
+            return nil
+        },
+        Key(name: "node.address") { config, value in
+            guard case .string(let text) = value, IPv4Address(text) != nil || IPv6Address(text) != nil else {
+                return "expected an IPv4 or IPv6 address"
+            }
+            config.nodeAddress = text
             return nil
         },
         Key(name: "raft.id") { config, value in

@@ -6,6 +6,7 @@ import Dispatch
 import Foundation
 import Logging
 import NIOPosix
+import Registry
 
 /// Distinct exit codes per start-up failure (sysexits.h), so systemd and scripts can tell
 /// them apart.
@@ -26,6 +27,8 @@ public final class DiscoDaemon: @unchecked Sendable {
     private let config: Configuration
     private let logger: Logger
     private let store = ViewStore(View.empty)
+    private lazy var composer = ViewComposer(store: store)
+    private var servicePublisher: ServiceViewPublisher?
     private var zones: [Zone] = []
     private var udp: UDPServer?
     private var tcp: TCPServer?
@@ -56,7 +59,7 @@ public final class DiscoDaemon: @unchecked Sendable {
         } catch {
             throw StartError(code: .ioError, message: error.description)
         }
-        store.publish(View(zones: zones))
+        composer.publish(fileZones: zones)
 
         let udp = UDPServer(addresses: config.dnsListen, workers: config.dnsWorkers, store: store,
                             udpPayloadBytes: config.dnsUDPPayloadBytes, minimalResponses: config.dnsMinimalResponses,
@@ -88,8 +91,24 @@ public final class DiscoDaemon: @unchecked Sendable {
 
         if config.clusterEnabled {
             do throws(StartError) {
-                let cluster = try ClusterRuntime(config: config, logger: logger)
+                final class PublisherBox: @unchecked Sendable { var publisher: ServiceViewPublisher? }
+                let box = PublisherBox()
+                let cluster = try ClusterRuntime(config: config, logger: logger) { _, _ in box.publisher?.changed() }
                 self.cluster = cluster
+                let domain: DomainName
+                do { domain = try DomainName(config.dnsDomain) } catch { preconditionFailure("dns.domain was validated: \(error)") }
+                if zones.contains(where: { $0.origin == domain }) {
+                    logger.warning("the zone file for \(domain) is hidden by the registry, which answers that domain")
+                }
+                let viewConfig = ServiceViewConfig(
+                    domain: domain, serviceTTLSeconds: UInt32(config.dnsServiceTTLSeconds),
+                    nodeTTLSeconds: UInt32(config.dnsNodeTTLSeconds), negativeTTLSeconds: UInt32(config.dnsNegativeTTLSeconds),
+                    onlyPassing: config.dnsOnlyPassing,
+                    nameServerAddresses: [config.effectiveNodeAddress])
+                let publisher = ServiceViewPublisher(catalog: cluster.catalog, config: viewConfig, composer: composer, logger: logger)
+                box.publisher = publisher
+                servicePublisher = publisher
+                publisher.changed()
                 logger.info("raft server \(config.raftNodeID) of \(config.raftServers.count) on \(config.raftListen.host):\(cluster.raftPort); HTTP API on \(config.httpListen.host):\(cluster.httpPort); data in \(config.dataDirectory)")
             } catch {
                 stop()
@@ -110,7 +129,7 @@ public final class DiscoDaemon: @unchecked Sendable {
             let result = try ZoneDirectory.load(path: config.zonesDirectory, previous: zones)
             report(result)
             zones = result.zones
-            store.publish(View(zones: zones))
+            composer.publish(fileZones: zones)
             logger.info("zones reloaded", metadata: ["dns.zones": "\(zones.count)", "dns.failed": "\(result.failures.count)"])
         } catch {
             logger.error("zone reload failed; keeping every zone as it was", metadata: ["dns.error": "\(error)"])

@@ -150,11 +150,14 @@ struct ClusterProcessTests {
         #expect(servers?.allSatisfy { $0["MatchIndex"] is Int && $0["Voter"] as? Bool == true } == true, "\(String(describing: servers))")
         #expect(servers?.filter { $0["Leader"] as? Bool == true }.count == 1)
 
-        // A follower refuses writes and names the leader.
+        // A follower forwards writes (and default reads) to the leader, as a Consul server does.
         let follower = try #require(cluster.nodes.first { $0.id != leader.id })
-        let refused = http("PUT", port: follower.httpPort, "/v1/kv/x", body: "y")
-        #expect(refused?.status == 503)
-        #expect(refused?.headers["x-disco-leader"] == "127.0.0.1:\(leader.httpPort)")
+        let forwarded = http("PUT", port: follower.httpPort, "/v1/kv/x", body: "y")
+        #expect(forwarded?.status == 200)
+        #expect(forwarded?.body == "true")
+        #expect(http("GET", port: leader.httpPort, "/v1/kv/x?raw")?.body == "y")
+        #expect(http("GET", port: follower.httpPort, "/v1/kv/x?raw")?.body == "y")
+        #expect(http("GET", port: follower.httpPort, "/v1/kv/x?raw&stale")?.status == 200)
 
         // kill -9 the leader: the others elect a new one and writes resume.
         cluster.kill9(leader)

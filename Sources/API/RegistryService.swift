@@ -1,0 +1,571 @@
+import Cluster
+import Foundation
+import Logging
+import NIOCore
+import NIOHTTP1
+import Raft
+import Registry
+
+/// What the registry endpoints need besides the driver: the catalog, the watchers, and this
+/// server's own node (Disco has no agents: the agent endpoints act on the node of the server
+/// that takes the request).
+public struct RegistryContext: Sendable {
+    public var catalog: Catalog
+    public var hub: WatchHub
+    public var nodeName: String
+    public var nodeAddress: String
+    public var datacenter: String
+
+    /// Consul's default datacenter name, which clients send in `?dc=` and expect back.
+    public static let datacenterDefault = "dc1"
+
+    public init(catalog: Catalog, hub: WatchHub, nodeName: String, nodeAddress: String,
+                datacenter: String = RegistryContext.datacenterDefault) {
+        self.catalog = catalog
+        self.hub = hub
+        self.nodeName = nodeName
+        self.nodeAddress = nodeAddress
+        self.datacenter = datacenter
+    }
+}
+
+/// The Consul-compatible catalog, health and agent endpoints.
+///
+/// Reads come from the in-memory catalog; a read in the default mode runs on the leader (the
+/// router forwards it), `?stale` on any server, `?consistent` after a ReadIndex round. Writes are
+/// validated completely, become one `CatalogCommand` (so nothing is half-registered), and are
+/// answered once applied on the leader.
+final class RegistryService: @unchecked Sendable {
+    // @unchecked: `inflight` is guarded by `lock`; everything else is immutable.
+
+    /// Limits on what one registration may carry (Consul's meta limits).
+    static let metaPairsMax = 64
+    static let metaKeyBytesMax = 128
+    static let metaValueBytesMax = 512
+    static let tagsMax = 256
+    static let nameBytesMax = 256
+    static let checksPerRegistrationMax = 32
+
+    /// Headers a forwarding server adds so the leader registers on the right node.
+    static let nodeHeader = "X-Disco-Node"
+    static let nodeAddressHeader = "X-Disco-Node-Address"
+    static let clientAddressHeader = "X-Disco-Client-Address"
+
+    let context: RegistryContext
+    let driver: RaftDriver
+    let logger: Logger
+    private let lock = NSLock()
+    /// Registry proposals not yet applied: while any is, a registration that looks like a no-op
+    /// against the applied state may not be one, so it is proposed anyway.
+    private var inflight = 0
+
+    init(context: RegistryContext, driver: RaftDriver, logger: Logger) {
+        self.context = context
+        self.driver = driver
+        self.logger = logger
+    }
+
+    static func owns(_ path: String) -> Bool {
+        path.hasPrefix("/v1/agent/") || path.hasPrefix("/v1/catalog/") || path.hasPrefix("/v1/health/")
+    }
+
+    func handle(_ request: APIRequest, status: RaftStatus, on loop: EventLoop) -> EventLoopFuture<APIResponse> {
+        let segments = request.path.split(separator: "/", omittingEmptySubsequences: true).dropFirst().map(String.init)
+        do {
+            return try route(request, segments, status, on: loop)
+        } catch let error as BadRequest {
+            return loop.makeSucceededFuture(.text(error.description, status: .badRequest))
+        } catch {
+            return loop.makeSucceededFuture(.text("\(error)", status: .internalServerError))
+        }
+    }
+
+    // MARK: - Routing
+
+    private func route(_ request: APIRequest, _ s: [String], _ status: RaftStatus,
+                       on loop: EventLoop) throws -> EventLoopFuture<APIResponse> {
+        let method = request.method
+        let rest = { (from: Int) in s.dropFirst(from).joined(separator: "/") }
+        func notFound() -> EventLoopFuture<APIResponse> {
+            loop.makeSucceededFuture(.text("no such endpoint: \(request.path)", status: .notFound))
+        }
+        func needs(_ expected: HTTPMethod...) -> EventLoopFuture<APIResponse>? {
+            expected.contains(method) ? nil : loop.makeSucceededFuture(.text("method \(method) not allowed on \(request.path)",
+                                                                             status: .methodNotAllowed))
+        }
+        guard s.count >= 2 else { return notFound() }
+        switch (s[0], s[1]) {
+        case ("agent", "self"):
+            return needs(.GET) ?? loop.makeSucceededFuture(agentSelf(status))
+        case ("agent", "services"):
+            return needs(.GET) ?? loop.makeSucceededFuture(agentServices(status))
+        case ("agent", "checks"):
+            return needs(.GET) ?? loop.makeSucceededFuture(agentChecks(status))
+        case ("agent", "service") where s.count >= 3:
+            switch s[2] {
+            case "register": return try needs(.PUT) ?? registerAgentService(request, on: loop)
+            case "deregister" where s.count >= 4: return needs(.PUT) ?? deregisterAgentService(rest(3), request, on: loop)
+            case "maintenance" where s.count >= 4: return try needs(.PUT) ?? maintenance(rest(3), request, on: loop)
+            default: return needs(.GET) ?? loop.makeSucceededFuture(agentService(rest(2), status))
+            }
+        case ("agent", "check") where s.count >= 3:
+            switch s[2] {
+            case "register": return try needs(.PUT) ?? registerAgentCheck(request, on: loop)
+            case "deregister" where s.count >= 4:
+                return needs(.PUT) ?? deregisterAgentCheck(rest(3), request, on: loop)
+            case "pass" where s.count >= 4, "warn" where s.count >= 4, "fail" where s.count >= 4:
+                let statusValue: HealthStatus = s[2] == "pass" ? .passing : s[2] == "warn" ? .warning : .critical
+                return needs(.PUT, .POST) ?? updateAgentCheck(rest(3), statusValue, request.query["note"] ?? "", request, on: loop)
+            case "update" where s.count >= 4:
+                let body = try JSONFields(body: request.body)
+                guard let text = try body.string("Status") else { throw BadRequest(field: "Status", message: "missing") }
+                guard let statusValue = HealthStatus(rawValue: text) else {
+                    throw BadRequest(field: "Status", message: "expected passing, warning or critical")
+                }
+                let output = try body.string("Output") ?? ""
+                return needs(.PUT) ?? updateAgentCheck(rest(3), statusValue, output, request, on: loop)
+            default: return notFound()
+            }
+        case ("agent", "health") where s.count >= 5 && s[2] == "service" && s[3] == "name":
+            return needs(.GET) ?? loop.makeSucceededFuture(agentHealth(rest(4), request, status))
+        case ("catalog", "register"):
+            return try needs(.PUT) ?? registerCatalog(request, on: loop)
+        case ("catalog", "deregister"):
+            return try needs(.PUT) ?? deregisterCatalog(request, on: loop)
+        case ("catalog", "datacenters"):
+            return needs(.GET) ?? loop.makeSucceededFuture(.json([context.datacenter]))
+        case ("catalog", "services"):
+            return needs(.GET) ?? read(request, status, topic: .catalog, index: { $0.servicesIndex }, on: loop) { state in
+                state.serviceNames
+            }
+        case ("catalog", "service") where s.count >= 3:
+            let name = rest(2)
+            let tags = request.values("tag")
+            return needs(.GET) ?? read(request, status, topic: .service(name), index: { $0.modifyIndex(ofService: name) },
+                                       on: loop) { state in
+                state.instances(of: name, tags: tags).map { self.catalogServiceJSON($0, state) }
+            }
+        case ("catalog", "nodes"):
+            return needs(.GET) ?? read(request, status, topic: .catalog, index: { max($0.nodesIndex, 1) }, on: loop) { state in
+                state.nodes.values.sorted { $0.value.name < $1.value.name }.map { self.nodeJSON($0) }
+            }
+        case ("catalog", "node") where s.count >= 3:
+            let name = rest(2)
+            return needs(.GET) ?? read(request, status, topic: .catalog, index: { max($0.index, 1) }, on: loop) { state in
+                guard let node = state.nodes[name] else { return NSNull() }
+                var services: [String: Any] = [:]
+                for instance in state.services(onNode: name) { services[instance.value.id] = self.healthServiceJSON(instance) }
+                return ["Node": self.nodeJSON(node), "Services": services] as [String: Any]
+            }
+        case ("health", "service") where s.count >= 3:
+            let name = rest(2)
+            let tags = request.values("tag")
+            let passingOnly = request.query["passing"].map { $0 != "false" && $0 != "0" } ?? false
+            return needs(.GET) ?? read(request, status, topic: .service(name), index: { $0.modifyIndex(ofService: name) },
+                                       on: loop) { state in
+                state.instances(of: name, tags: tags).compactMap { instance -> [String: Any]? in
+                    let checks = state.checks(of: instance.value)
+                    if passingOnly && checks.contains(where: { $0.value.status != .passing }) { return nil }
+                    return ["Node": state.nodes[instance.value.node].map { self.nodeJSON($0) } ?? [:],
+                            "Service": self.healthServiceJSON(instance),
+                            "Checks": checks.map { self.checkJSON($0, state) }]
+                }
+            }
+        case ("health", "checks") where s.count >= 3:
+            let name = rest(2)
+            return needs(.GET) ?? read(request, status, topic: .service(name), index: { $0.modifyIndex(ofService: name) },
+                                       on: loop) { state in
+                state.instances(of: name).flatMap { instance in
+                    state.checks(onNode: instance.value.node).filter { $0.value.serviceID == instance.value.id }
+                }.map { self.checkJSON($0, state) }
+            }
+        case ("health", "node") where s.count >= 3:
+            let name = rest(2)
+            return needs(.GET) ?? read(request, status, topic: .catalog, index: { max($0.index, 1) }, on: loop) { state in
+                state.checks(onNode: name).map { self.checkJSON($0, state) }
+            }
+        case ("health", "state") where s.count >= 3:
+            let wanted = s[2]
+            guard wanted == "any" || HealthStatus(rawValue: wanted) != nil else {
+                throw BadRequest(field: "state", message: "expected any, passing, warning or critical")
+            }
+            return needs(.GET) ?? read(request, status, topic: .catalog, index: { max($0.index, 1) }, on: loop) { state in
+                state.checks.values.filter { wanted == "any" || $0.value.status.rawValue == wanted }
+                    .sorted { ($0.value.node, $0.value.id) < ($1.value.node, $1.value.id) }
+                    .map { self.checkJSON($0, state) }
+            }
+        default:
+            return notFound()
+        }
+    }
+
+    // MARK: - Reads
+
+    /// A catalog read: consistency mode, then the blocking wait, then the body with
+    /// X-Consul-Index and the leader headers.
+    private func read(_ request: APIRequest, _ status: RaftStatus, topic: WatchHub.Topic,
+                      index: @escaping @Sendable (CatalogState) -> UInt64, on loop: EventLoop,
+                      body: @escaping @Sendable (CatalogState) -> Any) -> EventLoopFuture<APIResponse> {
+        let catalog = context.catalog
+        let barrier: EventLoopFuture<Void> = request.query["consistent"] != nil
+            ? driver.linearizableRead().hop(to: loop) : loop.makeSucceededVoidFuture()
+        let wanted = UInt64(request.query["index"] ?? "") ?? 0
+        let waitSeconds = request.query["wait"].flatMap { JSONFields.parseDuration($0) } ?? WatchHub.waitSecondsDefault
+        return barrier.flatMap {
+            self.context.hub.wait(topic: topic, index: wanted, waitSeconds: waitSeconds, on: loop) { index(catalog.state) }
+        }.map {
+            let state = catalog.state
+            return .json(body(state), headers: [("X-Consul-Index", "\(index(state))")] + Self.leaderHeaders(status))
+        }.flatMapErrorThrowing { error in
+            .text("consistent read failed: \(error)", status: .serviceUnavailable, headers: Self.leaderHeaders(status))
+        }
+    }
+
+    static func leaderHeaders(_ status: RaftStatus) -> [(String, String)] {
+        let contact = status.lastContact.map { "\($0.nanoseconds / 1_000_000)" } ?? "0"
+        return [("X-Consul-KnownLeader", status.leader == nil ? "false" : "true"), ("X-Consul-LastContact", contact)]
+    }
+
+    /// The node the agent endpoints act on: this server's, or, for a request another server
+    /// forwarded, that server's.
+    private func agentNode(_ request: APIRequest) -> NodeRecord {
+        if request.forwarded, let name = request.headers.first(name: Self.nodeHeader),
+           let address = request.headers.first(name: Self.nodeAddressHeader) {
+            return NodeRecord(name: name, address: address)
+        }
+        return NodeRecord(name: context.nodeName, address: context.nodeAddress)
+    }
+
+    /// The HTTP client's address (the default address of an instance it registers).
+    private func clientAddress(_ request: APIRequest) -> String {
+        if request.forwarded, let address = request.headers.first(name: Self.clientAddressHeader) { return address }
+        return request.remoteAddress
+    }
+
+    private func agentSelf(_ status: RaftStatus) -> APIResponse {
+        .json(["Config": ["Datacenter": context.datacenter, "NodeName": context.nodeName, "NodeID": "",
+                          "Server": true, "Version": "disco", "Revision": ""],
+               "Member": ["Name": context.nodeName, "Addr": context.nodeAddress, "Status": 1, "Tags": ["role": "consul"]],
+               "Meta": [:] as [String: String]])
+    }
+
+    private func agentServices(_ status: RaftStatus) -> APIResponse {
+        let state = context.catalog.state
+        var out: [String: Any] = [:]
+        for instance in state.services(onNode: context.nodeName) { out[instance.value.id] = agentServiceJSON(instance.value) }
+        return .json(out, headers: [("X-Consul-Index", "\(max(state.index, 1))")])
+    }
+
+    private func agentService(_ id: String, _ status: RaftStatus) -> APIResponse {
+        let state = context.catalog.state
+        guard let instance = state.services[NodeScopedID(node: context.nodeName, id: id)] else {
+            return .text("unknown service ID: \(id)", status: .notFound)
+        }
+        var json = agentServiceJSON(instance.value)
+        json["ContentHash"] = "\(instance.modifyIndex)"
+        return .json(json, headers: [("X-Consul-Index", "\(max(state.modifyIndex(ofService: instance.value.name), 1))")])
+    }
+
+    private func agentChecks(_ status: RaftStatus) -> APIResponse {
+        let state = context.catalog.state
+        var out: [String: Any] = [:]
+        for check in state.checks(onNode: context.nodeName) { out[check.value.id] = checkJSON(check, state) }
+        return .json(out, headers: [("X-Consul-Index", "\(max(state.index, 1))")])
+    }
+
+    /// Consul's agent health endpoint: 200 all passing, 429 some warning, 503 some critical.
+    private func agentHealth(_ name: String, _ request: APIRequest, _ status: RaftStatus) -> APIResponse {
+        let state = context.catalog.state
+        let instances = state.services(onNode: context.nodeName).filter { $0.value.name == name }
+        guard !instances.isEmpty else { return .text("ServiceName \(name) Not Found", status: .notFound) }
+        var worst = HealthStatus.passing
+        let body: [[String: Any]] = instances.map { instance in
+            let health = state.health(of: instance.value)
+            worst = max(worst, health)
+            return ["AggregatedStatus": health.rawValue, "Service": agentServiceJSON(instance.value),
+                    "Checks": state.checks(of: instance.value).map { checkJSON($0, state) }]
+        }
+        let code: HTTPResponseStatus = switch worst {
+        case .passing: .ok
+        case .warning: .tooManyRequests
+        case .critical: .serviceUnavailable
+        }
+        if request.query["format"] == "text" { return .text(worst.rawValue, status: code) }
+        return .json(body, status: code)
+    }
+
+    // MARK: - Writes
+
+    private func registerAgentService(_ request: APIRequest, on loop: EventLoop) throws -> EventLoopFuture<APIResponse> {
+        let body = try JSONFields(body: request.body)
+        var service = try parseService(body, node: agentNode(request).name, nameKeys: ["Name"])
+        if service.address.isEmpty { service.address = clientAddress(request) }
+        service.registeredBy = context.nodeName
+        var definitions: [JSONFields] = []
+        if let check = try body.object("Check") { definitions.append(check) }
+        definitions += try body.objects("Checks") ?? []
+        guard definitions.count <= Self.checksPerRegistrationMax else {
+            throw BadRequest(field: "Checks", message: "at most \(Self.checksPerRegistrationMax) checks per registration")
+        }
+        var registrations: [CheckRegistration] = []
+        for (i, definition) in definitions.enumerated() {
+            let defaultID = definitions.count == 1 ? "service:\(service.id)" : "service:\(service.id):\(i + 1)"
+            registrations.append(try parseCheck(definition, node: service.node, serviceID: service.id,
+                                                defaultID: defaultID, defaultName: "Service '\(service.name)' check",
+                                                requireType: true))
+        }
+        let replace = request.query["replace-existing-checks"].map { $0 != "false" && $0 != "0" } ?? false
+        let command = CatalogCommand.register(node: agentNode(request), service: service, checks: registrations,
+                                              replaceChecks: replace)
+        return commit(command, on: loop) { _ in APIResponse(status: .ok) }
+    }
+
+    private func deregisterAgentService(_ id: String, _ request: APIRequest, on loop: EventLoop) -> EventLoopFuture<APIResponse> {
+        let node = agentNode(request).name
+        guard context.catalog.state.services[NodeScopedID(node: node, id: id)] != nil else {
+            return loop.makeSucceededFuture(.text("Unknown service ID \"\(id)\"", status: .notFound))
+        }
+        return commit(.deregister(node: node, serviceID: id, checkID: nil), on: loop) { _ in APIResponse(status: .ok) }
+    }
+
+    private func maintenance(_ id: String, _ request: APIRequest, on loop: EventLoop) throws -> EventLoopFuture<APIResponse> {
+        guard let enable = request.query["enable"].flatMap({ Bool($0) }) else {
+            throw BadRequest(field: "enable", message: "expected ?enable=true or ?enable=false")
+        }
+        let node = agentNode(request)
+        guard context.catalog.state.services[NodeScopedID(node: node.name, id: id)] != nil else {
+            return loop.makeSucceededFuture(.text("Unknown service ID \"\(id)\"", status: .notFound))
+        }
+        let checkID = maintenanceCheckPrefix + id
+        let command: CatalogCommand = enable
+            ? .register(node: node, service: nil, checks: [CheckRegistration(
+                CheckRecord(id: checkID, node: node.name, name: "Service Maintenance Mode", serviceID: id, status: .critical,
+                            notes: request.query["reason"] ?? "Maintenance mode is enabled for this service"),
+                statusGiven: true)], replaceChecks: false)
+            : .deregister(node: node.name, serviceID: nil, checkID: checkID)
+        return commit(command, on: loop) { _ in APIResponse(status: .ok) }
+    }
+
+    private func registerAgentCheck(_ request: APIRequest, on loop: EventLoop) throws -> EventLoopFuture<APIResponse> {
+        let body = try JSONFields(body: request.body)
+        let node = agentNode(request)
+        let serviceID = try body.string("ServiceID") ?? ""
+        if !serviceID.isEmpty && context.catalog.state.services[NodeScopedID(node: node.name, id: serviceID)] == nil {
+            throw BadRequest(field: "ServiceID", message: "no service \"\(serviceID)\" is registered on node \(node.name)")
+        }
+        guard let name = try body.string("Name"), !name.isEmpty else { throw BadRequest(field: "Name", message: "missing") }
+        let registration = try parseCheck(body, node: node.name, serviceID: serviceID, defaultID: name, defaultName: name,
+                                          requireType: true)
+        return commit(.register(node: node, service: nil, checks: [registration], replaceChecks: false), on: loop) { _ in
+            APIResponse(status: .ok)
+        }
+    }
+
+    private func deregisterAgentCheck(_ id: String, _ request: APIRequest, on loop: EventLoop) -> EventLoopFuture<APIResponse> {
+        let node = agentNode(request).name
+        guard context.catalog.state.checks[NodeScopedID(node: node, id: id)] != nil else {
+            return loop.makeSucceededFuture(.text("Unknown check ID \"\(id)\"", status: .notFound))
+        }
+        return commit(.deregister(node: node, serviceID: nil, checkID: id), on: loop) { _ in APIResponse(status: .ok) }
+    }
+
+    private func updateAgentCheck(_ id: String, _ status: HealthStatus, _ output: String, _ request: APIRequest,
+                                  on loop: EventLoop) -> EventLoopFuture<APIResponse> {
+        let node = agentNode(request).name
+        guard context.catalog.state.checks[NodeScopedID(node: node, id: id)] != nil else {
+            return loop.makeSucceededFuture(.text("Unknown check ID \"\(id)\"", status: .notFound))
+        }
+        return commit(.updateCheck(node: node, checkID: id, status: status, output: output), on: loop) { _ in
+            APIResponse(status: .ok)
+        }
+    }
+
+    private func registerCatalog(_ request: APIRequest, on loop: EventLoop) throws -> EventLoopFuture<APIResponse> {
+        let body = try JSONFields(body: request.body)
+        guard let nodeName = try body.string("Node"), !nodeName.isEmpty else { throw BadRequest(field: "Node", message: "missing") }
+        guard nodeName.utf8.count <= Self.nameBytesMax else {
+            throw BadRequest(field: "Node", message: "longer than \(Self.nameBytesMax) bytes")
+        }
+        var node = NodeRecord(name: nodeName, address: try body.string("Address") ?? "",
+                              meta: try parseMeta(body, "NodeMeta"))
+        if try body.boolean("SkipNodeUpdate") == true, let existing = context.catalog.state.nodes[nodeName] {
+            node = existing.value
+        }
+        guard !node.address.isEmpty else { throw BadRequest(field: "Address", message: "missing") }
+        var service: ServiceInstance?
+        if let definition = try body.object("Service") {
+            service = try parseService(definition, node: nodeName, nameKeys: ["Service", "Name"])
+        }
+        var definitions: [JSONFields] = []
+        if let check = try body.object("Check") { definitions.append(check) }
+        definitions += try body.objects("Checks") ?? []
+        var registrations: [CheckRegistration] = []
+        for definition in definitions {
+            let serviceID = try definition.string("ServiceID") ?? ""
+            guard let name = try definition.string("Name"), !name.isEmpty else {
+                throw BadRequest(field: definition.path + ".Name", message: "missing")
+            }
+            if !serviceID.isEmpty && serviceID != service?.id
+                && context.catalog.state.services[NodeScopedID(node: nodeName, id: serviceID)] == nil {
+                throw BadRequest(field: definition.path + ".ServiceID", message: "no service \"\(serviceID)\" on node \(nodeName)")
+            }
+            registrations.append(try parseCheck(definition, node: nodeName, serviceID: serviceID, defaultID: name,
+                                                defaultName: name, requireType: false))
+        }
+        return commit(.register(node: node, service: service, checks: registrations, replaceChecks: false), on: loop) { _ in
+            .json(true)
+        }
+    }
+
+    private func deregisterCatalog(_ request: APIRequest, on loop: EventLoop) throws -> EventLoopFuture<APIResponse> {
+        let body = try JSONFields(body: request.body)
+        guard let node = try body.string("Node"), !node.isEmpty else { throw BadRequest(field: "Node", message: "missing") }
+        let command = CatalogCommand.deregister(node: node, serviceID: try body.string("ServiceID"),
+                                                checkID: try body.string("CheckID"))
+        return commit(command, on: loop) { _ in .json(true) }
+    }
+
+    /// Proposes `command` and answers once it has applied here (the leader). A command that
+    /// would change nothing is answered at once without a log entry (a re-registration storm
+    /// costs no writes), unless registry proposals are in flight that could make it matter.
+    private func commit(_ command: CatalogCommand, on loop: EventLoop,
+                        _ respond: @escaping @Sendable (UInt64) -> APIResponse) -> EventLoopFuture<APIResponse> {
+        let state = context.catalog.state
+        let quiet = lock.withLock { inflight == 0 }
+        if quiet && !state.wouldChange(command) {
+            return loop.makeSucceededFuture(respond(state.index))
+        }
+        lock.withLock { inflight += 1 }
+        return driver.propose(command.encoded).hop(to: loop).always { _ in
+            self.lock.withLock { self.inflight -= 1 }
+        }.map { index in
+            var response = respond(index.rawValue)
+            response.headers.append(("X-Consul-Index", "\(index.rawValue)"))
+            return response
+        }.flatMapErrorThrowing { error in
+            if case ProposeError.refused(.notLeader) = error {
+                return .text("No cluster leader (this server lost leadership)", status: .serviceUnavailable)
+            }
+            return .text("write failed: \(error)", status: .serviceUnavailable)
+        }
+    }
+
+    // MARK: - Parsing
+
+    private func parseService(_ body: JSONFields, node: String, nameKeys: [String]) throws(BadRequest) -> ServiceInstance {
+        var name: String?
+        for key in nameKeys where name == nil { name = try body.string(key) }
+        guard let name, !name.isEmpty else {
+            throw BadRequest(field: body.path.isEmpty ? nameKeys[0] : "\(body.path).\(nameKeys[0])", message: "missing (the service name)")
+        }
+        guard name.utf8.count <= Self.nameBytesMax else { throw BadRequest(field: nameKeys[0], message: "longer than \(Self.nameBytesMax) bytes") }
+        let id = try body.string("ID") ?? name
+        guard !id.isEmpty, !id.contains("/") else { throw BadRequest(field: "ID", message: "expected a non-empty ID without '/'") }
+        let tags = try body.strings("Tags") ?? []
+        guard tags.count <= Self.tagsMax else { throw BadRequest(field: "Tags", message: "at most \(Self.tagsMax) tags") }
+        var weights = Weights.default
+        if let object = try body.object("Weights") {
+            weights.passing = try object.integer("Passing", in: 0...65535) ?? 1
+            weights.warning = try object.integer("Warning", in: 0...65535) ?? 1
+        }
+        return ServiceInstance(id: id, node: node, name: name, tags: tags, address: try body.string("Address") ?? "",
+                               port: try body.integer("Port", in: 0...65535) ?? 0, meta: try parseMeta(body, "Meta"),
+                               weights: weights)
+    }
+
+    private func parseMeta(_ body: JSONFields, _ key: String) throws(BadRequest) -> [String: String] {
+        let meta = try body.stringMap(key) ?? [:]
+        guard meta.count <= Self.metaPairsMax else { throw BadRequest(field: key, message: "at most \(Self.metaPairsMax) pairs") }
+        for (k, v) in meta {
+            guard !k.isEmpty, k.utf8.count <= Self.metaKeyBytesMax else {
+                throw BadRequest(field: "\(key).\(k)", message: "keys are 1 to \(Self.metaKeyBytesMax) bytes")
+            }
+            guard v.utf8.count <= Self.metaValueBytesMax else {
+                throw BadRequest(field: "\(key).\(k)", message: "values are at most \(Self.metaValueBytesMax) bytes")
+            }
+        }
+        return meta
+    }
+
+    private func parseCheck(_ body: JSONFields, node: String, serviceID: String, defaultID: String, defaultName: String,
+                            requireType: Bool) throws(BadRequest) -> CheckRegistration {
+        func field(_ key: String) -> String { body.path.isEmpty ? key : "\(body.path).\(key)" }
+        var id = defaultID
+        if let given = try body.string("CheckID") { id = given } else if let given = try body.string("ID") { id = given }
+        guard !id.isEmpty, !id.contains("/") else { throw BadRequest(field: field("CheckID"), message: "expected an ID without '/'") }
+        var status = HealthStatus.critical
+        let statusText = try body.string("Status")
+        if let statusText, !statusText.isEmpty {
+            guard let parsed = HealthStatus(rawValue: statusText) else {
+                throw BadRequest(field: field("Status"), message: "expected passing, warning or critical")
+            }
+            status = parsed
+        }
+        let definition = CheckDefinition(
+            http: try body.string("HTTP"), method: try body.string("Method"), tcp: try body.string("TCP"),
+            ttlSeconds: try body.duration("TTL"), intervalSeconds: try body.duration("Interval"),
+            timeoutSeconds: try body.duration("Timeout"),
+            deregisterCriticalAfterSeconds: try body.duration("DeregisterCriticalServiceAfter"))
+        if requireType {
+            guard definition.http != nil || definition.tcp != nil || definition.ttlSeconds != nil else {
+                throw BadRequest(field: body.path.isEmpty ? "TTL" : body.path,
+                                 message: "a check needs one of HTTP, TCP or TTL")
+            }
+            if definition.http != nil || definition.tcp != nil, (definition.intervalSeconds ?? 0) <= 0 {
+                throw BadRequest(field: field("Interval"), message: "HTTP and TCP checks need an interval above 0")
+            }
+        }
+        let record = CheckRecord(id: id, node: node, name: try body.string("Name") ?? defaultName, serviceID: serviceID,
+                                 status: status, output: try body.string("Output") ?? "", notes: try body.string("Notes") ?? "",
+                                 definition: definition)
+        return CheckRegistration(record, statusGiven: statusText?.isEmpty == false)
+    }
+
+    // MARK: - JSON shapes (Consul's)
+
+    private func nodeJSON(_ node: Indexed<NodeRecord>) -> [String: Any] {
+        ["ID": "", "Node": node.value.name, "Address": node.value.address, "Datacenter": context.datacenter,
+         "TaggedAddresses": ["lan": node.value.address, "wan": node.value.address], "Meta": node.value.meta,
+         "CreateIndex": node.createIndex, "ModifyIndex": node.modifyIndex]
+    }
+
+    private func weightsJSON(_ weights: Weights) -> [String: Any] { ["Passing": weights.passing, "Warning": weights.warning] }
+
+    private func agentServiceJSON(_ instance: ServiceInstance) -> [String: Any] {
+        ["Kind": "", "ID": instance.id, "Service": instance.name, "Tags": instance.tags, "Meta": instance.meta,
+         "Port": instance.port, "Address": instance.address, "Weights": weightsJSON(instance.weights),
+         "EnableTagOverride": false, "Datacenter": context.datacenter]
+    }
+
+    private func healthServiceJSON(_ instance: Indexed<ServiceInstance>) -> [String: Any] {
+        ["ID": instance.value.id, "Service": instance.value.name, "Tags": instance.value.tags, "Address": instance.value.address,
+         "Meta": instance.value.meta, "Port": instance.value.port, "Weights": weightsJSON(instance.value.weights),
+         "EnableTagOverride": false, "CreateIndex": instance.createIndex, "ModifyIndex": instance.modifyIndex]
+    }
+
+    private func catalogServiceJSON(_ instance: Indexed<ServiceInstance>, _ state: CatalogState) -> [String: Any] {
+        let node = state.nodes[instance.value.node]
+        return ["ID": "", "Node": instance.value.node, "Address": node?.value.address ?? "", "Datacenter": context.datacenter,
+                "TaggedAddresses": ["lan": node?.value.address ?? "", "wan": node?.value.address ?? ""],
+                "NodeMeta": node?.value.meta ?? [:], "ServiceKind": "", "ServiceID": instance.value.id,
+                "ServiceName": instance.value.name, "ServiceTags": instance.value.tags, "ServiceAddress": instance.value.address,
+                "ServicePort": instance.value.port, "ServiceMeta": instance.value.meta,
+                "ServiceWeights": weightsJSON(instance.value.weights), "ServiceEnableTagOverride": false,
+                "CreateIndex": instance.createIndex, "ModifyIndex": instance.modifyIndex]
+    }
+
+    private func checkJSON(_ check: Indexed<CheckRecord>, _ state: CatalogState) -> [String: Any] {
+        let service = check.value.serviceID.isEmpty ? nil : state.services[NodeScopedID(node: check.value.node, id: check.value.serviceID)]
+        var definition: [String: Any] = [:]
+        if let http = check.value.definition.http { definition["HTTP"] = http }
+        if let tcp = check.value.definition.tcp { definition["TCP"] = tcp }
+        if let ttl = check.value.definition.ttlSeconds { definition["TTL"] = "\(ttl)s" }
+        if let interval = check.value.definition.intervalSeconds { definition["Interval"] = "\(interval)s" }
+        if let timeout = check.value.definition.timeoutSeconds { definition["Timeout"] = "\(timeout)s" }
+        return ["Node": check.value.node, "CheckID": check.value.id, "Name": check.value.name, "Status": check.value.status.rawValue,
+                "Notes": check.value.notes, "Output": check.value.output, "ServiceID": check.value.serviceID,
+                "ServiceName": service?.value.name ?? "", "ServiceTags": service?.value.tags ?? [],
+                "Type": check.value.definition.type, "Definition": definition,
+                "CreateIndex": check.createIndex, "ModifyIndex": check.modifyIndex]
+    }
+}

@@ -1,0 +1,91 @@
+import DNSServer
+import DNSWire
+import DNSZone
+import Dispatch
+import Foundation
+import Logging
+import Registry
+
+/// Publishes the DNS View: the zone files' zones plus the registry's zone, swapped in whole
+/// whenever either changes.
+final class ViewComposer: @unchecked Sendable {
+    // @unchecked: `fileZones` and `serviceZone` are guarded by `lock`.
+    private let store: ViewStore
+    private let lock = NSLock()
+    private var fileZones: [Zone] = []
+    private var serviceZone: Zone?
+
+    init(store: ViewStore) {
+        self.store = store
+    }
+
+    func publish(fileZones zones: [Zone]) {
+        lock.withLock {
+            fileZones = zones
+            publishLocked()
+        }
+    }
+
+    func publish(serviceZone zone: Zone) {
+        lock.withLock {
+            serviceZone = zone
+            publishLocked()
+        }
+    }
+
+    /// The registry's zone comes last, so it wins over a zone file with the same origin.
+    private func publishLocked() {
+        store.publish(View(zones: fileZones + (serviceZone.map { [$0] } ?? [])))
+    }
+}
+
+/// Rebuilds the registry's zone after catalog changes, coalesced (DESIGN.md: rebuilt, not
+/// patched; never per query): changes that arrive while a rebuild runs are folded into one
+/// more rebuild, which reads the catalog as it is then. The first rebuild starts at once, so
+/// an idle cluster shows a registration in DNS within a rebuild's time of applying it.
+final class ServiceViewPublisher: @unchecked Sendable {
+    // @unchecked: `running` and `dirty` are guarded by `lock`.
+    private let catalog: Catalog
+    private let config: ServiceViewConfig
+    private let composer: ViewComposer
+    private let logger: Logger
+    private let queue = DispatchQueue(label: "disco.service-view")
+    private let lock = NSLock()
+    private var running = false
+    private var dirty = false
+
+    init(catalog: Catalog, config: ServiceViewConfig, composer: ViewComposer, logger: Logger) {
+        self.catalog = catalog
+        self.config = config
+        self.composer = composer
+        self.logger = logger
+    }
+
+    /// Marks the view out of date (any thread; returns at once).
+    func changed() {
+        let start = lock.withLock { () -> Bool in
+            dirty = true
+            if running { return false }
+            running = true
+            return true
+        }
+        if start { queue.async { self.run() } }
+    }
+
+    private func run() {
+        while lock.withLock({ () -> Bool in
+            if !dirty { running = false }
+            let again = dirty
+            dirty = false
+            return again
+        }) {
+            let state = catalog.state
+            do throws(ZoneLoadError) {
+                composer.publish(serviceZone: try ServiceView.zone(from: state, config: config))
+            } catch {
+                logger.error("the registry's DNS view could not be built; answering from the previous one",
+                             metadata: ["dns.error": "\(error)", "catalog.index": "\(state.index)"])
+            }
+        }
+    }
+}

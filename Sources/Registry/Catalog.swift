@@ -1,0 +1,153 @@
+import Foundation
+import Store
+
+/// The catalog state machine: applies committed registry entries to `registry.db` and to the
+/// in-memory `CatalogState` that every read and the DNS view come from.
+///
+/// Each entry is applied in one SQLite transaction with the last applied index, so a restart
+/// resumes exactly: entries at or below it, replayed by the Raft core, are skipped. The database
+/// may use `synchronous=NORMAL` (DESIGN.md): it can be rebuilt from the log and a snapshot.
+public final class Catalog: @unchecked Sendable {
+    // @unchecked: `current`, `applied` and `observers` are guarded by `lock`; the database and
+    // its statements are used only by `apply` (the Raft driver's loop) and `init`.
+
+    private let database: Database
+    private let lock = NSLock()
+    private var current = CatalogState()
+    private var applied: UInt64 = 0
+    private var observers: [@Sendable (CatalogChange, CatalogState) -> Void] = []
+    private let putNode, removeNode, putService, removeService, putCheck, removeCheck, putServiceIndex, putMeta: Statement
+
+    public var path: String { database.path }
+
+    public init(path: String) throws {
+        database = try Database(path: path, durability: .rebuildable)
+        try database.execute("""
+            CREATE TABLE IF NOT EXISTS nodes (name TEXT PRIMARY KEY, record TEXT NOT NULL,
+                                              create_index INTEGER NOT NULL, modify_index INTEGER NOT NULL);
+            CREATE TABLE IF NOT EXISTS services (node TEXT NOT NULL, id TEXT NOT NULL, record TEXT NOT NULL,
+                                                 create_index INTEGER NOT NULL, modify_index INTEGER NOT NULL,
+                                                 PRIMARY KEY (node, id));
+            CREATE TABLE IF NOT EXISTS checks (node TEXT NOT NULL, id TEXT NOT NULL, record TEXT NOT NULL,
+                                               create_index INTEGER NOT NULL, modify_index INTEGER NOT NULL,
+                                               PRIMARY KEY (node, id));
+            CREATE TABLE IF NOT EXISTS service_index (name TEXT PRIMARY KEY, idx INTEGER NOT NULL);
+            CREATE TABLE IF NOT EXISTS meta (id INTEGER PRIMARY KEY CHECK (id = 1), applied INTEGER NOT NULL,
+                                             catalog_index INTEGER NOT NULL, nodes_index INTEGER NOT NULL);
+            """)
+        putNode = try database.prepare("INSERT OR REPLACE INTO nodes (name, record, create_index, modify_index) VALUES (?, ?, ?, ?)")
+        removeNode = try database.prepare("DELETE FROM nodes WHERE name = ?")
+        putService = try database.prepare(
+            "INSERT OR REPLACE INTO services (node, id, record, create_index, modify_index) VALUES (?, ?, ?, ?, ?)")
+        removeService = try database.prepare("DELETE FROM services WHERE node = ? AND id = ?")
+        putCheck = try database.prepare(
+            "INSERT OR REPLACE INTO checks (node, id, record, create_index, modify_index) VALUES (?, ?, ?, ?, ?)")
+        removeCheck = try database.prepare("DELETE FROM checks WHERE node = ? AND id = ?")
+        putServiceIndex = try database.prepare("INSERT OR REPLACE INTO service_index (name, idx) VALUES (?, ?)")
+        putMeta = try database.prepare(
+            "INSERT OR REPLACE INTO meta (id, applied, catalog_index, nodes_index) VALUES (1, ?, ?, ?)")
+        try load()
+    }
+
+    /// Reads registry.db into memory (at start-up, and after a snapshot replaced the file).
+    public func load() throws {
+        var state = CatalogState()
+        var appliedIndex: UInt64 = 0
+        func decode<T: Decodable>(_ type: T.Type, _ value: SQLValue) throws(RegistryError) -> T {
+            guard case .text(let text) = value, let decoded = try? JSONDecoder().decode(T.self, from: Data(text.utf8)) else {
+                throw RegistryError.storage("\(database.path): a \(T.self) row is not readable (corrupt file?)")
+            }
+            return decoded
+        }
+        func int(_ value: SQLValue) -> UInt64 { if case .integer(let v) = value { UInt64(max(v, 0)) } else { 0 } }
+        for row in try database.prepare("SELECT record, create_index, modify_index FROM nodes").query() {
+            state.load(node: Indexed(value: try decode(NodeRecord.self, row[0]), createIndex: int(row[1]), modifyIndex: int(row[2])))
+        }
+        for row in try database.prepare("SELECT record, create_index, modify_index FROM services").query() {
+            state.load(service: Indexed(value: try decode(ServiceInstance.self, row[0]), createIndex: int(row[1]),
+                                        modifyIndex: int(row[2])))
+        }
+        for row in try database.prepare("SELECT record, create_index, modify_index FROM checks").query() {
+            state.load(check: Indexed(value: try decode(CheckRecord.self, row[0]), createIndex: int(row[1]), modifyIndex: int(row[2])))
+        }
+        for row in try database.prepare("SELECT name, idx FROM service_index").query() {
+            if case .text(let name) = row[0] { state.load(serviceIndex: name, int(row[1])) }
+        }
+        if let row = try database.prepare("SELECT applied, catalog_index, nodes_index FROM meta WHERE id = 1").query().first {
+            appliedIndex = int(row[0])
+            state.load(index: int(row[1]), nodesIndex: int(row[2]))
+        }
+        lock.withLock {
+            current = state
+            applied = appliedIndex
+        }
+    }
+
+    /// The catalog as of the last applied entry; a cheap copy-on-write value.
+    public var state: CatalogState { lock.withLock { current } }
+
+    public var appliedIndex: UInt64 { lock.withLock { applied } }
+
+    /// `observer` is called after every entry that changed something, on the applying thread,
+    /// with the change and the new state. It must return quickly (hand work to another thread).
+    public func observe(_ observer: @escaping @Sendable (CatalogChange, CatalogState) -> Void) {
+        lock.withLock { observers.append(observer) }
+    }
+
+    /// Applies the committed registry entry at `index` (on the Raft driver's loop). Returns what
+    /// changed, or nil if nothing did. A malformed entry is a no-op on every server alike.
+    @discardableResult
+    public func apply(index: UInt64, data: [UInt8]) throws(StoreError) -> CatalogChange? {
+        guard index > lock.withLock({ applied }) else { return nil }
+        let command = try? CatalogCommand(decoding: data)
+        // Mutated in place under the lock: a copy is made only if a reader still holds one.
+        // Memory goes first: if the transaction below fails the process stops (ClusterRuntime)
+        // and memory is rebuilt from registry.db and the log at the next start.
+        let (result, state, observers) = lock.withLock {
+            () -> (([Mutation], CatalogChange)?, CatalogState, [@Sendable (CatalogChange, CatalogState) -> Void]) in
+            let result = command.map { current.apply($0, at: index) }
+            applied = index
+            return (result, current, self.observers)
+        }
+        let mutations = result?.0 ?? []
+        do {
+            try database.transaction { () throws(StoreError) in
+                for mutation in mutations { try write(mutation) }
+                try putMeta.run(.integer(Int64(index)), .integer(Int64(state.index)), .integer(Int64(state.nodesIndex)))
+            }
+        } catch let error as StoreError {
+            throw error
+        } catch {
+            preconditionFailure("unexpected error \(error)")
+        }
+        guard let change = result?.1, !mutations.isEmpty else { return nil }
+        for observer in observers { observer(change, state) }
+        return change
+    }
+
+    private func write(_ mutation: Mutation) throws(StoreError) {
+        func json(_ value: some Encodable) -> SQLValue {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = .sortedKeys
+            return .text(String(decoding: (try? encoder.encode(value)) ?? Data(), as: UTF8.self))
+        }
+        switch mutation {
+        case .putNode(let node):
+            try putNode.run(.text(node.value.name), json(node.value), .integer(Int64(node.createIndex)), .integer(Int64(node.modifyIndex)))
+        case .removeNode(let name):
+            try removeNode.run(.text(name))
+        case .putService(let service):
+            try putService.run(.text(service.value.node), .text(service.value.id), json(service.value),
+                               .integer(Int64(service.createIndex)), .integer(Int64(service.modifyIndex)))
+        case .removeService(let key):
+            try removeService.run(.text(key.node), .text(key.id))
+        case .putCheck(let check):
+            try putCheck.run(.text(check.value.node), .text(check.value.id), json(check.value),
+                             .integer(Int64(check.createIndex)), .integer(Int64(check.modifyIndex)))
+        case .removeCheck(let key):
+            try removeCheck.run(.text(key.node), .text(key.id))
+        case .serviceIndex(let name, let index):
+            try putServiceIndex.run(.text(name), .integer(Int64(index)))
+        }
+    }
+}

@@ -1,0 +1,186 @@
+import Foundation
+
+/// A check's status, with Consul's names and order (critical is worst).
+public enum HealthStatus: String, Codable, Sendable, Comparable, CaseIterable {
+    case passing, warning, critical
+
+    /// Consul's maintenance checks and unknown statuses count as critical.
+    public init(consul text: String) {
+        self = HealthStatus(rawValue: text.lowercased()) ?? .critical
+    }
+
+    private var rank: Int {
+        switch self {
+        case .passing: 0
+        case .warning: 1
+        case .critical: 2
+        }
+    }
+
+    public static func < (lhs: HealthStatus, rhs: HealthStatus) -> Bool { lhs.rank < rhs.rank }
+}
+
+/// A machine that runs service instances (Consul's catalog node).
+public struct NodeRecord: Codable, Sendable, Equatable {
+    public var name: String
+    public var address: String
+    public var meta: [String: String]
+
+    public init(name: String, address: String, meta: [String: String] = [:]) {
+        self.name = name
+        self.address = address
+        self.meta = meta
+    }
+}
+
+/// Consul's weights: the SRV weight of an instance while passing and while warning.
+public struct Weights: Codable, Sendable, Equatable {
+    public var passing: Int
+    public var warning: Int
+
+    public static let `default` = Weights(passing: 1, warning: 1)
+
+    public init(passing: Int, warning: Int) {
+        self.passing = passing
+        self.warning = warning
+    }
+}
+
+/// One registered instance of a service, on one node.
+public struct ServiceInstance: Codable, Sendable, Equatable {
+    /// Unique per node; Consul defaults it to the service name.
+    public var id: String
+    public var node: String
+    public var name: String
+    public var tags: [String]
+    /// Empty: the node's address.
+    public var address: String
+    public var port: Int
+    public var meta: [String: String]
+    public var weights: Weights
+    /// The server whose API took the registration (Disco has no agents: DESIGN, issue note).
+    public var registeredBy: String
+
+    public init(id: String, node: String, name: String, tags: [String] = [], address: String = "", port: Int = 0,
+                meta: [String: String] = [:], weights: Weights = .default, registeredBy: String = "") {
+        self.id = id
+        self.node = node
+        self.name = name
+        self.tags = tags
+        self.address = address
+        self.port = port
+        self.meta = meta
+        self.weights = weights
+        self.registeredBy = registeredBy
+    }
+}
+
+/// How a check is run, kept so the health checker that owns it can run it.
+public struct CheckDefinition: Codable, Sendable, Equatable {
+    public var http: String?
+    public var method: String?
+    public var tcp: String?
+    /// Seconds. A TTL check turns critical if not renewed within it.
+    public var ttlSeconds: Double?
+    public var intervalSeconds: Double?
+    public var timeoutSeconds: Double?
+    public var deregisterCriticalAfterSeconds: Double?
+
+    public init(http: String? = nil, method: String? = nil, tcp: String? = nil, ttlSeconds: Double? = nil,
+                intervalSeconds: Double? = nil, timeoutSeconds: Double? = nil,
+                deregisterCriticalAfterSeconds: Double? = nil) {
+        self.http = http
+        self.method = method
+        self.tcp = tcp
+        self.ttlSeconds = ttlSeconds
+        self.intervalSeconds = intervalSeconds
+        self.timeoutSeconds = timeoutSeconds
+        self.deregisterCriticalAfterSeconds = deregisterCriticalAfterSeconds
+    }
+
+    /// Consul's check type names.
+    public var type: String {
+        if http != nil { return "http" }
+        if tcp != nil { return "tcp" }
+        if ttlSeconds != nil { return "ttl" }
+        return ""
+    }
+}
+
+/// A health check on a node, or on one service instance of it (`serviceID` non-empty).
+public struct CheckRecord: Codable, Sendable, Equatable {
+    public var id: String
+    public var node: String
+    public var name: String
+    public var serviceID: String
+    public var status: HealthStatus
+    public var output: String
+    public var notes: String
+    public var definition: CheckDefinition
+
+    public init(id: String, node: String, name: String, serviceID: String = "", status: HealthStatus = .critical,
+                output: String = "", notes: String = "", definition: CheckDefinition = CheckDefinition()) {
+        self.id = id
+        self.node = node
+        self.name = name
+        self.serviceID = serviceID
+        self.status = status
+        self.output = output
+        self.notes = notes
+        self.definition = definition
+    }
+}
+
+/// Consul's maintenance mode is a critical check with this ID prefix on the service.
+public let maintenanceCheckPrefix = "_service_maintenance:"
+
+/// A change to the catalog, as it travels in a Raft log entry. Everything replicated is one of
+/// these (DESIGN.md); the catalog never changes any other way.
+public indirect enum CatalogCommand: Codable, Sendable, Equatable {
+    /// Creates or updates the node, and the service and checks if given. Registering exactly
+    /// what is there already changes nothing (no new index). `replaceChecks`: the service's
+    /// checks not listed are removed (Consul's `replace-existing-checks`).
+    case register(node: NodeRecord, service: ServiceInstance?, checks: [CheckRegistration], replaceChecks: Bool)
+    /// With neither `serviceID` nor `checkID`, the node and everything on it.
+    case deregister(node: String, serviceID: String?, checkID: String?)
+    /// A check's status transition (only transitions are replicated).
+    case updateCheck(node: String, checkID: String, status: HealthStatus, output: String)
+    /// Many commands in one entry, applied in order in one transaction.
+    case batch([CatalogCommand])
+
+    /// The first byte of every registry log entry; KV commands use bytes below 0x40, so the
+    /// apply path can tell whose an entry is without decoding it.
+    public static let entryTag: UInt8 = 0x40
+    /// Commands in a batch above this are refused before they are proposed.
+    public static let batchCommandsMax = 1024
+
+    public var encoded: [UInt8] {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        // Encoding a value type of strings and numbers cannot fail.
+        let json = (try? encoder.encode(self)) ?? Data()
+        precondition(!json.isEmpty, "a catalog command failed to encode")
+        return [Self.entryTag] + Array(json)
+    }
+
+    public init(decoding bytes: [UInt8]) throws {
+        guard bytes.first == Self.entryTag else { throw RegistryError.malformedEntry("not a registry entry") }
+        do {
+            self = try JSONDecoder().decode(CatalogCommand.self, from: Data(bytes.dropFirst()))
+        } catch {
+            throw RegistryError.malformedEntry("\(error)")
+        }
+    }
+}
+
+public enum RegistryError: Error, Sendable, CustomStringConvertible {
+    case malformedEntry(String)
+    case storage(String)
+
+    public var description: String {
+        switch self {
+        case .malformedEntry(let why): "malformed registry log entry: \(why)"
+        case .storage(let why): "registry storage: \(why)"
+        }
+    }
+}
