@@ -43,8 +43,9 @@ func reporting(_ body: () throws -> Void) throws {
 public struct DiscoctlCommand: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "discoctl",
-        abstract: "Control a Disco cluster: key-value store, status.",
-        subcommands: [KV.self, Members.self, Leader.self, Peers.self])
+        abstract: "Control a Disco cluster: services, health checks, key-value store, members.",
+        subcommands: [Register.self, Deregister.self, Services.self, Instances.self, Health.self, Check.self, Watch.self,
+                      KV.self, Members.self, Leader.self, Peers.self])
 
     public init() {}
 }
@@ -145,12 +146,7 @@ struct Members: ParsableCommand {
                 [cell(m["ID"]), cell(m["Address"]), (m["Leader"] as? Bool) == true ? "leader" : "follower",
                  (m["Voter"] as? Bool) == true ? "yes" : "no", cell(m["MatchIndex"]), cell(m["Lag"])]
             }
-            let header = ["ID", "ADDRESS", "ROLE", "VOTER", "MATCH", "LAG"]
-            let widths = header.indices.map { i in ([header[i]] + rows.map { $0[i] }).map(\.count).max()! }
-            for row in [header] + rows {
-                print(row.indices.map { row[$0].padding(toLength: widths[$0], withPad: " ", startingAt: 0) }
-                    .joined(separator: "  ").trimmingCharacters(in: .whitespaces))
-            }
+            printTable(["ID", "ADDRESS", "ROLE", "VOTER", "MATCH", "LAG"], rows)
         }
     }
 }

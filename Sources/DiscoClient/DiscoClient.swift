@@ -49,17 +49,19 @@ public struct DiscoClient: Sendable {
         public var body: Data
     }
 
-    public func request(_ method: String, _ path: String, body: Data? = nil) throws -> Response {
-        let response = try send(method, address: address, path, body: body)
+    /// - Parameter timeoutSeconds: longer for blocking queries, which wait server-side.
+    public func request(_ method: String, _ path: String, body: Data? = nil,
+                        timeoutSeconds: Double = DiscoClient.requestTimeoutSeconds) throws -> Response {
+        let response = try send(method, address: address, path, body: body, timeoutSeconds: timeoutSeconds)
         if response.status == 503, let leader = response.headers["x-disco-leader"], leader != address {
-            return try send(method, address: leader, path, body: body)
+            return try send(method, address: leader, path, body: body, timeoutSeconds: timeoutSeconds)
         }
         return response
     }
 
-    private func send(_ method: String, address: String, _ path: String, body: Data?) throws -> Response {
+    private func send(_ method: String, address: String, _ path: String, body: Data?, timeoutSeconds: Double) throws -> Response {
         guard let url = URL(string: "http://\(address)\(path)") else { throw ClientError("bad address \(address)") }
-        var request = URLRequest(url: url, timeoutInterval: Self.requestTimeoutSeconds)
+        var request = URLRequest(url: url, timeoutInterval: timeoutSeconds)
         request.httpMethod = method
         request.httpBody = body
         if let token { request.setValue(token, forHTTPHeaderField: "X-Consul-Token") }
@@ -131,14 +133,14 @@ public struct DiscoClient: Sendable {
         return (try JSONSerialization.jsonObject(with: response.body) as? [String]) ?? []
     }
 
-    private func expectOK(_ response: Response) throws {
+    func expectOK(_ response: Response) throws {
         guard (200..<300).contains(response.status) else {
             let text = String(decoding: response.body, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
             throw ClientError("discod answered \(response.status): \(text.isEmpty ? "no details" : text)")
         }
     }
 
-    private func escape(_ key: String) -> String {
+    func escape(_ key: String) -> String {
         key.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed) ?? key
     }
 }
