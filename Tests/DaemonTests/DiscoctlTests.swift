@@ -4,30 +4,6 @@ import Testing
 /// discoctl against a real single-server cluster: stdout, stderr and exit status.
 @Suite("discoctl", .serialized)
 struct DiscoctlTests {
-    struct Run {
-        var status: Int32
-        var stdout: String
-        var stderr: String
-    }
-
-    func discoctl(_ arguments: [String], http: Int) throws -> Run {
-        let binary = repositoryRoot.appendingPathComponent(".build/debug/discoctl")
-        guard FileManager.default.isExecutableFile(atPath: binary.path) else { throw TestFailure("discoctl is not built") }
-        let process = Process()
-        process.executableURL = binary
-        process.arguments = arguments
-        process.environment = ["DISCO_HTTP_ADDR": "127.0.0.1:\(http)", "PATH": "/usr/bin:/bin"]
-        let out = Pipe(), err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        try process.run()
-        let stdout = out.fileHandleForReading.readDataToEndOfFile()
-        let stderr = err.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return Run(status: process.terminationStatus, stdout: String(decoding: stdout, as: UTF8.self),
-                   stderr: String(decoding: stderr, as: UTF8.self))
-    }
-
     @Test func kvCommandsAgainstARealServer() throws {
         let cluster = try ClusterProcessTests.ClusterFixture(size: 1)
         let node = cluster.nodes[0]

@@ -220,3 +220,30 @@ let testZone = """
     ns1  A   192.0.2.53
     www  A   192.0.2.10
     """
+
+/// A discoctl run: what it printed and its exit status.
+struct DiscoctlRun {
+    var status: Int32
+    var stdout: String
+    var stderr: String
+}
+
+/// Runs the built discoctl against the API on `http`.
+func discoctl(_ arguments: [String], http: Int) throws -> DiscoctlRun {
+    let binary = repositoryRoot.appendingPathComponent(".build/debug/discoctl")
+    guard FileManager.default.isExecutableFile(atPath: binary.path) else { throw TestFailure("discoctl is not built") }
+    let process = Process()
+    process.executableURL = binary
+    process.arguments = arguments
+    process.environment = ["DISCO_HTTP_ADDR": "127.0.0.1:\(http)", "PATH": "/usr/bin:/bin"]
+    let out = Pipe(), err = Pipe()
+    process.standardOutput = out
+    process.standardError = err
+    try process.run()
+    let stdout = out.fileHandleForReading.readDataToEndOfFile()
+    let stderr = err.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return DiscoctlRun(status: process.terminationStatus, stdout: String(decoding: stdout, as: UTF8.self),
+               stderr: String(decoding: stderr, as: UTF8.self))
+}
+

@@ -1,0 +1,233 @@
+import DNSWire
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `dig +short` against a server on loopback: what a user would type.
+func dig(_ name: String, _ type: String = "A", port: UInt16) throws -> [String] {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/usr/bin/dig")
+    process.arguments = ["@127.0.0.1", "-p", "\(port)", "+short", "+time=2", "+tries=1", name, type]
+    let out = Pipe()
+    process.standardOutput = out
+    process.standardError = FileHandle.nullDevice
+    try process.run()
+    let data = out.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return String(decoding: data, as: UTF8.self).split(separator: "\n").map(String.init).sorted()
+}
+
+/// The addresses a UDP query for `name` A returns, or nil when the query failed (timeout,
+/// error rcode, or no answer).
+func resolveA(_ name: String, port: UInt16) -> [String]? {
+    guard let query = try? DomainName(name), let reply = try? DNSClient.udp(Message.query(query, .a, id: 99), port: port),
+          reply.rcode == .noError, !reply.answers.isEmpty else { return nil }
+    return reply.answers.map { "\($0.rdata)" }.sorted()
+}
+
+func waitUntil(seconds: Double = 15, _ condition: () -> Bool) -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if condition() { return true }
+        usleep(20_000)
+    }
+    return condition()
+}
+
+func json(_ reply: HTTPReply?) -> Any? {
+    reply.flatMap { try? JSONSerialization.jsonObject(with: Data($0.body.utf8), options: [.fragmentsAllowed]) }
+}
+
+/// The registry end to end on real discod processes: register through the API or discoctl on
+/// one server, resolve on all of them, through leader loss and loss of quorum.
+@Suite("registry on a discod cluster", .serialized)
+struct RegistryProcessTests {
+    typealias Cluster = ClusterProcessTests.ClusterFixture
+
+    func dnsPort(_ node: ClusterProcessTests.Node) throws -> UInt16 {
+        try #require(node.process?.port)
+    }
+
+    @Test func registeredOnOneServerAnsweredByAllThroughLeaderLossAndNoQuorum() throws {
+        let cluster = try Cluster(size: 3)
+        let leader = try #require(cluster.leader())
+        let follower = try #require(cluster.nodes.first { $0.id != leader.id })
+
+        // Register with discoctl on a follower: it forwards to the leader.
+        let run = try discoctl(["register", "--name", "web", "--address", "10.0.0.7", "--port", "8080", "--tag", "v2"],
+                               http: follower.httpPort)
+        #expect(run.status == 0, "\(run)")
+        for node in cluster.nodes {
+            let port = try dnsPort(node)
+            #expect(waitUntil { (try? dig("web.service.disco.", port: port)) == ["10.0.0.7"] }, "node \(node.id)")
+            #expect(try dig("v2.web.service.disco.", port: port) == ["10.0.0.7"])
+            #expect(try dig("_web._tcp.service.disco.", "SRV", port: port) == ["1 1 8080 0a000007.addr.disco."])
+            #expect(try dig("nothere.service.disco.", port: port).isEmpty)
+        }
+        // The instance lives on the node of the server that took the registration.
+        let services = json(http("GET", port: leader.httpPort, "/v1/catalog/service/web")) as? [[String: Any]]
+        #expect(services?.first?["Node"] as? String == "disco-\(follower.id)")
+
+        // kill -9 the leader while the others are queried without pause: no query may fail.
+        let survivors = cluster.nodes.filter { $0.id != leader.id }
+        let ports = try survivors.map { try dnsPort($0) }
+        final class Tally: @unchecked Sendable {
+            let lock = NSLock()
+            var ok = 0
+            var failed: [String] = []
+            var running = true
+        }
+        let tally = Tally()
+        let querier = Thread {
+            while tally.lock.withLock({ tally.running }) {
+                for port in ports {
+                    let answer = resolveA("web.service.disco.", port: port)
+                    tally.lock.withLock {
+                        if answer == ["10.0.0.7"] { tally.ok += 1 } else { tally.failed.append("port \(port): \(String(describing: answer))") }
+                    }
+                }
+            }
+        }
+        querier.start()
+        usleep(300_000)
+        cluster.kill9(leader)
+        let next = try #require(cluster.leader())
+        usleep(500_000)
+        tally.lock.withLock { tally.running = false }
+        while querier.isExecuting { usleep(10_000) }
+        #expect(tally.failed.isEmpty, "\(tally.failed.prefix(5))")
+        #expect(tally.ok > 50)
+
+        // Writes go on under the new leader and reach the survivors' DNS.
+        #expect(http("PUT", port: next.httpPort, "/v1/agent/service/register",
+                     body: #"{"Name": "db", "Address": "10.0.0.8", "Port": 5432}"#)?.status == 200)
+        for port in ports { #expect(waitUntil { resolveA("db.service.disco.", port: port) == ["10.0.0.8"] }) }
+
+        // Kill a second server: no quorum. The survivor answers from its last state, says it is
+        // stale, and refuses writes instead of hanging.
+        let lone = try #require(survivors.first { $0.id != next.id })
+        cluster.kill9(next)
+        let lonePort = try dnsPort(lone)
+        #expect(waitUntil(seconds: 10) {
+            (json(http("GET", port: lone.httpPort, "/ready")) as? [String: Any])?["stale"] as? Bool == true
+        })
+        #expect(http("GET", port: lone.httpPort, "/ready")?.status == 503)
+        #expect(resolveA("web.service.disco.", port: lonePort) == ["10.0.0.7"])
+        #expect(resolveA("db.service.disco.", port: lonePort) == ["10.0.0.8"])
+        #expect(http("GET", port: lone.httpPort, "/v1/catalog/service/db?stale")?.status == 200)
+        let refused = http("PUT", port: lone.httpPort, "/v1/agent/service/register", body: #"{"Name": "late"}"#)
+        #expect(refused?.status == 503)
+
+        // Restart both: the cluster converges and every server answers what was registered.
+        try cluster.start(leader)
+        try cluster.start(next)
+        let again = try #require(cluster.leader())
+        #expect(http("PUT", port: again.httpPort, "/v1/agent/service/register",
+                     body: #"{"Name": "cache", "Address": "10.0.0.9"}"#)?.status == 200)
+        for node in cluster.nodes {
+            let port = try dnsPort(node)
+            #expect(waitUntil { resolveA("cache.service.disco.", port: port) == ["10.0.0.9"] }, "node \(node.id)")
+            #expect(resolveA("db.service.disco.", port: port) == ["10.0.0.8"])
+            #expect(waitUntil { http("GET", port: node.httpPort, "/ready")?.status == 200 }, "node \(node.id)")
+        }
+    }
+
+    @Test func blockingQueriesWakeOnlyForTheirService() throws {
+        let cluster = try Cluster(size: 1)
+        let node = cluster.nodes[0]
+        _ = try #require(cluster.leader())
+        #expect(http("PUT", port: node.httpPort, "/v1/agent/service/register", body: #"{"Name": "web", "Port": 80}"#)?.status == 200)
+        let first = http("GET", port: node.httpPort, "/v1/health/service/web")
+        let index = try #require(first?.headers["x-consul-index"].flatMap { Int($0) })
+        #expect(first?.headers["x-consul-knownleader"] == "true")
+
+        final class Result: @unchecked Sendable {
+            let lock = NSLock()
+            var reply: HTTPReply?
+            var at: Date?
+        }
+        let result = Result()
+        let httpPort = node.httpPort
+        let watcher = Thread {
+            let reply = http("GET", port: httpPort, "/v1/health/service/web?index=\(index)&wait=20s")
+            result.lock.withLock {
+                result.reply = reply
+                result.at = Date()
+            }
+        }
+        watcher.start()
+        usleep(300_000)
+        // Another service changes: the watcher of web sleeps on.
+        #expect(http("PUT", port: node.httpPort, "/v1/agent/service/register", body: #"{"Name": "db", "Port": 5432}"#)?.status == 200)
+        usleep(500_000)
+        #expect(result.lock.withLock { result.reply } == nil)
+        // Re-registering web unchanged is no change either.
+        #expect(http("PUT", port: node.httpPort, "/v1/agent/service/register", body: #"{"Name": "web", "Port": 80}"#)?.status == 200)
+        usleep(300_000)
+        #expect(result.lock.withLock { result.reply } == nil)
+        // A second web instance wakes it with the new index.
+        let changedAt = Date()
+        #expect(http("PUT", port: node.httpPort, "/v1/agent/service/register",
+                     body: #"{"Name": "web", "ID": "web-2", "Port": 81}"#)?.status == 200)
+        #expect(waitUntil(seconds: 5) { result.lock.withLock { result.reply } != nil })
+        let reply = try #require(result.lock.withLock { result.reply })
+        #expect((json(reply) as? [Any])?.count == 2)
+        #expect(reply.headers["x-consul-index"].flatMap { Int($0) }.map { $0 > index } == true)
+        #expect(result.lock.withLock { result.at! } >= changedAt)
+
+        // A wait that runs out returns the same index (after wait, plus at most wait/16).
+        let started = Date()
+        let idle = http("GET", port: node.httpPort, "/v1/catalog/service/web?index=\(reply.headers["x-consul-index"]!)&wait=1s")
+        #expect(idle?.status == 200)
+        #expect(idle?.headers["x-consul-index"] == reply.headers["x-consul-index"])
+        #expect(Date().timeIntervalSince(started) >= 1)
+    }
+
+    @Test func badRegistrationsAreRefusedWholeAndNameTheField() throws {
+        let cluster = try Cluster(size: 1)
+        let port = cluster.nodes[0].httpPort
+        _ = try #require(cluster.leader())
+        func register(_ body: String) -> HTTPReply? { http("PUT", port: port, "/v1/agent/service/register", body: body) }
+
+        var reply = register(#"{"Port": 80}"#)
+        #expect(reply?.status == 400 && reply?.body.hasPrefix("Name:") == true, "\(String(describing: reply))")
+        reply = register(#"{"Name": "web", "Port": "eighty"}"#)
+        #expect(reply?.status == 400 && reply?.body.hasPrefix("Port:") == true, "\(String(describing: reply))")
+        reply = register(#"{"Name": "web", "Tags": ["a", 3]}"#)
+        #expect(reply?.status == 400 && reply?.body.hasPrefix("Tags[1]:") == true, "\(String(describing: reply))")
+        reply = register(#"{"Name": "web", "Check": {"HTTP": "http://127.0.0.1:1/"}}"#)
+        #expect(reply?.status == 400 && reply?.body.hasPrefix("Check.Interval:") == true, "\(String(describing: reply))")
+        reply = register(#"{"Name": "web", "Checks": [{"TTL": "10s"}, {"TTL": "soon"}]}"#)
+        #expect(reply?.status == 400 && reply?.body.hasPrefix("Checks[1].TTL:") == true, "\(String(describing: reply))")
+        reply = register("not json")
+        #expect(reply?.status == 400)
+        // Nothing of the refused registrations is in the catalog.
+        #expect((json(http("GET", port: port, "/v1/catalog/services")) as? [String: Any])?.isEmpty == true)
+
+        // Too large: 413, before any parsing.
+        reply = register(#"{"Name": "web", "Meta": {"x": ""# + String(repeating: "a", count: 600_000) + #""}}"#)
+        #expect(reply?.status == 413)
+
+        // Unknown fields are ignored; keys match in any case and in snake_case.
+        reply = register(#"{"name": "web", "ID": "w1", "port": 80, "service_address_extra": 1, "Weights": {"passing": 5},"#
+                         + #" "check": {"check_id": "w1-ttl", "ttl": "30s", "status": "passing"}}"#)
+        #expect(reply?.status == 200, "\(String(describing: reply))")
+        let health = json(http("GET", port: port, "/v1/health/service/web?passing")) as? [[String: Any]]
+        #expect(health?.count == 1)
+        #expect((health?.first?["Checks"] as? [[String: Any]])?.first?["CheckID"] as? String == "w1-ttl")
+        #expect(((health?.first?["Service"] as? [String: Any])?["Weights"] as? [String: Any])?["Passing"] as? Int == 5)
+
+        // The agent's health endpoint maps the worst check to 200/429/503.
+        #expect(http("GET", port: port, "/v1/agent/health/service/name/web")?.status == 200)
+        #expect(http("PUT", port: port, "/v1/agent/check/warn/w1-ttl?note=slow")?.status == 200)
+        #expect(http("GET", port: port, "/v1/agent/health/service/name/web")?.status == 429)
+        #expect(http("PUT", port: port, "/v1/agent/check/fail/w1-ttl")?.status == 200)
+        #expect(http("GET", port: port, "/v1/agent/health/service/name/web")?.status == 503)
+        #expect(http("GET", port: port, "/v1/agent/health/service/name/nothere")?.status == 404)
+        #expect(http("PUT", port: port, "/v1/agent/check/pass/nothere")?.status == 404)
+        #expect(http("GET", port: port, "/v1/health/state/critical").map { json($0) as? [[String: Any]] }??.count == 1)
+    }
+}
