@@ -44,8 +44,8 @@ def free_ports(count):
 
 
 class Node:
-    def __init__(self, ident, root, raft, http):
-        self.id, self.raft, self.http = ident, raft, http
+    def __init__(self, ident, root, raft, http, dns):
+        self.id, self.raft, self.http, self.dns = ident, raft, http, dns
         self.data = os.path.join(root, f"node{ident}")
         self.log = os.path.join(root, f"node{ident}.log")
         self.process = None
@@ -58,13 +58,13 @@ class Cluster:
         os.makedirs(self.zones)
         with open(os.path.join(self.zones, "chaos.test.zone"), "w") as f:
             f.write("$TTL 60\n@ SOA ns h 1 2 3 4 5\n NS ns\nns A 192.0.2.1\n")
-        ports = free_ports(2 * args.nodes)
-        self.nodes = [Node(i, root, ports[2 * i - 2], ports[2 * i - 1]) for i in range(1, args.nodes + 1)]
+        ports = free_ports(3 * args.nodes)
+        self.nodes = [Node(i, root, ports[3 * i - 3], ports[3 * i - 2], ports[3 * i - 1]) for i in range(1, args.nodes + 1)]
         self.lock = threading.Lock()
         self.kills = 0
 
     def start(self, node):
-        argv = [self.args.discod, "--zones", self.zones, "--dns", "127.0.0.1:0", "--workers", "1",
+        argv = [self.args.discod, "--zones", self.zones, "--dns", f"127.0.0.1:{node.dns}", "--workers", "1",
                 "--node-id", str(node.id), "--raft", f"127.0.0.1:{node.raft}",
                 "--http", f"127.0.0.1:{node.http}", "--data-dir", node.data, "--log-level", "warning"]
         for peer in self.nodes:

@@ -200,12 +200,13 @@ EOF
 disco_nsd_version() { nsd -v 2>&1 | awk 'NR == 1 { print $3 }'; }
 
 # Start discod on 127.0.0.1:PORT serving ZONESDIR.
-# disco_discod_start BINARY ZONESDIR PORT WORKERS   (sets DISCOD_PID, DISCOD_LOG)
+# disco_discod_start BINARY ZONESDIR PORT WORKERS [EXTRA-ARG...]   (sets DISCOD_PID, DISCOD_LOG)
 disco_discod_start() {
   local bin=$1 zonesdir=$2 port=$3 workers=$4 first
+  shift 4
   DISCOD_LOG="$DISCO_TMP/discod-$port.log"
   first=$(disco_first_zone "$zonesdir")
-  disco_spawn "$DISCOD_LOG" "$bin" --zones "$zonesdir" --dns "127.0.0.1:$port" --workers "$workers"
+  disco_spawn "$DISCOD_LOG" "$bin" --zones "$zonesdir" --dns "127.0.0.1:$port" --workers "$workers" "$@"
   DISCOD_PID=$DISCO_LAST_PID
   disco_wait_dns "$port" "$first" "$DISCOD_PID" "$DISCOD_LOG" || disco_die "discod did not start"
 }

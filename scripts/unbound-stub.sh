@@ -43,8 +43,21 @@ if [[ $SERVER == nsd ]]; then
   disco_nsd_start "$zonesdir" "$server_port"
   disco_log "NSD $(disco_nsd_version) on 127.0.0.1:$server_port"
 else
-  disco_discod_start "$discod" "$zonesdir" "$server_port" 1
-  disco_log "discod on 127.0.0.1:$server_port ($discod)"
+  # A cluster of one, so the service registry answers disco. too.
+  raft_port=$(disco_free_port) http_port=$(disco_free_port)
+  disco_discod_start "$discod" "$zonesdir" "$server_port" 1 --node-id 1 --raft "127.0.0.1:$raft_port" \
+    --http "127.0.0.1:$http_port" --server "1=127.0.0.1:$raft_port,127.0.0.1:$http_port" --data-dir "$DISCO_TMP/data"
+  disco_log "discod on 127.0.0.1:$server_port ($discod), HTTP API on 127.0.0.1:$http_port"
+  register() {
+    local body=$1 i
+    for i in $(seq 1 100); do
+      curl -sf -X PUT --data "$body" "http://127.0.0.1:$http_port/v1/agent/service/register" && return 0
+      sleep 0.1
+    done
+    disco_die "cannot register $body"
+  }
+  register '{"Name": "web", "ID": "web-1", "Address": "10.20.0.1", "Port": 8080, "Tags": ["v2"]}'
+  register '{"Name": "web", "ID": "web-2", "Address": "10.20.0.2", "Port": 8081}'
 fi
 
 unbound_port=${UNBOUND_PORT:-$(disco_free_port)}
@@ -94,6 +107,9 @@ stub-zone:
     stub-addr: 127.0.0.1@$server_port
 stub-zone:
     name: "2.0.192.in-addr.arpa."
+    stub-addr: 127.0.0.1@$server_port
+stub-zone:
+    name: "disco."
     stub-addr: 127.0.0.1@$server_port
 # The root too, instead of root hints: out-of-zone names go to the server
 # (which refuses them), never to the Internet.
@@ -149,6 +165,14 @@ check 25.2.0.192.in-addr.arpa PTR NOERROR mail.example.com.
 mapfile -t pool < <(for i in $(seq 1 40); do echo "198.51.100.$i"; done)
 check pool.example.com A NOERROR "${pool[@]}"
 check example.org A SERVFAIL # refused by the server, as nothing else is asked
+if [[ $SERVER == discod ]]; then
+  # The service registry through the resolver.
+  check web.service.disco A NOERROR 10.20.0.1 10.20.0.2
+  check v2.web.service.disco A NOERROR 10.20.0.1
+  check _web._tcp.service.disco SRV NOERROR "1 1 8080 0a140001.addr.disco." "1 1 8081 0a140002.addr.disco."
+  check nothere.service.disco A NXDOMAIN
+  check disco-1.node.disco A NOERROR 127.0.0.1
+fi
 
 # Every upstream query went to the server under test.
 targets=$(sed -n 's/.*sending to target: <[^>]*> \([^ ]*\).*/\1/p' "$udir/unbound.log" | sort -u)

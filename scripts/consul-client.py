@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""Acceptance: an unmodified Consul client library (py-consul, from PyPI) against a real 3-server
+discod cluster, talking to a follower (so every write is forwarded to the leader).
+
+Registers and deregisters services with checks, reads the catalog and health, runs a blocking
+query that a later registration wakes, passes and fails a TTL check, uses the KV store, and
+checks that DNS on every server answers what was registered.
+
+    python3 -m venv /tmp/venv && /tmp/venv/bin/pip install py-consul
+    /tmp/venv/bin/python scripts/consul-client.py --discod .build/debug/discod
+
+Exit status 0 when every step passed; each failure is printed with the step's name.
+"""
+import argparse, os, subprocess, sys, tempfile, threading, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import chaos  # noqa: E402  (the cluster fixture: real discod processes on loopback)
+
+import consul  # noqa: E402
+
+PROPAGATION_WAIT_SECONDS = 10
+
+failures = []
+
+
+def check(name, condition, detail=""):
+    print(("ok    " if condition else "FAIL  ") + name + ("" if condition else f"  ({detail})"))
+    if not condition:
+        failures.append(name)
+
+
+def dig(port, name, rtype="A"):
+    out = subprocess.run(["dig", "@127.0.0.1", "-p", str(port), "+short", "+time=2", "+tries=1", name, rtype],
+                         capture_output=True, text=True).stdout
+    return sorted(line for line in out.splitlines() if line)
+
+
+def eventually(predicate, seconds=PROPAGATION_WAIT_SECONDS):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--discod", default=os.path.join(chaos.ROOT, ".build/debug/discod"))
+    args = parser.parse_args()
+    args.nodes = 3
+    root = tempfile.mkdtemp(prefix="disco-consul-client-")
+    cluster = chaos.Cluster(args, root)
+    try:
+        for node in cluster.nodes:
+            cluster.start(node)
+        leader = cluster.leader()
+        follower = next(n for n in cluster.nodes if n is not leader)
+        c = consul.Consul(host="127.0.0.1", port=follower.http)
+
+        # Register through the agent API, with a TTL check: out of DNS until it passes.
+        c.agent.service.register("web", service_id="web-1", address="10.1.0.1", port=8080, tags=["v2"],
+                                 meta={"team": "core"}, check=consul.Check.ttl("30s"))
+        c.agent.service.register("web", service_id="web-2", address="10.1.0.2", port=8080, tags=["v1"])
+        index, services = c.catalog.services()
+        check("catalog.services lists web with its tags", sorted(services.get("web", [])) == ["v1", "v2"], services)
+        check("X-Consul-Index is a positive integer", int(index) > 0, index)
+        _, instances = c.catalog.service("web")
+        check("catalog.service returns both instances", sorted(i["ServiceID"] for i in instances) == ["web-1", "web-2"],
+              instances)
+        _, tagged = c.catalog.service("web", tag="v2")
+        check("catalog.service filters by tag", [i["ServiceID"] for i in tagged] == ["web-1"], tagged)
+        _, passing = c.health.service("web", passing=True)
+        check("health.service(passing) leaves out the unchecked-yet instance",
+              [e["Service"]["ID"] for e in passing] == ["web-2"], passing)
+        check("the follower's DNS answers only the healthy instance",
+              eventually(lambda: dig(follower.dns, "web.service.disco.") == ["10.1.0.2"]), dig(follower.dns, "web.service.disco."))
+
+        # A blocking query on web, woken by the TTL check passing.
+        index, _ = c.health.service("web")
+        result = {}
+
+        def watch():
+            result["index"], result["entries"] = c.health.service("web", index=index, wait="20s")
+            result["at"] = time.time()
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        time.sleep(0.5)
+        check("a blocking query waits while nothing changes", watcher.is_alive())
+        passed_at = time.time()
+        c.agent.check.ttl_pass("service:web-1", notes="all good")
+        watcher.join(timeout=10)
+        check("the blocking query returns after the change", "at" in result and result["at"] >= passed_at, result)
+        check("... with a higher index", int(result.get("index", 0)) > int(index), result.get("index"))
+        entry = next((e for e in result.get("entries", []) if e["Service"]["ID"] == "web-1"), None)
+        check("... and web-1's check passing", entry and entry["Checks"][0]["Status"] == "passing", entry)
+        for node in cluster.nodes:
+            check(f"server {node.id} answers both instances in DNS",
+                  eventually(lambda: dig(node.dns, "web.service.disco.") == ["10.1.0.1", "10.1.0.2"]),
+                  dig(node.dns, "web.service.disco."))
+        check("SRV through a tag", dig(follower.dns, "_web._v2.service.disco.", "SRV") == ["1 1 8080 0a010001.addr.disco."],
+              dig(follower.dns, "_web._v2.service.disco.", "SRV"))
+
+        c.agent.check.ttl_fail("service:web-1", notes="down")
+        _, checks = c.health.checks("web")
+        check("ttl_fail turns the check critical", any(x["CheckID"] == "service:web-1" and x["Status"] == "critical"
+                                                       for x in checks), checks)
+        _, critical = c.health.state("critical")
+        check("health.state('critical') lists it", [x["CheckID"] for x in critical] == ["service:web-1"], critical)
+        check("DNS drops the failing instance", eventually(lambda: dig(follower.dns, "web.service.disco.") == ["10.1.0.2"]))
+
+        # The catalog API registers external services on nodes of their own.
+        c.catalog.register("db-host", "10.2.0.1", service={"Service": "db", "ID": "db-1", "Port": 5432})
+        _, nodes = c.catalog.nodes()
+        check("catalog.nodes has the external node", "db-host" in [n["Node"] for n in nodes], nodes)
+        _, node = c.catalog.node("db-host")
+        check("catalog.node shows its service", node and "db-1" in node["Services"], node)
+        check("NODE.node answers", eventually(lambda: dig(follower.dns, "db-host.node.disco.") == ["10.2.0.1"]))
+        c.catalog.deregister("db-host")
+        check("catalog.deregister removes the node", eventually(lambda: dig(follower.dns, "db.service.disco.") == []))
+
+        services = c.agent.services()
+        check("agent.services is this server's node", sorted(services) == ["web-1", "web-2"], services)
+        c.agent.service.deregister("web-2")
+        _, instances = c.catalog.service("web")
+        check("agent.service.deregister removes the instance", [i["ServiceID"] for i in instances] == ["web-1"], instances)
+
+        # KV through the same client.
+        check("kv.put", c.kv.put("app/color", "blue") is True)
+        _, item = c.kv.get("app/color")
+        check("kv.get", item and item["Value"] == b"blue", item)
+        _, stale = c.kv.get("app/color", consistency="stale")
+        check("kv.get stale on a follower", stale and stale["Value"] == b"blue", stale)
+        check("status.leader names a server", c.status.leader() == f"127.0.0.1:{leader.raft}", c.status.leader())
+    finally:
+        cluster.stop_all()
+    if failures:
+        print(f"\n{len(failures)} step(s) failed; logs in {root}")
+        return 1
+    print("\nall steps passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
