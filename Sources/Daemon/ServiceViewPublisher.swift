@@ -81,7 +81,11 @@ final class ServiceViewPublisher: @unchecked Sendable {
         }) {
             let state = catalog.state
             do throws(ZoneLoadError) {
+                let started = DispatchTime.now().uptimeNanoseconds
                 composer.publish(serviceZone: try ServiceView.zone(from: state, config: config))
+                logger.debug("registry view rebuilt", metadata: [
+                    "catalog.index": "\(state.index)",
+                    "dns.rebuild_microseconds": "\((DispatchTime.now().uptimeNanoseconds - started) / 1000)"])
             } catch {
                 logger.error("the registry's DNS view could not be built; answering from the previous one",
                              metadata: ["dns.error": "\(error)", "catalog.index": "\(state.index)"])

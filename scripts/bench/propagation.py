@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""Registry benchmark on a real 3-server discod cluster on loopback.
+
+1. Propagation: register N services one after another through the leader's HTTP API and, from
+   each successful response, time how long until every server's DNS answers the new name.
+   Reports p50, p90, p99 and the worst, over all servers and for the slowest server.
+2. DNS under write load: dnsperf against a follower, first idle, then while wrk drives 64
+   keep-alive connections of registrations at the leader; reports both qps and the ratio.
+
+    scripts/bench/propagation.sh [--registrations 1000] [--duration 10]
+"""
+import argparse, os, random, socket, struct, subprocess, sys, tempfile, threading, time, http.client, json
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import chaos  # noqa: E402
+
+POLL_TIMEOUT_SECONDS = 2.0
+WRITE_CLIENTS = 64
+
+
+def dns_query(name, qid):
+    labels = b"".join(bytes([len(p)]) + p.encode() for p in name.rstrip(".").split("."))
+    return struct.pack(">HHHHHH", qid, 0, 1, 0, 0, 0) + labels + b"\x00" + struct.pack(">HH", 1, 1)
+
+
+def answered(reply, qid):
+    """NOERROR with at least one answer, for query id qid."""
+    if len(reply) < 12:
+        return False
+    rid, flags, _, ancount = struct.unpack(">HHHH", reply[:8])
+    return rid == qid and flags & 0xF == 0 and ancount > 0
+
+
+def percentile(values, p):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def propagation(cluster, leader, count):
+    connection = http.client.HTTPConnection("127.0.0.1", leader.http, timeout=10)
+    sockets = {}
+    for node in cluster.nodes:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.connect(("127.0.0.1", node.dns))
+        s.setblocking(False)
+        sockets[node.id] = s
+    every, slowest = [], []
+    for n in range(count):
+        name = f"prop-{n}"
+        body = json.dumps({"Name": name, "ID": name, "Address": "10.9.%d.%d" % (n // 250, n % 250 + 1), "Port": 80})
+        connection.request("PUT", "/v1/agent/service/register", body=body)
+        response = connection.getresponse()
+        response.read()
+        t0 = time.perf_counter()
+        if response.status != 200:
+            raise SystemExit(f"propagation: registration {n} answered {response.status}")
+        pending = dict(sockets)
+        qid = n & 0xFFFF
+        query = dns_query(f"{name}.service.disco.", qid)
+        latencies = {}
+        while pending and time.perf_counter() - t0 < POLL_TIMEOUT_SECONDS:
+            for ident, s in list(pending.items()):
+                s.send(query)
+            deadline = time.perf_counter() + 0.0005
+            while pending and time.perf_counter() < deadline:
+                for ident, s in list(pending.items()):
+                    try:
+                        reply = s.recv(4096)
+                    except BlockingIOError:
+                        continue
+                    if answered(reply, qid):
+                        latencies[ident] = time.perf_counter() - t0
+                        del pending[ident]
+        if pending:
+            raise SystemExit(f"propagation: {name} not answered by servers {sorted(pending)} within {POLL_TIMEOUT_SECONDS} s")
+        every += latencies.values()
+        slowest.append(max(latencies.values()))
+    return every, slowest
+
+
+WRK_SCRIPT = """
+local counter = 0
+local thread_id = 0
+function setup(thread)
+  thread:set("id", math.random(1, 1000000000))
+end
+function request()
+  counter = counter + 1
+  local name = "load-" .. id .. "-" .. counter
+  local body = '{"Name":"load","ID":"' .. name .. '","Port":80,"Address":"10.8.0.1"}'
+  return wrk.format("PUT", "/v1/agent/service/register", {["Content-Type"]="application/json"}, body)
+end
+"""
+
+
+def dnsperf(port, names_file, seconds):
+    out = subprocess.run(["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", names_file, "-l", str(seconds),
+                          "-c", "4", "-Q", "1000000", "-q", "200"], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        if "Queries per second" in line:
+            return float(line.split(":")[1])
+    raise SystemExit("propagation: dnsperf printed no qps:\n" + out)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--discod", default=os.path.join(chaos.ROOT, ".build/release/discod"))
+    parser.add_argument("--registrations", type=int, default=1000)
+    parser.add_argument("--duration", type=int, default=10, help="seconds of each dnsperf phase")
+    parser.add_argument("--skip-load", action="store_true", help="only the propagation phase")
+    args = parser.parse_args()
+    args.nodes = 3
+    root = tempfile.mkdtemp(prefix="disco-propagation-")
+    cluster = chaos.Cluster(args, root)
+    try:
+        for node in cluster.nodes:
+            cluster.start(node)
+        leader = cluster.leader()
+        every, slowest = propagation(cluster, leader, args.registrations)
+        ms = lambda v: f"{v * 1000:7.2f} ms"
+        print(f"propagation over {args.registrations} registrations (response -> DNS answers on the server):")
+        print(f"  {'':22} {'p50':>10} {'p90':>10} {'p99':>10} {'worst':>10}")
+        for label, values in (("each server", every), ("slowest server", slowest)):
+            print(f"  {label:22} " + " ".join(f"{ms(percentile(values, p)):>10}" for p in (50, 90, 99, 100)))
+        if args.skip_load:
+            return 0
+
+        follower = next(n for n in cluster.nodes if n is not leader)
+        names = os.path.join(root, "names.txt")
+        with open(names, "w") as f:
+            for n in range(args.registrations):
+                f.write(f"prop-{n}.service.disco. A\n")
+        idle = dnsperf(follower.dns, names, args.duration)
+        script = os.path.join(root, "register.lua")
+        with open(script, "w") as f:
+            f.write(WRK_SCRIPT)
+        wrk = subprocess.Popen(["wrk", "-t", "1", "-c", str(WRITE_CLIENTS), "-d", str(args.duration + 4), "-s", script,
+                                f"http://127.0.0.1:{leader.http}"], stdout=subprocess.PIPE, text=True)
+        time.sleep(2)
+        loaded = dnsperf(follower.dns, names, args.duration)
+        wrk_out = wrk.communicate()[0]
+        writes = next((line.split(":")[1].strip() for line in wrk_out.splitlines() if "Requests/sec" in line), "?")
+        print(f"DNS on a follower while the leader takes {WRITE_CLIENTS} clients of registrations ({writes} registrations/s):")
+        print(f"  idle {idle:10.0f} q/s   under load {loaded:10.0f} q/s   ratio {loaded / idle:.2f}")
+    finally:
+        cluster.stop_all()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
