@@ -45,17 +45,42 @@ public final class RaftDriver: @unchecked Sendable {
     /// far inside the timeout on a loaded 2-core machine.
     public static let tickMillisecondsDefault: Int64 = 50
 
+    /// Snapshot and compaction settings (see `RaftDriver+Snapshots.swift`).
+    public struct Options: Sendable {
+        /// A snapshot is taken every this many applied entries.
+        public var snapshotIntervalEntries: UInt64 = RaftDriver.snapshotIntervalEntriesDefault
+        /// The log is compacted through a snapshot only once this many entries were applied
+        /// after it, so a follower that is a little behind gets entries, not the snapshot.
+        /// Must be below `snapshotIntervalEntries`.
+        public var snapshotTrailingEntries: UInt64 = RaftDriver.snapshotTrailingEntriesDefault
+        /// Test failpoint: pause this long while installing a snapshot from the leader, after
+        /// raft.db holds it and before the state machines are replaced (0: no pause).
+        public var snapshotInstallPauseMilliseconds: Int64 = 0
+
+        public init() {}
+    }
+
     public let id: NodeID
-    private let loop: EventLoop
-    private let storage: RaftStorage
+    let loop: EventLoop
+    let storage: RaftStorage
     private let transport: PeerTransport
     private let tick: TimeAmount
     private let apply: (Entry) -> Void
-    private let logger: Logger
-    private var node: RaftNode
+    let logger: Logger
+    let options: Options
+    /// The state machines whose state goes into snapshots.
+    let participants: [any SnapshotParticipant]
+    var node: RaftNode
+    /// A snapshot taken and not yet used to compact (waiting for the trailing entries).
+    var pendingCapture: (index: LogIndex, data: [UInt8])?
+    /// The applied index of the last capture attempt (a capture too large to ship is not retried
+    /// before another interval).
+    var lastCaptureIndex: LogIndex = .zero
+    /// Operator restores that were refused when they applied, by index, for their proposer.
+    var restoreFailures: [LogIndex: SnapshotError] = [:]
     private var ticker: RepeatedTask?
-    private var pending: [LogIndex: (term: Term, promise: EventLoopPromise<LogIndex>)] = [:]
-    private var stoppedReason: String?
+    var pending: [LogIndex: (term: Term, promise: EventLoopPromise<LogIndex>)] = [:]
+    var stoppedReason: String?
     /// ReadIndex requests sent, by context; then confirmed reads waiting for `applied` to reach them.
     private var readsAsked: [UInt64: EventLoopPromise<Void>] = [:]
     private var readsWaiting: [(index: LogIndex, promise: EventLoopPromise<Void>)] = []
@@ -63,10 +88,17 @@ public final class RaftDriver: @unchecked Sendable {
     private var readyScheduled = false
     private var lastLeader: NodeID?
 
-    /// - Parameter apply: called on the driver's loop with every committed entry, in order.
+    /// - Parameters:
+    ///   - participants: the state machines that snapshots hold and restore.
+    ///   - apply: called on the driver's loop with every committed entry for the state machines,
+    ///     in order (entries the driver handles itself, such as operator restores, excepted).
     public init(config: RaftConfig, storage: RaftStorage, transport: PeerTransport, loop: EventLoop,
                 tickMilliseconds: Int64 = RaftDriver.tickMillisecondsDefault, logger: Logger,
+                participants: [any SnapshotParticipant] = [], options: Options = Options(),
                 apply: @escaping (Entry) -> Void) throws(RaftStorageError) {
+        precondition(options.snapshotTrailingEntries < options.snapshotIntervalEntries,
+                     "snapshot trailing entries (\(options.snapshotTrailingEntries)) must be below the interval (\(options.snapshotIntervalEntries))")
+        precondition(Set(participants.map(\.snapshotName)).count == participants.count, "two state machines with one snapshot name")
         self.id = config.id
         self.loop = loop
         self.storage = storage
@@ -74,7 +106,11 @@ public final class RaftDriver: @unchecked Sendable {
         self.tick = .milliseconds(tickMilliseconds)
         self.logger = logger
         self.apply = apply
-        self.node = RaftNode(config: config, persistent: try storage.load())
+        self.participants = participants
+        self.options = options
+        let persistent = try storage.load()
+        self.node = RaftNode(config: config, persistent: persistent)
+        if let snapshot = persistent.snapshot { try restoreParticipantsBehind(snapshot) }
     }
 
     public func start() {
@@ -220,9 +256,26 @@ public final class RaftDriver: @unchecked Sendable {
             }
             // 2. Send.
             transport.send(ready.messages)
-            // 3. Apply, and answer the proposals that applied.
+            // 3. Apply (a snapshot from the leader first), and answer the proposals that applied.
+            if let snapshot = ready.snapshot {
+                do {
+                    try install(snapshot)
+                } catch {
+                    logger.critical("cannot install the snapshot at \(snapshot.index); this server stops taking part",
+                                    metadata: ["raft.error": "\(error)"])
+                    halt("snapshot install failed: \(error)")
+                    return
+                }
+            }
             for entry in ready.committedEntries {
-                if entry.kind == .normal { apply(entry) }
+                if entry.kind == .normal {
+                    switch entry.data.first {
+                    case ClusterCommandTag.snapshotRestore?:
+                        guard applyRestore(entry) else { return }
+                    default:
+                        apply(entry)
+                    }
+                }
                 if let waiting = pending.removeValue(forKey: entry.index) {
                     if waiting.term == entry.term {
                         waiting.promise.succeed(entry.index)
@@ -239,6 +292,7 @@ public final class RaftDriver: @unchecked Sendable {
             // 4. Advance.
             node.advance(ready)
             releaseReads()
+            guard maybeSnapshot() else { return }
             if ready.leader != lastLeader {
                 lastLeader = ready.leader
                 logger.info("leader changed", metadata: ["raft.term": "\(node.hardState.term)",
@@ -257,7 +311,7 @@ public final class RaftDriver: @unchecked Sendable {
         }
     }
 
-    private func halt(_ reason: String) {
+    func halt(_ reason: String) {
         guard stoppedReason == nil else { return }
         stoppedReason = reason
         ticker?.cancel()

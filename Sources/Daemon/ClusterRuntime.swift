@@ -38,13 +38,15 @@ final class ClusterRuntime {
         let peers = Dictionary(uniqueKeysWithValues: config.raftServers.filter { $0.id != config.raftNodeID }.map {
             (NodeID(rawValue: $0.id), PeerAddress(host: $0.raft.host, port: $0.raft.port))
         })
+        let options = try Self.driverOptions(ProcessInfo.processInfo.environment)
         final class DriverBox: @unchecked Sendable { var driver: RaftDriver? }
         let box = DriverBox()
         transport = PeerTransport(id: id, listen: PeerAddress(host: config.raftListen.host, port: config.raftListen.port),
                                   peers: peers, group: group, logger: logger) { box.driver?.receive($0) }
         do {
             driver = try RaftDriver(config: raftConfig, storage: storage, transport: transport, loop: group.next(),
-                                    logger: logger) { entry in
+                                    logger: logger, participants: [kv],
+                                    options: options) { entry in
                 do throws(StoreError) {
                     try kv.apply(entry)
                 } catch {
