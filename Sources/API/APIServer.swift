@@ -105,19 +105,20 @@ final class KVService: Sendable {
         }
     }
 
-    private func leaderHeaders(_ status: RaftStatus) -> [(String, String)] {
+    func leaderHeaders(_ status: RaftStatus) -> [(String, String)] {
         var headers = [("X-Consul-KnownLeader", status.leader == nil ? "false" : "true"), ("X-Consul-LastContact", "0")]
         if let leader = status.leader, let http = directory.http[leader] { headers.append(("X-Disco-Leader", http.description)) }
         return headers
     }
 
-    private func notLeader(_ status: RaftStatus) -> APIResponse {
+    func notLeader(_ status: RaftStatus) -> APIResponse {
         let where_ = status.leader.flatMap { directory.http[$0] }.map { "leader is \($0)" } ?? "no leader is known"
         return .text("this server is not the leader; \(where_)", status: .serviceUnavailable, headers: leaderHeaders(status))
     }
 
     private func route(_ request: APIRequest, status: RaftStatus, on loop: EventLoop) -> EventLoopFuture<APIResponse> {
         let parts = request.path.split(separator: "/", maxSplits: 2, omittingEmptySubsequences: true)
+        if let response = clusterRoute(request, status: status, on: loop) { return response }
         if request.path == "/v1/status/leader" {
             let leader = status.leader.flatMap { directory.raft[$0] }.map(\.description) ?? ""
             return loop.makeSucceededFuture(.json(leader))
@@ -239,6 +240,7 @@ final class HTTPHandler: ChannelInboundHandler {
     private var head: HTTPRequestHead?
     private var body: [UInt8] = []
     private var tooLarge = false
+    private var bodyBytesMax = APIServer.requestBodyBytesMax
 
     init(service: KVService) {
         self.service = service
@@ -250,8 +252,9 @@ final class HTTPHandler: ChannelInboundHandler {
             self.head = head
             body = []
             tooLarge = false
+            bodyBytesMax = APIServer.requestBodyBytesMax(uri: head.uri)
         case .body(var buffer):
-            if body.count + buffer.readableBytes > APIServer.requestBodyBytesMax {
+            if body.count + buffer.readableBytes > bodyBytesMax {
                 tooLarge = true
             } else {
                 body += buffer.readBytes(length: buffer.readableBytes) ?? []

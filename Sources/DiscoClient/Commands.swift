@@ -44,7 +44,7 @@ public struct DiscoctlCommand: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "discoctl",
         abstract: "Control a Disco cluster: key-value store, status.",
-        subcommands: [KV.self, Members.self, Leader.self, Peers.self])
+        subcommands: [KV.self, Members.self, Leader.self, Peers.self, SnapshotCommand.self])
 
     public init() {}
 }

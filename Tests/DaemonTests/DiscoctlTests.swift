@@ -11,8 +11,7 @@ struct DiscoctlTests {
     }
 
     func discoctl(_ arguments: [String], http: Int) throws -> Run {
-        let binary = repositoryRoot.appendingPathComponent(".build/debug/discoctl")
-        guard FileManager.default.isExecutableFile(atPath: binary.path) else { throw TestFailure("discoctl is not built") }
+        let binary = try builtProduct("discoctl")
         let process = Process()
         process.executableURL = binary
         process.arguments = arguments
