@@ -7,19 +7,6 @@ import NIOPosix
 import Raft
 import Store
 
-/// Where the cluster's servers are, for redirects and /v1/status.
-public struct ClusterDirectory: Sendable {
-    /// Raft address of each server.
-    public var raft: [NodeID: PeerAddress]
-    /// HTTP address of each server, for telling clients where the leader is.
-    public var http: [NodeID: PeerAddress]
-
-    public init(raft: [NodeID: PeerAddress], http: [NodeID: PeerAddress]) {
-        self.raft = raft
-        self.http = http
-    }
-}
-
 /// The HTTP API (SwiftNIO HTTP/1.1): the first, Consul-compatible endpoints of the KV store and
 /// /v1/status. Writes are proposed through Raft and answered once applied; on a follower they
 /// (and default-consistency reads) are refused with 503 and the leader's address in
@@ -123,9 +110,6 @@ final class KVService: Sendable {
             let leader = status.leader.flatMap { directory.raft[$0] }.map(\.description) ?? ""
             return loop.makeSucceededFuture(.json(leader))
         }
-        if request.path == "/v1/operator/raft/configuration" {
-            return driver.detailedStatus.hop(to: loop).map { detail in self.configuration(detail) }
-        }
         if request.path == "/v1/status/peers" {
             return loop.makeSucceededFuture(.json(directory.raft.sorted { $0.key < $1.key }.map(\.value.description)))
         }
@@ -151,28 +135,6 @@ final class KVService: Sendable {
     /// `?stale`: any server, from what it has applied. Default: the leader, from what it has
     /// applied (Consul's default mode: a deposed leader may briefly serve a stale value).
     /// `?consistent`: after a ReadIndex round (`confirmed`), any server, linearizable.
-    /// Consul's raft configuration (Servers with ID, Node, Address, Leader, Voter), plus what the
-    /// leader knows of each follower: MatchIndex and Lag (entries behind its last index).
-    private func configuration(_ detail: Raft.Status) -> APIResponse {
-        let progress = Dictionary(uniqueKeysWithValues: detail.progress.map { ($0.id, $0) })
-        let servers: [[String: Any]] = detail.membership.members.map { id in
-            var server: [String: Any] = [
-                "ID": "\(id.rawValue)", "Node": "\(id.rawValue)",
-                "Address": directory.raft[id]?.description ?? "", "Leader": detail.leader == id,
-                "Voter": detail.membership.isVoter(id), "RaftProtocol": "3",
-            ]
-            if let p = progress[id] {
-                server["MatchIndex"] = p.match.rawValue
-                server["Lag"] = detail.lastIndex.rawValue - min(p.match.rawValue, detail.lastIndex.rawValue)
-            } else if id == detail.id {
-                server["MatchIndex"] = detail.lastIndex.rawValue
-                server["Lag"] = 0
-            }
-            return server
-        }
-        return .json(["Servers": servers, "Index": detail.commit.rawValue])
-    }
-
     private func read(_ key: String, _ request: APIRequest, _ status: RaftStatus, confirmed: Bool = false) -> APIResponse {
         if !confirmed && request.query["stale"] == nil && status.role != .leader { return notLeader(status) }
         let recurse = request.query["recurse"] != nil || request.query["keys"] != nil

@@ -76,6 +76,7 @@ extension RaftDriver {
         let index = node.appliedIndex
         var sections: [(name: String, data: [UInt8])] = []
         for participant in participants { sections.append((participant.snapshotName, try participant.snapshotData())) }
+        sections.append((Self.serversSection, ServerList.encode(replicatedServers)))
         return SnapshotContainer(index: index.rawValue, term: node.term(at: index)?.rawValue ?? 0, sections: sections)
     }
 
@@ -101,7 +102,9 @@ extension RaftDriver {
     }
 
     /// Sections the driver writes for itself (not restored by an operator's restore).
-    static var driverSections: Set<String> { [] }
+    static var driverSections: Set<String> { [serversSection] }
+    /// The section with the replicated server addresses.
+    static var serversSection: String { "servers" }
 
     /// After `advance`: capture every interval, compact once the trailing entries applied.
     /// Returns false if the driver had to stop.
@@ -156,6 +159,7 @@ extension RaftDriver {
         for participant in participants {
             try participant.restoreSnapshot(container.section(participant.snapshotName)!, appliedIndex: snapshot.index.rawValue)
         }
+        if let data = container.section(Self.serversSection) { replicatedServers = try ServerList.decode(data) }
         if let pending = pendingCapture, pending.index <= snapshot.index { pendingCapture = nil }
         lastCaptureIndex = snapshot.index
         logger.info("snapshot installed", metadata: ["raft.snapshot.index": "\(snapshot.index)"])

@@ -63,7 +63,7 @@ public final class RaftDriver: @unchecked Sendable {
     public let id: NodeID
     let loop: EventLoop
     let storage: RaftStorage
-    private let transport: PeerTransport
+    let transport: PeerTransport
     private let tick: TimeAmount
     private let apply: (Entry) -> Void
     let logger: Logger
@@ -78,6 +78,16 @@ public final class RaftDriver: @unchecked Sendable {
     var lastCaptureIndex: LogIndex = .zero
     /// Operator restores that were refused when they applied, by index, for their proposer.
     var restoreFailures: [LogIndex: SnapshotError] = [:]
+    /// Addresses from configuration or a join answer; the replicated list (servers entries and
+    /// the snapshot's "servers" section) overrides them.
+    var configuredServers: [NodeID: ServerAddresses] = [:]
+    var replicatedServers: [NodeID: ServerAddresses] = [:]
+    var publishedServers: [NodeID: ServerAddresses]?
+    var publishedMembership: Membership?
+    var serversChanged: (@Sendable ([NodeID: ServerAddresses], Membership) -> Void)?
+    var managesPeers = false
+    /// When a message last arrived from each server.
+    var lastContact: [NodeID: NIODeadline] = [:]
     private var ticker: RepeatedTask?
     var pending: [LogIndex: (term: Term, promise: EventLoopPromise<LogIndex>)] = [:]
     var stoppedReason: String?
@@ -111,12 +121,14 @@ public final class RaftDriver: @unchecked Sendable {
         let persistent = try storage.load()
         self.node = RaftNode(config: config, persistent: persistent)
         if let snapshot = persistent.snapshot { try restoreParticipantsBehind(snapshot) }
+        loadServers(persistent)
     }
 
     public func start() {
         loop.execute {
             self.ticker = self.loop.scheduleRepeatedTask(initialDelay: self.tick, delay: self.tick) { _ in
                 self.event { $0.tick() }
+                self.maybePromoteLearners()
             }
         }
     }
@@ -128,7 +140,10 @@ public final class RaftDriver: @unchecked Sendable {
 
     /// A message from a peer (any thread).
     public func receive(_ message: Message) {
-        loop.execute { self.event { $0.step(message) } }
+        loop.execute {
+            self.lastContact[message.from] = .now()
+            self.event { $0.step(message) }
+        }
     }
 
     /// Proposes `data`; the future succeeds with the entry's index once it is applied here.
@@ -242,7 +257,7 @@ public final class RaftDriver: @unchecked Sendable {
         }
     }
 
-    private func handleReady() {
+    func handleReady() {
         while stoppedReason == nil && node.hasReady {
             let ready = node.ready()
             // 1. Persist: nothing below may happen before this is durable.
@@ -272,6 +287,8 @@ public final class RaftDriver: @unchecked Sendable {
                     switch entry.data.first {
                     case ClusterCommandTag.snapshotRestore?:
                         guard applyRestore(entry) else { return }
+                    case ClusterCommandTag.servers?:
+                        applyServers(entry)
                     default:
                         apply(entry)
                     }
@@ -292,6 +309,7 @@ public final class RaftDriver: @unchecked Sendable {
             // 4. Advance.
             node.advance(ready)
             releaseReads()
+            publishServersIfChanged()
             guard maybeSnapshot() else { return }
             if ready.leader != lastLeader {
                 lastLeader = ready.leader

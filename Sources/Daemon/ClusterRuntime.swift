@@ -11,9 +11,9 @@ import Store
 final class ClusterRuntime {
     private let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
     private let transport: PeerTransport
-    private let driver: RaftDriver
+    let driver: RaftDriver
     private let api: APIServer
-    private let logger: Logger
+    let logger: Logger
     let raftPort: Int
     let httpPort: Int
 
@@ -35,9 +35,8 @@ final class ClusterRuntime {
         }
         var raftConfig = RaftConfig(id: id, initialMembership: Membership(voters: config.raftServers.map { NodeID(rawValue: $0.id) }))
         raftConfig.randomSeed = UInt64(UInt32.random(in: 1...UInt32.max))
-        let peers = Dictionary(uniqueKeysWithValues: config.raftServers.filter { $0.id != config.raftNodeID }.map {
-            (NodeID(rawValue: $0.id), PeerAddress(host: $0.raft.host, port: $0.raft.port))
-        })
+        let founding = Self.foundingServers(config)
+        let peers = founding.filter { $0.key != id }.mapValues(\.raft)
         let options = try Self.driverOptions(ProcessInfo.processInfo.environment)
         final class DriverBox: @unchecked Sendable { var driver: RaftDriver? }
         let box = DriverBox()
@@ -59,13 +58,10 @@ final class ClusterRuntime {
             throw StartError(code: .ioError, message: "\(error)")
         }
         box.driver = driver
-        let directory = ClusterDirectory(
-            raft: Dictionary(uniqueKeysWithValues: config.raftServers.map {
-                (NodeID(rawValue: $0.id), PeerAddress(host: $0.raft.host, port: $0.raft.port))
-            }),
-            http: Dictionary(uniqueKeysWithValues: config.raftServers.map {
-                (NodeID(rawValue: $0.id), PeerAddress(host: $0.http.host, port: $0.http.port))
-            }))
+        let directory = ClusterDirectory(raft: founding.mapValues(\.raft), http: founding.mapValues(\.http))
+        // Joined servers' addresses are replicated; the driver tells the transport and the API.
+        driver.learnServers(founding)
+        driver.onServersChanged { servers, membership in directory.update(servers, membership: membership) }
         api = APIServer(listen: PeerAddress(host: config.httpListen.host, port: config.httpListen.port), group: group,
                         kv: kv, driver: driver, directory: directory, logger: logger)
         do {
@@ -80,6 +76,9 @@ final class ClusterRuntime {
             throw StartError(code: .unavailable, message: "cannot bind http \(config.httpListen): \(error)")
         }
         driver.start()
+        if let join = config.raftJoin {
+            startJoining(through: join, config: config)
+        }
     }
 
     /// SIGTERM: a leader hands over first, so a rolling restart causes no election timeout.

@@ -44,7 +44,7 @@ struct ConfigurationTests {
     @Test("errors name where, which key and what was expected", arguments: [
         ("[dns]\nworkers = 0\n", "f.toml:2: dns.workers: expected an integer from 1 to 64"),
         ("[dns]\nlisten = [\"localhost:53\"]\n", "f.toml:2: dns.listen: 'localhost:53' is not an address (expected IPv4:PORT or [IPv6]:PORT)"),
-        ("[dns]\nworkers = 2\nbogus = 1\n", "f.toml:3: dns.bogus: unknown key (expected one of dns.listen, dns.workers, dns.udp_payload_bytes, dns.tcp_connections_max, dns.tcp_idle_timeout_seconds, dns.minimal_responses, raft.id, raft.listen, raft.servers, http.listen, data.directory, zones.directory, log.level)"),
+        ("[dns]\nworkers = 2\nbogus = 1\n", "f.toml:3: dns.bogus: unknown key (expected one of dns.listen, dns.workers, dns.udp_payload_bytes, dns.tcp_connections_max, dns.tcp_idle_timeout_seconds, dns.minimal_responses, raft.id, raft.listen, raft.servers, raft.join, http.listen, data.directory, zones.directory, log.level)"),
         ("[log]\nlevel = \"loud\"\n", "f.toml:2: log.level: expected one of trace, debug, info, notice, warning, error, critical"),
         ("[dns]\nminimal_responses = 1\n", "f.toml:2: dns.minimal_responses: expected true or false"),
         ("[dns\n", "f.toml:1: expected ']' to close the table header"),
