@@ -80,11 +80,14 @@ extension RaftDriver {
         return SnapshotContainer(index: index.rawValue, term: node.term(at: index)?.rawValue ?? 0, sections: sections)
     }
 
-    /// Every participant has a section that it accepts. For an operator's restore (`restorable`)
-    /// sections nobody here knows are refused: they would be silently lost.
+    /// Every section is accepted by its participant. An operator's restore (`restorable`) must
+    /// have a section for every participant and none that nobody here knows (it would be silently
+    /// lost). A Raft snapshot may lack a participant's section: it was taken by a server that did
+    /// not have that state machine yet (a rolling upgrade), and that participant is left as it is.
     func check(_ container: SnapshotContainer, restorable: Bool) throws {
         for participant in participants {
             guard let data = container.section(participant.snapshotName) else {
+                if !restorable { continue }
                 throw SnapshotError(offset: 0, message: "no section '\(participant.snapshotName)' (sections: \(container.sections.map(\.name)))")
             }
             do {
@@ -157,7 +160,12 @@ extension RaftDriver {
             usleep(UInt32(options.snapshotInstallPauseMilliseconds * 1000))
         }
         for participant in participants {
-            try participant.restoreSnapshot(container.section(participant.snapshotName)!, appliedIndex: snapshot.index.rawValue)
+            guard let data = container.section(participant.snapshotName) else {
+                logger.warning("the snapshot has no section for this state machine; left as it is",
+                               metadata: ["raft.state_machine": "\(participant.snapshotName)"])
+                continue
+            }
+            try participant.restoreSnapshot(data, appliedIndex: snapshot.index.rawValue)
         }
         if let data = container.section(Self.serversSection) { replicatedServers = try ServerList.decode(data) }
         if let pending = pendingCapture, pending.index <= snapshot.index { pendingCapture = nil }
@@ -173,7 +181,7 @@ extension RaftDriver {
         do {
             let container = try SnapshotContainer(decoding: snapshot.data)
             try check(container, restorable: false)
-            for participant in behind {
+            for participant in behind where container.section(participant.snapshotName) != nil {
                 logger.info("state machine behind the snapshot: restoring it", metadata: [
                     "raft.state_machine": "\(participant.snapshotName)", "raft.applied": "\(participant.appliedIndex)",
                     "raft.snapshot.index": "\(snapshot.index)",
