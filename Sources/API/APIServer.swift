@@ -7,19 +7,6 @@ import NIOPosix
 import Raft
 import Store
 
-/// Where the cluster's servers are, for redirects and /v1/status.
-public struct ClusterDirectory: Sendable {
-    /// Raft address of each server.
-    public var raft: [NodeID: PeerAddress]
-    /// HTTP address of each server, for telling clients where the leader is.
-    public var http: [NodeID: PeerAddress]
-
-    public init(raft: [NodeID: PeerAddress], http: [NodeID: PeerAddress]) {
-        self.raft = raft
-        self.http = http
-    }
-}
-
 /// The HTTP API (SwiftNIO HTTP/1.1): Consul's KV, catalog, health and agent endpoints,
 /// /v1/status, /ready, /health and /metrics. Writes are proposed through Raft and answered once
 /// applied; a server that is not the leader forwards them (and default-consistency reads) to the
@@ -236,25 +223,23 @@ final class KVService: Sendable {
         self.logger = logger
     }
 
-    private func leaderHeaders(_ status: RaftStatus) -> [(String, String)] {
+    func leaderHeaders(_ status: RaftStatus) -> [(String, String)] {
         var headers = [("X-Consul-KnownLeader", status.leader == nil ? "false" : "true"), ("X-Consul-LastContact", "0")]
         if let leader = status.leader, let http = directory.http[leader] { headers.append(("X-Disco-Leader", http.description)) }
         return headers
     }
 
-    private func notLeader(_ status: RaftStatus) -> APIResponse {
+    func notLeader(_ status: RaftStatus) -> APIResponse {
         let where_ = status.leader.flatMap { directory.http[$0] }.map { "leader is \($0)" } ?? "no leader is known"
         return .text("this server is not the leader; \(where_)", status: .serviceUnavailable, headers: leaderHeaders(status))
     }
 
     func route(_ request: APIRequest, status: RaftStatus, on loop: EventLoop) -> EventLoopFuture<APIResponse> {
         let parts = request.path.split(separator: "/", maxSplits: 2, omittingEmptySubsequences: true)
+        if let response = clusterRoute(request, status: status, on: loop) { return response }
         if request.path == "/v1/status/leader" {
             let leader = status.leader.flatMap { directory.raft[$0] }.map(\.description) ?? ""
             return loop.makeSucceededFuture(.json(leader))
-        }
-        if request.path == "/v1/operator/raft/configuration" {
-            return driver.detailedStatus.hop(to: loop).map { detail in self.configuration(detail) }
         }
         if request.path == "/v1/status/peers" {
             return loop.makeSucceededFuture(.json(directory.raft.sorted { $0.key < $1.key }.map(\.value.description)))
@@ -281,28 +266,6 @@ final class KVService: Sendable {
     /// `?stale`: any server, from what it has applied. Default: the leader, from what it has
     /// applied (Consul's default mode: a deposed leader may briefly serve a stale value).
     /// `?consistent`: after a ReadIndex round (`confirmed`), any server, linearizable.
-    /// Consul's raft configuration (Servers with ID, Node, Address, Leader, Voter), plus what the
-    /// leader knows of each follower: MatchIndex and Lag (entries behind its last index).
-    private func configuration(_ detail: Raft.Status) -> APIResponse {
-        let progress = Dictionary(uniqueKeysWithValues: detail.progress.map { ($0.id, $0) })
-        let servers: [[String: Any]] = detail.membership.members.map { id in
-            var server: [String: Any] = [
-                "ID": "\(id.rawValue)", "Node": "\(id.rawValue)",
-                "Address": directory.raft[id]?.description ?? "", "Leader": detail.leader == id,
-                "Voter": detail.membership.isVoter(id), "RaftProtocol": "3",
-            ]
-            if let p = progress[id] {
-                server["MatchIndex"] = p.match.rawValue
-                server["Lag"] = detail.lastIndex.rawValue - min(p.match.rawValue, detail.lastIndex.rawValue)
-            } else if id == detail.id {
-                server["MatchIndex"] = detail.lastIndex.rawValue
-                server["Lag"] = 0
-            }
-            return server
-        }
-        return .json(["Servers": servers, "Index": detail.commit.rawValue])
-    }
-
     private func read(_ key: String, _ request: APIRequest, _ status: RaftStatus, confirmed: Bool = false) -> APIResponse {
         if !confirmed && request.query["stale"] == nil && status.role != .leader { return notLeader(status) }
         let recurse = request.query["recurse"] != nil || request.query["keys"] != nil
@@ -370,6 +333,7 @@ final class HTTPHandler: ChannelInboundHandler {
     private var head: HTTPRequestHead?
     private var body: [UInt8] = []
     private var tooLarge = false
+    private var bodyBytesMax = APIServer.requestBodyBytesMax
 
     init(router: APIRouter) {
         self.router = router
@@ -381,8 +345,9 @@ final class HTTPHandler: ChannelInboundHandler {
             self.head = head
             body = []
             tooLarge = false
+            bodyBytesMax = APIServer.requestBodyBytesMax(uri: head.uri)
         case .body(var buffer):
-            if body.count + buffer.readableBytes > APIServer.requestBodyBytesMax {
+            if body.count + buffer.readableBytes > bodyBytesMax {
                 tooLarge = true
             } else {
                 body += buffer.readBytes(length: buffer.readableBytes) ?? []

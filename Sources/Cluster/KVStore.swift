@@ -183,6 +183,44 @@ public final class KVStore: @unchecked Sendable {
     }
 }
 
+extension KVStore: SnapshotParticipant {
+    public var snapshotName: String { "kv" }
+
+    public func snapshotData() throws -> [UInt8] {
+        try lock.withLock { () throws(StoreError) in try database.serialize() }
+    }
+
+    public func validateSnapshot(_ data: [UInt8]) throws {
+        try Self.checkImage(try Database(deserializing: data, name: "snapshot section 'kv'"))
+    }
+
+    /// The image replaces kv.db through SQLite's backup API: one write transaction, so a crash
+    /// leaves the old store or the new one. The applied index is set in the image first, so it
+    /// changes in that same transaction.
+    public func restoreSnapshot(_ data: [UInt8], appliedIndex: UInt64) throws {
+        let image = try Database(deserializing: data, name: "snapshot section 'kv'")
+        try Self.checkImage(image)
+        try image.execute("INSERT OR REPLACE INTO applied (id, idx) VALUES (1, \(Int64(bitPattern: appliedIndex)))")
+        try lock.withLock { () throws(StoreError) in
+            try database.replaceContents(with: image)
+            applied = appliedIndex
+            if case .integer(let index)? = try database.scalar("SELECT max(modify_index) FROM kv") {
+                lastModify = UInt64(index)
+            } else {
+                lastModify = 0
+            }
+            outcomes = [:]
+            outcomeOrder = []
+        }
+    }
+
+    /// The image has kv.db's tables (an image of another state machine is refused).
+    private static func checkImage(_ image: Database) throws(StoreError) {
+        _ = try image.scalar("SELECT count(*) FROM kv WHERE key = '' AND create_index = 0 AND modify_index = 0 AND flags = 0")
+        _ = try image.scalar("SELECT idx FROM applied WHERE id = 1")
+    }
+}
+
 /// A mutex without Foundation (Cluster keeps Foundation out of its core types). The
 /// pthread_mutex_t lives on the heap: its address must not move while locked.
 final class NSLockLike: @unchecked Sendable {

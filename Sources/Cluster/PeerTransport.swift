@@ -21,7 +21,10 @@ public struct PeerAddress: Hashable, Sendable, CustomStringConvertible {
 /// Each server listens for its peers and keeps one outbound connection to each peer, over which
 /// its messages to that peer are pipelined (writes never wait for answers; Raft's own
 /// acknowledgements drive flow control). A connection that drops is dialled again on demand with
-/// exponential backoff; messages queued meanwhile are bounded and the oldest dropped first — Raft
+/// exponential backoff; messages queued meanwhile are bounded and the oldest dropped first, and
+/// once the backoff has reached its maximum (the peer has been unreachable for over a second) a
+/// failed attempt drops the queue: by the time such a peer is back they are stale (appends it
+/// would reject, a snapshot of megabytes held for nothing) — Raft
 /// tolerates loss and resends what matters. A malformed or oversized inbound frame closes that
 /// connection and is logged.
 public final class PeerTransport: @unchecked Sendable {
@@ -168,6 +171,10 @@ public final class PeerTransport: @unchecked Sendable {
                         if connection.channel === channel { connection.channel = nil }
                     }
                 case .failure(let error):
+                    if connection.backoffMilliseconds >= Self.reconnectBackoffMillisecondsMax {
+                        connection.dropped += connection.queue.count
+                        connection.queue = []
+                    }
                     connection.retryAt = .now() + .milliseconds(connection.backoffMilliseconds)
                     self.logger.debug("cannot reach peer", metadata: [
                         "raft.peer": "\(peer)", "raft.peer.address": "\(address)", "error": "\(error)",

@@ -48,17 +48,52 @@ public final class RaftDriver: @unchecked Sendable {
     /// far inside the timeout on a loaded 2-core machine.
     public static let tickMillisecondsDefault: Int64 = 50
 
+    /// Snapshot and compaction settings (see `RaftDriver+Snapshots.swift`).
+    public struct Options: Sendable {
+        /// A snapshot is taken every this many applied entries.
+        public var snapshotIntervalEntries: UInt64 = RaftDriver.snapshotIntervalEntriesDefault
+        /// The log is compacted through a snapshot only once this many entries were applied
+        /// after it, so a follower that is a little behind gets entries, not the snapshot.
+        /// Must be below `snapshotIntervalEntries`.
+        public var snapshotTrailingEntries: UInt64 = RaftDriver.snapshotTrailingEntriesDefault
+        /// Test failpoint: pause this long while installing a snapshot from the leader, after
+        /// raft.db holds it and before the state machines are replaced (0: no pause).
+        public var snapshotInstallPauseMilliseconds: Int64 = 0
+
+        public init() {}
+    }
+
     public let id: NodeID
-    private let loop: EventLoop
-    private let storage: RaftStorage
-    private let transport: PeerTransport
+    let loop: EventLoop
+    let storage: RaftStorage
+    let transport: PeerTransport
     private let tick: TimeAmount
     private let apply: (Entry) -> Void
-    private let logger: Logger
-    private var node: RaftNode
+    let logger: Logger
+    let options: Options
+    /// The state machines whose state goes into snapshots.
+    let participants: [any SnapshotParticipant]
+    var node: RaftNode
+    /// A snapshot taken and not yet used to compact (waiting for the trailing entries).
+    var pendingCapture: (index: LogIndex, data: [UInt8])?
+    /// The applied index of the last capture attempt (a capture too large to ship is not retried
+    /// before another interval).
+    var lastCaptureIndex: LogIndex = .zero
+    /// Operator restores that were refused when they applied, by index, for their proposer.
+    var restoreFailures: [LogIndex: SnapshotError] = [:]
+    /// Addresses from configuration or a join answer; the replicated list (servers entries and
+    /// the snapshot's "servers" section) overrides them.
+    var configuredServers: [NodeID: ServerAddresses] = [:]
+    var replicatedServers: [NodeID: ServerAddresses] = [:]
+    var publishedServers: [NodeID: ServerAddresses]?
+    var publishedMembership: Membership?
+    var serversChanged: (@Sendable ([NodeID: ServerAddresses], Membership) -> Void)?
+    var managesPeers = false
+    /// When a message last arrived from each server.
+    var lastContact: [NodeID: NIODeadline] = [:]
     private var ticker: RepeatedTask?
-    private var pending: [LogIndex: (term: Term, promise: EventLoopPromise<LogIndex>)] = [:]
-    private var stoppedReason: String?
+    var pending: [LogIndex: (term: Term, promise: EventLoopPromise<LogIndex>)] = [:]
+    var stoppedReason: String?
     /// ReadIndex requests sent, by context; then confirmed reads waiting for `applied` to reach them.
     private var readsAsked: [UInt64: EventLoopPromise<Void>] = [:]
     private var readsWaiting: [(index: LogIndex, promise: EventLoopPromise<Void>)] = []
@@ -67,10 +102,17 @@ public final class RaftDriver: @unchecked Sendable {
     private var lastLeader: NodeID?
     private var lastLeaderContact: NIODeadline?
 
-    /// - Parameter apply: called on the driver's loop with every committed entry, in order.
+    /// - Parameters:
+    ///   - participants: the state machines that snapshots hold and restore.
+    ///   - apply: called on the driver's loop with every committed entry for the state machines,
+    ///     in order (entries the driver handles itself, such as operator restores, excepted).
     public init(config: RaftConfig, storage: RaftStorage, transport: PeerTransport, loop: EventLoop,
                 tickMilliseconds: Int64 = RaftDriver.tickMillisecondsDefault, logger: Logger,
+                participants: [any SnapshotParticipant] = [], options: Options = Options(),
                 apply: @escaping (Entry) -> Void) throws(RaftStorageError) {
+        precondition(options.snapshotTrailingEntries < options.snapshotIntervalEntries,
+                     "snapshot trailing entries (\(options.snapshotTrailingEntries)) must be below the interval (\(options.snapshotIntervalEntries))")
+        precondition(Set(participants.map(\.snapshotName)).count == participants.count, "two state machines with one snapshot name")
         self.id = config.id
         self.loop = loop
         self.storage = storage
@@ -78,13 +120,19 @@ public final class RaftDriver: @unchecked Sendable {
         self.tick = .milliseconds(tickMilliseconds)
         self.logger = logger
         self.apply = apply
-        self.node = RaftNode(config: config, persistent: try storage.load())
+        self.participants = participants
+        self.options = options
+        let persistent = try storage.load()
+        self.node = RaftNode(config: config, persistent: persistent)
+        if let snapshot = persistent.snapshot { try restoreParticipantsBehind(snapshot) }
+        loadServers(persistent)
     }
 
     public func start() {
         loop.execute {
             self.ticker = self.loop.scheduleRepeatedTask(initialDelay: self.tick, delay: self.tick) { _ in
                 self.event { $0.tick() }
+                self.maybePromoteLearners()
             }
         }
     }
@@ -97,6 +145,7 @@ public final class RaftDriver: @unchecked Sendable {
     /// A message from a peer (any thread).
     public func receive(_ message: Message) {
         loop.execute {
+            self.lastContact[message.from] = .now()
             self.event { $0.step(message) }
             if message.from == self.node.leader { self.lastLeaderContact = .now() }
         }
@@ -169,7 +218,7 @@ public final class RaftDriver: @unchecked Sendable {
             self.handleReady()
             let done = self.loop.makePromise(of: Bool.self)
             let deadline = NIODeadline.now() + timeout
-            func check() {
+            @Sendable func check() {
                 if !self.node.isLeader || NIODeadline.now() >= deadline {
                     done.succeed(!self.node.isLeader)
                 } else {
@@ -214,7 +263,7 @@ public final class RaftDriver: @unchecked Sendable {
         }
     }
 
-    private func handleReady() {
+    func handleReady() {
         while stoppedReason == nil && node.hasReady {
             let ready = node.ready()
             // 1. Persist: nothing below may happen before this is durable.
@@ -228,9 +277,28 @@ public final class RaftDriver: @unchecked Sendable {
             }
             // 2. Send.
             transport.send(ready.messages)
-            // 3. Apply, and answer the proposals that applied.
+            // 3. Apply (a snapshot from the leader first), and answer the proposals that applied.
+            if let snapshot = ready.snapshot {
+                do {
+                    try install(snapshot)
+                } catch {
+                    logger.critical("cannot install the snapshot at \(snapshot.index); this server stops taking part",
+                                    metadata: ["raft.error": "\(error)"])
+                    halt("snapshot install failed: \(error)")
+                    return
+                }
+            }
             for entry in ready.committedEntries {
-                if entry.kind == .normal { apply(entry) }
+                if entry.kind == .normal {
+                    switch entry.data.first {
+                    case ClusterCommandTag.snapshotRestore?:
+                        guard applyRestore(entry) else { return }
+                    case ClusterCommandTag.servers?:
+                        applyServers(entry)
+                    default:
+                        apply(entry)
+                    }
+                }
                 if let waiting = pending.removeValue(forKey: entry.index) {
                     if waiting.term == entry.term {
                         waiting.promise.succeed(entry.index)
@@ -247,6 +315,8 @@ public final class RaftDriver: @unchecked Sendable {
             // 4. Advance.
             node.advance(ready)
             releaseReads()
+            publishServersIfChanged()
+            guard maybeSnapshot() else { return }
             if ready.leader != lastLeader {
                 lastLeader = ready.leader
                 logger.info("leader changed", metadata: ["raft.term": "\(node.hardState.term)",
@@ -265,7 +335,7 @@ public final class RaftDriver: @unchecked Sendable {
         }
     }
 
-    private func halt(_ reason: String) {
+    func halt(_ reason: String) {
         guard stoppedReason == nil else { return }
         stoppedReason = reason
         ticker?.cancel()

@@ -13,9 +13,9 @@ import Store
 final class ClusterRuntime {
     private let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
     private let transport: PeerTransport
-    private let driver: RaftDriver
+    let driver: RaftDriver
     private let api: APIServer
-    private let logger: Logger
+    let logger: Logger
     let raftPort: Int
     let httpPort: Int
     let catalog: Catalog
@@ -47,16 +47,17 @@ final class ClusterRuntime {
         catalog.observe(onCatalogChange)
         var raftConfig = RaftConfig(id: id, initialMembership: Membership(voters: config.raftServers.map { NodeID(rawValue: $0.id) }))
         raftConfig.randomSeed = UInt64(UInt32.random(in: 1...UInt32.max))
-        let peers = Dictionary(uniqueKeysWithValues: config.raftServers.filter { $0.id != config.raftNodeID }.map {
-            (NodeID(rawValue: $0.id), PeerAddress(host: $0.raft.host, port: $0.raft.port))
-        })
+        let founding = Self.foundingServers(config)
+        let peers = founding.filter { $0.key != id }.mapValues(\.raft)
+        let options = try Self.driverOptions(ProcessInfo.processInfo.environment)
         final class DriverBox: @unchecked Sendable { var driver: RaftDriver? }
         let box = DriverBox()
         transport = PeerTransport(id: id, listen: PeerAddress(host: config.raftListen.host, port: config.raftListen.port),
                                   peers: peers, group: group, logger: logger) { box.driver?.receive($0) }
         do {
             driver = try RaftDriver(config: raftConfig, storage: storage, transport: transport, loop: group.next(),
-                                    logger: logger) { entry in
+                                    logger: logger, participants: [kv, catalog],
+                                    options: options) { entry in
                 // Registry entries start with their tag byte; everything else is the KV store's.
                 let registry = entry.data.first.map { $0 >= CatalogCommand.entryTag } ?? false
                 do {
@@ -75,13 +76,10 @@ final class ClusterRuntime {
             throw StartError(code: .ioError, message: "\(error)")
         }
         box.driver = driver
-        let directory = ClusterDirectory(
-            raft: Dictionary(uniqueKeysWithValues: config.raftServers.map {
-                (NodeID(rawValue: $0.id), PeerAddress(host: $0.raft.host, port: $0.raft.port))
-            }),
-            http: Dictionary(uniqueKeysWithValues: config.raftServers.map {
-                (NodeID(rawValue: $0.id), PeerAddress(host: $0.http.host, port: $0.http.port))
-            }))
+        let directory = ClusterDirectory(raft: founding.mapValues(\.raft), http: founding.mapValues(\.http))
+        // Joined servers' addresses are replicated; the driver tells the transport and the API.
+        driver.learnServers(founding)
+        driver.onServersChanged { servers, membership in directory.update(servers, membership: membership) }
         api = APIServer(listen: PeerAddress(host: config.httpListen.host, port: config.httpListen.port), group: group,
                         kv: kv, driver: driver, directory: directory,
                         registry: RegistryContext(catalog: catalog, hub: hub, nodeName: config.effectiveNodeName,
@@ -99,6 +97,9 @@ final class ClusterRuntime {
             throw StartError(code: .unavailable, message: "cannot bind http \(config.httpListen): \(error)")
         }
         driver.start()
+        if let join = config.raftJoin {
+            startJoining(through: join, config: config)
+        }
     }
 
     /// SIGTERM: a leader hands over first, so a rolling restart causes no election timeout.
@@ -111,4 +112,13 @@ final class ClusterRuntime {
         transport.stop()
         try? group.syncShutdownGracefully()
     }
+}
+
+/// The catalog's state goes into Raft snapshots as the section "registry" (Registry does not
+/// know about Cluster: DESIGN.md's module map).
+extension Catalog: SnapshotParticipant {
+    public var snapshotName: String { "registry" }
+    public func snapshotData() throws -> [UInt8] { try snapshotImage() }
+    public func validateSnapshot(_ data: [UInt8]) throws { try validate(image: data) }
+    public func restoreSnapshot(_ data: [UInt8], appliedIndex: UInt64) throws { try restore(image: data, appliedIndex: appliedIndex) }
 }

@@ -69,6 +69,10 @@ public struct Configuration: Sendable, Equatable {
     public var raftListen: ListenAddress
     /// The founding servers of the cluster, this one included (the same list on every server).
     public var raftServers: [ServerSpec]
+    /// A member's HTTP API to ask for admission (`--join`): this server starts with an empty
+    /// membership and is added as a learner, then promoted to voter once caught up. nil: found
+    /// or restart a cluster from `raftServers`.
+    public var raftJoin: ListenAddress? = nil
     /// The HTTP API.
     public var httpListen: ListenAddress
     /// raft.db (the Raft log) and kv.db (the state machine) live here.
@@ -109,7 +113,7 @@ public struct Configuration: Sendable, Equatable {
     }
 
     /// Whether this server runs the replicated store (a cluster of one in --dev).
-    public var clusterEnabled: Bool { raftNodeID != 0 && !raftServers.isEmpty }
+    public var clusterEnabled: Bool { raftNodeID != 0 && (!raftServers.isEmpty || raftJoin != nil) }
 
     /// The defaults of a service install (Config/discod.toml documents the same values).
     public static let service = Configuration(
@@ -285,6 +289,13 @@ public struct Configuration: Sendable, Equatable {
             config.raftServers = servers
             return nil
         },
+        Key(name: "raft.join") { config, value in
+            guard case .string(let text) = value, let address = ListenAddress(text) else {
+                return "expected a member's HTTP address \"IPv4:PORT\" or \"[IPv6]:PORT\""
+            }
+            config.raftJoin = address
+            return nil
+        },
         Key(name: "http.listen") { config, value in
             guard case .string(let text) = value, let address = ListenAddress(text) else {
                 return "expected \"IPv4:PORT\" or \"[IPv6]:PORT\""
@@ -373,6 +384,21 @@ public struct Configuration: Sendable, Equatable {
 
     /// Checks relations between keys, after every source is applied.
     public func validate() throws(ConfigError) {
+        if raftJoin != nil {
+            guard raftNodeID != 0 else {
+                throw ConfigError(source: .flag("--join"), key: "raft.join", message: "needs this server's id (raft.id, --node-id)")
+            }
+            guard raftServers.isEmpty else {
+                throw ConfigError(source: .flag("--join"), key: "raft.join",
+                                  message: "a joining server lists no founding servers (raft.servers); it learns them from the cluster")
+            }
+            // The listen addresses are what the other servers are told to dial.
+            for (key, address) in [("raft.listen", raftListen), ("http.listen", httpListen)]
+            where ["0.0.0.0", "::", ""].contains(address.host) || address.port == 0 {
+                throw ConfigError(source: .flag("--join"), key: key,
+                                  message: "\(address) cannot be told to other servers: give the address they reach this server at")
+            }
+        }
         if !raftServers.isEmpty && !raftServers.contains(where: { $0.id == raftNodeID }) {
             throw ConfigError(source: .flag("--node-id"), key: "raft.id",
                               message: "\(raftNodeID) is not one of raft.servers (\(raftServers.map(\.id)))")

@@ -109,7 +109,7 @@ public final class DiscoDaemon: @unchecked Sendable {
                 box.publisher = publisher
                 servicePublisher = publisher
                 publisher.changed()
-                logger.info("raft server \(config.raftNodeID) of \(config.raftServers.count) on \(config.raftListen.host):\(cluster.raftPort); HTTP API on \(config.httpListen.host):\(cluster.httpPort); data in \(config.dataDirectory)")
+                logger.info("raft server \(config.raftNodeID) \(config.raftJoin.map { "joining through \($0)" } ?? "of \(config.raftServers.count)") on \(config.raftListen.host):\(cluster.raftPort); HTTP API on \(config.httpListen.host):\(cluster.httpPort); data in \(config.dataDirectory)")
             } catch {
                 stop()
                 throw error

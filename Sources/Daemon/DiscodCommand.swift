@@ -42,6 +42,10 @@ public struct DiscodCommand: ParsableCommand {
                                valueName: "id=raft-addr,http-addr"))
     var server: [String] = []
 
+    @Option(help: ArgumentHelp("Join a running cluster through a member's HTTP API (empty data directory, no --server).",
+                               valueName: "http-addr:port"))
+    var join: String?
+
     @Option(help: ArgumentHelp("The HTTP API address.", valueName: "addr:port"))
     var http: String?
 
@@ -68,6 +72,7 @@ public struct DiscodCommand: ParsableCommand {
             try configuration.apply(flag: "--server", key: "raft.servers",
                                     value: .array(server.map { TOMLValue(kind: .string($0), line: 0) }))
         }
+        if let join { try configuration.apply(flag: "--join", key: "raft.join", value: .string(join)) }
         if let http { try configuration.apply(flag: "--http", key: "http.listen", value: .string(http)) }
         if let dataDir { try configuration.apply(flag: "--data-dir", key: "data.directory", value: .string(dataDir)) }
         try configuration.validate()

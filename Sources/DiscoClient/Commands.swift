@@ -43,9 +43,9 @@ func reporting(_ body: () throws -> Void) throws {
 public struct DiscoctlCommand: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "discoctl",
-        abstract: "Control a Disco cluster: services, health checks, key-value store, members.",
+        abstract: "Control a Disco cluster: services, health checks, key-value store, members, snapshots.",
         subcommands: [Register.self, Deregister.self, Services.self, Instances.self, Health.self, Check.self, Watch.self,
-                      KV.self, Members.self, Leader.self, Peers.self])
+                      KV.self, Members.self, Leader.self, Peers.self, SnapshotCommand.self])
 
     public init() {}
 }
@@ -125,41 +125,6 @@ struct KV: ParsableCommand {
                     }
                 }
             }
-        }
-    }
-}
-
-struct Members: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        abstract: "List the cluster's servers: id, address, role, voter, match index and lag (known on the leader).")
-    @OptionGroup var options: GlobalOptions
-
-    func run() throws {
-        try reporting {
-            let members = try options.client.members()
-            if options.json {
-                options.printJSON(members)
-                return
-            }
-            func cell(_ value: Any?) -> String { value.map { "\($0)" } ?? "-" }
-            let rows = members.map { m -> [String] in
-                [cell(m["ID"]), cell(m["Address"]), (m["Leader"] as? Bool) == true ? "leader" : "follower",
-                 (m["Voter"] as? Bool) == true ? "yes" : "no", cell(m["MatchIndex"]), cell(m["Lag"])]
-            }
-            printTable(["ID", "ADDRESS", "ROLE", "VOTER", "MATCH", "LAG"], rows)
-        }
-    }
-}
-
-struct Leader: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Print the leader's Raft address.")
-    @OptionGroup var options: GlobalOptions
-
-    func run() throws {
-        try reporting {
-            let leader = try options.client.leader()
-            if options.json { options.printJSON(leader) } else { print(leader.isEmpty ? "no leader" : leader) }
-            if leader.isEmpty { throw ExitCode(1) }
         }
     }
 }

@@ -150,4 +150,39 @@ public final class Catalog: @unchecked Sendable {
             try putServiceIndex.run(.text(name), .integer(Int64(index)))
         }
     }
+
+    // MARK: - Snapshots (called on the Raft driver's loop, between applies)
+
+    /// The whole of registry.db as of `appliedIndex`.
+    public func snapshotImage() throws -> [UInt8] {
+        try database.serialize()
+    }
+
+    /// Throws unless `image` is a registry.db that `restore` would accept.
+    public func validate(image: [UInt8]) throws {
+        let candidate = try Database(deserializing: image, name: "snapshot section 'registry'")
+        for table in ["nodes", "services", "checks", "service_index", "meta"] {
+            guard try candidate.scalar("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?", .text(table))
+                    == .integer(1) else {
+                throw RegistryError.storage("snapshot section 'registry' has no table \(table)")
+            }
+        }
+    }
+
+    /// Replaces registry.db with `image` in one write transaction (SQLite's backup API), then
+    /// memory, and tells the observers that everything may have changed.
+    public func restore(image: [UInt8], appliedIndex: UInt64) throws {
+        try validate(image: image)
+        let candidate = try Database(deserializing: image, name: "snapshot section 'registry'")
+        try candidate.execute("""
+            INSERT INTO meta (id, applied, catalog_index, nodes_index) VALUES (1, \(Int64(bitPattern: appliedIndex)), 0, 0)
+            ON CONFLICT(id) DO UPDATE SET applied = excluded.applied
+            """)
+        let before = Set(state.serviceIndex.keys)
+        try database.replaceContents(with: candidate)
+        try load()
+        let state = self.state
+        let change = CatalogChange(index: appliedIndex, services: before.union(state.serviceIndex.keys), nodesChanged: true)
+        for observer in lock.withLock({ observers }) { observer(change, state) }
+    }
 }

@@ -69,16 +69,17 @@ public final class Database {
 
     /// Opens (creating if needed) the database at `path`, applies `durability`, and checks that
     /// the file is a readable SQLite database: a torn or foreign file is an error naming it,
-    /// never a silent reset.
-    public init(path: String, durability: Durability = .durable) throws(StoreError) {
-        self.path = path
+    /// never a silent reset. `label`, if given, names the database in errors instead of `path`
+    /// (for in-memory databases).
+    public init(path: String, durability: Durability = .durable, label: String? = nil) throws(StoreError) {
+        self.path = label ?? path
         var handle: OpaquePointer?
         let flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX
         let result = sqlite3_open_v2(path, &handle, flags, nil)
         guard result == SQLITE_OK, let handle else {
             let message = handle.map { String(cString: sqlite3_errmsg($0)) } ?? String(cString: sqlite3_errstr(result))
             if let handle { sqlite3_close_v2(handle) }
-            throw StoreError(code: result & 0xFF, extendedCode: result, message: message, path: path, sql: nil)
+            throw StoreError(code: result & 0xFF, extendedCode: result, message: message, path: label ?? path, sql: nil)
         }
         self.handle = handle
         sqlite3_extended_result_codes(handle, 1)

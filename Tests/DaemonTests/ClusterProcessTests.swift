@@ -80,8 +80,11 @@ struct ClusterProcessTests {
         let directory: TemporaryDirectory
         let nodes: [Node]
         let zones: URL
+        /// Extra environment of every discod started (hidden knobs such as DISCO_SNAPSHOT_ENTRIES).
+        let environment: [String: String]
 
-        init(size: Int) throws {
+        init(size: Int, environment: [String: String] = [:]) throws {
+            self.environment = environment
             let directory = try TemporaryDirectory()
             let zones = directory.url.appendingPathComponent("zones")
             try FileManager.default.createDirectory(at: zones, withIntermediateDirectories: true)
@@ -93,12 +96,12 @@ struct ClusterProcessTests {
             for node in nodes { try start(node) }
         }
 
-        func start(_ node: Node) throws {
+        func start(_ node: Node, environment extra: [String: String] = [:]) throws {
             var arguments = ["--zones", zones.path, "--dns", "127.0.0.1:0", "--workers", "1",
                              "--node-id", "\(node.id)", "--raft", "127.0.0.1:\(node.raftPort)",
                              "--http", "127.0.0.1:\(node.httpPort)", "--data-dir", node.data.path, "--log-level", "info"]
             for peer in nodes { arguments += ["--server", "\(peer.id)=127.0.0.1:\(peer.raftPort),127.0.0.1:\(peer.httpPort)"] }
-            let process = try DiscodProcess(arguments: arguments)
+            let process = try DiscodProcess(arguments: arguments, environment: environment.merging(extra) { $1 })
             try process.waitForStart()
             node.process = process
         }

@@ -10,8 +10,27 @@ import Glibc
 let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
     .deletingLastPathComponent()
 
+/// The directory of the running test binary: the products of the same build (any
+/// `--scratch-path`) are next to it.
+let testProductsDirectory: URL? = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+    .map { URL(fileURLWithPath: $0).deletingLastPathComponent() }
+
+/// A product of the build (discod, discoctl): next to the test binary, else under .build.
+func builtProduct(_ name: String) throws -> URL {
+    if let directory = testProductsDirectory {
+        let url = directory.appendingPathComponent(name)
+        if FileManager.default.isExecutableFile(atPath: url.path) { return url }
+    }
+    for configuration in ["debug", "release"] {
+        let url = repositoryRoot.appendingPathComponent(".build/\(configuration)/\(name)")
+        if FileManager.default.isExecutableFile(atPath: url.path) { return url }
+    }
+    throw TestFailure("\(name) is not built: run `swift build` first")
+}
+
 /// The discod binary built alongside the tests.
 func discodBinary() throws -> URL {
+    if let url = try? builtProduct("discod") { return url }
     for configuration in ["debug", "release"] {
         let url = repositoryRoot.appendingPathComponent(".build/\(configuration)/discod")
         if FileManager.default.isExecutableFile(atPath: url.path) { return url }
@@ -230,8 +249,7 @@ struct DiscoctlRun {
 
 /// Runs the built discoctl against the API on `http`.
 func discoctl(_ arguments: [String], http: Int) throws -> DiscoctlRun {
-    let binary = repositoryRoot.appendingPathComponent(".build/debug/discoctl")
-    guard FileManager.default.isExecutableFile(atPath: binary.path) else { throw TestFailure("discoctl is not built") }
+    let binary = try builtProduct("discoctl")
     let process = Process()
     process.executableURL = binary
     process.arguments = arguments
