@@ -198,7 +198,9 @@ public final class Zone: Sendable {
             }
         }
         names[apexKey] = origin
-        var ordered = names.keys.sorted()
+        // Canonical order, with each name's sort key computed once (a registry zone has thousands).
+        var ordered = names.keys.map { ($0, $0.canonicalKey) }
+            .sorted { DomainName.canonicallyPrecedes($0.1, $1.1) }.map(\.0)
         ordered.removeAll { $0 == apexKey }
         ordered.insert(apexKey, at: 0)
         let table = NameTable(keys: ordered.map(\.wire))

@@ -42,11 +42,16 @@ final class ViewComposer: @unchecked Sendable {
 /// Rebuilds the registry's zone after catalog changes, coalesced (DESIGN.md: rebuilt, not
 /// patched; never per query): changes that arrive while a rebuild runs are folded into one
 /// more rebuild, which reads the catalog as it is then. The first rebuild starts at once, so
-/// an idle cluster shows a registration in DNS within a rebuild's time of applying it.
+/// an idle cluster shows a registration in DNS within a rebuild's time of applying it. Under a
+/// stream of changes, rebuilds are spaced so they take at most 1/(1 + `restFactor`) of a core:
+/// a registration storm must not starve the DNS workers of CPU (herd safety).
 final class ServiceViewPublisher: @unchecked Sendable {
-    // @unchecked: `running` and `dirty` are guarded by `lock`.
+    /// After a rebuild that took d, the next one waits at least d × this (3: at most 25% of a core).
+    static let restFactor: UInt64 = 3
+
+    // @unchecked: `running` and `dirty` are guarded by `lock`; `builder` is used only on `queue`.
     private let catalog: Catalog
-    private let config: ServiceViewConfig
+    private let builder: ServiceViewBuilder
     private let composer: ViewComposer
     private let logger: Logger
     private let queue = DispatchQueue(label: "disco.service-view")
@@ -56,7 +61,7 @@ final class ServiceViewPublisher: @unchecked Sendable {
 
     init(catalog: Catalog, config: ServiceViewConfig, composer: ViewComposer, logger: Logger) {
         self.catalog = catalog
-        self.config = config
+        self.builder = ServiceViewBuilder(config: config)
         self.composer = composer
         self.logger = logger
     }
@@ -73,16 +78,19 @@ final class ServiceViewPublisher: @unchecked Sendable {
     }
 
     private func run() {
+        var restNanoseconds: UInt64 = 0
         while lock.withLock({ () -> Bool in
             if !dirty { running = false }
             let again = dirty
             dirty = false
             return again
         }) {
+            if restNanoseconds > 0 { usleep(UInt32(min(restNanoseconds / 1000, 1_000_000))) }
             let state = catalog.state
+            let started = DispatchTime.now().uptimeNanoseconds
+            defer { restNanoseconds = (DispatchTime.now().uptimeNanoseconds - started) * Self.restFactor }
             do throws(ZoneLoadError) {
-                let started = DispatchTime.now().uptimeNanoseconds
-                composer.publish(serviceZone: try ServiceView.zone(from: state, config: config))
+                composer.publish(serviceZone: try builder.zone(from: state))
                 logger.debug("registry view rebuilt", metadata: [
                     "catalog.index": "\(state.index)",
                     "dns.rebuild_microseconds": "\((DispatchTime.now().uptimeNanoseconds - started) / 1000)"])

@@ -76,56 +76,87 @@ public enum ServiceView {
         }
     }
 
+    /// Builds the whole zone, nothing cached (tests; `ServiceViewBuilder` is the incremental one).
     public static func zone(from state: CatalogState, config: ServiceViewConfig) throws(ZoneLoadError) -> Zone {
-        var builder = Builder(domain: config.domain)
+        var records = apexRecords(state, config) + nodeRecords(state, config)
+        for service in state.serviceNames.keys.sorted() { records += self.records(ofService: service, in: state, config) }
+        return try zone(records, config)
+    }
+
+    static let position = SourcePosition(file: "<registry>", line: 1, column: 1)
+
+    static func zone(_ records: [ResourceRecord], _ config: ServiceViewConfig) throws(ZoneLoadError) -> Zone {
+        try Zone(origin: config.domain, records: records.map { ParsedRecord(record: $0, position: position) }, source: "<registry>")
+    }
+
+    /// SOA (serial: the catalog index), NS and the name servers' addresses.
+    static func apexRecords(_ state: CatalogState, _ config: ServiceViewConfig) -> [ResourceRecord] {
+        let names = Names(domain: config.domain)
         let negativeTTL = config.negativeTTLSeconds
-        let nameServer = builder.name("ns")
-        builder.add(config.domain, negativeTTL, .soa(SOAData(
-            mname: nameServer, rname: builder.name("hostmaster"), serial: UInt32(truncatingIfNeeded: state.index),
-            refresh: 3600, retry: 600, expire: 86_400, minimum: negativeTTL)))
-        builder.add(config.domain, negativeTTL, .ns(nameServer))
+        let nameServer = names.name("ns")
+        var records = [
+            ResourceRecord(name: config.domain, ttl: negativeTTL, rdata: .soa(SOAData(
+                mname: nameServer, rname: names.name("hostmaster"), serial: UInt32(truncatingIfNeeded: state.index),
+                refresh: 3600, retry: 600, expire: 86_400, minimum: negativeTTL))),
+            ResourceRecord(name: config.domain, ttl: negativeTTL, rdata: .ns(nameServer)),
+        ]
         for address in config.nameServerAddresses {
-            if let ip = IPAddress(address) { builder.add(nameServer, config.nodeTTLSeconds, ip.rdata) }
+            if let ip = IPAddress(address) { records.append(ResourceRecord(name: nameServer, ttl: config.nodeTTLSeconds, rdata: ip.rdata)) }
         }
+        return records
+    }
 
-        // NODE.node.DOMAIN
+    /// NODE.node.DOMAIN for every node with an IP address.
+    static func nodeRecords(_ state: CatalogState, _ config: ServiceViewConfig) -> [ResourceRecord] {
+        let names = Names(domain: config.domain)
+        var records: [ResourceRecord] = []
         for (name, node) in state.nodes where isLabel(name) {
-            if let ip = IPAddress(node.value.address) { builder.add(builder.name(name, "node"), config.nodeTTLSeconds, ip.rdata) }
-        }
-
-        for (service, _) in state.serviceNames.sorted(by: { $0.key < $1.key }) where isLabel(service) {
-            let ttl = ttl(of: service, in: state, config)
-            let serviceName = builder.name(service, "service")
-            let rfc2782 = builder.name("_" + service, "_tcp", "service")
-            for instance in state.instances(of: service) {
-                let health = state.health(of: instance.value)
-                guard health == .passing || (health == .warning && !config.onlyPassing) else { continue }
-                guard let ip = IPAddress(state.address(of: instance.value)) else { continue }
-                // SRV target: the node's name when the instance uses the node's address, else
-                // a name for the address itself (Consul's `HEX.addr.DOMAIN`).
-                let target: DomainName
-                if isLabel(instance.value.node), state.nodes[instance.value.node].flatMap({ IPAddress($0.value.address) }) == ip {
-                    target = builder.name(instance.value.node, "node")
-                } else {
-                    target = builder.name(ip.hexLabel, "addr")
-                    builder.add(target, config.nodeTTLSeconds, ip.rdata)
-                }
-                let weight = health == .passing ? instance.value.weights.passing : instance.value.weights.warning
-                let srv = RData.srv(priority: 1, weight: UInt16(clamping: weight), port: UInt16(clamping: instance.value.port),
-                                    target: target)
-                builder.add(serviceName, ttl, ip.rdata)
-                builder.add(serviceName, ttl, srv)
-                builder.add(rfc2782, ttl, srv)
-                for tag in Set(instance.value.tags) where isLabel(tag) {
-                    let tagged = builder.name(tag, service, "service")
-                    builder.add(tagged, ttl, ip.rdata)
-                    builder.add(tagged, ttl, srv)
-                    // RFC 2782 form with the tag as protocol label; `_tcp`/`_udp` mean any tag.
-                    if tag != "tcp" && tag != "udp" { builder.add(builder.name("_" + service, "_" + tag, "service"), ttl, srv) }
-                }
+            if let ip = IPAddress(node.value.address) {
+                records.append(ResourceRecord(name: names.name(name, "node"), ttl: config.nodeTTLSeconds, rdata: ip.rdata))
             }
         }
-        return try Zone(origin: config.domain, records: builder.records, source: "<registry>")
+        return records
+    }
+
+    /// Everything one service puts in DNS: its healthy instances' addresses and SRV records
+    /// under every name form, and the `.addr.` names its SRV targets need. Depends only on the
+    /// service's instances, their checks and their nodes: what its modify index covers.
+    static func records(ofService service: String, in state: CatalogState, _ config: ServiceViewConfig) -> [ResourceRecord] {
+        guard isLabel(service) else { return [] }
+        let names = Names(domain: config.domain)
+        var records: [ResourceRecord] = []
+        func add(_ owner: DomainName, _ ttl: UInt32, _ rdata: RData) { records.append(ResourceRecord(name: owner, ttl: ttl, rdata: rdata)) }
+        let ttl = ttl(of: service, in: state, config)
+        let serviceName = names.name(service, "service")
+        let rfc2782 = names.name("_" + service, "_tcp", "service")
+        for instance in state.instances(of: service) {
+            let health = state.health(of: instance.value)
+            guard health == .passing || (health == .warning && !config.onlyPassing) else { continue }
+            guard let ip = IPAddress(state.address(of: instance.value)) else { continue }
+            // SRV target: the node's name when the instance uses the node's address, else
+            // a name for the address itself (Consul's `HEX.addr.DOMAIN`).
+            let target: DomainName
+            if isLabel(instance.value.node), state.nodes[instance.value.node].flatMap({ IPAddress($0.value.address) }) == ip {
+                target = names.name(instance.value.node, "node")
+            } else {
+                target = names.name(ip.hexLabel, "addr")
+                add(target, config.nodeTTLSeconds, ip.rdata)
+            }
+            let weight = health == .passing ? instance.value.weights.passing : instance.value.weights.warning
+            let srv = RData.srv(priority: 1, weight: UInt16(clamping: weight), port: UInt16(clamping: instance.value.port),
+                                target: target)
+            add(serviceName, ttl, ip.rdata)
+            add(serviceName, ttl, srv)
+            add(rfc2782, ttl, srv)
+            for tag in Set(instance.value.tags) where isLabel(tag) {
+                let tagged = names.name(tag, service, "service")
+                add(tagged, ttl, ip.rdata)
+                add(tagged, ttl, srv)
+                // RFC 2782 form with the tag as protocol label; `_tcp`/`_udp` mean any tag.
+                if tag != "tcp" && tag != "udp" { add(names.name("_" + service, "_" + tag, "service"), ttl, srv) }
+            }
+        }
+        return records
     }
 
     static func ttl(of service: String, in state: CatalogState, _ config: ServiceViewConfig) -> UInt32 {
@@ -138,15 +169,10 @@ public enum ServiceView {
         return config.serviceTTLSeconds
     }
 
-    struct Builder {
+    /// Names under the domain from labels that `isLabel` accepted, so they always parse.
+    struct Names {
         let domain: DomainName
-        var records: [ParsedRecord] = []
-        private var seen: Set<ResourceRecord> = []
-        private let position = SourcePosition(file: "<registry>", line: 1, column: 1)
 
-        init(domain: DomainName) { self.domain = domain }
-
-        /// `labels` are single labels already checked by `isLabel`, so the name always parses.
         func name(_ labels: String...) -> DomainName {
             do {
                 return try DomainName(labels.joined(separator: "."), origin: domain)
@@ -154,11 +180,39 @@ public enum ServiceView {
                 preconditionFailure("label check let through \(labels): \(error)")
             }
         }
+    }
+}
 
-        mutating func add(_ owner: DomainName, _ ttl: UInt32, _ rdata: RData) {
-            let record = ResourceRecord(name: owner, ttl: ttl, rdata: rdata)
-            guard seen.insert(record).inserted else { return }
-            records.append(ParsedRecord(record: record, position: position))
+/// Rebuilds the registry zone keeping each service's records from the last build unless the
+/// service's modify index moved: a registration re-derives one service, not the catalog. The
+/// zone itself is still assembled whole (the View is immutable).
+public final class ServiceViewBuilder {
+    private let config: ServiceViewConfig
+    private var services: [String: (index: UInt64, records: [ResourceRecord])] = [:]
+    private var nodes: (index: UInt64, records: [ResourceRecord])?
+
+    public init(config: ServiceViewConfig) {
+        self.config = config
+    }
+
+    public func zone(from state: CatalogState) throws(ZoneLoadError) -> Zone {
+        if nodes?.index != state.nodesIndex || nodes == nil {
+            nodes = (state.nodesIndex, ServiceView.nodeRecords(state, config))
         }
+        var records = ServiceView.apexRecords(state, config) + (nodes?.records ?? [])
+        let names = state.serviceNames.keys
+        var kept: [String: (index: UInt64, records: [ResourceRecord])] = [:]
+        kept.reserveCapacity(names.count)
+        for name in names {
+            let index = state.modifyIndex(ofService: name)
+            if let cached = services[name], cached.index == index {
+                kept[name] = cached
+            } else {
+                kept[name] = (index, ServiceView.records(ofService: name, in: state, config))
+            }
+            records += kept[name]!.records
+        }
+        services = kept
+        return try ServiceView.zone(records, config)
     }
 }

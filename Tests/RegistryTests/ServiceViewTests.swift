@@ -129,3 +129,38 @@ struct ServiceViewTests {
         #expect(zone.origin == domain)
     }
 }
+
+@Suite("incremental service view")
+struct ServiceViewBuilderTests {
+    /// The incremental builder must give exactly the zone a full build gives, after any change.
+    @Test(arguments: 1...10)
+    func incrementalBuildsEqualFullBuilds(seed: UInt64) throws {
+        let directory = try TemporaryDirectory()
+        let catalog = try Catalog(path: directory.path("registry.db"))
+        let config = ServiceViewConfig(domain: try DomainName("disco."))
+        let builder = ServiceViewBuilder(config: config)
+        var random = SplitMix(seed: seed)
+        let nodes = [node1, node2, NodeRecord(name: "node1", address: "10.0.0.9")]
+        func dump(_ zone: Zone) -> [String] {
+            zone.nodes.flatMap { node in node.rrsets.flatMap { set in set.records.map { "\(node.name) \(set.ttl) \($0)" } } }.sorted()
+        }
+        for _ in 0..<60 {
+            let node = nodes[random.below(nodes.count)]
+            let id = "s\(random.below(5))"
+            switch random.below(4) {
+            case 0, 1:
+                try apply(catalog, .register(node: node, service: ServiceInstance(
+                    id: id, node: node.name, name: ["web", "db", "api"][random.below(3)], tags: random.below(2) == 0 ? [] : ["v\(random.below(2))"],
+                    address: random.below(2) == 0 ? "" : "10.1.0.\(random.below(4))", port: 80),
+                    checks: [ttlCheck("c\(id)", service: id, on: node, status: .passing)], replaceChecks: false))
+            case 2:
+                try apply(catalog, .updateCheck(node: node.name, checkID: "c\(id)", status: HealthStatus.allCases[random.below(3)], output: ""))
+            default:
+                try apply(catalog, .deregister(node: node.name, serviceID: id, checkID: nil))
+            }
+            let incremental = try builder.zone(from: catalog.state)
+            let full = try ServiceView.zone(from: catalog.state, config: config)
+            #expect(dump(incremental) == dump(full), "seed \(seed)")
+        }
+    }
+}
