@@ -17,12 +17,22 @@ public struct PeerFrameError: Error, Sendable, Equatable, CustomStringConvertibl
 /// The binary framing of Raft messages between peers (no JSON on this path).
 ///
 /// A frame is `length: u32` (bytes after the length field) then the body:
-/// `version: u8 = 1`, `kind: u8`, `from: u64`, `to: u64`, `term: u64`, then the kind's fields.
+/// `version: u8 = 2`, `cluster: u64`, `kind: u8`, `from: u64`, `to: u64`, `term: u64`, then the
+/// kind's fields. `cluster` identifies the cluster (a hash of its token, as etcd's
+/// initial-cluster-token): a frame from another cluster is refused, so two clusters on one
+/// network never mix their logs. Version 1 had no cluster field.
 /// Integers are big-endian; byte strings are `u32` length + bytes; entries are
 /// `term u64, index u64, kind u8, data`. A frame above `frameBytesMax`, an unknown version or
 /// kind, or trailing bytes is an error.
 public enum PeerCodec {
-    public static let version: UInt8 = 1
+    /// The cluster identity of a token: FNV-1a 64 of its UTF-8 bytes.
+    public static func clusterID(token: String) -> UInt64 {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in token.utf8 { hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01b3 }
+        return hash
+    }
+
+    public static let version: UInt8 = 2
     /// The largest frame accepted: a whole snapshot travels in one frame (the core does not
     /// chunk them), so this bounds the state machine a cluster can hold. 64 MiB.
     public static let frameBytesMax = 64 << 20
@@ -34,10 +44,11 @@ public enum PeerCodec {
     }
 
     /// The whole frame, length prefix included.
-    public static func encode(_ message: Message) -> [UInt8] {
+    public static func encode(_ message: Message, cluster: UInt64 = 0) -> [UInt8] {
         var out = ByteWriter()
         out.u32(0)
         out.u8(version)
+        out.u64(cluster)
         let code: KindCode
         switch message.kind {
         case .voteRequest: code = .voteRequest
@@ -117,16 +128,22 @@ public enum PeerCodec {
     }
 
     /// Decodes a frame body (without its length field).
-    public static func decode(body: [UInt8]) throws(PeerFrameError) -> Message {
+    public static func decode(body: [UInt8], cluster: UInt64 = 0) throws(PeerFrameError) -> Message {
         var r = ByteReader(body)
         let version = try r.u8()
         guard version == Self.version else {
-            throw PeerFrameError(offset: 0, message: "version \(version) is not \(Self.version)")
+            let older = version < Self.version ? " (the peer runs an older discod)" : " (the peer runs a newer discod)"
+            throw PeerFrameError(offset: 0, message: "protocol version \(version) is not \(Self.version)\(older)")
+        }
+        let peerCluster = try r.u64()
+        guard peerCluster == cluster else {
+            throw PeerFrameError(offset: 1, message: "the peer is in cluster \(String(peerCluster, radix: 16)), this server in "
+                                 + "\(String(cluster, radix: 16)) (their raft.cluster_token differs)")
         }
         let rawKind = try r.u8()
-        guard let code = KindCode(rawValue: rawKind) else { throw PeerFrameError(offset: 1, message: "unknown kind \(rawKind)") }
+        guard let code = KindCode(rawValue: rawKind) else { throw PeerFrameError(offset: 9, message: "unknown kind \(rawKind)") }
         let fromRaw = try r.u64(), toRaw = try r.u64()
-        guard fromRaw != 0, toRaw != 0 else { throw PeerFrameError(offset: 2, message: "node id 0") }
+        guard fromRaw != 0, toRaw != 0 else { throw PeerFrameError(offset: 10, message: "node id 0") }
         let from = NodeID(rawValue: fromRaw), to = NodeID(rawValue: toRaw)
         let term = Term(try r.u64())
         let kind: Message.Kind

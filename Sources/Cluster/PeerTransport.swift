@@ -47,11 +47,16 @@ public final class PeerTransport: @unchecked Sendable {
     private var outbound: [NodeID: Outbound] = [:]
     private var listener: Channel?
     private var stopped = false
+    /// Every frame carries it; frames from another cluster close their connection.
+    public let cluster: UInt64
 
-    /// - Parameter deliver: called (on a NIO thread) with every well-formed inbound message.
+    /// - Parameters:
+    ///   - cluster: the cluster's identity (`PeerCodec.clusterID(token:)`).
+    ///   - deliver: called (on a NIO thread) with every well-formed inbound message.
     public init(id: NodeID, listen: PeerAddress, peers: [NodeID: PeerAddress], group: EventLoopGroup, logger: Logger,
-                deliver: @escaping @Sendable (Message) -> Void) {
+                cluster: UInt64 = 0, deliver: @escaping @Sendable (Message) -> Void) {
         self.id = id
+        self.cluster = cluster
         self.listen = listen
         self.peers = peers
         self.group = group
@@ -64,12 +69,13 @@ public final class PeerTransport: @unchecked Sendable {
     public func start() throws -> Int {
         let deliver = self.deliver
         let logger = self.logger
+        let cluster = self.cluster
         let channel = try ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(PeerFrameDecoder()))
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(PeerFrameDecoder(cluster: cluster)))
                     try channel.pipeline.syncOperations.addHandler(PeerInboundHandler(deliver: deliver, logger: logger))
                 }
             }
@@ -110,7 +116,8 @@ public final class PeerTransport: @unchecked Sendable {
 
     // MARK: - Outbound, on `loop`
 
-    private final class Outbound {
+    // @unchecked: touched only on `loop` (enqueue, and the connect callbacks that run there).
+    private final class Outbound: @unchecked Sendable {
         var channel: Channel?
         var connecting = false
         var queue: [[UInt8]] = []
@@ -123,7 +130,7 @@ public final class PeerTransport: @unchecked Sendable {
         guard !stopped, let address = peers[message.to] else { return }
         let connection = outbound[message.to] ?? Outbound()
         outbound[message.to] = connection
-        let frame = PeerCodec.encode(message)
+        let frame = PeerCodec.encode(message, cluster: cluster)
         if let channel = connection.channel, channel.isActive {
             var buffer = channel.allocator.buffer(capacity: frame.count)
             buffer.writeBytes(frame)
@@ -197,6 +204,7 @@ public final class PeerTransport: @unchecked Sendable {
 /// the connection before the body is buffered.
 struct PeerFrameDecoder: ByteToMessageDecoder {
     typealias InboundOut = Message
+    let cluster: UInt64
 
     mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
         guard let header = buffer.getBytes(at: buffer.readerIndex, length: PeerCodec.lengthFieldBytes) else { return .needMoreData }
@@ -204,7 +212,7 @@ struct PeerFrameDecoder: ByteToMessageDecoder {
         guard buffer.readableBytes >= PeerCodec.lengthFieldBytes + length else { return .needMoreData }
         buffer.moveReaderIndex(forwardBy: PeerCodec.lengthFieldBytes)
         let body = buffer.readBytes(length: length)!
-        context.fireChannelRead(wrapInboundOut(try PeerCodec.decode(body: body)))
+        context.fireChannelRead(wrapInboundOut(try PeerCodec.decode(body: body, cluster: cluster)))
         return .continue
     }
 

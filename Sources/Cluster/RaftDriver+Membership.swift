@@ -120,7 +120,7 @@ extension RaftDriver {
             self.handleReady()
             let done = self.loop.makePromise(of: NodeID.self)
             let deadline = NIODeadline.now() + timeout
-            func check() {
+            @Sendable func check() {
                 if let leader = self.node.leader, leader != self.id {
                     done.succeed(leader)
                 } else if NIODeadline.now() >= deadline {

@@ -53,7 +53,8 @@ final class ClusterRuntime {
         final class DriverBox: @unchecked Sendable { var driver: RaftDriver? }
         let box = DriverBox()
         transport = PeerTransport(id: id, listen: PeerAddress(host: config.raftListen.host, port: config.raftListen.port),
-                                  peers: peers, group: group, logger: logger) { box.driver?.receive($0) }
+                                  peers: peers, group: group, logger: logger,
+                                  cluster: PeerCodec.clusterID(token: config.raftClusterToken)) { box.driver?.receive($0) }
         do {
             driver = try RaftDriver(config: raftConfig, storage: storage, transport: transport, loop: group.next(),
                                     logger: logger, participants: [kv, catalog],

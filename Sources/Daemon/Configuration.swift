@@ -73,6 +73,9 @@ public struct Configuration: Sendable, Equatable {
     /// membership and is added as a learner, then promoted to voter once caught up. nil: found
     /// or restart a cluster from `raftServers`.
     public var raftJoin: ListenAddress? = nil
+    /// Servers with different tokens refuse each other's Raft frames (etcd's
+    /// initial-cluster-token): two clusters on one network cannot mix.
+    public var raftClusterToken: String
     /// The HTTP API.
     public var httpListen: ListenAddress
     /// raft.db (the Raft log) and kv.db (the state machine) live here.
@@ -135,6 +138,7 @@ public struct Configuration: Sendable, Equatable {
         raftNodeID: 0,
         raftListen: ListenAddress(host: "0.0.0.0", port: 8300),
         raftServers: [],
+        raftClusterToken: "disco-cluster",
         httpListen: ListenAddress(host: "127.0.0.1", port: 8500),
         dataDirectory: "/var/lib/disco")
 
@@ -294,6 +298,11 @@ public struct Configuration: Sendable, Equatable {
                 return "expected a member's HTTP address \"IPv4:PORT\" or \"[IPv6]:PORT\""
             }
             config.raftJoin = address
+            return nil
+        },
+        Key(name: "raft.cluster_token") { config, value in
+            guard case .string(let text) = value, !text.isEmpty else { return "expected a non-empty string" }
+            config.raftClusterToken = text
             return nil
         },
         Key(name: "http.listen") { config, value in

@@ -45,11 +45,25 @@ struct PeerCodecTests {
         #expect(throws: PeerFrameError.self) { _ = try PeerCodec.bodyLength(header: [0x7F, 0xFF, 0xFF, 0xFF]) }
         #expect(try PeerCodec.bodyLength(header: [0, 0]) == nil)
         var body = Array(PeerCodec.encode(Self.messages[0]).dropFirst(4))
-        body[0] = 2
-        #expect(throws: PeerFrameError(offset: 0, message: "version 2 is not 1")) { _ = try PeerCodec.decode(body: body) }
+        body[0] = 1
+        #expect(throws: PeerFrameError(offset: 0, message: "protocol version 1 is not 2 (the peer runs an older discod)")) { _ = try PeerCodec.decode(body: body) }
+        body[0] = 3
+        #expect(throws: PeerFrameError(offset: 0, message: "protocol version 3 is not 2 (the peer runs a newer discod)")) { _ = try PeerCodec.decode(body: body) }
         // An entry count far beyond the frame is refused before allocating for it.
         var append = Array(PeerCodec.encode(Self.messages[2]).dropFirst(4))
-        append.replaceSubrange(50..<54, with: [0xFF, 0xFF, 0xFF, 0xFF])
+        append.replaceSubrange(58..<62, with: [0xFF, 0xFF, 0xFF, 0xFF])
         #expect(throws: PeerFrameError.self) { _ = try PeerCodec.decode(body: append) }
+    }
+
+    @Test func framesFromAnotherClusterAreRefused() throws {
+        let ours = PeerCodec.clusterID(token: "disco-cluster"), theirs = PeerCodec.clusterID(token: "staging")
+        #expect(ours != theirs)
+        let body = Array(PeerCodec.encode(Self.messages[0], cluster: theirs).dropFirst(PeerCodec.lengthFieldBytes))
+        #expect(try PeerCodec.decode(body: body, cluster: theirs) == Self.messages[0])
+        #expect {
+            _ = try PeerCodec.decode(body: body, cluster: ours)
+        } throws: { error in
+            (error as? PeerFrameError)?.message.contains("raft.cluster_token differs") == true
+        }
     }
 }

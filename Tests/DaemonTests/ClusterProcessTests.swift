@@ -189,4 +189,23 @@ struct ClusterProcessTests {
         #expect(next.id != leader.id)
         #expect(http("GET", port: next.httpPort, "/v1/kv/a?raw")?.body == "1")
     }
+
+    /// Two servers configured as one cluster but with different cluster tokens: each refuses
+    /// the other's frames with a clear log line, and no leader is ever elected.
+    @Test func aPeerFromAnotherClusterIsRefused() throws {
+        let directory = try TemporaryDirectory()
+        let ports = freePorts(4)
+        var servers: [String] = []
+        for i in 0..<2 { servers += ["--server", "\(i + 1)=127.0.0.1:\(ports[2 * i]),127.0.0.1:\(ports[2 * i + 1])"] }
+        let processes = try (0..<2).map { i -> DiscodProcess in
+            let process = try DiscodProcess.serving(zones: directory.url, extra: [
+                "--node-id", "\(i + 1)", "--raft", "127.0.0.1:\(ports[2 * i])", "--http", "127.0.0.1:\(ports[2 * i + 1])",
+                "--data-dir", directory.url.appendingPathComponent("node\(i)").path] + servers,
+                environment: ["DISCO_RAFT_CLUSTER_TOKEN": i == 0 ? "prod" : "staging"])
+            return process
+        }
+        #expect(processes[0].waitForLog("raft.cluster_token differs"), "\(processes[0].stderr)")
+        #expect(processes[1].waitForLog("raft.cluster_token differs"), "\(processes[1].stderr)")
+        #expect(http("GET", port: ports[1], "/v1/status/leader")?.body == "\"\"")
+    }
 }
