@@ -133,10 +133,14 @@ PY
 }
 
 printf '\n3 servers each, loopback, %ss per run, 60-byte values, wrk keep-alive\n' "$DURATION"
-printf '%-8s %14s %10s %10s %8s   %14s %10s %10s %8s   %8s\n' clients "disco w/s" "p50 ms" "p99 ms" errors "etcd w/s" "p50 ms" "p99 ms" errors ratio
+printf '%-8s %14s %10s %10s %8s   %14s %10s %10s %8s   %8s %s\n' clients "disco w/s" "p50 ms" "p99 ms" errors "etcd w/s" "p50 ms" "p99 ms" errors ratio "disco terms"
+term() { curl -s "http://$disco_leader/metrics" | awk '$1 == "disco_raft_term" { print $2 }'; }
 for c in $CLIENTS; do
+  # A leader change during the run shows as a term that moved (PreVote: no spurious bumps).
+  term_before=$(term)
   read -r dw dp50 dp99 derr < <(run disco "http://$disco_leader" "$tmp/disco.lua" "$c")
+  term_after=$(term)
   read -r ew ep50 ep99 eerr < <(run etcd "$etcd_url" "$tmp/etcd.lua" "$c")
   ratio=$(python3 -c "print('%.2fx' % ($dw / $ew))")
-  printf '%-8s %14s %10s %10s %8s   %14s %10s %10s %8s   %8s\n' "$c" "$dw" "$dp50" "$dp99" "$derr" "$ew" "$ep50" "$ep99" "$eerr" "$ratio"
+  printf '%-8s %14s %10s %10s %8s   %14s %10s %10s %8s   %8s %s\n' "$c" "$dw" "$dp50" "$dp99" "$derr" "$ew" "$ep50" "$ep99" "$eerr" "$ratio" "$term_before->${term_after:-gone}"
 done
