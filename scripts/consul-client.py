@@ -130,8 +130,25 @@ def main():
         check("kv.put", c.kv.put("app/color", "blue") is True)
         _, item = c.kv.get("app/color")
         check("kv.get", item and item["Value"] == b"blue", item)
+        kv_index, _ = c.kv.get("app/color")
+        kv_result = {}
+
+        def watch_kv():
+            kv_result["index"], kv_result["item"] = c.kv.get("app/color", index=kv_index, wait="20s")
+
+        kv_watcher = threading.Thread(target=watch_kv)
+        kv_watcher.start()
+        time.sleep(0.3)
+        c.kv.put("app/other", "x")
+        time.sleep(0.3)
+        check("a blocking kv.get sleeps through writes to other keys", kv_watcher.is_alive())
+        c.kv.put("app/color", "green")
+        kv_watcher.join(timeout=10)
+        check("... and returns the key's new value", kv_result.get("item") and kv_result["item"]["Value"] == b"green",
+              kv_result)
         _, stale = c.kv.get("app/color", consistency="stale")
-        check("kv.get stale on a follower", stale and stale["Value"] == b"blue", stale)
+        check("kv.get stale on a follower", eventually(lambda: c.kv.get("app/color", consistency="stale")[1]["Value"] == b"green"),
+              stale)
         check("status.leader names a server", c.status.leader() == f"127.0.0.1:{leader.raft}", c.status.leader())
     finally:
         cluster.stop_all()

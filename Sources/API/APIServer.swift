@@ -26,7 +26,8 @@ public final class APIServer: @unchecked Sendable {
                 registry: RegistryContext? = nil, logger: Logger) {
         self.listen = listen
         self.group = group
-        self.router = APIRouter(kv: KVService(kv: kv, driver: driver, directory: directory, logger: logger),
+        self.router = APIRouter(kv: KVService(kv: kv, driver: driver, directory: directory, hub: registry?.hub ?? WatchHub(),
+                                              logger: logger),
                                 registry: registry.map { RegistryService(context: $0, driver: driver, logger: logger) },
                                 driver: driver, directory: directory, forwarder: Forwarder(group: group), logger: logger)
     }
@@ -214,13 +215,30 @@ final class KVService: Sendable {
     let kv: KVStore
     let driver: RaftDriver
     let directory: ClusterDirectory
+    let hub: WatchHub
     let logger: Logger
 
-    init(kv: KVStore, driver: RaftDriver, directory: ClusterDirectory, logger: Logger) {
+    init(kv: KVStore, driver: RaftDriver, directory: ClusterDirectory, hub: WatchHub, logger: Logger) {
         self.kv = kv
         self.driver = driver
         self.directory = directory
+        self.hub = hub
         self.logger = logger
+    }
+
+    /// Consul's X-Consul-Index of a KV read: the highest ModifyIndex of what it reads, else the
+    /// store's; never 0.
+    func index(of key: String, recurse: Bool) -> UInt64 {
+        let entries = (try? kv.get(key, recurse: recurse)) ?? []
+        return entries.map(\.modifyIndex).max() ?? max(kv.lastModifyIndex, 1)
+    }
+
+    /// `?index=N&wait=T`: parks the read until what it reads changes past N.
+    func block(_ key: String, _ request: APIRequest, on loop: EventLoop) -> EventLoopFuture<Void> {
+        let wanted = UInt64(request.query["index"] ?? "") ?? 0
+        let waitSeconds = request.query["wait"].flatMap { JSONFields.parseDuration($0) } ?? WatchHub.waitSecondsDefault
+        let recurse = request.query["recurse"] != nil || request.query["keys"] != nil
+        return hub.wait(topic: .kv, index: wanted, waitSeconds: waitSeconds, on: loop) { self.index(of: key, recurse: recurse) }
     }
 
     func leaderHeaders(_ status: RaftStatus) -> [(String, String)] {
@@ -251,12 +269,12 @@ final class KVService: Sendable {
         switch request.method {
         case .GET where request.query["consistent"] != nil:
             // ReadIndex: linearizable on any server (a follower asks the leader).
-            return driver.linearizableRead().hop(to: loop).map { _ in
+            return driver.linearizableRead().hop(to: loop).flatMap { self.block(key, request, on: loop) }.map { _ in
                 self.read(key, request, status, confirmed: true)
             }.flatMapErrorThrowing { error in
                 .text("consistent read failed: \(error)", status: .serviceUnavailable, headers: self.leaderHeaders(status))
             }
-        case .GET: return loop.makeSucceededFuture(read(key, request, status))
+        case .GET: return block(key, request, on: loop).map { self.read(key, request, status) }
         case .PUT: return write(key, request, status, on: loop)
         case .DELETE: return write(key, request, status, on: loop)
         default: return loop.makeSucceededFuture(.text("method not allowed", status: .methodNotAllowed))
@@ -276,8 +294,7 @@ final class KVService: Sendable {
             logger.error("KV read failed: \(error)")
             return .text("storage error", status: .internalServerError)
         }
-        // Consul: the highest ModifyIndex of what was read, else the store's; never 0.
-        let index = entries.map(\.modifyIndex).max() ?? max(kv.lastModifyIndex, 1)
+        let index = entries.map(\.modifyIndex).max() ?? max(kv.lastModifyIndex, 1)  // as `index(of:recurse:)`
         let headers = [("X-Consul-Index", "\(index)")] + leaderHeaders(status)
         guard !entries.isEmpty else { return APIResponse(status: .notFound, headers: headers) }
         if request.query["keys"] != nil { return .json(entries.map(\.key), headers: headers) }

@@ -23,11 +23,15 @@ public final class WatchHub: @unchecked Sendable {
     public enum Topic: Hashable, Sendable {
         case service(String)
         case catalog
+        /// The KV store: woken by any write, then each query re-checks its own index (a key's
+        /// ModifyIndex), so a watcher of one key sleeps on through writes to others.
+        case kv
     }
 
     private struct Waiter {
         var index: UInt64
         var promise: EventLoopPromise<Void>
+        var currentIndex: @Sendable () -> UInt64
     }
 
     private let lock = NSLock()
@@ -57,6 +61,14 @@ public final class WatchHub: @unchecked Sendable {
         for promise in woken { promise.succeed(()) }
     }
 
+    /// Called after every applied KV write.
+    public func notifyKV() {
+        let parked = lock.withLock { waiters[.kv] ?? [:] }
+        // Each waiter's index is read outside the hub's lock (it reads the KV store).
+        let due = parked.filter { $0.value.currentIndex() > $0.value.index }.map(\.key)
+        for id in due { release(.kv, id) }
+    }
+
     /// Succeeds when `currentIndex()` exceeds `index`, or after `waitSeconds` (plus jitter).
     /// Returns at once when `index` is 0 or already exceeded.
     public func wait(topic: Topic, index: UInt64, waitSeconds: Double, on loop: EventLoop,
@@ -65,7 +77,7 @@ public final class WatchHub: @unchecked Sendable {
         let promise = loop.makePromise(of: Void.self)
         let id = lock.withLock { () -> UInt64 in
             sequence &+= 1
-            waiters[topic, default: [:]][sequence] = Waiter(index: index, promise: promise)
+            waiters[topic, default: [:]][sequence] = Waiter(index: index, promise: promise, currentIndex: currentIndex)
             return sequence
         }
         // A change applied between the check above and parking would have been missed: check again.

@@ -66,6 +66,7 @@ final class ClusterRuntime {
                         try catalog.apply(index: entry.index.rawValue, data: entry.data)
                     } else {
                         try kv.apply(entry)
+                        hub.notifyKV()
                     }
                 } catch {
                     // The state machine cannot keep up with the log: stop rather than serve divergent data.
