@@ -110,7 +110,13 @@ public final class PeerTransport: @unchecked Sendable {
     public func send(_ messages: [Message]) {
         guard !messages.isEmpty else { return }
         loop.execute {
-            for message in messages where message.to != self.id { self.enqueue(message) }
+            // One flush per connection per batch: a Ready's appends to a follower go out in
+            // one write syscall, not one each (the leader's sends were a sixth of its CPU).
+            var touched: [ObjectIdentifier: Channel] = [:]
+            for message in messages where message.to != self.id {
+                if let channel = self.enqueue(message) { touched[ObjectIdentifier(channel)] = channel }
+            }
+            for channel in touched.values { channel.flush() }
         }
     }
 
@@ -126,16 +132,17 @@ public final class PeerTransport: @unchecked Sendable {
         var dropped = 0
     }
 
-    private func enqueue(_ message: Message) {
-        guard !stopped, let address = peers[message.to] else { return }
+    /// Writes (without flushing) to a live connection and returns it, or queues and connects.
+    private func enqueue(_ message: Message) -> Channel? {
+        guard !stopped, let address = peers[message.to] else { return nil }
         let connection = outbound[message.to] ?? Outbound()
         outbound[message.to] = connection
         let frame = PeerCodec.encode(message, cluster: cluster)
         if let channel = connection.channel, channel.isActive {
             var buffer = channel.allocator.buffer(capacity: frame.count)
             buffer.writeBytes(frame)
-            channel.writeAndFlush(buffer, promise: nil)
-            return
+            channel.write(buffer, promise: nil)
+            return channel
         }
         if connection.queue.count >= Self.queueMessagesMax {
             connection.queue.removeFirst()
@@ -143,6 +150,7 @@ public final class PeerTransport: @unchecked Sendable {
         }
         connection.queue.append(frame)
         connect(message.to, address, connection)
+        return nil
     }
 
     private func connect(_ peer: NodeID, _ address: PeerAddress, _ connection: Outbound) {

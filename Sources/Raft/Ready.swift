@@ -55,9 +55,11 @@ public enum Role: String, Hashable, Sendable {
 ///    `entries.first.index`, they replace anything from there on), then `hardState`, and make them
 ///    durable (fsync). Doing it in one transaction is the cheapest way.
 /// 2. **Then send** `messages`. Every message may depend on step 1: a vote response on the
-///    durable vote, an append response on durable entries, a leader's append on its own durable
-///    log. A message sent before its data is durable can make a crash forget a vote or a
-///    replicated entry that others already counted.
+///    durable vote, an append response on durable entries. A message sent before its data is
+///    durable can make a crash forget a vote or a replicated entry that others already counted.
+///    The one exception (thesis §10.2.1): a leader's appends may go out before its own write,
+///    provided no acknowledgement is stepped until that write is durable, since the leader
+///    counts its own entries toward a commit as soon as they are appended.
 /// 3. **Apply** `snapshot` (install it into the state machine) and then `committedEntries`, in order.
 ///    Committed entries are always in this Ready's `entries` or already durable, so applying may run
 ///    alongside step 2 but not before step 1.
