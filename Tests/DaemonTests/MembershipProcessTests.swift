@@ -90,7 +90,9 @@ struct MembershipProcessTests {
         try again.waitForStart()
         newcomer.process = again
         #expect(again.waitForLog("already a member of the cluster; not joining again"))
-        #expect(http("PUT", port: leader.httpPort, "/v1/kv/data/restarted", body: "r")?.body == "true")
+        // While the newcomer was down the leader had only itself of three voters: CheckQuorum
+        // made it step down, so the write waits for the election that follows the restart.
+        #expect(waitUntil(seconds: 15) { http("PUT", port: leader.httpPort, "/v1/kv/data/restarted", body: "r")?.body == "true" })
         #expect(cluster.eventually(newcomer, "data/restarted", "r"))
     }
 
