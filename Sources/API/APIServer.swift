@@ -58,6 +58,13 @@ public final class APIServer: @unchecked Sendable {
     }
 }
 
+/// Consul's X-Consul-KnownLeader and X-Consul-LastContact (milliseconds since this server last
+/// heard from a leader; 0 on the leader), on every read.
+func consulLeaderHeaders(_ status: RaftStatus) -> [(String, String)] {
+    let contact = status.lastContact.map { "\($0.nanoseconds / 1_000_000)" } ?? "0"
+    return [("X-Consul-KnownLeader", status.leader == nil ? "false" : "true"), ("X-Consul-LastContact", contact)]
+}
+
 /// A parsed request and the response the service builds for it.
 struct APIRequest {
     var method: HTTPMethod
@@ -136,7 +143,7 @@ final class APIRouter: Sendable {
     private func forwardToLeader(_ request: APIRequest, _ status: RaftStatus, on loop: EventLoop) -> EventLoopFuture<APIResponse> {
         guard !request.forwarded, let leader = status.leader, let address = directory.http[leader] else {
             return loop.makeSucceededFuture(.text("No cluster leader", status: .serviceUnavailable,
-                                                  headers: RegistryService.leaderHeaders(status)))
+                                                  headers: consulLeaderHeaders(status)))
         }
         var extra = [(RegistryService.clientAddressHeader, request.remoteAddress)]
         if let registry {
@@ -150,7 +157,7 @@ final class APIRouter: Sendable {
             .flatMapErrorThrowing { error in
                 self.logger.debug("forwarding to the leader failed", metadata: ["http.error": "\(error)", "raft.leader": "\(leader)"])
                 return .text("the leader (\(address)) could not be reached: \(error)", status: .serviceUnavailable,
-                             headers: RegistryService.leaderHeaders(status))
+                             headers: consulLeaderHeaders(status))
             }
     }
 
@@ -242,7 +249,7 @@ final class KVService: Sendable {
     }
 
     func leaderHeaders(_ status: RaftStatus) -> [(String, String)] {
-        var headers = [("X-Consul-KnownLeader", status.leader == nil ? "false" : "true"), ("X-Consul-LastContact", "0")]
+        var headers = consulLeaderHeaders(status)
         if let leader = status.leader, let http = directory.http[leader] { headers.append(("X-Disco-Leader", http.description)) }
         return headers
     }

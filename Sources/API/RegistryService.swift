@@ -215,15 +215,10 @@ final class RegistryService: @unchecked Sendable {
             self.context.hub.wait(topic: topic, index: wanted, waitSeconds: waitSeconds, on: loop) { index(catalog.state) }
         }.map {
             let state = catalog.state
-            return .json(body(state), headers: [("X-Consul-Index", "\(index(state))")] + Self.leaderHeaders(status))
+            return .json(body(state), headers: [("X-Consul-Index", "\(index(state))")] + consulLeaderHeaders(status))
         }.flatMapErrorThrowing { error in
-            .text("consistent read failed: \(error)", status: .serviceUnavailable, headers: Self.leaderHeaders(status))
+            .text("consistent read failed: \(error)", status: .serviceUnavailable, headers: consulLeaderHeaders(status))
         }
-    }
-
-    static func leaderHeaders(_ status: RaftStatus) -> [(String, String)] {
-        let contact = status.lastContact.map { "\($0.nanoseconds / 1_000_000)" } ?? "0"
-        return [("X-Consul-KnownLeader", status.leader == nil ? "false" : "true"), ("X-Consul-LastContact", contact)]
     }
 
     /// The node the agent endpoints act on: this server's, or, for a request another server

@@ -10,15 +10,44 @@ import Testing
 import Glibc
 #endif
 
-@Suite("peer transport")
-struct PeerTransportTests {
-    final class Inbox: @unchecked Sendable {
-        private let lock = NSLock()
-        private var messages: [Message] = []
-        func add(_ message: Message) { lock.withLock { messages.append(message) } }
-        var all: [Message] { lock.withLock { messages } }
+/// What a test transport received.
+final class Inbox: @unchecked Sendable {
+    private let lock = NSLock()
+    private var messages: [Message] = []
+    func add(_ message: Message) { lock.withLock { messages.append(message) } }
+    var all: [Message] { lock.withLock { messages } }
+}
+
+/// A sender (id 1) connected to a receiver (id 2) on loopback, stopped when released.
+final class TransportPair {
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    let inbox = Inbox()
+    let receiver: PeerTransport
+    let sender: PeerTransport
+    /// The receiver's port.
+    let port: Int
+
+    init() throws {
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let inbox = self.inbox
+        receiver = PeerTransport(id: 2, listen: PeerAddress(host: "127.0.0.1", port: 0), peers: [:], group: group,
+                                 logger: logger) { inbox.add($0) }
+        port = try receiver.start()
+        sender = PeerTransport(id: 1, listen: PeerAddress(host: "127.0.0.1", port: 0),
+                               peers: [2: PeerAddress(host: "127.0.0.1", port: port)], group: group, logger: logger) { _ in }
+        _ = try sender.start()
     }
 
+    deinit {
+        sender.stop()
+        receiver.stop()
+        try? group.syncShutdownGracefully()
+    }
+}
+
+@Suite("peer transport")
+struct PeerTransportTests {
     /// A raw client socket to the transport's port.
     func connect(_ port: Int) throws -> Int32 {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
@@ -41,20 +70,9 @@ struct PeerTransportTests {
     }
 
     @Test func messagesArriveInOrderAndBadFramesCloseTheirConnection() throws {
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        defer { try? group.syncShutdownGracefully() }
-        var logger = Logger(label: "test")
-        logger.logLevel = .critical
-        let inbox = Inbox()
-        let receiver = PeerTransport(id: 2, listen: PeerAddress(host: "127.0.0.1", port: 0), peers: [:], group: group,
-                                     logger: logger) { inbox.add($0) }
-        let port = try receiver.start()
-        defer { receiver.stop() }
-        let sender = PeerTransport(id: 1, listen: PeerAddress(host: "127.0.0.1", port: 0),
-                                   peers: [2: PeerAddress(host: "127.0.0.1", port: port)], group: group,
-                                   logger: logger) { _ in }
-        _ = try sender.start()
-        defer { sender.stop() }
+        let pair = try TransportPair()
+        let (sender, inbox, port) = (pair.sender, pair.inbox, pair.port)
+        defer { withExtendedLifetime(pair) {} }  // the transports live until the test ends
 
         let messages = (1...200).map { i in
             Message(from: 1, to: 2, term: Term(UInt64(i)), kind: .heartbeat(.init(commit: LogIndex(UInt64(i)), readSequence: 0)))

@@ -163,29 +163,12 @@ struct SQLiteImageTests {
 
 @Suite("snapshot frames")
 struct SnapshotFrameTests {
-    final class Inbox: @unchecked Sendable {
-        private let lock = NSLock()
-        private var messages: [Message] = []
-        func add(_ message: Message) { lock.withLock { messages.append(message) } }
-        var all: [Message] { lock.withLock { messages } }
-    }
-
     /// A snapshot of several MB is one frame, well inside `PeerCodec.frameBytesMax`.
     @Test func aFourMegabyteSnapshotCrossesTheTransport() throws {
         #expect(SnapshotContainer.bytesMax < PeerCodec.frameBytesMax)
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        defer { try? group.syncShutdownGracefully() }
-        var logger = Logger(label: "test")
-        logger.logLevel = .critical
-        let inbox = Inbox()
-        let receiver = PeerTransport(id: 2, listen: PeerAddress(host: "127.0.0.1", port: 0), peers: [:], group: group,
-                                     logger: logger) { inbox.add($0) }
-        let port = try receiver.start()
-        defer { receiver.stop() }
-        let sender = PeerTransport(id: 1, listen: PeerAddress(host: "127.0.0.1", port: 0),
-                                   peers: [2: PeerAddress(host: "127.0.0.1", port: port)], group: group, logger: logger) { _ in }
-        _ = try sender.start()
-        defer { sender.stop() }
+        let pair = try TransportPair()
+        let (sender, inbox) = (pair.sender, pair.inbox)
+        defer { withExtendedLifetime(pair) {} }  // the transports live until the test ends
         var data = [UInt8](repeating: 0, count: 4 << 20)
         for k in data.indices { data[k] = UInt8(truncatingIfNeeded: k &* 2654435761 >> 13) }
         let container = SnapshotContainer(index: 100, term: 3, sections: [("kv", data)]).encoded
