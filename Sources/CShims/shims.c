@@ -6,6 +6,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -261,4 +264,19 @@ int disco_sd_notify(const char *state) {
     int saved = errno;
     close(fd);
     return n < 0 ? -saved : 1;
+}
+
+int disco_thread_lower_priority(int increment) {
+    errno = 0;
+    int base = getpriority(PRIO_PROCESS, (id_t)getpid());
+    if (base == -1 && errno != 0) return -errno;
+    int target = base + increment;
+    if (target > 19) target = 19;
+    pid_t tid = (pid_t)syscall(SYS_gettid);
+    if (setpriority(PRIO_PROCESS, (id_t)tid, target) != 0) return -errno;
+    return 0;
+}
+
+void disco_thread_set_name(const char *name) {
+    prctl(PR_SET_NAME, name, 0, 0, 0);
 }

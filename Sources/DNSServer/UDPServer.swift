@@ -74,6 +74,9 @@ public final class UDPServer: @unchecked Sendable {
         for (fd, wildcard) in sockets {
             finished.enter()
             let thread = Thread { [self] in
+                // Foundation does not name the kernel thread; `top -H` and the priority
+                // split (dns.background_nice) know the workers by this name.
+                disco_thread_set_name("disco-udp")
                 self.serve(fd: fd, packetInfo: wildcard)
                 self.finished.leave()
             }

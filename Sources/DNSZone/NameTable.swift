@@ -6,27 +6,55 @@ package struct NameTable: Sendable {
     /// Slots per key at least this factor; keeps probe sequences short.
     static let slotsPerKeyMin = 2
 
-    private let slots: [Int32]
-    private let mask: Int
-    private let keys: [[UInt8]]
+    private var slots: [Int32]
+    private var mask: Int
+    private var keys: [[UInt8]]
 
     /// - Parameter keys: lowercased wire names, distinct; index i maps to value i.
     package init(keys: [[UInt8]]) {
-        var capacity = 16
-        while capacity < keys.count * Self.slotsPerKeyMin { capacity <<= 1 }
-        var slots = [Int32](repeating: -1, count: capacity)
-        let mask = capacity - 1
-        for (index, key) in keys.enumerated() {
-            var slot = key.withUnsafeBytes { Self.hash($0) } & mask
-            while slots[slot] >= 0 {
-                precondition(keys[Int(slots[slot])] != key, "NameTable: duplicate key")
-                slot = (slot + 1) & mask
-            }
-            slots[slot] = Int32(index)
+        self.init(capacity: keys.count)
+        for key in keys {
+            let (_, inserted) = insert(key)
+            precondition(inserted, "NameTable: duplicate key")
         }
-        self.slots = slots
-        self.mask = mask
-        self.keys = keys
+    }
+
+    /// An empty table with room for `capacity` keys before it grows.
+    package init(capacity: Int) {
+        var slotCount = 16
+        while slotCount < capacity * Self.slotsPerKeyMin { slotCount <<= 1 }
+        slots = [Int32](repeating: -1, count: slotCount)
+        mask = slotCount - 1
+        keys = []
+        keys.reserveCapacity(capacity)
+    }
+
+    package var count: Int { keys.count }
+
+    /// Adds `key` with the next index (`count`), unless it is already there.
+    /// - Returns: the key's index, and whether it was added.
+    package mutating func insert(_ key: [UInt8]) -> (index: Int32, inserted: Bool) {
+        let found = key.withUnsafeBytes { find($0) }
+        if found >= 0 { return (found, false) }
+        if (keys.count + 1) * Self.slotsPerKeyMin > slots.count { grow() }
+        let index = Int32(keys.count)
+        place(index, hash: key.withUnsafeBytes { Self.hash($0) })
+        keys.append(key)
+        return (index, true)
+    }
+
+    private mutating func place(_ index: Int32, hash: Int) {
+        var slot = hash & mask
+        while slots[slot] >= 0 { slot = (slot + 1) & mask }
+        slots[slot] = index
+    }
+
+    private mutating func grow() {
+        slots = [Int32](repeating: -1, count: slots.count * 2)
+        mask = slots.count - 1
+        for (index, key) in keys.enumerated() {
+            place(Int32(index), hash: key.withUnsafeBytes { Self.hash($0) })
+        }
     }
 
     /// FNV-1a over the bytes.

@@ -12,6 +12,33 @@ public struct CompiledRData: Sendable {
     public let additionalNode: Int32
     /// For CNAME and DNAME: the lowercased target, to continue the lookup without decoding.
     public let lowercasedTarget: [UInt8]
+
+    init(_ rdata: RData, additionalNode: Int32) {
+        let (bytes, names) = rdata.encoded()
+        var lowercasedTarget: [UInt8] = []
+        switch rdata {
+        case .cname(let target), .dname(let target): lowercasedTarget = target.lowercased().wire
+        default: break
+        }
+        self.bytes = bytes
+        self.firstNameAt = Int16(names.first ?? -1)
+        self.secondNameAt = Int16(names.count > 1 ? names[1] : -1)
+        self.additionalNode = additionalNode
+        self.lowercasedTarget = lowercasedTarget
+    }
+
+    private init(_ other: CompiledRData, additionalNode: Int32) {
+        bytes = other.bytes
+        firstNameAt = other.firstNameAt
+        secondNameAt = other.secondNameAt
+        self.additionalNode = additionalNode
+        lowercasedTarget = other.lowercasedTarget
+    }
+
+    /// The same RDATA with its additional-section node resolved in another zone.
+    func resolving(additionalNode node: Int32) -> CompiledRData {
+        CompiledRData(self, additionalNode: node)
+    }
 }
 
 /// The records of one owner and type (RFC 2181 §5).
@@ -86,7 +113,7 @@ public final class Zone: Sendable {
     let table: NameTable
 
     /// Builds a zone from parsed records, validating it. On any error nothing is built.
-    public init(origin: DomainName, records: [ParsedRecord], source: String) throws(ZoneLoadError) {
+    public convenience init(origin: DomainName, records: [ParsedRecord], source: String) throws(ZoneLoadError) {
         var errors: [ZoneError] = []
         func fail(_ position: SourcePosition, _ message: String) {
             if errors.count < ZoneLoadError.errorsMax { errors.append(ZoneError(position, message)) }
@@ -223,14 +250,19 @@ public final class Zone: Sendable {
             nodes.append(Node(name: names[key]!, kind: kind, rrsets: rrsets))
         }
 
+        self.init(origin: origin, source: source, nodes: nodes, table: table, soa: soaData, soaTTL: soaTTL)
+    }
+
+    /// Adopts checked nodes: the apex is `nodes[0]`, with exactly one SOA and an NS RRset.
+    init(origin: DomainName, source: String, nodes: [Node], table: NameTable, soa: SOAData, soaTTL: UInt32) {
         self.origin = origin
         self.source = source
         self.nodes = nodes
-        self.soa = soaData
+        self.soa = soa
         self.soaTTL = soaTTL
-        self.negativeTTL = min(soaTTL, soaData.minimum)
+        self.negativeTTL = min(soaTTL, soa.minimum)
         let soaSet = nodes[0].rrsets[nodes[0].rrsetIndex(of: .soa)!]
-        self.negativeSOA = RRSet(type: .soa, ttl: min(soaTTL, soaData.minimum), records: soaSet.records,
+        self.negativeSOA = RRSet(type: .soa, ttl: min(soaTTL, soa.minimum), records: soaSet.records,
                                  compiled: soaSet.compiled)
         self.apexNS = nodes[0].rrsets[nodes[0].rrsetIndex(of: .ns)!]
         self.originLabelCount = origin.labelCount
@@ -249,19 +281,11 @@ public final class Zone: Sendable {
     }
 
     private static func compile(_ rdata: RData, table: NameTable) -> CompiledRData {
-        let (bytes, names) = rdata.encoded()
         var additional: Int32 = -1
         if let target = rdata.additionalTarget {
             additional = table.find(target.lowercased().wire)
         }
-        var lowercasedTarget: [UInt8] = []
-        switch rdata {
-        case .cname(let target), .dname(let target): lowercasedTarget = target.lowercased().wire
-        default: break
-        }
-        return CompiledRData(bytes: bytes, firstNameAt: Int16(names.first ?? -1),
-                             secondNameAt: Int16(names.count > 1 ? names[1] : -1),
-                             additionalNode: additional, lowercasedTarget: lowercasedTarget)
+        return CompiledRData(rdata, additionalNode: additional)
     }
 
     /// The node of a lowercased wire name, or -1.

@@ -1,4 +1,5 @@
 import API
+import CShims
 import Cluster
 import Foundation
 import Logging
@@ -26,6 +27,7 @@ final class ClusterRuntime {
          onCatalogChange: @escaping @Sendable (CatalogChange, CatalogState) -> Void) throws(StartError) {
         let id = NodeID(rawValue: config.raftNodeID)
         self.logger = logger
+        lowerPriority(of: group, by: config.dnsBackgroundNice, logger: logger)
         do {
             try FileManager.default.createDirectory(atPath: config.dataDirectory, withIntermediateDirectories: true)
         } catch {
@@ -123,4 +125,22 @@ extension Catalog: SnapshotParticipant {
     public func snapshotData() throws -> [UInt8] { try snapshotImage() }
     public func validateSnapshot(_ data: [UInt8]) throws { try validate(image: data) }
     public func restoreSnapshot(_ data: [UInt8], appliedIndex: UInt64) throws { try restore(image: data, appliedIndex: appliedIndex) }
+}
+
+/// Runs every thread of `group` `increment` nice levels below the process (the DNS workers):
+/// see `Configuration.dnsBackgroundNice`.
+func lowerPriority(of group: MultiThreadedEventLoopGroup, by increment: Int, logger: Logger) {
+    guard increment > 0 else { return }
+    for loop in group.makeIterator() {
+        loop.execute { lowerCurrentThreadPriority(by: increment, logger: logger) }
+    }
+}
+
+func lowerCurrentThreadPriority(by increment: Int, logger: Logger) {
+    guard increment > 0 else { return }
+    let result = disco_thread_lower_priority(Int32(increment))
+    if result < 0 {
+        logger.warning("cannot lower a write-path thread's priority; it competes with DNS answering as an equal",
+                       metadata: ["errno": "\(-result)"])
+    }
 }

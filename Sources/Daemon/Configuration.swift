@@ -56,6 +56,10 @@ public struct Configuration: Sendable, Equatable {
     public var dnsNegativeTTLSeconds: Int
     /// Answer only passing instances; by default warning instances are answered too (Consul).
     public var dnsOnlyPassing: Bool
+    /// How far below the DNS workers the rest of discod runs (Raft, the HTTP API, the catalog,
+    /// DNS view rebuilds), as a nice increment: under a registration storm the CPU goes to
+    /// answering first. 0: every thread alike.
+    public var dnsBackgroundNice: Int = Configuration.dnsBackgroundNiceDefault
     /// This server's node name in the catalog (services registered through its agent API live
     /// on it); empty: `disco-<raft id>`.
     public var nodeName: String
@@ -158,6 +162,10 @@ public struct Configuration: Sendable, Equatable {
     /// One worker per core, at least one.
     public static var workersDefault: Int { max(1, ProcessInfo.processInfo.activeProcessorCount) }
 
+    /// Nice +10: CFS then gives a busy DNS worker about 90% of a core it shares with a busy
+    /// write-path thread, while the write path still gets the rest (heartbeats need little).
+    public static let dnsBackgroundNiceDefault = 10
+
     /// Upper bound on workers: more threads than this per address only adds contention.
     public static let dnsWorkersMax = 64
 
@@ -252,6 +260,11 @@ public struct Configuration: Sendable, Equatable {
         Key(name: "dns.only_passing") { config, value in
             guard case .boolean(let on) = value else { return "expected true or false" }
             config.dnsOnlyPassing = on
+            return nil
+        },
+        Key(name: "dns.background_nice") { config, value in
+            guard case .integer(let n) = value, (0...19).contains(n) else { return "expected an integer from 0 to 19" }
+            config.dnsBackgroundNice = n
             return nil
         },
         Key(name: "node.name") { config, value in

@@ -105,7 +105,8 @@ public final class DiscoDaemon: @unchecked Sendable {
                     nodeTTLSeconds: UInt32(config.dnsNodeTTLSeconds), negativeTTLSeconds: UInt32(config.dnsNegativeTTLSeconds),
                     onlyPassing: config.dnsOnlyPassing,
                     nameServerAddresses: [config.effectiveNodeAddress])
-                let publisher = ServiceViewPublisher(catalog: cluster.catalog, config: viewConfig, composer: composer, logger: logger)
+                let publisher = ServiceViewPublisher(catalog: cluster.catalog, config: viewConfig, composer: composer,
+                                                     nice: config.dnsBackgroundNice, logger: logger)
                 box.publisher = publisher
                 servicePublisher = publisher
                 publisher.changed()

@@ -59,8 +59,12 @@ final class ServiceViewPublisher: @unchecked Sendable {
     private var running = false
     private var dirty = false
 
-    init(catalog: Catalog, config: ServiceViewConfig, composer: ViewComposer, logger: Logger) {
+    /// Nice increment of the rebuilding thread (`Configuration.dnsBackgroundNice`).
+    private let nice: Int
+
+    init(catalog: Catalog, config: ServiceViewConfig, composer: ViewComposer, nice: Int, logger: Logger) {
         self.catalog = catalog
+        self.nice = nice
         self.builder = ServiceViewBuilder(config: config)
         self.composer = composer
         self.logger = logger
@@ -78,6 +82,8 @@ final class ServiceViewPublisher: @unchecked Sendable {
     }
 
     private func run() {
+        // Dispatch pools its threads: lower whichever one this is, each time.
+        lowerCurrentThreadPriority(by: nice, logger: logger)
         var restNanoseconds: UInt64 = 0
         while lock.withLock({ () -> Bool in
             if !dirty { running = false }

@@ -183,36 +183,44 @@ public enum ServiceView {
     }
 }
 
-/// Rebuilds the registry zone keeping each service's records from the last build unless the
-/// service's modify index moved: a registration re-derives one service, not the catalog. The
-/// zone itself is still assembled whole (the View is immutable).
+/// Rebuilds the registry zone keeping each service's compiled records (a `ZoneFragment`) from
+/// the last build unless the service's modify index moved: a registration re-derives and
+/// compiles one service, and the zone is assembled from the cached fragments (the View is
+/// still rebuilt whole and swapped, never patched in place).
 public final class ServiceViewBuilder {
     private let config: ServiceViewConfig
-    private var services: [String: (index: UInt64, records: [ResourceRecord])] = [:]
-    private var nodes: (index: UInt64, records: [ResourceRecord])?
+    private var services: [String: (index: UInt64, fragment: ZoneFragment)] = [:]
+    private var nodes: (index: UInt64, fragment: ZoneFragment)?
 
     public init(config: ServiceViewConfig) {
         self.config = config
     }
 
     public func zone(from state: CatalogState) throws(ZoneLoadError) -> Zone {
-        if nodes?.index != state.nodesIndex || nodes == nil {
-            nodes = (state.nodesIndex, ServiceView.nodeRecords(state, config))
+        if nodes == nil || nodes?.index != state.nodesIndex {
+            nodes = (state.nodesIndex, try fragment(ServiceView.nodeRecords(state, config)))
         }
-        var records = ServiceView.apexRecords(state, config) + (nodes?.records ?? [])
+        var fragments = [try fragment(ServiceView.apexRecords(state, config)), nodes!.fragment]
         let names = state.serviceNames.keys
-        var kept: [String: (index: UInt64, records: [ResourceRecord])] = [:]
+        fragments.reserveCapacity(names.count + 2)
+        var kept: [String: (index: UInt64, fragment: ZoneFragment)] = [:]
         kept.reserveCapacity(names.count)
         for name in names {
             let index = state.modifyIndex(ofService: name)
+            let entry: (index: UInt64, fragment: ZoneFragment)
             if let cached = services[name], cached.index == index {
-                kept[name] = cached
+                entry = cached
             } else {
-                kept[name] = (index, ServiceView.records(ofService: name, in: state, config))
+                entry = (index, try fragment(ServiceView.records(ofService: name, in: state, config)))
             }
-            records += kept[name]!.records
+            kept[name] = entry
+            if !entry.fragment.isEmpty { fragments.append(entry.fragment) }
         }
         services = kept
-        return try ServiceView.zone(records, config)
+        return try Zone(origin: config.domain, fragments: fragments, source: ServiceView.position.file)
+    }
+
+    private func fragment(_ records: [ResourceRecord]) throws(ZoneLoadError) -> ZoneFragment {
+        try ZoneFragment(records: records, origin: config.domain, source: ServiceView.position.file)
     }
 }

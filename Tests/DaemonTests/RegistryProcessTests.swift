@@ -186,6 +186,34 @@ struct RegistryProcessTests {
         #expect(Date().timeIntervalSince(started) >= 1)
     }
 
+    /// dns.background_nice: the DNS workers keep the process's priority, the cluster's threads
+    /// (Raft, HTTP, catalog apply) run 10 nice levels below, so a registration storm cannot
+    /// take the CPU from answering.
+    @Test func theWritePathRunsBelowTheDNSWorkers() throws {
+        let cluster = try Cluster(size: 1)
+        _ = try #require(cluster.leader())
+        let pid = try #require(cluster.nodes[0].process?.process.processIdentifier)
+        // /proc/PID/task/TID/stat: "tid (comm) state ..."; nice is field 19, the 17th after comm.
+        func threads() throws -> [(name: String, nice: Int)] {
+            try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task").compactMap { tid in
+                let stat = try String(contentsOfFile: "/proc/\(pid)/task/\(tid)/stat", encoding: .utf8)
+                guard let open = stat.firstIndex(of: "("), let close = stat.lastIndex(of: ")") else { return nil }
+                let fields = stat[stat.index(after: close)...].split(separator: " ")
+                return (String(stat[stat.index(after: open)..<close]), Int(fields[16]) ?? -100)
+            }
+        }
+        let base = try #require(try threads().first { $0.name == "discod" }).nice
+        var snapshot: [(name: String, nice: Int)] = []
+        // The loops lower themselves as their first task; give them a moment.
+        #expect(waitUntil(seconds: 5) {
+            snapshot = (try? threads()) ?? []
+            return snapshot.filter { $0.nice == min(base + 10, 19) && $0.name.hasPrefix("NIO-ELT") }.count >= 2
+        }, "\(snapshot)")
+        let workers = snapshot.filter { $0.name == "disco-udp" }
+        #expect(workers.count == 1, "\(snapshot)")  // the fixture runs --workers 1
+        #expect(workers.allSatisfy { $0.nice == base }, "\(snapshot)")
+    }
+
     @Test func badRegistrationsAreRefusedWholeAndNameTheField() throws {
         let cluster = try Cluster(size: 1)
         let port = cluster.nodes[0].httpPort

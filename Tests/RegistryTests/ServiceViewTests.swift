@@ -141,8 +141,16 @@ struct ServiceViewBuilderTests {
         let builder = ServiceViewBuilder(config: config)
         var random = SplitMix(seed: seed)
         let nodes = [node1, node2, NodeRecord(name: "node1", address: "10.0.0.9")]
+        // Every name (empty non-terminals too), record and additional-section link.
         func dump(_ zone: Zone) -> [String] {
-            zone.nodes.flatMap { node in node.rrsets.flatMap { set in set.records.map { "\(node.name) \(set.ttl) \($0)" } } }.sorted()
+            zone.nodes.flatMap { node in
+                ["\(node.name.lowercased()) \(node.kind)"] + node.rrsets.flatMap { set in
+                    zip(set.records, set.compiled).map { record, compiled in
+                        let additional = compiled.additionalNode >= 0 ? " +\(zone.nodes[Int(compiled.additionalNode)].name.lowercased())" : ""
+                        return "\(node.name) \(set.ttl) \(record)\(additional)"
+                    }
+                }
+            }.sorted()
         }
         for _ in 0..<60 {
             let node = nodes[random.below(nodes.count)]

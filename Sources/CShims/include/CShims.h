@@ -51,6 +51,14 @@ socklen_t disco_parse_address(const char *host, uint16_t port, struct sockaddr_s
 /// Formats a sockaddr as "host:port" / "[host]:port" into `out`; returns its length.
 int disco_format_address(const struct sockaddr *address, char *out, size_t capacity);
 
+/// Names the calling thread for the kernel (`top -H`, /proc/.../comm): at most 15 bytes.
+void disco_thread_set_name(const char *name);
+
+/// Lowers the calling thread's scheduling priority: its nice value becomes the process's
+/// (the main thread's) plus `increment`, at most 19. Linux keeps nice per thread, so the DNS
+/// workers keep the process's. Returns 0 or -errno.
+int disco_thread_lower_priority(int increment);
+
 /// Sends a notification to systemd (sd_notify protocol) if NOTIFY_SOCKET is set.
 /// Returns 1 if sent, 0 if not under systemd, -errno on error.
 int disco_sd_notify(const char *state);

@@ -1,0 +1,191 @@
+import DNSWire
+
+/// Records of some owners, grouped and compiled once, for assembling zones from repeatedly.
+///
+/// The registry keeps one fragment per service and assembles its zone from them after every
+/// catalog change (`Zone(origin:fragments:source:)`): a registration compiles one service's
+/// records, and the assembly only links the cached fragments, with no grouping, validation,
+/// sorting or encoding of the rest.
+///
+/// A fragment holds plain authoritative data: SOA and NS only at the origin, and no CNAME or
+/// DNAME anywhere. Those are what make master files need `Zone(origin:records:source:)`'s
+/// checks (cuts, occlusion, CNAME exclusivity), so an assembled zone needs none of them.
+public struct ZoneFragment: Sendable {
+    struct Owner: Sendable {
+        let name: DomainName
+        /// `name` lowercased, in wire form: the key of the zone's name table.
+        let key: [UInt8]
+        let rrsets: [RRSet]
+        /// For each RRset whose records have additional-section targets (NS, MX, SRV): its
+        /// index in `rrsets` and each record's lowercased target (empty for none).
+        let targets: [(rrset: Int, keys: [[UInt8]])]
+    }
+
+    let owners: [Owner]
+
+    public static let empty = ZoneFragment(owners: [])
+
+    private init(owners: [Owner]) {
+        self.owners = owners
+    }
+
+    /// Groups and compiles `records`, all at or below `origin`.
+    ///
+    /// As in a master file, duplicates collapse and the first TTL of an RRset holds for it
+    /// (RFC 2181 §5, §5.2); owners and types keep the order they first appear in.
+    public init(records: [ResourceRecord], origin: DomainName, source: String) throws(ZoneLoadError) {
+        let position = SourcePosition(file: source, line: 1, column: 1)
+        var errors: [ZoneError] = []
+        var index: [[UInt8]: Int] = [:]
+        var grouped: [(name: DomainName, key: [UInt8], sets: [(type: RRType, ttl: UInt32, records: [RData])])] = []
+        for record in records {
+            let key = record.name.lowercased().wire
+            let atOrigin = record.name == origin
+            let allowed = switch record.rdata.type {
+            case .soa, .ns: atOrigin
+            case .cname, .dname: false
+            default: true
+            }
+            guard record.name.isSubdomain(of: origin), allowed else {
+                if errors.count < ZoneLoadError.errorsMax {
+                    errors.append(ZoneError(position, record.name.isSubdomain(of: origin)
+                        ? "\(record.rdata.type) at \(record.name) cannot be in a zone fragment (SOA and NS only at \(origin); no CNAME or DNAME)"
+                        : "\(record.name) is outside the zone \(origin)"))
+                }
+                continue
+            }
+            let owner: Int
+            if let known = index[key] {
+                owner = known
+            } else {
+                owner = grouped.count
+                index[key] = owner
+                grouped.append((record.name, key, []))
+            }
+            if let set = grouped[owner].sets.firstIndex(where: { $0.type == record.rdata.type }) {
+                if !grouped[owner].sets[set].records.contains(record.rdata) {
+                    grouped[owner].sets[set].records.append(record.rdata)
+                }
+            } else {
+                grouped[owner].sets.append((record.rdata.type, record.ttl, [record.rdata]))
+            }
+        }
+        guard errors.isEmpty else { throw ZoneLoadError(errors) }
+        owners = grouped.map { owner in
+            var targets: [(rrset: Int, keys: [[UInt8]])] = []
+            let rrsets = owner.sets.enumerated().map { offset, set in
+                let keys = set.records.map { $0.additionalTarget?.lowercased().wire ?? [] }
+                if keys.contains(where: { !$0.isEmpty }) { targets.append((offset, keys)) }
+                return RRSet(type: set.type, ttl: set.ttl, records: set.records,
+                             compiled: set.records.map { CompiledRData($0, additionalNode: -1) })
+            }
+            return Owner(name: owner.name, key: owner.key, rrsets: rrsets, targets: targets)
+        }
+    }
+
+    public var isEmpty: Bool { owners.isEmpty }
+}
+
+extension Zone {
+    /// Assembles a zone from fragments: their owners become the zone's nodes (an owner in
+    /// several fragments merges, as records of one owner do in a master file), the empty
+    /// non-terminals between them and the origin are added (RFC 4592 §2.2.2), and the
+    /// additional-section targets are linked to their nodes.
+    ///
+    /// The only check left is the apex's: exactly one SOA and at least one NS, across all
+    /// fragments. Nodes are in the order their owners first appear, not canonical order:
+    /// nothing answers from the order.
+    public convenience init(origin: DomainName, fragments: [ZoneFragment], source: String) throws(ZoneLoadError) {
+        let ownerCount = fragments.reduce(0) { $0 + $1.owners.count }
+        var table = NameTable(capacity: ownerCount * 2 + 1)
+        var nodes: [Node] = []
+        nodes.reserveCapacity(ownerCount * 2 + 1)
+        _ = table.insert(origin.lowercased().wire)
+        nodes.append(Node(name: origin, kind: .apex, rrsets: []))
+        let originBytes = origin.wire.count
+        // RRsets whose additional targets are linked once every node is in, with each
+        // record's target; and sets that merged from several fragments, derived again after.
+        var unresolved: [(node: Int, type: RRType, keys: [[UInt8]])] = []
+        var merged: [(node: Int, type: RRType)] = []
+
+        for fragment in fragments {
+            for owner in fragment.owners {
+                let (found, inserted) = table.insert(owner.key)
+                let node = Int(found)
+                if inserted {
+                    nodes.append(Node(name: owner.name, kind: .authoritative, rrsets: owner.rrsets))
+                    // Ancestors up to the first one present: each node's were added with it.
+                    var offset = 1 + Int(owner.key[0])
+                    while owner.key.count - offset > originBytes {
+                        let present = owner.key.withUnsafeBytes { table.find(UnsafeRawBufferPointer(rebasing: $0[offset...])) }
+                        if present >= 0 { break }
+                        _ = table.insert(Array(owner.key[offset...]))
+                        nodes.append(Node(name: DomainName(uncheckedWire: Array(owner.name.wire[offset...])),
+                                          kind: .authoritative, rrsets: []))
+                        offset += 1 + Int(owner.key[offset])
+                    }
+                    for target in owner.targets {
+                        unresolved.append((node, owner.rrsets[target.rrset].type, target.keys))
+                    }
+                } else {
+                    let existing = nodes[node]
+                    var rrsets = existing.rrsets
+                    for rrset in owner.rrsets {
+                        if let at = rrsets.firstIndex(where: { $0.type == rrset.type }) {
+                            var records = rrsets[at].records
+                            var compiled = rrsets[at].compiled
+                            for (record, code) in zip(rrset.records, rrset.compiled) where !records.contains(record) {
+                                records.append(record)
+                                compiled.append(code)
+                            }
+                            rrsets[at] = RRSet(type: rrset.type, ttl: rrsets[at].ttl, records: records, compiled: compiled)
+                            if records.contains(where: { $0.additionalTarget != nil }) { merged.append((node, rrset.type)) }
+                        } else {
+                            rrsets.append(rrset)
+                            if let target = owner.targets.first(where: { owner.rrsets[$0.rrset].type == rrset.type }) {
+                                unresolved.append((node, rrset.type, target.keys))
+                            }
+                        }
+                    }
+                    // An empty non-terminal keeps its first spelling until data arrives.
+                    let name = existing.rrsets.isEmpty && existing.kind != .apex ? owner.name : existing.name
+                    nodes[node] = Node(name: name, kind: existing.kind, rrsets: rrsets)
+                }
+            }
+        }
+
+        // A merged set's entry in `unresolved` covers only its first fragment's records; the
+        // pass over `merged`, after it, links all of them.
+        let again = merged.map { node, type in
+            (node, type, nodes[node].rrsets[nodes[node].rrsetIndex(of: type)!].records.map { $0.additionalTarget?.lowercased().wire ?? [] })
+        }
+        for (node, type, keys) in unresolved + again {
+            let existing = nodes[node]
+            guard let at = existing.rrsetIndex(of: type) else { continue }
+            var rrsets = existing.rrsets
+            let set = rrsets[at]
+            let compiled = set.compiled.enumerated().map { i, code in
+                i < keys.count && !keys[i].isEmpty ? code.resolving(additionalNode: table.find(keys[i])) : code
+            }
+            rrsets[at] = RRSet(type: type, ttl: set.ttl, records: set.records, compiled: compiled)
+            nodes[node] = Node(name: existing.name, kind: existing.kind, rrsets: rrsets)
+        }
+
+        let apex = nodes[0]
+        let position = SourcePosition(file: source, line: 1, column: 1)
+        var errors: [ZoneError] = []
+        var soa: (data: SOAData, ttl: UInt32)?
+        if let at = apex.rrsetIndex(of: .soa), case .soa(let data) = apex.rrsets[at].records[0] {
+            if apex.rrsets[at].records.count == 1 {
+                soa = (data, apex.rrsets[at].ttl)
+            } else {
+                errors.append(ZoneError(position, "more than one SOA record at the apex \(origin)"))
+            }
+        } else {
+            errors.append(ZoneError(position, "no SOA record at the apex \(origin) (expected exactly one)"))
+        }
+        if apex.rrsetIndex(of: .ns) == nil { errors.append(ZoneError(position, "no NS records at the apex \(origin)")) }
+        guard errors.isEmpty, let soa else { throw ZoneLoadError(errors) }
+        self.init(origin: origin, source: source, nodes: nodes, table: table, soa: soa.data, soaTTL: soa.ttl)
+    }
+}
