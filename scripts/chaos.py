@@ -66,7 +66,7 @@ class Cluster:
     def start(self, node):
         argv = [self.args.discod, "--zones", self.zones, "--dns", f"127.0.0.1:{node.dns}", "--workers", "1",
                 "--node-id", str(node.id), "--raft", f"127.0.0.1:{node.raft}",
-                "--http", f"127.0.0.1:{node.http}", "--data-dir", node.data, "--log-level", "warning"]
+                "--http", f"127.0.0.1:{node.http}", "--data-dir", node.data, "--log-level", os.environ.get("CHAOS_LOG_LEVEL", "warning")]
         for peer in self.nodes:
             argv += ["--server", f"{peer.id}=127.0.0.1:{peer.raft},127.0.0.1:{peer.http}"]
         log = open(node.log, "a")

@@ -103,10 +103,11 @@ extension Zone {
         _ = table.insert(origin.lowercased().wire)
         nodes.append(Node(name: origin, kind: .apex, rrsets: []))
         let originBytes = origin.wire.count
-        // RRsets whose additional targets are linked once every node is in, with each
-        // record's target; and sets that merged from several fragments, derived again after.
-        var unresolved: [(node: Int, type: RRType, keys: [[UInt8]])] = []
-        var merged: [(node: Int, type: RRType)] = []
+        // RRsets whose additional targets are linked once every node is in: by node, the
+        // RRset's index and each record's target key. Owners met again in later fragments are gathered
+        // in `merged` instead and become nodes at the end.
+        var unresolved: [Int: [(rrset: Int, keys: [[UInt8]])]] = [:]
+        var merged: [Int: [MergedSet]] = [:]
 
         for fragment in fragments {
             for owner in fragment.owners {
@@ -124,51 +125,49 @@ extension Zone {
                                           kind: .authoritative, rrsets: []))
                         offset += 1 + Int(owner.key[offset])
                     }
-                    for target in owner.targets {
-                        unresolved.append((node, owner.rrsets[target.rrset].type, target.keys))
-                    }
-                } else {
-                    let existing = nodes[node]
-                    var rrsets = existing.rrsets
-                    for rrset in owner.rrsets {
-                        if let at = rrsets.firstIndex(where: { $0.type == rrset.type }) {
-                            var records = rrsets[at].records
-                            var compiled = rrsets[at].compiled
-                            for (record, code) in zip(rrset.records, rrset.compiled) where !records.contains(record) {
-                                records.append(record)
-                                compiled.append(code)
-                            }
-                            rrsets[at] = RRSet(type: rrset.type, ttl: rrsets[at].ttl, records: records, compiled: compiled)
-                            if records.contains(where: { $0.additionalTarget != nil }) { merged.append((node, rrset.type)) }
-                        } else {
-                            rrsets.append(rrset)
-                            if let target = owner.targets.first(where: { owner.rrsets[$0.rrset].type == rrset.type }) {
-                                unresolved.append((node, rrset.type, target.keys))
-                            }
-                        }
-                    }
-                    // An empty non-terminal keeps its first spelling until data arrives.
-                    let name = existing.rrsets.isEmpty && existing.kind != .apex ? owner.name : existing.name
-                    nodes[node] = Node(name: name, kind: existing.kind, rrsets: rrsets)
+                    if !owner.targets.isEmpty { unresolved[node] = owner.targets }
+                    continue
                 }
+                // Taken out while it grows, so the dictionary holds no second reference and
+                // appending never copies what was gathered.
+                var sets = merged.removeValue(forKey: node) ?? nodes[node].rrsets.enumerated().map { index, set in
+                    MergedSet(set, keys: unresolved[node]?.first { $0.rrset == index }?.keys)
+                }
+                if sets.isEmpty && nodes[node].kind != .apex {
+                    // An empty non-terminal takes the spelling of the first data at its name.
+                    nodes[node] = Node(name: owner.name, kind: nodes[node].kind, rrsets: [])
+                }
+                for (index, rrset) in owner.rrsets.enumerated() {
+                    let keys = owner.targets.first { $0.rrset == index }?.keys
+                    if let at = sets.firstIndex(where: { $0.type == rrset.type }) {
+                        sets[at].add(rrset, keys: keys)
+                    } else {
+                        sets.append(MergedSet(rrset, keys: keys))
+                    }
+                }
+                merged[node] = sets
             }
         }
 
-        // A merged set's entry in `unresolved` covers only its first fragment's records; the
-        // pass over `merged`, after it, links all of them.
-        let again = merged.map { node, type in
-            (node, type, nodes[node].rrsets[nodes[node].rrsetIndex(of: type)!].records.map { $0.additionalTarget?.lowercased().wire ?? [] })
-        }
-        for (node, type, keys) in unresolved + again {
-            let existing = nodes[node]
-            guard let at = existing.rrsetIndex(of: type) else { continue }
-            var rrsets = existing.rrsets
-            let set = rrsets[at]
-            let compiled = set.compiled.enumerated().map { i, code in
+        func link(_ compiled: [CompiledRData], _ keys: [[UInt8]]) -> [CompiledRData] {
+            compiled.enumerated().map { i, code in
                 i < keys.count && !keys[i].isEmpty ? code.resolving(additionalNode: table.find(keys[i])) : code
             }
-            rrsets[at] = RRSet(type: type, ttl: set.ttl, records: set.records, compiled: compiled)
-            nodes[node] = Node(name: existing.name, kind: existing.kind, rrsets: rrsets)
+        }
+        for (node, targets) in unresolved where merged[node] == nil {
+            var rrsets = nodes[node].rrsets
+            for (at, keys) in targets {
+                let set = rrsets[at]
+                rrsets[at] = RRSet(type: set.type, ttl: set.ttl, records: set.records, compiled: link(set.compiled, keys))
+            }
+            nodes[node] = Node(name: nodes[node].name, kind: nodes[node].kind, rrsets: rrsets)
+        }
+        for (node, sets) in merged {
+            let rrsets = sets.map { set in
+                RRSet(type: set.type, ttl: set.ttl, records: set.records,
+                      compiled: set.keys.isEmpty ? set.compiled : link(set.compiled, set.keys))
+            }
+            nodes[node] = Node(name: nodes[node].name, kind: nodes[node].kind, rrsets: rrsets)
         }
 
         let apex = nodes[0]
@@ -187,5 +186,36 @@ extension Zone {
         if apex.rrsetIndex(of: .ns) == nil { errors.append(ZoneError(position, "no NS records at the apex \(origin)")) }
         guard errors.isEmpty, let soa else { throw ZoneLoadError(errors) }
         self.init(origin: origin, source: source, nodes: nodes, table: table, soa: soa.data, soaTTL: soa.ttl)
+    }
+}
+
+/// An RRset gathered from several fragments (one owner in many, such as a service name in
+/// each of its instances' fragments): duplicates collapse and the first TTL holds, as in a
+/// master file, in time linear in the records.
+private struct MergedSet {
+    let type: RRType
+    let ttl: UInt32
+    var records: [RData]
+    var compiled: [CompiledRData]
+    /// Each record's additional-target key, or empty when no record has one.
+    var keys: [[UInt8]]
+    var seen: Set<RData>
+
+    init(_ set: RRSet, keys: [[UInt8]]?) {
+        type = set.type
+        ttl = set.ttl
+        records = set.records
+        compiled = set.compiled
+        self.keys = keys ?? []
+        seen = Set(set.records)
+    }
+
+    mutating func add(_ set: RRSet, keys: [[UInt8]]?) {
+        for (i, record) in set.records.enumerated() where seen.insert(record).inserted {
+            if keys != nil, self.keys.isEmpty { self.keys = [[UInt8]](repeating: [], count: records.count) }
+            records.append(record)
+            compiled.append(set.compiled[i])
+            if !self.keys.isEmpty { self.keys.append(keys?[i] ?? []) }
+        }
     }
 }

@@ -23,12 +23,12 @@ public final class Catalog: @unchecked Sendable {
     public init(path: String) throws {
         database = try Database(path: path, durability: .rebuildable)
         try database.execute("""
-            CREATE TABLE IF NOT EXISTS nodes (name TEXT PRIMARY KEY, record TEXT NOT NULL,
+            CREATE TABLE IF NOT EXISTS nodes (name TEXT PRIMARY KEY, record BLOB NOT NULL,
                                               create_index INTEGER NOT NULL, modify_index INTEGER NOT NULL);
-            CREATE TABLE IF NOT EXISTS services (node TEXT NOT NULL, id TEXT NOT NULL, record TEXT NOT NULL,
+            CREATE TABLE IF NOT EXISTS services (node TEXT NOT NULL, id TEXT NOT NULL, record BLOB NOT NULL,
                                                  create_index INTEGER NOT NULL, modify_index INTEGER NOT NULL,
                                                  PRIMARY KEY (node, id));
-            CREATE TABLE IF NOT EXISTS checks (node TEXT NOT NULL, id TEXT NOT NULL, record TEXT NOT NULL,
+            CREATE TABLE IF NOT EXISTS checks (node TEXT NOT NULL, id TEXT NOT NULL, record BLOB NOT NULL,
                                                create_index INTEGER NOT NULL, modify_index INTEGER NOT NULL,
                                                PRIMARY KEY (node, id));
             CREATE TABLE IF NOT EXISTS service_index (name TEXT PRIMARY KEY, idx INTEGER NOT NULL);
@@ -53,22 +53,36 @@ public final class Catalog: @unchecked Sendable {
     public func load() throws {
         var state = CatalogState()
         var appliedIndex: UInt64 = 0
-        func decode<T: Decodable>(_ type: T.Type, _ value: SQLValue) throws(RegistryError) -> T {
-            guard case .text(let text) = value, let decoded = try? JSONDecoder().decode(T.self, from: Data(text.utf8)) else {
-                throw RegistryError.storage("\(database.path): a \(T.self) row is not readable (corrupt file?)")
+        // Rows are binary blobs (BinaryCodec.swift); JSON text rows are from before it.
+        func decode<T: Decodable>(_ type: T.Type, _ value: SQLValue,
+                                  _ binary: (inout BinaryReader) throws(BinaryReader.Failure) -> T) throws(RegistryError) -> T {
+            switch value {
+            case .blob(let bytes):
+                var reader = BinaryReader(bytes)
+                do throws(BinaryReader.Failure) {
+                    let decoded = try binary(&reader)
+                    guard reader.atEnd else { throw reader.fail("the end of the row") }
+                    return decoded
+                } catch {
+                    throw RegistryError.storage("\(database.path): a \(T.self) row is not readable (\(error); corrupt file?)")
+                }
+            case .text(let text):
+                if let decoded = try? JSONDecoder().decode(T.self, from: Data(text.utf8)) { return decoded }
+            default:
+                break
             }
-            return decoded
+            throw RegistryError.storage("\(database.path): a \(T.self) row is not readable (corrupt file?)")
         }
         func int(_ value: SQLValue) -> UInt64 { if case .integer(let v) = value { UInt64(max(v, 0)) } else { 0 } }
         for row in try database.prepare("SELECT record, create_index, modify_index FROM nodes").query() {
-            state.load(node: Indexed(value: try decode(NodeRecord.self, row[0]), createIndex: int(row[1]), modifyIndex: int(row[2])))
+            state.load(node: Indexed(value: try decode(NodeRecord.self, row[0]) { r throws(BinaryReader.Failure) in try NodeRecord(from: &r) }, createIndex: int(row[1]), modifyIndex: int(row[2])))
         }
         for row in try database.prepare("SELECT record, create_index, modify_index FROM services").query() {
-            state.load(service: Indexed(value: try decode(ServiceInstance.self, row[0]), createIndex: int(row[1]),
+            state.load(service: Indexed(value: try decode(ServiceInstance.self, row[0]) { r throws(BinaryReader.Failure) in try ServiceInstance(from: &r) }, createIndex: int(row[1]),
                                         modifyIndex: int(row[2])))
         }
         for row in try database.prepare("SELECT record, create_index, modify_index FROM checks").query() {
-            state.load(check: Indexed(value: try decode(CheckRecord.self, row[0]), createIndex: int(row[1]), modifyIndex: int(row[2])))
+            state.load(check: Indexed(value: try decode(CheckRecord.self, row[0]) { r throws(BinaryReader.Failure) in try CheckRecord(from: &r) }, createIndex: int(row[1]), modifyIndex: int(row[2])))
         }
         for row in try database.prepare("SELECT name, idx FROM service_index").query() {
             if case .text(let name) = row[0] { state.load(serviceIndex: name, int(row[1])) }
@@ -126,23 +140,23 @@ public final class Catalog: @unchecked Sendable {
     }
 
     private func write(_ mutation: Mutation) throws(StoreError) {
-        func json(_ value: some Encodable) -> SQLValue {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = .sortedKeys
-            return .text(String(decoding: (try? encoder.encode(value)) ?? Data(), as: UTF8.self))
+        func row(_ write: (inout BinaryWriter) -> Void) -> SQLValue {
+            var writer = BinaryWriter()
+            write(&writer)
+            return .blob(writer.bytes)
         }
         switch mutation {
         case .putNode(let node):
-            try putNode.run(.text(node.value.name), json(node.value), .integer(Int64(node.createIndex)), .integer(Int64(node.modifyIndex)))
+            try putNode.run(.text(node.value.name), row(node.value.write), .integer(Int64(node.createIndex)), .integer(Int64(node.modifyIndex)))
         case .removeNode(let name):
             try removeNode.run(.text(name))
         case .putService(let service):
-            try putService.run(.text(service.value.node), .text(service.value.id), json(service.value),
+            try putService.run(.text(service.value.node), .text(service.value.id), row(service.value.write),
                                .integer(Int64(service.createIndex)), .integer(Int64(service.modifyIndex)))
         case .removeService(let key):
             try removeService.run(.text(key.node), .text(key.id))
         case .putCheck(let check):
-            try putCheck.run(.text(check.value.node), .text(check.value.id), json(check.value),
+            try putCheck.run(.text(check.value.node), .text(check.value.id), row(check.value.write),
                              .integer(Int64(check.createIndex)), .integer(Int64(check.modifyIndex)))
         case .removeCheck(let key):
             try removeCheck.run(.text(key.node), .text(key.id))

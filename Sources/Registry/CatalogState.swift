@@ -66,6 +66,9 @@ public struct CatalogState: Sendable {
     private(set) var instancesByName: [String: Set<NodeScopedID>] = [:]
     private(set) var servicesByNode: [String: Set<String>] = [:]
     private(set) var checksByNode: [String: Set<String>] = [:]
+    /// Check IDs by what they watch: (node, service ID), or (node, "") for node checks. An
+    /// instance's health reads two of these, not every check of its node.
+    private var checksByOwner: [NodeScopedID: Set<String>] = [:]
 
     public init() {}
 
@@ -112,6 +115,7 @@ public struct CatalogState: Sendable {
                     if let existing, existing.value.name != service.name {
                         // Renamed: the old name loses an instance.
                         instancesByName[existing.value.name]?.remove(key)
+                        if instancesByName[existing.value.name]?.isEmpty == true { instancesByName[existing.value.name] = nil }
                         change.services.insert(existing.value.name)
                     }
                     let record = Indexed(value: service, createIndex: existing?.createIndex ?? index, modifyIndex: index)
@@ -123,9 +127,8 @@ public struct CatalogState: Sendable {
                 }
                 if replaceChecks {
                     let listed = Set(registrations.map(\.check.id))
-                    for id in checksByNode[node.name] ?? [] where !listed.contains(id) {
-                        let checkKey = NodeScopedID(node: node.name, id: id)
-                        if checks[checkKey]?.value.serviceID == service.id { removeCheck(checkKey, &mutations, &change) }
+                    for id in checksByOwner[key] ?? [] where !listed.contains(id) {
+                        removeCheck(NodeScopedID(node: node.name, id: id), &mutations, &change)
                     }
                 }
             }
@@ -172,6 +175,8 @@ public struct CatalogState: Sendable {
         let record = Indexed(value: check, createIndex: existing?.createIndex ?? index, modifyIndex: index)
         checks[key] = record
         checksByNode[check.node, default: []].insert(check.id)
+        if let old = existing?.value, old.serviceID != check.serviceID { unindex(owner: old) }
+        checksByOwner[Self.owner(of: check), default: []].insert(check.id)
         mutations.append(.putCheck(record))
         markAffected(by: check, &change)
         if let old = existing?.value, old.serviceID != check.serviceID { markAffected(by: old, &change) }
@@ -180,6 +185,7 @@ public struct CatalogState: Sendable {
     private mutating func removeCheck(_ key: NodeScopedID, _ mutations: inout [Mutation], _ change: inout CatalogChange) {
         guard let existing = checks.removeValue(forKey: key) else { return }
         checksByNode[key.node]?.remove(key.id)
+        unindex(owner: existing.value)
         mutations.append(.removeCheck(key))
         markAffected(by: existing.value, &change)
     }
@@ -192,10 +198,19 @@ public struct CatalogState: Sendable {
         mutations.append(.removeService(key))
         change.services.insert(existing.value.name)
         // Consul removes a service's checks with it.
-        for id in checksByNode[key.node] ?? [] {
-            let checkKey = NodeScopedID(node: key.node, id: id)
-            if checks[checkKey]?.value.serviceID == key.id { removeCheck(checkKey, &mutations, &change) }
+        for id in checksByOwner[key] ?? [] where !key.id.isEmpty {
+            removeCheck(NodeScopedID(node: key.node, id: id), &mutations, &change)
         }
+    }
+
+    private static func owner(of check: CheckRecord) -> NodeScopedID {
+        NodeScopedID(node: check.node, id: check.serviceID)
+    }
+
+    private mutating func unindex(owner check: CheckRecord) {
+        let owner = Self.owner(of: check)
+        checksByOwner[owner]?.remove(check.id)
+        if checksByOwner[owner]?.isEmpty == true { checksByOwner[owner] = nil }
     }
 
     /// A service check affects its service; a node check affects every service on the node.
@@ -223,9 +238,8 @@ public struct CatalogState: Sendable {
                 if services[NodeScopedID(node: node.name, id: service.id)]?.value != service { return true }
                 if replaceChecks {
                     let listed = Set(registrations.map(\.check.id))
-                    for check in checks(onNode: node.name) where check.value.serviceID == service.id && !listed.contains(check.value.id) {
-                        return true
-                    }
+                    let owned = checksByOwner[NodeScopedID(node: node.name, id: service.id)] ?? []
+                    if !owned.isSubset(of: listed) { return true }
                 }
             }
             for registration in registrations {
@@ -265,6 +279,7 @@ public struct CatalogState: Sendable {
     mutating func load(check: Indexed<CheckRecord>) {
         checks[NodeScopedID(node: check.value.node, id: check.value.id)] = check
         checksByNode[check.value.node, default: []].insert(check.value.id)
+        checksByOwner[Self.owner(of: check.value), default: []].insert(check.value.id)
     }
 
     mutating func load(serviceIndex name: String, _ index: UInt64) {
@@ -307,14 +322,29 @@ public struct CatalogState: Sendable {
 
     /// The checks that decide an instance's health: its own and its node's.
     public func checks(of instance: ServiceInstance) -> [Indexed<CheckRecord>] {
-        (checksByNode[instance.node] ?? []).sorted().compactMap { checks[NodeScopedID(node: instance.node, id: $0)] }.filter {
-            $0.value.serviceID.isEmpty || $0.value.serviceID == instance.id
-        }
+        let own = checksByOwner[NodeScopedID(node: instance.node, id: instance.id)] ?? []
+        let node = checksByOwner[NodeScopedID(node: instance.node, id: "")] ?? []
+        return own.union(node).sorted().compactMap { checks[NodeScopedID(node: instance.node, id: $0)] }
     }
 
     /// The worst status of an instance's checks; passing when it has none (Consul).
     public func health(of instance: ServiceInstance) -> HealthStatus {
-        checks(of: instance).map(\.value.status).max() ?? .passing
+        var worst = HealthStatus.passing
+        for owner in [instance.id, ""] {
+            for id in checksByOwner[NodeScopedID(node: instance.node, id: owner)] ?? [] {
+                if let status = checks[NodeScopedID(node: instance.node, id: id)]?.value.status, status > worst { worst = status }
+            }
+        }
+        return worst
+    }
+
+    /// The names of the services with at least one instance, in no order (cheaper than
+    /// `serviceNames`, which collects every service's tags).
+    public var registeredServiceNames: Dictionary<String, Set<NodeScopedID>>.Keys { instancesByName.keys }
+
+    /// The instances of `name`, in no order.
+    public func unorderedInstances(of name: String) -> [Indexed<ServiceInstance>] {
+        (instancesByName[name] ?? []).compactMap { services[$0] }
     }
 
     public func services(onNode node: String) -> [Indexed<ServiceInstance>] {

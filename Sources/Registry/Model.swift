@@ -148,28 +148,50 @@ public indirect enum CatalogCommand: Codable, Sendable, Equatable {
     /// Many commands in one entry, applied in order in one transaction.
     case batch([CatalogCommand])
 
-    /// The first byte of every registry log entry; KV commands use bytes below 0x40, so the
-    /// apply path can tell whose an entry is without decoding it.
+    /// Registry log entries start with a byte at or above this; KV commands use bytes below
+    /// 0x40, so the apply path can tell whose an entry is without decoding it. 0x40 itself
+    /// marks the JSON entries written before the binary form (still read).
     public static let entryTag: UInt8 = 0x40
+    /// The first byte of an entry in the binary form (BinaryCodec.swift), written since.
+    public static let binaryEntryTag: UInt8 = 0x41
     /// Commands in a batch above this are refused before they are proposed.
     public static let batchCommandsMax = 1024
 
     public var encoded: [UInt8] {
+        var writer = BinaryWriter(tag: Self.binaryEntryTag)
+        write(to: &writer)
+        return writer.bytes
+    }
+
+    public init(decoding bytes: [UInt8]) throws {
+        switch bytes.first {
+        case Self.binaryEntryTag:
+            var reader = BinaryReader(bytes, from: 1)
+            do throws(BinaryReader.Failure) {
+                self = try CatalogCommand(from: &reader)
+                guard reader.atEnd else { throw reader.fail("the end of the entry") }
+            } catch {
+                throw RegistryError.malformedEntry("\(error)")
+            }
+        case Self.entryTag:
+            do {
+                self = try JSONDecoder().decode(CatalogCommand.self, from: Data(bytes.dropFirst()))
+            } catch {
+                throw RegistryError.malformedEntry("\(error)")
+            }
+        default:
+            throw RegistryError.malformedEntry("not a registry entry")
+        }
+    }
+
+    /// The JSON form of the first registry entries: decoded still, written only by tests.
+    public var legacyJSONEncoded: [UInt8] {
         let encoder = JSONEncoder()
         encoder.outputFormatting = .sortedKeys
         // Encoding a value type of strings and numbers cannot fail.
         let json = (try? encoder.encode(self)) ?? Data()
         precondition(!json.isEmpty, "a catalog command failed to encode")
         return [Self.entryTag] + Array(json)
-    }
-
-    public init(decoding bytes: [UInt8]) throws {
-        guard bytes.first == Self.entryTag else { throw RegistryError.malformedEntry("not a registry entry") }
-        do {
-            self = try JSONDecoder().decode(CatalogCommand.self, from: Data(bytes.dropFirst()))
-        } catch {
-            throw RegistryError.malformedEntry("\(error)")
-        }
     }
 }
 

@@ -123,50 +123,56 @@ public enum ServiceView {
     /// service's instances, their checks and their nodes: what its modify index covers.
     static func records(ofService service: String, in state: CatalogState, _ config: ServiceViewConfig) -> [ResourceRecord] {
         guard isLabel(service) else { return [] }
+        let ttl = ttl(of: service, in: state, config)
+        return state.instances(of: service).flatMap { records(of: $0.value, ttl: ttl, in: state, config) }
+    }
+
+    /// What one instance adds to its service's names (nothing unless it is healthy). Depends
+    /// on the instance, its health, its node's address and the service's TTL.
+    static func records(of instance: ServiceInstance, ttl: UInt32, in state: CatalogState,
+                        _ config: ServiceViewConfig) -> [ResourceRecord] {
+        let service = instance.name
+        guard isLabel(service) else { return [] }
+        let health = state.health(of: instance)
+        guard health == .passing || (health == .warning && !config.onlyPassing) else { return [] }
+        guard let ip = IPAddress(state.address(of: instance)) else { return [] }
         let names = Names(domain: config.domain)
         var records: [ResourceRecord] = []
         func add(_ owner: DomainName, _ ttl: UInt32, _ rdata: RData) { records.append(ResourceRecord(name: owner, ttl: ttl, rdata: rdata)) }
-        let ttl = ttl(of: service, in: state, config)
+        // SRV target: the node's name when the instance uses the node's address, else
+        // a name for the address itself (Consul's `HEX.addr.DOMAIN`).
+        let target: DomainName
+        if isLabel(instance.node), state.nodes[instance.node].flatMap({ IPAddress($0.value.address) }) == ip {
+            target = names.name(instance.node, "node")
+        } else {
+            target = names.name(ip.hexLabel, "addr")
+            add(target, config.nodeTTLSeconds, ip.rdata)
+        }
+        let weight = health == .passing ? instance.weights.passing : instance.weights.warning
+        let srv = RData.srv(priority: 1, weight: UInt16(clamping: weight), port: UInt16(clamping: instance.port), target: target)
         let serviceName = names.name(service, "service")
-        let rfc2782 = names.name("_" + service, "_tcp", "service")
-        for instance in state.instances(of: service) {
-            let health = state.health(of: instance.value)
-            guard health == .passing || (health == .warning && !config.onlyPassing) else { continue }
-            guard let ip = IPAddress(state.address(of: instance.value)) else { continue }
-            // SRV target: the node's name when the instance uses the node's address, else
-            // a name for the address itself (Consul's `HEX.addr.DOMAIN`).
-            let target: DomainName
-            if isLabel(instance.value.node), state.nodes[instance.value.node].flatMap({ IPAddress($0.value.address) }) == ip {
-                target = names.name(instance.value.node, "node")
-            } else {
-                target = names.name(ip.hexLabel, "addr")
-                add(target, config.nodeTTLSeconds, ip.rdata)
-            }
-            let weight = health == .passing ? instance.value.weights.passing : instance.value.weights.warning
-            let srv = RData.srv(priority: 1, weight: UInt16(clamping: weight), port: UInt16(clamping: instance.value.port),
-                                target: target)
-            add(serviceName, ttl, ip.rdata)
-            add(serviceName, ttl, srv)
-            add(rfc2782, ttl, srv)
-            for tag in Set(instance.value.tags) where isLabel(tag) {
-                let tagged = names.name(tag, service, "service")
-                add(tagged, ttl, ip.rdata)
-                add(tagged, ttl, srv)
-                // RFC 2782 form with the tag as protocol label; `_tcp`/`_udp` mean any tag.
-                if tag != "tcp" && tag != "udp" { add(names.name("_" + service, "_" + tag, "service"), ttl, srv) }
-            }
+        add(serviceName, ttl, ip.rdata)
+        add(serviceName, ttl, srv)
+        add(names.name("_" + service, "_tcp", "service"), ttl, srv)
+        for tag in Set(instance.tags) where isLabel(tag) {
+            let tagged = names.name(tag, service, "service")
+            add(tagged, ttl, ip.rdata)
+            add(tagged, ttl, srv)
+            // RFC 2782 form with the tag as protocol label; `_tcp`/`_udp` mean any tag.
+            if tag != "tcp" && tag != "udp" { add(names.name("_" + service, "_" + tag, "service"), ttl, srv) }
         }
         return records
     }
 
     static func ttl(of service: String, in state: CatalogState, _ config: ServiceViewConfig) -> UInt32 {
         // The first instance (by node, ID) that sets the meta key decides.
-        for instance in state.instances(of: service) {
-            if let text = instance.value.meta[ServiceViewConfig.ttlMetaKey], let seconds = UInt32(text) {
-                return min(seconds, ServiceViewConfig.serviceTTLSecondsMax)
-            }
+        var first: (key: NodeScopedID, seconds: UInt32)?
+        for instance in state.unorderedInstances(of: service) {
+            guard let text = instance.value.meta[ServiceViewConfig.ttlMetaKey], let seconds = UInt32(text) else { continue }
+            let key = NodeScopedID(node: instance.value.node, id: instance.value.id)
+            if first == nil || key < first!.key { first = (key, seconds) }
         }
-        return config.serviceTTLSeconds
+        return first.map { min($0.seconds, ServiceViewConfig.serviceTTLSecondsMax) } ?? config.serviceTTLSeconds
     }
 
     /// Names under the domain from labels that `isLabel` accepted, so they always parse.
@@ -183,13 +189,26 @@ public enum ServiceView {
     }
 }
 
-/// Rebuilds the registry zone keeping each service's compiled records (a `ZoneFragment`) from
-/// the last build unless the service's modify index moved: a registration re-derives and
-/// compiles one service, and the zone is assembled from the cached fragments (the View is
-/// still rebuilt whole and swapped, never patched in place).
+/// Rebuilds the registry zone keeping each instance's compiled records (a `ZoneFragment`)
+/// from the last build while what they depend on is unchanged: a registration compiles one
+/// instance, even into a service of thousands, and the zone is assembled from the cached
+/// fragments (the View is still rebuilt whole and swapped, never patched in place).
 public final class ServiceViewBuilder {
+    /// What an instance's records depend on besides the configuration.
+    private struct Inputs: Equatable {
+        let modifyIndex: UInt64
+        let health: HealthStatus
+        let nodeAddress: String?
+        let ttl: UInt32
+    }
+
+    private struct Service {
+        let index: UInt64
+        var instances: [NodeScopedID: (inputs: Inputs, fragment: ZoneFragment)] = [:]
+    }
+
     private let config: ServiceViewConfig
-    private var services: [String: (index: UInt64, fragment: ZoneFragment)] = [:]
+    private var services: [String: Service] = [:]
     private var nodes: (index: UInt64, fragment: ZoneFragment)?
 
     public init(config: ServiceViewConfig) {
@@ -201,23 +220,38 @@ public final class ServiceViewBuilder {
             nodes = (state.nodesIndex, try fragment(ServiceView.nodeRecords(state, config)))
         }
         var fragments = [try fragment(ServiceView.apexRecords(state, config)), nodes!.fragment]
-        let names = state.serviceNames.keys
-        fragments.reserveCapacity(names.count + 2)
-        var kept: [String: (index: UInt64, fragment: ZoneFragment)] = [:]
-        kept.reserveCapacity(names.count)
-        for name in names {
+        var kept: [String: Service] = [:]
+        kept.reserveCapacity(services.count)
+        for name in state.registeredServiceNames {
             let index = state.modifyIndex(ofService: name)
-            let entry: (index: UInt64, fragment: ZoneFragment)
+            let service: Service
             if let cached = services[name], cached.index == index {
-                entry = cached
+                service = cached
             } else {
-                entry = (index, try fragment(ServiceView.records(ofService: name, in: state, config)))
+                service = try rebuilt(name, index: index, previous: services[name], state)
             }
-            kept[name] = entry
-            if !entry.fragment.isEmpty { fragments.append(entry.fragment) }
+            kept[name] = service
+            for instance in service.instances.values where !instance.fragment.isEmpty { fragments.append(instance.fragment) }
         }
         services = kept
         return try Zone(origin: config.domain, fragments: fragments, source: ServiceView.position.file)
+    }
+
+    private func rebuilt(_ name: String, index: UInt64, previous: Service?, _ state: CatalogState) throws(ZoneLoadError) -> Service {
+        var service = Service(index: index)
+        guard ServiceView.isLabel(name) else { return service }
+        let ttl = ServiceView.ttl(of: name, in: state, config)
+        for instance in state.unorderedInstances(of: name) {
+            let key = NodeScopedID(node: instance.value.node, id: instance.value.id)
+            let inputs = Inputs(modifyIndex: instance.modifyIndex, health: state.health(of: instance.value),
+                                nodeAddress: state.nodes[instance.value.node]?.value.address, ttl: ttl)
+            if let cached = previous?.instances[key], cached.inputs == inputs {
+                service.instances[key] = cached
+            } else {
+                service.instances[key] = (inputs, try fragment(ServiceView.records(of: instance.value, ttl: ttl, in: state, config)))
+            }
+        }
+        return service
     }
 
     private func fragment(_ records: [ResourceRecord]) throws(ZoneLoadError) -> ZoneFragment {

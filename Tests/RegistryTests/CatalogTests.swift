@@ -36,7 +36,7 @@ struct CatalogTests {
         let command = CatalogCommand.batch([web("a"), .updateCheck(node: "n", checkID: "c", status: .warning, output: "slow"),
                                             .deregister(node: "n", serviceID: nil, checkID: "c")])
         let bytes = command.encoded
-        #expect(bytes.first == CatalogCommand.entryTag)
+        #expect(bytes.first == CatalogCommand.binaryEntryTag)
         #expect(try CatalogCommand(decoding: bytes) == command)
         #expect(throws: RegistryError.self) { try CatalogCommand(decoding: [CatalogCommand.entryTag, 0x7B]) }
         #expect(throws: RegistryError.self) { try CatalogCommand(decoding: [1, 2, 3]) }

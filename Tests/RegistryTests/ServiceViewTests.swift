@@ -159,7 +159,9 @@ struct ServiceViewBuilderTests {
             case 0, 1:
                 try apply(catalog, .register(node: node, service: ServiceInstance(
                     id: id, node: node.name, name: ["web", "db", "api"][random.below(3)], tags: random.below(2) == 0 ? [] : ["v\(random.below(2))"],
-                    address: random.below(2) == 0 ? "" : "10.1.0.\(random.below(4))", port: 80),
+                    address: random.below(2) == 0 ? "" : "10.1.0.\(random.below(4))", port: 80,
+                    // A TTL set on one instance changes every instance's records.
+                    meta: random.below(4) == 0 ? [ServiceViewConfig.ttlMetaKey: "\(10 * random.below(3))"] : [:]),
                     checks: [ttlCheck("c\(id)", service: id, on: node, status: .passing)], replaceChecks: false))
             case 2:
                 try apply(catalog, .updateCheck(node: node.name, checkID: "c\(id)", status: HealthStatus.allCases[random.below(3)], output: ""))
