@@ -25,7 +25,7 @@ public struct ZoneFragment: Sendable {
 
     public static let empty = ZoneFragment(owners: [])
 
-    private init(owners: [Owner]) {
+    fileprivate init(owners: [Owner]) {
         self.owners = owners
     }
 
@@ -39,21 +39,11 @@ public struct ZoneFragment: Sendable {
         var index: [[UInt8]: Int] = [:]
         var grouped: [(name: DomainName, key: [UInt8], sets: [(type: RRType, ttl: UInt32, records: [RData])])] = []
         for record in records {
-            let key = record.name.lowercased().wire
-            let atOrigin = record.name == origin
-            let allowed = switch record.rdata.type {
-            case .soa, .ns: atOrigin
-            case .cname, .dname: false
-            default: true
-            }
-            guard record.name.isSubdomain(of: origin), allowed else {
-                if errors.count < ZoneLoadError.errorsMax {
-                    errors.append(ZoneError(position, record.name.isSubdomain(of: origin)
-                        ? "\(record.rdata.type) at \(record.name) cannot be in a zone fragment (SOA and NS only at \(origin); no CNAME or DNAME)"
-                        : "\(record.name) is outside the zone \(origin)"))
-                }
+            if let problem = Self.problem(with: record, origin: origin) {
+                if errors.count < ZoneLoadError.errorsMax { errors.append(ZoneError(position, problem)) }
                 continue
             }
+            let key = record.name.lowercased().wire
             let owner: Int
             if let known = index[key] {
                 owner = known
@@ -84,6 +74,104 @@ public struct ZoneFragment: Sendable {
     }
 
     public var isEmpty: Bool { owners.isEmpty }
+
+    /// Why `record` cannot be in a fragment of `origin`, or nil.
+    static func problem(with record: ResourceRecord, origin: DomainName) -> String? {
+        guard record.name.isSubdomain(of: origin) else { return "\(record.name) is outside the zone \(origin)" }
+        let allowed = switch record.rdata.type {
+        case .soa, .ns: record.name == origin
+        case .cname, .dname: false
+        default: true
+        }
+        return allowed ? nil
+            : "\(record.rdata.type) at \(record.name) cannot be in a zone fragment (SOA and NS only at \(origin); no CNAME or DNAME)"
+    }
+}
+
+/// A fragment kept up to date by adding and removing records, for a service whose instances
+/// change one at a time: each record is counted, so one that several instances share stays
+/// until the last of them goes, and a record is compiled once, when it first arrives. An
+/// RRset's TTL is that of the record added last.
+/// `fragment` costs time linear in the distinct records, however many changes came before.
+public struct ZoneFragmentTally: Sendable {
+    private struct Entry: Sendable {
+        var count: Int
+        let compiled: CompiledRData
+        let targetKey: [UInt8]
+    }
+
+    private struct Owner: Sendable {
+        let name: DomainName
+        var sets: [RRType: (ttl: UInt32, entries: [RData: Entry])] = [:]
+    }
+
+    private let origin: DomainName
+    private let source: String
+    private var owners: [[UInt8]: Owner] = [:]
+
+    public init(origin: DomainName, source: String) {
+        self.origin = origin
+        self.source = source
+    }
+
+    /// Counts `records` in; nothing changes if any of them cannot be in a fragment.
+    public mutating func add(_ records: [ResourceRecord]) throws(ZoneLoadError) {
+        let problems = records.compactMap { ZoneFragment.problem(with: $0, origin: origin) }
+        guard problems.isEmpty else {
+            let position = SourcePosition(file: source, line: 1, column: 1)
+            throw ZoneLoadError(problems.prefix(ZoneLoadError.errorsMax).map { ZoneError(position, $0) })
+        }
+        for record in records {
+            let key = record.name.lowercased().wire
+            var owner = owners.removeValue(forKey: key) ?? Owner(name: record.name)
+            var set = owner.sets.removeValue(forKey: record.rdata.type) ?? (record.ttl, [:])
+            // One TTL per RRset (RFC 2181 §5.2): the latest added, so re-adding every record
+            // with a new TTL moves the set to it.
+            set.ttl = record.ttl
+            if set.entries[record.rdata] != nil {
+                set.entries[record.rdata]!.count += 1
+            } else {
+                set.entries[record.rdata] = Entry(count: 1, compiled: CompiledRData(record.rdata, additionalNode: -1),
+                                                  targetKey: record.rdata.additionalTarget?.lowercased().wire ?? [])
+            }
+            owner.sets[record.rdata.type] = set
+            owners[key] = owner
+        }
+    }
+
+    /// Counts out records added before (a record not counted in is ignored).
+    public mutating func remove(_ records: [ResourceRecord]) {
+        for record in records {
+            let key = record.name.lowercased().wire
+            guard var owner = owners.removeValue(forKey: key) else { continue }
+            if var set = owner.sets.removeValue(forKey: record.rdata.type) {
+                if let entry = set.entries[record.rdata] {
+                    set.entries[record.rdata] = entry.count > 1
+                        ? Entry(count: entry.count - 1, compiled: entry.compiled, targetKey: entry.targetKey) : nil
+                }
+                if !set.entries.isEmpty { owner.sets[record.rdata.type] = set }
+            }
+            if !owner.sets.isEmpty { owners[key] = owner }
+        }
+    }
+
+    public var isEmpty: Bool { owners.isEmpty }
+
+    /// The records counted in, as a fragment (owners and records in no particular order).
+    public var fragment: ZoneFragment {
+        ZoneFragment(owners: owners.map { key, owner in
+            var targets: [(rrset: Int, keys: [[UInt8]])] = []
+            var rrsets: [RRSet] = []
+            for (type, set) in owner.sets {
+                let entries = Array(set.entries)
+                if entries.contains(where: { !$0.value.targetKey.isEmpty }) {
+                    targets.append((rrsets.count, entries.map(\.value.targetKey)))
+                }
+                rrsets.append(RRSet(type: type, ttl: set.ttl, records: entries.map(\.key), compiled: entries.map(\.value.compiled)))
+            }
+            return ZoneFragment.Owner(name: owner.name, key: key, rrsets: rrsets, targets: targets)
+        })
+    }
 }
 
 extension Zone {

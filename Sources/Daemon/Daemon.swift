@@ -93,7 +93,7 @@ public final class DiscoDaemon: @unchecked Sendable {
             do throws(StartError) {
                 final class PublisherBox: @unchecked Sendable { var publisher: ServiceViewPublisher? }
                 let box = PublisherBox()
-                let cluster = try ClusterRuntime(config: config, logger: logger) { _, _ in box.publisher?.changed() }
+                let cluster = try ClusterRuntime(config: config, logger: logger) { change, _ in box.publisher?.changed(change) }
                 self.cluster = cluster
                 let domain: DomainName
                 do { domain = try DomainName(config.dnsDomain) } catch { preconditionFailure("dns.domain was validated: \(error)") }

@@ -58,6 +58,8 @@ final class ServiceViewPublisher: @unchecked Sendable {
     private let lock = NSLock()
     private var running = false
     private var dirty = false
+    /// The instances changed since the last rebuild began; nil: compare them all.
+    private var pending: Set<NodeScopedID>? = nil
 
     /// Nice increment of the rebuilding thread (`Configuration.dnsBackgroundNice`).
     private let nice: Int
@@ -70,10 +72,12 @@ final class ServiceViewPublisher: @unchecked Sendable {
         self.logger = logger
     }
 
-    /// Marks the view out of date (any thread; returns at once).
-    func changed() {
+    /// Marks the view out of date (any thread; returns at once). `change`: what an applied
+    /// entry changed; nil: anything may have.
+    func changed(_ change: CatalogChange? = nil) {
         let start = lock.withLock { () -> Bool in
             dirty = true
+            if let instances = change?.instances { pending?.formUnion(instances) } else { pending = nil }
             if running { return false }
             running = true
             return true
@@ -87,16 +91,21 @@ final class ServiceViewPublisher: @unchecked Sendable {
         var restNanoseconds: UInt64 = 0
         while lock.withLock({ () -> Bool in
             if !dirty { running = false }
-            let again = dirty
-            dirty = false
-            return again
+            return dirty
         }) {
             if restNanoseconds > 0 { usleep(UInt32(min(restNanoseconds / 1000, 1_000_000))) }
+            // What changed is taken before the state is read: a change whose entry the state
+            // already holds but that is not taken yet comes again with the next rebuild.
+            let changed = lock.withLock { () -> Set<NodeScopedID>? in
+                dirty = false
+                defer { pending = [] }
+                return pending
+            }
             let state = catalog.state
             let started = DispatchTime.now().uptimeNanoseconds
             defer { restNanoseconds = (DispatchTime.now().uptimeNanoseconds - started) * Self.restFactor }
             do throws(ZoneLoadError) {
-                composer.publish(serviceZone: try builder.zone(from: state))
+                composer.publish(serviceZone: try builder.zone(from: state, changed: changed))
                 logger.debug("registry view rebuilt", metadata: [
                     "catalog.index": "\(state.index)",
                     "dns.rebuild_microseconds": "\((DispatchTime.now().uptimeNanoseconds - started) / 1000)"])

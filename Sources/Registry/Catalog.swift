@@ -196,7 +196,8 @@ public final class Catalog: @unchecked Sendable {
         try database.replaceContents(with: candidate)
         try load()
         let state = self.state
-        let change = CatalogChange(index: appliedIndex, services: before.union(state.serviceIndex.keys), nodesChanged: true)
+        let change = CatalogChange(index: appliedIndex, services: before.union(state.serviceIndex.keys), nodesChanged: true,
+                                   instances: nil)
         for observer in lock.withLock({ observers }) { observer(change, state) }
     }
 }

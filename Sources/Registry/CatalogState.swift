@@ -47,6 +47,15 @@ public struct CatalogChange: Sendable, Equatable {
     public var index: UInt64
     public var services: Set<String>
     public var nodesChanged: Bool
+    /// The instances whose DNS records may have changed (their record, checks or node), gone
+    /// ones included; nil: any of them (a snapshot restore).
+    public var instances: Set<NodeScopedID>? = []
+
+    /// `instance` of service `name` changed.
+    mutating func affect(_ name: String, _ instance: NodeScopedID) {
+        services.insert(name)
+        instances?.insert(instance)
+    }
 }
 
 /// The whole catalog in memory: the authority for reads and the DNS view; registry.db is its
@@ -104,7 +113,8 @@ public struct CatalogState: Sendable {
                 change.nodesChanged = true
                 // Node address and meta show in every answer of its services.
                 for id in servicesByNode[node.name] ?? [] {
-                    if let name = services[NodeScopedID(node: node.name, id: id)]?.value.name { change.services.insert(name) }
+                    let key = NodeScopedID(node: node.name, id: id)
+                    if let name = services[key]?.value.name { change.affect(name, key) }
                 }
             }
             if var service {
@@ -116,14 +126,14 @@ public struct CatalogState: Sendable {
                         // Renamed: the old name loses an instance.
                         instancesByName[existing.value.name]?.remove(key)
                         if instancesByName[existing.value.name]?.isEmpty == true { instancesByName[existing.value.name] = nil }
-                        change.services.insert(existing.value.name)
+                        change.affect(existing.value.name, key)
                     }
                     let record = Indexed(value: service, createIndex: existing?.createIndex ?? index, modifyIndex: index)
                     services[key] = record
                     instancesByName[service.name, default: []].insert(key)
                     servicesByNode[node.name, default: []].insert(service.id)
                     mutations.append(.putService(record))
-                    change.services.insert(service.name)
+                    change.affect(service.name, key)
                 }
                 if replaceChecks {
                     let listed = Set(registrations.map(\.check.id))
@@ -196,7 +206,7 @@ public struct CatalogState: Sendable {
         if instancesByName[existing.value.name]?.isEmpty == true { instancesByName[existing.value.name] = nil }
         servicesByNode[key.node]?.remove(key.id)
         mutations.append(.removeService(key))
-        change.services.insert(existing.value.name)
+        change.affect(existing.value.name, key)
         // Consul removes a service's checks with it.
         for id in checksByOwner[key] ?? [] where !key.id.isEmpty {
             removeCheck(NodeScopedID(node: key.node, id: id), &mutations, &change)
@@ -216,10 +226,12 @@ public struct CatalogState: Sendable {
     /// A service check affects its service; a node check affects every service on the node.
     private func markAffected(by check: CheckRecord, _ change: inout CatalogChange) {
         if !check.serviceID.isEmpty {
-            if let name = services[NodeScopedID(node: check.node, id: check.serviceID)]?.value.name { change.services.insert(name) }
+            let key = NodeScopedID(node: check.node, id: check.serviceID)
+            if let name = services[key]?.value.name { change.affect(name, key) }
         } else {
             for id in servicesByNode[check.node] ?? [] {
-                if let name = services[NodeScopedID(node: check.node, id: id)]?.value.name { change.services.insert(name) }
+                let key = NodeScopedID(node: check.node, id: id)
+                if let name = services[key]?.value.name { change.affect(name, key) }
             }
         }
     }

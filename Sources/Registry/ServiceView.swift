@@ -189,9 +189,9 @@ public enum ServiceView {
     }
 }
 
-/// Rebuilds the registry zone keeping each instance's compiled records (a `ZoneFragment`)
-/// from the last build while what they depend on is unchanged: a registration compiles one
-/// instance, even into a service of thousands, and the zone is assembled from the cached
+/// Keeps the registry zone's records up to date instance by instance: a registration derives
+/// and compiles the records of one instance, even in a service of thousands, and counts them
+/// into its service's `ZoneFragmentTally`; the zone is then assembled from the services' cached
 /// fragments (the View is still rebuilt whole and swapped, never patched in place).
 public final class ServiceViewBuilder {
     /// What an instance's records depend on besides the configuration.
@@ -203,58 +203,90 @@ public final class ServiceViewBuilder {
     }
 
     private struct Service {
-        let index: UInt64
-        var instances: [NodeScopedID: (inputs: Inputs, fragment: ZoneFragment)] = [:]
+        var tally: ZoneFragmentTally
+        var fragment = ZoneFragment.empty
+        var instances: [NodeScopedID: (inputs: Inputs, records: [ResourceRecord])] = [:]
+        /// Instances that set the `dns-ttl` meta key, with its value: they decide the TTL.
+        var ttlSetters: [NodeScopedID: UInt32] = [:]
+        var ttl: UInt32
     }
 
     private let config: ServiceViewConfig
     private var services: [String: Service] = [:]
+    /// The service each counted instance is in, to find it again once it moved or went.
+    private var serviceOf: [NodeScopedID: String] = [:]
     private var nodes: (index: UInt64, fragment: ZoneFragment)?
+    /// Whether `services` counts every instance: false until a build compared them all, and
+    /// again after a failed build (it may have stopped half way).
+    private var complete = false
 
     public init(config: ServiceViewConfig) {
         self.config = config
     }
 
-    public func zone(from state: CatalogState) throws(ZoneLoadError) -> Zone {
+    /// The zone for `state`. `changed`: the instances that changed since the last call
+    /// (`CatalogChange.instances`, gathered), or nil to compare every instance (the first
+    /// build, after a snapshot restore).
+    public func zone(from state: CatalogState, changed: Set<NodeScopedID>? = nil) throws(ZoneLoadError) -> Zone {
         if nodes == nil || nodes?.index != state.nodesIndex {
-            nodes = (state.nodesIndex, try fragment(ServiceView.nodeRecords(state, config)))
+            nodes = (state.nodesIndex, try ZoneFragment(records: ServiceView.nodeRecords(state, config), origin: config.domain,
+                                                        source: ServiceView.position.file))
         }
-        var fragments = [try fragment(ServiceView.apexRecords(state, config)), nodes!.fragment]
-        var kept: [String: Service] = [:]
-        kept.reserveCapacity(services.count)
-        for name in state.registeredServiceNames {
-            let index = state.modifyIndex(ofService: name)
-            let service: Service
-            if let cached = services[name], cached.index == index {
-                service = cached
-            } else {
-                service = try rebuilt(name, index: index, previous: services[name], state)
+        // Which instances to look at, by service: where each is now, and where it was counted.
+        var visits: [String: Set<NodeScopedID>] = [:]
+        if complete, let changed {
+            for key in changed {
+                if let name = state.services[key]?.value.name { visits[name, default: []].insert(key) }
+                if let name = serviceOf[key] { visits[name, default: []].insert(key) }
             }
-            kept[name] = service
-            for instance in service.instances.values where !instance.fragment.isEmpty { fragments.append(instance.fragment) }
+        } else {
+            for name in state.registeredServiceNames {
+                visits[name, default: []].formUnion(state.unorderedInstances(of: name).map { NodeScopedID(node: $0.value.node, id: $0.value.id) })
+            }
+            for (key, name) in serviceOf { visits[name, default: []].insert(key) }
         }
-        services = kept
+        complete = false
+        for (name, keys) in visits { try update(name, keys, state) }
+        complete = true
+
+        var fragments = [try ZoneFragment(records: ServiceView.apexRecords(state, config), origin: config.domain,
+                                          source: ServiceView.position.file), nodes!.fragment]
+        fragments.reserveCapacity(services.count + 2)
+        for service in services.values where !service.fragment.isEmpty { fragments.append(service.fragment) }
         return try Zone(origin: config.domain, fragments: fragments, source: ServiceView.position.file)
     }
 
-    private func rebuilt(_ name: String, index: UInt64, previous: Service?, _ state: CatalogState) throws(ZoneLoadError) -> Service {
-        var service = Service(index: index)
-        guard ServiceView.isLabel(name) else { return service }
-        let ttl = ServiceView.ttl(of: name, in: state, config)
-        for instance in state.unorderedInstances(of: name) {
-            let key = NodeScopedID(node: instance.value.node, id: instance.value.id)
-            let inputs = Inputs(modifyIndex: instance.modifyIndex, health: state.health(of: instance.value),
-                                nodeAddress: state.nodes[instance.value.node]?.value.address, ttl: ttl)
-            if let cached = previous?.instances[key], cached.inputs == inputs {
-                service.instances[key] = cached
+    /// Re-derives the instances `keys` of service `name`, or all of them if its TTL moved.
+    private func update(_ name: String, _ keys: Set<NodeScopedID>, _ state: CatalogState) throws(ZoneLoadError) {
+        var service = services.removeValue(forKey: name)
+            ?? Service(tally: ZoneFragmentTally(origin: config.domain, source: ServiceView.position.file), ttl: config.serviceTTLSeconds)
+        for key in keys {
+            let instance = state.services[key].flatMap { $0.value.name == name ? $0 : nil }
+            let seconds = instance?.value.meta[ServiceViewConfig.ttlMetaKey].flatMap { UInt32($0) }
+            service.ttlSetters[key] = seconds.map { min($0, ServiceViewConfig.serviceTTLSecondsMax) }
+        }
+        // The first instance (by node, ID) that sets the meta key decides (ServiceView.ttl).
+        let ttl = service.ttlSetters.min { $0.key < $1.key }?.value ?? config.serviceTTLSeconds
+        let all = ttl != service.ttl
+        service.ttl = ttl
+        for key in all ? Set(service.instances.keys).union(keys) : keys {
+            let instance = state.services[key].flatMap { $0.value.name == name ? $0 : nil }
+            let inputs = instance.map { Inputs(modifyIndex: $0.modifyIndex, health: state.health(of: $0.value),
+                                               nodeAddress: state.nodes[$0.value.node]?.value.address, ttl: ttl) }
+            let counted = service.instances[key]
+            if counted?.inputs == inputs { continue }
+            if let counted { service.tally.remove(counted.records) }
+            if let instance, let inputs {
+                let records = ServiceView.records(of: instance.value, ttl: ttl, in: state, config)
+                try service.tally.add(records)
+                service.instances[key] = (inputs, records)
+                serviceOf[key] = name
             } else {
-                service.instances[key] = (inputs, try fragment(ServiceView.records(of: instance.value, ttl: ttl, in: state, config)))
+                service.instances[key] = nil
+                if serviceOf[key] == name { serviceOf[key] = nil }
             }
         }
-        return service
-    }
-
-    private func fragment(_ records: [ResourceRecord]) throws(ZoneLoadError) -> ZoneFragment {
-        try ZoneFragment(records: records, origin: config.domain, source: ServiceView.position.file)
+        service.fragment = service.tally.fragment
+        if !service.instances.isEmpty { services[name] = service }
     }
 }

@@ -111,6 +111,38 @@ struct ZoneFragmentTests {
             == ["0a000002.addr.example.com.", "n1.node.example.com."])
     }
 
+    /// Contributors add and remove overlapping records in a seeded order; the tally must
+    /// always assemble the zone of what is still counted in.
+    @Test(arguments: 1...10)
+    func aTallyKeepsARecordUntilItsLastContributorGoes(seed: UInt64) throws {
+        let records = try sample()
+        let apex = Array(records.prefix(3))
+        var state = seed
+        func next(_ bound: Int) -> Int {
+            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            return Int((state >> 33) % UInt64(bound))
+        }
+        // Eight contributors of a few records each, overlapping.
+        let contributions = (0..<8).map { _ in (0..<3).map { _ in records[3 + next(records.count - 3)] } }
+        var tally = ZoneFragmentTally(origin: origin, source: "t")
+        var present = Set<Int>()
+        for _ in 0..<40 {
+            let who = next(contributions.count)
+            if present.contains(who) {
+                tally.remove(contributions[who])
+                present.remove(who)
+            } else {
+                try tally.add(contributions[who])
+                present.insert(who)
+            }
+            let counted = present.sorted().flatMap { contributions[$0] }
+            let assembled = try Zone(origin: origin, fragments: [try ZoneFragment(records: apex, origin: origin, source: "t"),
+                                                                tally.fragment], source: "t")
+            #expect(shape(assembled) == shape(try full(apex + counted)), "seed \(seed), present \(present.sorted())")
+            #expect(tally.isEmpty == counted.isEmpty)
+        }
+    }
+
     @Test func fragmentsRefuseWhatNeedsTheMasterFileChecks() throws {
         let target = try DomainName("x", origin: origin)
         for (bad, expected) in [
