@@ -2,10 +2,10 @@ import DNSWire
 
 /// Records of some owners, grouped and compiled once, for assembling zones from repeatedly.
 ///
-/// The registry keeps one fragment per service and assembles its zone from them after every
-/// catalog change (`Zone(origin:fragments:source:)`): a registration compiles one service's
-/// records, and the assembly only links the cached fragments, with no grouping, validation,
-/// sorting or encoding of the rest.
+/// The registry keeps one fragment per service (a `ZoneFragmentTally`) and assembles its zone
+/// from them after every catalog change (`Zone(origin:fragments:source:)`): a registration
+/// compiles one instance's records, and the assembly only links the cached fragments, with no
+/// grouping, validation, sorting or encoding of the rest.
 ///
 /// A fragment holds plain authoritative data: SOA and NS only at the origin, and no CNAME or
 /// DNAME anywhere. Those are what make master files need `Zone(origin:records:source:)`'s
@@ -192,8 +192,8 @@ extension Zone {
         nodes.append(Node(name: origin, kind: .apex, rrsets: []))
         let originBytes = origin.wire.count
         // RRsets whose additional targets are linked once every node is in: by node, the
-        // RRset's index and each record's target key. Owners met again in later fragments are gathered
-        // in `merged` instead and become nodes at the end.
+        // RRset's index and each record's target key. Owners met again in later fragments
+        // are gathered in `merged` instead and become nodes at the end.
         var unresolved: [Int: [(rrset: Int, keys: [[UInt8]])]] = [:]
         var merged: [Int: [MergedSet]] = [:]
 

@@ -214,6 +214,73 @@ struct RegistryProcessTests {
         #expect(workers.allSatisfy { $0.nice == base }, "\(snapshot)")
     }
 
+    /// Memory a parked blocking query may cost discod, connection included.
+    static let parkedQueryKiBMax = 32
+
+    /// "Thousands of concurrent watchers held cheaply": 2,000 blocking queries parked on one
+    /// server at once; another service's change wakes none, their own service's wakes all.
+    @Test func thousandsOfParkedWatchersWakeOnlyForTheirService() throws {
+        let watchers = 2000
+        let cluster = try Cluster(size: 1)
+        _ = try #require(cluster.leader())
+        let port = cluster.nodes[0].httpPort
+        func register(_ name: String, _ id: String) -> Int? {
+            http("PUT", port: port, "/v1/agent/service/register",
+                 body: #"{"Name": "\#(name)", "ID": "\#(id)", "Address": "10.0.0.1", "Port": 80}"#)?.status
+        }
+        #expect(register("web", "web-1") == 200)
+        let index = try #require(http("GET", port: port, "/v1/health/service/web")?.headers["x-consul-index"])
+
+        let pid = try #require(cluster.nodes[0].process?.process.processIdentifier)
+        func residentKiB() -> Int? {
+            (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8))?.split(separator: "\n")
+                .first { $0.hasPrefix("VmRSS:") }.flatMap { Int($0.split(separator: " ", omittingEmptySubsequences: true)[1]) }
+        }
+        let before = try #require(residentKiB())
+
+        var fds: [Int32] = []
+        defer { for fd in fds { close(fd) } }
+        let request = Array("GET /v1/health/service/web?index=\(index)&wait=60s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".utf8)
+        for _ in 0..<watchers {
+            let fd = try DNSClient.connectTCP(port: UInt16(port))
+            fds.append(fd)
+            #expect(send(fd, request, request.count, 0) == request.count)
+        }
+        func parked() -> Int? {
+            guard let body = http("GET", port: port, "/metrics")?.body else { return nil }
+            return body.split(separator: "\n").first { $0.hasPrefix("disco_blocking_queries ") }
+                .flatMap { Int($0.split(separator: " ")[1]) }
+        }
+        #expect(waitUntil(seconds: 20) { parked() == watchers }, "parked: \(String(describing: parked()))")
+        // Cheap: a parked query is a connection, a promise and a timer, not a thread.
+        let grown = try #require(residentKiB()) - before
+        #expect(grown < watchers * Self.parkedQueryKiBMax, "\(grown) KiB for \(watchers) parked queries")
+
+        func readable(timeoutMilliseconds: Int32) -> Int {
+            var polls = fds.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+            return Int(poll(&polls, nfds_t(polls.count), timeoutMilliseconds))
+        }
+        #expect(register("other", "other-1") == 200)
+        #expect(readable(timeoutMilliseconds: 500) == 0, "another service's change woke watchers of web")
+        #expect(parked() == watchers)
+
+        #expect(register("web", "web-2") == 200)
+        var answered = 0
+        for fd in fds {
+            var response: [UInt8] = []
+            var chunk = [UInt8](repeating: 0, count: 4096)
+            while true {
+                let n = recv(fd, &chunk, chunk.count, 0)
+                if n <= 0 { break }
+                response += chunk[0..<n]
+            }
+            let text = String(decoding: response, as: UTF8.self)
+            if text.hasPrefix("HTTP/1.1 200"), text.contains("web-2") { answered += 1 }
+        }
+        #expect(answered == watchers)
+        #expect(parked() == 0)
+    }
+
     @Test func badRegistrationsAreRefusedWholeAndNameTheField() throws {
         let cluster = try Cluster(size: 1)
         let port = cluster.nodes[0].httpPort
