@@ -1,6 +1,8 @@
 /// A per-worker cache of complete responses (PowerDNS's packet cache), keyed by the
-/// lowercased question and whether the query had EDNS. It is tied to one `View`: any other
-/// View empties it, so a reload or registry change is visible on the next query.
+/// lowercased question and whether the query had EDNS. Each entry records the zones its
+/// response read (a CNAME chain may cross zones). A new View drops the entries of the zones it
+/// replaced and keeps the others, so a registry change is visible on the next query without
+/// emptying the cache of zone-file answers; a View with other origins empties it.
 ///
 /// A hit is one hash, one comparison and one copy; the query's ID, RD/CD bits, question
 /// (the client's case; pointers into it keep that case for owners) and DO bit are patched in.
@@ -24,6 +26,8 @@ final class AnswerCache {
     /// Bit 0: the query had EDNS. Bit 1: the response carries OPT last (DO patched there).
     /// Bit 2 (first slot of a set only): which way to replace next.
     private let keys: UnsafeMutablePointer<UInt8>
+    /// The zones each slot's response read, as `View.zoneBit`s of the View it came from.
+    private let zones: UnsafeMutablePointer<UInt64>
     /// The View the entries were computed from; held strongly so its identity cannot be reused.
     private var view: View?
 
@@ -33,21 +37,31 @@ final class AnswerCache {
         lengths.initialize(repeating: 0, count: Self.entriesMax)
         keys = .allocate(capacity: Self.entriesMax)
         keys.initialize(repeating: 0, count: Self.entriesMax)
+        zones = .allocate(capacity: Self.entriesMax)
+        zones.initialize(repeating: 0, count: Self.entriesMax)
     }
 
     deinit {
         storage.deallocate()
         lengths.deallocate()
         keys.deallocate()
+        zones.deallocate()
     }
 
-    /// Empties the cache if `view` is not the one its entries came from.
+    /// Drops the entries that `view` may answer differently from the View they came from.
     @inline(__always)
     func use(_ view: View) {
-        if self.view !== view {
+        if self.view !== view { move(to: view) }
+    }
+
+    private func move(to view: View) {
+        let kept = self.view?.unchangedZones(in: view) ?? 0
+        if kept == 0 {
             lengths.update(repeating: 0, count: Self.entriesMax)
-            self.view = view
+        } else {
+            for index in 0..<Self.entriesMax where zones[index] & ~kept != 0 { lengths[index] = 0 }
         }
+        self.view = view
     }
 
     @inline(__always)
@@ -114,7 +128,8 @@ final class AnswerCache {
 
     /// Stores a complete response written for `name`.
     @inline(__always)
-    func store(name: UnsafeRawBufferPointer, response: UnsafeRawBufferPointer, questionEnd: Int, hasEDNS: Bool) {
+    func store(name: UnsafeRawBufferPointer, response: UnsafeRawBufferPointer, questionEnd: Int, hasEDNS: Bool,
+               zones read: UInt64) {
         guard response.count <= Self.entryBytesMax, response.count >= questionEnd else { return }
         let typeAndClass = response.loadUnaligned(fromByteOffset: questionEnd - 4, as: UInt32.self)
         let set = slot(name: name, typeAndClass: typeAndClass) & ~1
@@ -134,6 +149,7 @@ final class AnswerCache {
         entry.storeBytes(of: flags.bigEndian, toByteOffset: 2, as: UInt16.self)
         lengths[index] = UInt16(response.count)
         keys[index] = (keys[index] & 4) | (hasEDNS ? 1 | 2 : 0)
+        zones[index] = read
     }
 }
 

@@ -36,6 +36,8 @@ public final class Answerer {
     /// Something best-effort (AUTHORITY NS, ADDITIONAL) was left out for lack of room: the
     /// response depends on the client's size and is not cached.
     private var trimmed = false
+    /// The zones the response being written read, as `View.zoneBit`s (for the cache).
+    private var zonesRead: UInt64 = 0
     /// Complete responses by question, for UDP workers (nil: no cache, as on TCP connections).
     private let cache: AnswerCache?
     /// Queries answered from / missed in the response cache (for metrics and tests).
@@ -167,10 +169,13 @@ public final class Answerer {
                          writer: &writer)
         }
         let name = UnsafeRawBufferPointer(start: lowercasedName, count: nameLength)
-        guard let zone = view.zone(containing: name) else {
+        let zoneIndex = view.zoneIndex(containing: name)
+        guard zoneIndex >= 0 else {
             return error(.refused, id: id, flags: flags, query: query, questionEnd: questionEnd, edns: edns,
                          extendedError: .notAuthoritative, writer: &writer)
         }
+        let zone = view.zones[zoneIndex]
+        zonesRead = View.zoneBit(zoneIndex)
 
         let sizeLimit = limit(transport: transport, edns: edns, output: output.count)
         if let cache {
@@ -213,7 +218,7 @@ public final class Answerer {
         let length = finish(flags: flags, rcode: rcode, counts: counts, edns: edns, writer: &writer)
         if let cache, !flags.tc, !trimmed, rcode == .noError || rcode == .nxDomain {
             cache.store(name: name, response: UnsafeRawBufferPointer(start: output.baseAddress, count: length),
-                        questionEnd: questionEnd, hasEDNS: edns != nil)
+                        questionEnd: questionEnd, hasEDNS: edns != nil, zones: zonesRead)
         }
         return length
     }
@@ -284,10 +289,12 @@ public final class Answerer {
                 guard chain <= Self.cnameChainLengthMax, targetAt < 0x4000 else { return .noError }
                 nameLength = target.count
                 target.withUnsafeBytes { lowercasedName.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-                guard let next = view.zone(containing: UnsafeRawBufferPointer(start: lowercasedName, count: nameLength)) else {
+                let nextIndex = view.zoneIndex(containing: UnsafeRawBufferPointer(start: lowercasedName, count: nameLength))
+                guard nextIndex >= 0 else {
                     return .noError  // the target is not ours: the resolver follows it
                 }
-                zone = next
+                zonesRead |= View.zoneBit(nextIndex)
+                zone = view.zones[nextIndex]
                 owner = .offset(targetAt)
 
             case .dname(let nodeIndex, let rrsetIndex):
@@ -307,12 +314,13 @@ public final class Answerer {
                 let lowerTarget = rrset.compiled[0].lowercasedTarget
                 nameLength = prefixLength + lowerTarget.count
                 lowerTarget.withUnsafeBytes { (lowercasedName + prefixLength).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-                guard chain <= Self.cnameChainLengthMax, targetAt < 0x4000,
-                      let next = view.zone(containing: UnsafeRawBufferPointer(start: lowercasedName, count: nameLength))
-                else { return .noError }
+                guard chain <= Self.cnameChainLengthMax, targetAt < 0x4000 else { return .noError }
+                let nextIndex = view.zoneIndex(containing: UnsafeRawBufferPointer(start: lowercasedName, count: nameLength))
+                guard nextIndex >= 0 else { return .noError }
                 // A CNAME query is answered by the synthesized CNAME itself.
                 if qtype == .cname { return .noError }
-                zone = next
+                zonesRead |= View.zoneBit(nextIndex)
+                zone = view.zones[nextIndex]
                 owner = .offset(targetAt)
 
             case .delegation(let nodeIndex):

@@ -1,3 +1,4 @@
+import Foundation
 import DNSServer
 import DNSWire
 import DNSZone
@@ -64,6 +65,32 @@ struct AnswerCacheTests {
         let after = try Message(parsing: try answer(answerer, query, view: second))
         #expect(before.answers.first?.rdata == .a(IPv4Address(192, 0, 2, 10)))
         #expect(after.answers.first?.rdata == .a(IPv4Address(192, 0, 2, 20)))
+    }
+
+    /// A registry change replaces one zone of the View: answers from the other zones stay
+    /// cached, answers that read the replaced zone (a CNAME into it too) are computed again.
+    @Test func aNewViewKeepsTheEntriesOfTheZonesItDidNotReplace() throws {
+        let files = try Zone.parse(text: Self.zoneText + "\nalias CNAME www.disco.\n", origin: try DomainName("example.test."))
+        func registry(_ address: String) throws -> Zone {
+            try Zone.parse(text: Self.zoneText.replacingOccurrences(of: "192.0.2.10", with: address), origin: try DomainName("disco."))
+        }
+        let first = View(zones: [files, try registry("10.0.0.1")])
+        let second = View(zones: [files, try registry("10.0.0.2")])
+        let answerer = Answerer(cache: true)
+        let questions = [("www.example.test.", "192.0.2.10"), ("www.disco.", "10.0.0.2"), ("alias.example.test.", "10.0.0.2")]
+        for (name, _) in questions { _ = try answer(answerer, Message.query(try DomainName(name), .a), view: first) }
+        let hits = answerer.cacheHits
+        for (name, expected) in questions {
+            let reply = try Message(parsing: try answer(answerer, Message.query(try DomainName(name), .a), view: second))
+            #expect(reply.answers.last?.rdata == .a(IPv4Address(expected)!), "\(name)")
+        }
+        #expect(answerer.cacheHits == hits + 1, "only www.example.test. is still cached")
+
+        // Other origins: every name may map to another zone, so nothing is kept.
+        let third = View(zones: [files, try registry("10.0.0.2"), try Zone.parse(text: Self.zoneText, origin: try DomainName("other.test."))])
+        let before = answerer.cacheHits
+        _ = try answer(answerer, Message.query(try DomainName("www.example.test."), .a), view: third)
+        #expect(answerer.cacheHits == before)
     }
 
     @Test func responsesThatDependOnTheClientSizeAreNotCached() throws {
