@@ -32,12 +32,8 @@ struct HTTPReply {
     var body: String
 }
 
-func http(_ method: String, port: Int, _ path: String, body: String = "") -> HTTPReply? {
-    guard let fd = try? DNSClient.connectTCP(port: UInt16(port)) else { return nil }
-    defer { close(fd) }
-    let request = "\(method) \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"
-    let bytes = Array(request.utf8)
-    guard send(fd, bytes, bytes.count, 0) == bytes.count else { return nil }
+/// Everything `fd` receives until the peer closes it (or the socket's receive timeout).
+func readUntilClosed(_ fd: Int32) -> String {
     var response: [UInt8] = []
     var chunk = [UInt8](repeating: 0, count: 4096)
     while true {
@@ -45,7 +41,16 @@ func http(_ method: String, port: Int, _ path: String, body: String = "") -> HTT
         if n <= 0 { break }
         response += chunk[0..<n]
     }
-    let text = String(decoding: response, as: UTF8.self)
+    return String(decoding: response, as: UTF8.self)
+}
+
+func http(_ method: String, port: Int, _ path: String, body: String = "") -> HTTPReply? {
+    guard let fd = try? DNSClient.connectTCP(port: UInt16(port)) else { return nil }
+    defer { close(fd) }
+    let request = "\(method) \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"
+    let bytes = Array(request.utf8)
+    guard send(fd, bytes, bytes.count, 0) == bytes.count else { return nil }
+    let text = readUntilClosed(fd)
     guard let split = text.range(of: "\r\n\r\n") else { return nil }
     let lines = text[..<split.lowerBound].components(separatedBy: "\r\n")
     guard let status = lines.first?.split(separator: " ").dropFirst().first.flatMap({ Int($0) }) else { return nil }

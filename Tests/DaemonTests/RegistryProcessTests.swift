@@ -267,14 +267,7 @@ struct RegistryProcessTests {
         #expect(register("web", "web-2") == 200)
         var answered = 0
         for fd in fds {
-            var response: [UInt8] = []
-            var chunk = [UInt8](repeating: 0, count: 4096)
-            while true {
-                let n = recv(fd, &chunk, chunk.count, 0)
-                if n <= 0 { break }
-                response += chunk[0..<n]
-            }
-            let text = String(decoding: response, as: UTF8.self)
+            let text = readUntilClosed(fd)
             if text.hasPrefix("HTTP/1.1 200"), text.contains("web-2") { answered += 1 }
         }
         #expect(answered == watchers)
