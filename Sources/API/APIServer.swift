@@ -193,7 +193,7 @@ final class APIRouter: Sendable {
             let state = registry.context.catalog.state
             gauge("disco_catalog_index", "Last log index that changed the catalog.", "\(state.index)")
             gauge("disco_catalog_nodes", "Nodes in the catalog.", "\(state.nodes.count)")
-            gauge("disco_catalog_services", "Service names with at least one instance.", "\(state.serviceNames.count)")
+            gauge("disco_catalog_services", "Service names with at least one instance.", "\(state.registeredServiceNames.count)")
             gauge("disco_catalog_instances", "Registered service instances.", "\(state.services.count)")
             gauge("disco_blocking_queries", "Blocking queries parked on this server.", "\(registry.context.hub.parkedCount)")
         }

@@ -19,14 +19,8 @@ public final class View: Sendable {
 
     public static let empty = View(zones: [])
 
-    /// The most specific zone containing `name` (lowercased wire form), or nil.
-    @inline(__always)
-    public func zone(containing name: UnsafeRawBufferPointer) -> Zone? {
-        let index = zoneIndex(containing: name)
-        return index >= 0 ? zones[index] : nil
-    }
-
-    /// The index in `zones` of the most specific zone containing `name`, or -1.
+    /// The index in `zones` of the most specific zone containing `name` (lowercased wire
+    /// form), or -1.
     @inline(__always)
     public func zoneIndex(containing name: UnsafeRawBufferPointer) -> Int {
         guard !zones.isEmpty else { return -1 }

@@ -9,7 +9,7 @@ public struct CompiledRData: Sendable {
     public let firstNameAt: Int16
     public let secondNameAt: Int16
     /// For NS, MX and SRV: the node of the target name in this zone, or -1.
-    public let additionalNode: Int32
+    public internal(set) var additionalNode: Int32
     /// For CNAME and DNAME: the lowercased target, to continue the lookup without decoding.
     public let lowercasedTarget: [UInt8]
 
@@ -27,17 +27,11 @@ public struct CompiledRData: Sendable {
         self.lowercasedTarget = lowercasedTarget
     }
 
-    private init(_ other: CompiledRData, additionalNode: Int32) {
-        bytes = other.bytes
-        firstNameAt = other.firstNameAt
-        secondNameAt = other.secondNameAt
-        self.additionalNode = additionalNode
-        lowercasedTarget = other.lowercasedTarget
-    }
-
     /// The same RDATA with its additional-section node resolved in another zone.
     func resolving(additionalNode node: Int32) -> CompiledRData {
-        CompiledRData(self, additionalNode: node)
+        var resolved = self
+        resolved.additionalNode = node
+        return resolved
     }
 }
 

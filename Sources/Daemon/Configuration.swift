@@ -165,6 +165,8 @@ public struct Configuration: Sendable, Equatable {
     /// Nice +10: CFS then gives a busy DNS worker about 90% of a core it shares with a busy
     /// write-path thread, while the write path still gets the rest (heartbeats need little).
     public static let dnsBackgroundNiceDefault = 10
+    /// Linux's lowest priority is nice 19; a larger increment would mean the same.
+    public static let dnsBackgroundNiceMax = 19
 
     /// Upper bound on workers: more threads than this per address only adds contention.
     public static let dnsWorkersMax = 64
@@ -263,7 +265,9 @@ public struct Configuration: Sendable, Equatable {
             return nil
         },
         Key(name: "dns.background_nice") { config, value in
-            guard case .integer(let n) = value, (0...19).contains(n) else { return "expected an integer from 0 to 19" }
+            guard case .integer(let n) = value, (0...dnsBackgroundNiceMax).contains(n) else {
+                return "expected an integer from 0 to \(dnsBackgroundNiceMax)"
+            }
             config.dnsBackgroundNice = n
             return nil
         },

@@ -78,9 +78,6 @@ struct BinaryReader {
         var description: String { "byte \(offset): expected \(expected)" }
     }
 
-    /// No string, list or map in a catalog entry is longer (an entry is at most a few MiB).
-    static let lengthMax = 16 << 20
-
     private let bytes: [UInt8]
     private(set) var offset: Int
 
@@ -132,18 +129,8 @@ struct BinaryReader {
         }
     }
 
-    mutating func length(_ what: String) throws(Failure) -> Int {
-        let start = offset
-        let value = try unsigned()
-        guard value <= UInt64(Self.lengthMax), Int(value) <= bytes.count - offset else {
-            offset = start
-            throw fail("\(what) within the entry")
-        }
-        return Int(value)
-    }
-
     mutating func string() throws(Failure) -> String {
-        let count = try length("a string length")
+        let count = try count("a string length")
         let start = offset
         guard let text = String(validating: bytes[offset..<offset + count], as: UTF8.self) else {
             throw fail("UTF-8 text")
@@ -164,13 +151,14 @@ struct BinaryReader {
         try bool() ? try read(&self) : nil
     }
 
-    mutating func count() throws(Failure) -> Int {
-        // Each element takes at least one byte: a count above what is left is corrupt.
+    /// A length or element count: each byte or element takes at least one byte, so a value
+    /// above what is left of the entry is corrupt (and is refused before allocating for it).
+    mutating func count(_ what: String = "a count") throws(Failure) -> Int {
         let start = offset
         let value = try unsigned()
         guard value <= UInt64(bytes.count - offset) else {
             offset = start
-            throw fail("a count within the entry")
+            throw fail("\(what) within the entry")
         }
         return Int(value)
     }

@@ -79,7 +79,7 @@ public enum ServiceView {
     /// Builds the whole zone, nothing cached (tests; `ServiceViewBuilder` is the incremental one).
     public static func zone(from state: CatalogState, config: ServiceViewConfig) throws(ZoneLoadError) -> Zone {
         var records = apexRecords(state, config) + nodeRecords(state, config)
-        for service in state.serviceNames.keys.sorted() { records += self.records(ofService: service, in: state, config) }
+        for service in state.registeredServiceNames.sorted() { records += self.records(ofService: service, in: state, config) }
         return try zone(records, config)
     }
 
@@ -164,15 +164,20 @@ public enum ServiceView {
         return records
     }
 
+    /// The first instance (by node, ID) that sets the meta key `dns-ttl` decides its service's TTL.
     static func ttl(of service: String, in state: CatalogState, _ config: ServiceViewConfig) -> UInt32 {
-        // The first instance (by node, ID) that sets the meta key decides.
         var first: (key: NodeScopedID, seconds: UInt32)?
         for instance in state.unorderedInstances(of: service) {
-            guard let text = instance.value.meta[ServiceViewConfig.ttlMetaKey], let seconds = UInt32(text) else { continue }
+            guard let seconds = ttlSetting(of: instance.value) else { continue }
             let key = NodeScopedID(node: instance.value.node, id: instance.value.id)
             if first == nil || key < first!.key { first = (key, seconds) }
         }
-        return first.map { min($0.seconds, ServiceViewConfig.serviceTTLSecondsMax) } ?? config.serviceTTLSeconds
+        return first?.seconds ?? config.serviceTTLSeconds
+    }
+
+    /// The TTL an instance asks for with the meta key `dns-ttl`, clamped; nil if none.
+    static func ttlSetting(of instance: ServiceInstance) -> UInt32? {
+        instance.meta[ServiceViewConfig.ttlMetaKey].flatMap { UInt32($0) }.map { min($0, ServiceViewConfig.serviceTTLSecondsMax) }
     }
 
     /// Names under the domain from labels that `isLabel` accepted, so they always parse.
@@ -260,17 +265,17 @@ public final class ServiceViewBuilder {
     private func update(_ name: String, _ keys: Set<NodeScopedID>, _ state: CatalogState) throws(ZoneLoadError) {
         var service = services.removeValue(forKey: name)
             ?? Service(tally: ZoneFragmentTally(origin: config.domain, source: ServiceView.position.file), ttl: config.serviceTTLSeconds)
-        for key in keys {
-            let instance = state.services[key].flatMap { $0.value.name == name ? $0 : nil }
-            let seconds = instance?.value.meta[ServiceViewConfig.ttlMetaKey].flatMap { UInt32($0) }
-            service.ttlSetters[key] = seconds.map { min($0, ServiceViewConfig.serviceTTLSecondsMax) }
+        // An instance counts here while it is in this service (it may have moved or gone).
+        func instance(_ key: NodeScopedID) -> Indexed<ServiceInstance>? {
+            state.services[key].flatMap { $0.value.name == name ? $0 : nil }
         }
-        // The first instance (by node, ID) that sets the meta key decides (ServiceView.ttl).
+        for key in keys { service.ttlSetters[key] = instance(key).flatMap { ServiceView.ttlSetting(of: $0.value) } }
+        // As ServiceView.ttl: the first setter by (node, ID) decides.
         let ttl = service.ttlSetters.min { $0.key < $1.key }?.value ?? config.serviceTTLSeconds
         let all = ttl != service.ttl
         service.ttl = ttl
         for key in all ? Set(service.instances.keys).union(keys) : keys {
-            let instance = state.services[key].flatMap { $0.value.name == name ? $0 : nil }
+            let instance = instance(key)
             let inputs = instance.map { Inputs(modifyIndex: $0.modifyIndex, health: state.health(of: $0.value),
                                                nodeAddress: state.nodes[$0.value.node]?.value.address, ttl: ttl) }
             let counted = service.instances[key]
