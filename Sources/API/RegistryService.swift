@@ -36,7 +36,7 @@ public struct RegistryContext: Sendable {
 /// validated completely, become one `CatalogCommand` (so nothing is half-registered), and are
 /// answered once applied on the leader.
 final class RegistryService: @unchecked Sendable {
-    // @unchecked: `inflight` is guarded by `lock`; everything else is immutable.
+    // @unchecked: every stored property is immutable (the catalog and driver are thread-safe).
 
     /// Limits on what one registration may carry (Consul's meta limits).
     static let metaPairsMax = 64
@@ -54,10 +54,6 @@ final class RegistryService: @unchecked Sendable {
     let context: RegistryContext
     let driver: RaftDriver
     let logger: Logger
-    private let lock = NSLock()
-    /// Registry proposals not yet applied: while any is, a registration that looks like a no-op
-    /// against the applied state may not be one, so it is proposed anyway.
-    private var inflight = 0
 
     init(context: RegistryContext, driver: RaftDriver, logger: Logger) {
         self.context = context
@@ -316,11 +312,10 @@ final class RegistryService: @unchecked Sendable {
     }
 
     private func deregisterAgentService(_ id: String, _ request: APIRequest, on loop: EventLoop) -> EventLoopFuture<APIResponse> {
-        let node = agentNode(request).name
-        guard context.catalog.state.services[NodeScopedID(node: node, id: id)] != nil else {
-            return loop.makeSucceededFuture(.text("Unknown service ID \"\(id)\"", status: .notFound))
+        let key = NodeScopedID(node: agentNode(request).name, id: id)
+        return unlessUnknown({ $0.services[key] != nil }, "Unknown service ID \"\(id)\"", on: loop) {
+            self.commit(.deregister(node: key.node, serviceID: id, checkID: nil), on: loop) { _ in APIResponse(status: .ok) }
         }
-        return commit(.deregister(node: node, serviceID: id, checkID: nil), on: loop) { _ in APIResponse(status: .ok) }
     }
 
     private func maintenance(_ id: String, _ request: APIRequest, on loop: EventLoop) throws -> EventLoopFuture<APIResponse> {
@@ -328,9 +323,6 @@ final class RegistryService: @unchecked Sendable {
             throw BadRequest(field: "enable", message: "expected ?enable=true or ?enable=false")
         }
         let node = agentNode(request)
-        guard context.catalog.state.services[NodeScopedID(node: node.name, id: id)] != nil else {
-            return loop.makeSucceededFuture(.text("Unknown service ID \"\(id)\"", status: .notFound))
-        }
         let checkID = maintenanceCheckPrefix + id
         let command: CatalogCommand = enable
             ? .register(node: node, service: nil, checks: [CheckRegistration(
@@ -338,7 +330,10 @@ final class RegistryService: @unchecked Sendable {
                             notes: request.query["reason"] ?? "Maintenance mode is enabled for this service"),
                 statusGiven: true)], replaceChecks: false)
             : .deregister(node: node.name, serviceID: nil, checkID: checkID)
-        return commit(command, on: loop) { _ in APIResponse(status: .ok) }
+        let key = NodeScopedID(node: node.name, id: id)
+        return unlessUnknown({ $0.services[key] != nil }, "Unknown service ID \"\(id)\"", on: loop) {
+            self.commit(command, on: loop) { _ in APIResponse(status: .ok) }
+        }
     }
 
     private func registerAgentCheck(_ request: APIRequest, on loop: EventLoop) throws -> EventLoopFuture<APIResponse> {
@@ -357,21 +352,19 @@ final class RegistryService: @unchecked Sendable {
     }
 
     private func deregisterAgentCheck(_ id: String, _ request: APIRequest, on loop: EventLoop) -> EventLoopFuture<APIResponse> {
-        let node = agentNode(request).name
-        guard context.catalog.state.checks[NodeScopedID(node: node, id: id)] != nil else {
-            return loop.makeSucceededFuture(.text("Unknown check ID \"\(id)\"", status: .notFound))
+        let key = NodeScopedID(node: agentNode(request).name, id: id)
+        return unlessUnknown({ $0.checks[key] != nil }, "Unknown check ID \"\(id)\"", on: loop) {
+            self.commit(.deregister(node: key.node, serviceID: nil, checkID: id), on: loop) { _ in APIResponse(status: .ok) }
         }
-        return commit(.deregister(node: node, serviceID: nil, checkID: id), on: loop) { _ in APIResponse(status: .ok) }
     }
 
     private func updateAgentCheck(_ id: String, _ status: HealthStatus, _ output: String, _ request: APIRequest,
                                   on loop: EventLoop) -> EventLoopFuture<APIResponse> {
-        let node = agentNode(request).name
-        guard context.catalog.state.checks[NodeScopedID(node: node, id: id)] != nil else {
-            return loop.makeSucceededFuture(.text("Unknown check ID \"\(id)\"", status: .notFound))
-        }
-        return commit(.updateCheck(node: node, checkID: id, status: status, output: output), on: loop) { _ in
-            APIResponse(status: .ok)
+        let key = NodeScopedID(node: agentNode(request).name, id: id)
+        return unlessUnknown({ $0.checks[key] != nil }, "Unknown check ID \"\(id)\"", on: loop) {
+            self.commit(.updateCheck(node: key.node, checkID: id, status: status, output: output), on: loop) { _ in
+                APIResponse(status: .ok)
+            }
         }
     }
 
@@ -420,29 +413,60 @@ final class RegistryService: @unchecked Sendable {
         return commit(command, on: loop) { _ in .json(true) }
     }
 
-    /// Proposes `command` and answers once it has applied here (the leader). A command that
-    /// would change nothing is answered at once without a log entry (a re-registration storm
-    /// costs no writes), unless registry proposals are in flight that could make it matter.
+    /// Proposes `command` and answers once it has applied here (the leader).
+    ///
+    /// A command that would change nothing (an agent re-registering what is already there) is
+    /// answered without a log entry, so a re-registration storm costs no writes, but only after a
+    /// ReadIndex barrier: the leader has committed an entry of its own term, confirmed with a
+    /// quorum that it still leads, and applied everything committed before the request came in.
+    /// Only then is "nothing to change" a promise that survives a leader change. Without the
+    /// barrier (issue 11, scenario 1):
+    ///   1. leader L1 acknowledges `deregister X` and dies;
+    ///   2. L2 is elected holding that entry but not yet knowing it committed (its own no-op is
+    ///      not committed), so its catalog still has X;
+    ///   3. `register X` reaches L2, looks like a no-op, and is acknowledged at once;
+    ///   4. L2 commits its no-op, applies the deregister, and the acknowledged registration is gone.
+    /// A deposed leader that has not yet heard of its successor has the same window.
+    /// (`RegistryProcessTests.aNoOpWriteOnANewLeaderWaitsForItsTerm` replays it.)
     private func commit(_ command: CatalogCommand, on loop: EventLoop,
                         _ respond: @escaping @Sendable (UInt64) -> APIResponse) -> EventLoopFuture<APIResponse> {
-        let state = context.catalog.state
-        let quiet = lock.withLock { inflight == 0 }
-        if quiet && !state.wouldChange(command) {
-            return loop.makeSucceededFuture(respond(state.index))
-        }
-        lock.withLock { inflight += 1 }
-        return driver.propose(command.encoded).hop(to: loop).always { _ in
-            self.lock.withLock { self.inflight -= 1 }
-        }.map { index in
+        guard !context.catalog.state.wouldChange(command) else { return propose(command, on: loop, respond) }
+        return driver.linearizableRead().hop(to: loop).flatMap { () -> EventLoopFuture<APIResponse> in
+            // The barrier applied everything committed before it: decide again on that state.
+            let state = self.context.catalog.state
+            guard !state.wouldChange(command) else { return self.propose(command, on: loop, respond) }
+            var response = respond(state.index)
+            response.headers.append(("X-Consul-Index", "\(state.index)"))
+            return loop.makeSucceededFuture(response)
+        }.flatMapErrorThrowing { error in self.writeFailure(error) }
+    }
+
+    /// Answers `respond(...)` when `exists` holds on the local catalog, and otherwise only once a
+    /// ReadIndex barrier has confirmed it still does not: a 404 from a new leader that has not
+    /// applied its predecessor's last writes would deny a registration a client was told of.
+    private func unlessUnknown(_ exists: @escaping @Sendable (CatalogState) -> Bool, _ notFound: String, on loop: EventLoop,
+                               _ then: @escaping @Sendable () -> EventLoopFuture<APIResponse>) -> EventLoopFuture<APIResponse> {
+        if exists(context.catalog.state) { return then() }
+        return driver.linearizableRead().hop(to: loop).flatMap { () -> EventLoopFuture<APIResponse> in
+            exists(self.context.catalog.state) ? then() : loop.makeSucceededFuture(.text(notFound, status: .notFound))
+        }.flatMapErrorThrowing { error in self.writeFailure(error) }
+    }
+
+    private func propose(_ command: CatalogCommand, on loop: EventLoop,
+                         _ respond: @escaping @Sendable (UInt64) -> APIResponse) -> EventLoopFuture<APIResponse> {
+        driver.propose(command.encoded).hop(to: loop).map { index in
             var response = respond(index.rawValue)
             response.headers.append(("X-Consul-Index", "\(index.rawValue)"))
             return response
-        }.flatMapErrorThrowing { error in
-            if case ProposeError.refused(.notLeader) = error {
-                return .text("No cluster leader (this server lost leadership)", status: .serviceUnavailable)
-            }
-            return .text("write failed: \(error)", status: .serviceUnavailable)
+        }.flatMapErrorThrowing { error in self.writeFailure(error) }
+    }
+
+    /// A write that did not complete, as the client's 503 (it may retry).
+    private func writeFailure(_ error: Error) -> APIResponse {
+        if case ProposeError.refused(.notLeader) = error {
+            return .text("No cluster leader (this server lost leadership)", status: .serviceUnavailable)
         }
+        return .text("write failed: \(error)", status: .serviceUnavailable)
     }
 
     // MARK: - Parsing

@@ -93,7 +93,9 @@ public final class RaftDriver: @unchecked Sendable {
     var lastContact: [NodeID: NIODeadline] = [:]
     private var ticker: RepeatedTask?
     var pending: [LogIndex: (term: Term, promise: EventLoopPromise<LogIndex>)] = [:]
+    /// Why the driver stopped; once set, this server claims nothing (no role, no leader).
     var stoppedReason: String?
+    private var failureHandler: (@Sendable (String) -> Void)?
     /// ReadIndex requests sent, by context; then confirmed reads waiting for `applied` to reach them.
     private var readsAsked: [UInt64: EventLoopPromise<Void>] = [:]
     private var readsWaiting: [(index: LogIndex, promise: EventLoopPromise<Void>)] = []
@@ -139,7 +141,14 @@ public final class RaftDriver: @unchecked Sendable {
 
     /// Stops ticking and fails every pending proposal.
     public func stop() {
-        try? loop.submit { self.halt("stopped") }.wait()
+        try? loop.submit { self.halt("stopped", failed: false) }.wait()
+    }
+
+    /// `handler` is called once (on the driver's loop) if the driver stops because its storage
+    /// or a state machine failed: the server can no longer take part, and should exit so that
+    /// its supervisor restarts it from what is durable.
+    public func onFailure(_ handler: @escaping @Sendable (String) -> Void) {
+        loop.execute { self.failureHandler = handler }
     }
 
     /// A message from a peer (any thread).
@@ -235,11 +244,15 @@ public final class RaftDriver: @unchecked Sendable {
         loop.submit { self.node.status }
     }
 
+    /// A stopped driver reports a follower that knows no leader: it must not be taken for one
+    /// (`/ready`, `disco_raft_leader`, default-consistency reads) while its state is frozen.
     public var status: EventLoopFuture<RaftStatus> {
         loop.submit {
-            RaftStatus(id: self.id, role: self.node.role, term: self.node.hardState.term, leader: self.node.leader,
+            let halted = self.stoppedReason != nil
+            return RaftStatus(id: self.id, role: halted ? .follower : self.node.role, term: self.node.hardState.term,
+                       leader: halted ? nil : self.node.leader,
                        commitIndex: self.node.commitIndex, appliedIndex: self.node.appliedIndex,
-                       lastContact: self.node.isLeader ? .zero : self.lastLeaderContact.map { .now() - $0 })
+                       lastContact: halted ? nil : self.node.isLeader ? .zero : self.lastLeaderContact.map { .now() - $0 })
         }
     }
 
@@ -348,7 +361,9 @@ public final class RaftDriver: @unchecked Sendable {
         }
     }
 
-    func halt(_ reason: String) {
+    /// Stops taking part: no ticks, no steps, every waiting proposal and read failed.
+    /// - Parameter failed: the environment failed (storage, a state machine), as opposed to a shutdown.
+    func halt(_ reason: String, failed: Bool = true) {
         guard stoppedReason == nil else { return }
         stoppedReason = reason
         ticker?.cancel()
@@ -359,5 +374,6 @@ public final class RaftDriver: @unchecked Sendable {
         readsAsked = [:]
         for waiting in readsWaiting { waiting.promise.fail(ProposeError.stopped) }
         readsWaiting = []
+        if failed { failureHandler?(reason) }
     }
 }

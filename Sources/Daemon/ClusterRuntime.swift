@@ -80,6 +80,11 @@ final class ClusterRuntime {
             throw StartError(code: .ioError, message: "\(error)")
         }
         box.driver = driver
+        driver.onFailure { reason in
+            logger.critical("the Raft driver stopped: \(reason); exiting so that the service manager restarts discod",
+                            metadata: ["exit.code": "\(ExitCode.raftStorageFailed.rawValue)"])
+            exit(ExitCode.raftStorageFailed.rawValue)
+        }
         let directory = ClusterDirectory(raft: founding.mapValues(\.raft), http: founding.mapValues(\.http))
         // Joined servers' addresses are replicated; the driver tells the transport and the API.
         driver.learnServers(founding)

@@ -15,6 +15,9 @@ public enum ExitCode: Int32, Sendable {
     case usage = 64
     case unavailable = 69
     case ioError = 74
+    /// At run time the Raft log or a snapshot could not be written or installed: the server
+    /// stopped taking part and exits so that systemd restarts it from what is durable.
+    case raftStorageFailed = 75
     case config = 78
 }
 

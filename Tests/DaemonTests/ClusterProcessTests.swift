@@ -87,8 +87,15 @@ struct ClusterProcessTests {
         let zones: URL
         /// Extra environment of every discod started (hidden knobs such as DISCO_SNAPSHOT_ENTRIES).
         let environment: [String: String]
+        /// With `proxiedLinks`, every directed Raft link X→Y goes through `links["X>Y"]`.
+        private(set) var links: [String: PeerLinkProxy] = [:]
 
-        init(size: Int, environment: [String: String] = [:]) throws {
+        /// Data directories that are tmpfs mounts of their own (unmounted on deinit).
+        private var mounts: [URL] = []
+
+        /// - Parameter dataMountBytes: give each server's data directory a tmpfs of this size, so a
+        ///   test can fill one server's disk (needs root, as CI and the sessions here have).
+        init(size: Int, environment: [String: String] = [:], proxiedLinks: Bool = false, dataMountBytes: Int? = nil) throws {
             self.environment = environment
             let directory = try TemporaryDirectory()
             let zones = directory.url.appendingPathComponent("zones")
@@ -98,14 +105,56 @@ struct ClusterProcessTests {
             self.zones = zones
             let ports = freePorts(2 * size)
             nodes = (1...size).map { Node(id: $0, root: directory.url, raftPort: ports[2 * $0 - 2], httpPort: ports[2 * $0 - 1]) }
+            if proxiedLinks {
+                for from in nodes {
+                    for to in nodes where to.id != from.id { links["\(from.id)>\(to.id)"] = try PeerLinkProxy(upstreamPort: to.raftPort) }
+                }
+            }
+            if let bytes = dataMountBytes {
+                for node in nodes {
+                    try FileManager.default.createDirectory(at: node.data, withIntermediateDirectories: true)
+                    let mount = Process()
+                    mount.executableURL = URL(fileURLWithPath: "/bin/mount")
+                    mount.arguments = ["-t", "tmpfs", "-o", "size=\(bytes)", "tmpfs", node.data.path]
+                    try mount.run()
+                    mount.waitUntilExit()
+                    guard mount.terminationStatus == 0 else { throw TestFailure("cannot mount a tmpfs on \(node.data.path)") }
+                    mounts.append(node.data)
+                }
+            }
             for node in nodes { try start(node) }
+        }
+
+        deinit {
+            for link in links.values { link.stop() }
+            for node in nodes { node.process?.stop() }
+            for mount in mounts {
+                let umount = Process()
+                umount.executableURL = URL(fileURLWithPath: "/bin/umount")
+                umount.arguments = ["-l", mount.path]
+                try? umount.run()
+                umount.waitUntilExit()
+            }
+        }
+
+        /// The proxy carrying `from`'s messages to `to` (a fixture made with `proxiedLinks`).
+        func link(_ from: Node, _ to: Node) -> PeerLinkProxy {
+            guard let link = links["\(from.id)>\(to.id)"] else { preconditionFailure("no proxied link \(from.id)>\(to.id)") }
+            return link
+        }
+
+        /// The Raft port at which `from` reaches `to`: its own, or the proxy in between.
+        func raftPort(of to: Node, seenFrom from: Node) -> Int {
+            links["\(from.id)>\(to.id)"]?.port ?? to.raftPort
         }
 
         func start(_ node: Node, environment extra: [String: String] = [:]) throws {
             var arguments = ["--zones", zones.path, "--dns", "127.0.0.1:0", "--workers", "1",
                              "--node-id", "\(node.id)", "--raft", "127.0.0.1:\(node.raftPort)",
                              "--http", "127.0.0.1:\(node.httpPort)", "--data-dir", node.data.path, "--log-level", "info"]
-            for peer in nodes { arguments += ["--server", "\(peer.id)=127.0.0.1:\(peer.raftPort),127.0.0.1:\(peer.httpPort)"] }
+            for peer in nodes {
+                arguments += ["--server", "\(peer.id)=127.0.0.1:\(raftPort(of: peer, seenFrom: node)),127.0.0.1:\(peer.httpPort)"]
+            }
             let process = try DiscodProcess(arguments: arguments, environment: environment.merging(extra) { $1 })
             try process.waitForStart()
             node.process = process
@@ -121,11 +170,14 @@ struct ClusterProcessTests {
             let deadline = Date().addingTimeInterval(seconds)
             while Date() < deadline {
                 let running = nodes.filter { $0.process != nil }
-                let answers = running.compactMap { http("GET", port: $0.httpPort, "/v1/status/leader")?.body }
-                if answers.count == running.count, let first = answers.first, first != "\"\"",
-                   answers.allSatisfy({ $0 == first }),
-                   let node = nodes.first(where: { first == "\"127.0.0.1:\($0.raftPort)\"" }), node.process != nil {
-                    return node
+                // Each server names the leader by the address it reaches it at.
+                let named = running.compactMap { server -> Node? in
+                    guard let answer = http("GET", port: server.httpPort, "/v1/status/leader")?.body else { return nil }
+                    return nodes.first { answer == "\"127.0.0.1:\(raftPort(of: $0, seenFrom: server))\"" }
+                }
+                if named.count == running.count, let first = named.first, named.allSatisfy({ $0 === first }),
+                   first.process != nil {
+                    return first
                 }
                 usleep(50_000)
             }

@@ -1,0 +1,148 @@
+import Cluster
+import Foundation
+import Raft
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A TCP proxy on one directed Raft link (server X's connections to server Y), which parses the
+/// peer frames passing through and forwards or drops each one by a policy the test sets: a
+/// network fault that is precise to the message, between real discod processes.
+///
+/// PeerTransport sends X's messages to Y only over connections X dials, so pointing X's address
+/// for Y at this proxy puts every X→Y message through it, and nothing of Y→X. Frames are dropped
+/// whole, so the stream stays well framed (a lossy link that loses messages, not bytes).
+final class PeerLinkProxy: @unchecked Sendable {
+    // @unchecked: `policy`, `connections` and `stopped` are guarded by `lock`.
+
+    /// What the policy decides for one frame.
+    enum Verdict { case forward, drop }
+    typealias Policy = @Sendable (Message) -> Verdict
+
+    static let forwardAll: Policy = { _ in .forward }
+    static let dropAll: Policy = { _ in .drop }
+
+    /// The largest frame this proxy buffers (the transport's own limit).
+    static let frameBytesMax = PeerCodec.frameBytesMax
+
+    let port: Int
+    private let upstreamPort: Int
+    private let cluster: UInt64
+    private let listener: Int32
+    private let lock = NSLock()
+    private var policy: Policy = PeerLinkProxy.forwardAll
+    private var connections: [Int32] = []
+    private var stopped = false
+
+    /// Listens on 127.0.0.1 (an ephemeral port) and forwards to 127.0.0.1:`upstreamPort`.
+    init(upstreamPort: Int, clusterToken: String = "disco-cluster") throws {
+        self.upstreamPort = upstreamPort
+        self.cluster = PeerCodec.clusterID(token: clusterToken)
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = DNSClient.loopback(0)
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard bound == 0, listen(fd, 16) == 0 else {
+            close(fd)
+            throw TestFailure("proxy: cannot listen (errno \(errno))")
+        }
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        listener = fd
+        port = Int(UInt16(bigEndian: address.sin_port))
+        let thread = Thread { [self] in acceptLoop() }
+        thread.start()
+    }
+
+    /// Applies from the next frame on (frames already forwarded are gone).
+    func setPolicy(_ policy: @escaping Policy) { lock.withLock { self.policy = policy } }
+
+    func stop() {
+        let open: [Int32] = lock.withLock {
+            stopped = true
+            defer { connections = [] }
+            return connections
+        }
+        shutdown(listener, Int32(SHUT_RDWR))
+        close(listener)
+        for fd in open { shutdown(fd, Int32(SHUT_RDWR)) }
+    }
+
+    deinit { stop() }
+
+    private func acceptLoop() {
+        while true {
+            let client = accept(listener, nil, nil)
+            guard client >= 0 else { return }
+            guard let upstream = try? DNSClient.connectTCP(port: UInt16(upstreamPort)) else {
+                close(client)
+                continue
+            }
+            // The client socket must block on reads for as long as the link is idle.
+            var forever = timeval(tv_sec: 0, tv_usec: 0)
+            setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &forever, socklen_t(MemoryLayout<timeval>.size))
+            setsockopt(upstream, SOL_SOCKET, SO_RCVTIMEO, &forever, socklen_t(MemoryLayout<timeval>.size))
+            let registered = lock.withLock { () -> Bool in
+                guard !stopped else { return false }
+                connections += [client, upstream]
+                return true
+            }
+            guard registered else {
+                close(client)
+                close(upstream)
+                return
+            }
+            Thread { [self] in relayFrames(from: client, to: upstream) }.start()
+        }
+    }
+
+    /// Reads frames from the dialling server and forwards those the policy lets through; when
+    /// either side closes, closes both (the transport redials).
+    private func relayFrames(from client: Int32, to upstream: Int32) {
+        defer {
+            shutdown(client, Int32(SHUT_RDWR))
+            shutdown(upstream, Int32(SHUT_RDWR))
+            lock.withLock { connections.removeAll { $0 == client || $0 == upstream } }
+            close(client)
+            close(upstream)
+        }
+        while true {
+            guard let header = DNSClient.readExactly(client, PeerCodec.lengthFieldBytes),
+                  let length = try? PeerCodec.bodyLength(header: header), length <= Self.frameBytesMax,
+                  let body = DNSClient.readExactly(client, length) else { return }
+            // A frame that does not decode goes through: the server decides what to do with it.
+            let verdict = (try? PeerCodec.decode(body: body, cluster: cluster)).map { message in
+                lock.withLock { policy }(message)
+            } ?? .forward
+            guard verdict == .forward else { continue }
+            let frame = header + body
+            var sent = 0
+            while sent < frame.count {
+                let n = frame.withUnsafeBytes { send(upstream, $0.baseAddress! + sent, frame.count - sent, Int32(MSG_NOSIGNAL)) }
+                if n <= 0 { return }
+                sent += n
+            }
+        }
+    }
+}
+
+extension Message {
+    /// An append that carries at least one entry (not a bare commit update or probe).
+    var carriesEntries: Bool {
+        if case .append(let append) = kind { return !append.entries.isEmpty }
+        return false
+    }
+
+    /// Appends and snapshots: what moves a follower's log.
+    var movesLog: Bool {
+        switch kind {
+        case .append, .snapshot: true
+        case .voteRequest, .voteResponse, .appendResponse, .heartbeat, .heartbeatResponse, .timeoutNow, .readIndex,
+             .readIndexResponse: false
+        }
+    }
+}
