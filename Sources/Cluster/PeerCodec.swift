@@ -40,6 +40,9 @@ public enum PeerCodec {
     /// chunk them), so this bounds the state machine a cluster can hold. 64 MiB.
     public static let frameBytesMax = 64 << 20
     public static let lengthFieldBytes = 4
+    /// The largest term or log index a frame may carry: SQLite stores them as signed 64-bit
+    /// integers, and arithmetic on them (`next`, distances) stays in range below it.
+    public static let termOrIndexMax = UInt64(Int64.max) - 1
 
     enum KindCode: UInt8 {
         case voteRequest = 1, voteResponse, append, appendResponse, heartbeat, heartbeatResponse, snapshot,
@@ -148,25 +151,25 @@ public enum PeerCodec {
         let fromRaw = try r.u64(), toRaw = try r.u64()
         guard fromRaw != 0, toRaw != 0 else { throw PeerFrameError(offset: 10, message: "node id 0") }
         let from = NodeID(rawValue: fromRaw), to = NodeID(rawValue: toRaw)
-        let term = Term(try r.u64())
+        let term = try r.term()
         let kind: Message.Kind
         switch code {
         case .voteRequest:
-            let index = LogIndex(try r.u64()), lastTerm = Term(try r.u64()), flags = try r.u8()
+            let index = try r.index(), lastTerm = try r.term(), flags = try r.u8()
             kind = .voteRequest(Message.VoteRequest(lastLogIndex: index, lastLogTerm: lastTerm, preVote: flags & 1 != 0,
                                                     transfer: flags & 2 != 0))
         case .voteResponse:
             let flags = try r.u8()
             kind = .voteResponse(Message.VoteResponse(preVote: flags & 1 != 0, granted: flags & 2 != 0))
         case .append:
-            let prevIndex = LogIndex(try r.u64()), prevTerm = Term(try r.u64()), commit = LogIndex(try r.u64())
+            let prevIndex = try r.index(), prevTerm = try r.term(), commit = try r.index()
             let count = Int(try r.u32())
             // Each entry is at least 21 bytes: a count beyond what remains is a lie, not a reason to allocate.
             guard count <= r.remaining / 21 else { throw PeerFrameError(offset: r.offset, message: "\(count) entries do not fit") }
             var entries: [Entry] = []
             entries.reserveCapacity(count)
             for _ in 0..<count {
-                let entryTerm = Term(try r.u64()), index = LogIndex(try r.u64())
+                let entryTerm = try r.term(), index = try r.index()
                 let at = r.offset
                 guard let entryKind = Entry.Kind(rawValue: try r.u8()) else {
                     throw PeerFrameError(offset: at, message: "unknown entry kind")
@@ -175,22 +178,22 @@ public enum PeerCodec {
             }
             kind = .append(Message.Append(prevLogIndex: prevIndex, prevLogTerm: prevTerm, entries: entries, commit: commit))
         case .appendResponse:
-            let index = LogIndex(try r.u64())
+            let index = try r.index()
             let at = r.offset
             switch try r.u8() {
             case 0: kind = .appendResponse(Message.AppendResponse(index: index))
             case let tag where tag == 1 || tag == 2:
-                let conflictTerm = try r.u64(), conflictIndex = LogIndex(try r.u64())
-                let hint = Message.RejectHint(conflictTerm: tag == 2 ? Term(conflictTerm) : nil, conflictIndex: conflictIndex)
+                let conflictTerm = try r.term(), conflictIndex = try r.index()
+                let hint = Message.RejectHint(conflictTerm: tag == 2 ? conflictTerm : nil, conflictIndex: conflictIndex)
                 kind = .appendResponse(Message.AppendResponse(index: index, reject: hint))
             default: throw PeerFrameError(offset: at, message: "bad reject tag")
             }
         case .heartbeat:
-            kind = .heartbeat(Message.Heartbeat(commit: LogIndex(try r.u64()), readSequence: try r.u64()))
+            kind = .heartbeat(Message.Heartbeat(commit: try r.index(), readSequence: try r.u64()))
         case .heartbeatResponse:
             kind = .heartbeatResponse(Message.HeartbeatResponse(readSequence: try r.u64()))
         case .snapshot:
-            let index = LogIndex(try r.u64()), snapshotTerm = Term(try r.u64())
+            let index = try r.index(), snapshotTerm = try r.term()
             let at = r.offset
             guard let membership = Membership(decoding: try r.bytes()) else {
                 throw PeerFrameError(offset: at, message: "bad membership")
@@ -201,7 +204,7 @@ public enum PeerCodec {
         case .readIndex:
             kind = .readIndex(context: try r.bytes())
         case .readIndexResponse:
-            kind = .readIndexResponse(context: try r.bytes(), index: LogIndex(try r.u64()))
+            kind = .readIndexResponse(context: try r.bytes(), index: try r.index())
         }
         guard r.remaining == 0 else { throw PeerFrameError(offset: r.offset, message: "\(r.remaining) trailing bytes") }
         return Message(from: from, to: to, term: term, kind: kind)
@@ -240,4 +243,15 @@ struct ByteReader {
     mutating func u32() throws(PeerFrameError) -> UInt32 { try take(4).reduce(0) { $0 << 8 | UInt32($1) } }
     mutating func u64() throws(PeerFrameError) -> UInt64 { try take(8).reduce(0) { $0 << 8 | UInt64($1) } }
     mutating func bytes() throws(PeerFrameError) -> [UInt8] { Array(try take(Int(try u32()))) }
+    mutating func index() throws(PeerFrameError) -> LogIndex { LogIndex(try bounded("log index")) }
+    mutating func term() throws(PeerFrameError) -> Term { Term(try bounded("term")) }
+
+    private mutating func bounded(_ what: String) throws(PeerFrameError) -> UInt64 {
+        let at = offset
+        let value = try u64()
+        guard value <= PeerCodec.termOrIndexMax else {
+            throw PeerFrameError(offset: at, message: "\(what) \(value) is beyond \(PeerCodec.termOrIndexMax)")
+        }
+        return value
+    }
 }

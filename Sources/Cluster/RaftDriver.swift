@@ -10,12 +10,20 @@ public enum ProposeError: Error, Sendable, Equatable, CustomStringConvertible {
     case superseded
     /// The driver stopped (shutdown, or storage failed) before the entry applied.
     case stopped
+    /// Whether the entry committed is not known here: a snapshot from the leader replaced the
+    /// log past its index. The client may retry (or read to find out).
+    case outcomeUnknown
+    /// No outcome within `RaftDriver.proposalTimeoutSeconds` (e.g. leadership lost and no leader
+    /// since). The entry may still commit later; the client may retry.
+    case timedOut
 
     public var description: String {
         switch self {
         case .refused(let error): "\(error)"
         case .superseded: "the proposal was superseded by another leader's entry and did not commit"
         case .stopped: "the Raft driver stopped"
+        case .outcomeUnknown: "a snapshot replaced the log past the proposal before this server saw it apply; its outcome is unknown"
+        case .timedOut: "the proposal had no outcome within \(RaftDriver.proposalTimeoutSeconds) s"
         }
     }
 }
@@ -91,6 +99,8 @@ public final class RaftDriver: @unchecked Sendable {
     var managesPeers = false
     /// When a message last arrived from each server.
     var lastContact: [NodeID: NIODeadline] = [:]
+    /// Per peer: when a refused message was last logged, and how many were refused since.
+    private var refusals: [NodeID: (logged: NIODeadline?, suppressed: Int)] = [:]
     private var ticker: RepeatedTask?
     var pending: [LogIndex: (term: Term, promise: EventLoopPromise<LogIndex>)] = [:]
     /// Why the driver stopped; once set, this server claims nothing (no role, no leader).
@@ -154,20 +164,56 @@ public final class RaftDriver: @unchecked Sendable {
     /// A message from a peer (any thread).
     public func receive(_ message: Message) {
         loop.execute {
+            guard self.stoppedReason == nil else { return }
+            do throws(InvalidMessage) {
+                try self.node.step(message)
+            } catch {
+                self.logRefusal(error)
+                return
+            }
             self.lastContact[message.from] = .now()
-            self.event { $0.step(message) }
+            self.scheduleReady()
             if message.from == self.node.leader { self.lastLeaderContact = .now() }
         }
     }
 
-    /// Proposes `data`; the future succeeds with the entry's index once it is applied here.
+    /// Refused peer messages are logged at most once per peer per this interval (a peer with a
+    /// wiped disk is refused at every heartbeat); the count in between is reported.
+    public static let refusalLogIntervalSeconds: Int64 = 10
+
+    private func logRefusal(_ error: InvalidMessage) {
+        let now = NIODeadline.now()
+        var record = refusals[error.from] ?? (logged: nil, suppressed: 0)
+        if let last = record.logged, now - last < .seconds(Self.refusalLogIntervalSeconds) {
+            record.suppressed += 1
+        } else {
+            logger.error("refused a peer's Raft message", metadata: [
+                "raft.peer": "\(error.from)", "raft.error": "\(error.reason)",
+                "raft.refused_since_last_log": "\(record.suppressed)"])
+            record = (now, 0)
+        }
+        refusals[error.from] = record
+    }
+
+    /// Every proposal has an outcome within this: an HTTP request never hangs on a proposal
+    /// whose leader was deposed with no successor in sight. 10 s is 10–20 election timeouts.
+    public static let proposalTimeoutSeconds: Int64 = 10
+
+    /// Proposes `data`; the future succeeds with the entry's index once it is applied here, and
+    /// fails with a `ProposeError` otherwise (at the latest after `proposalTimeoutSeconds`).
     public func propose(_ data: [UInt8]) -> EventLoopFuture<LogIndex> {
         loop.flatSubmit {
             guard self.stoppedReason == nil else { return self.loop.makeFailedFuture(ProposeError.stopped) }
             do throws(ProposalError) {
                 let (term, index) = try self.node.propose(data)
                 let promise = self.loop.makePromise(of: LogIndex.self)
-                self.pending[index] = (term, promise)
+                // An older proposal at this index (from an earlier term of ours) was superseded.
+                self.pending.updateValue((term, promise), forKey: index)?.promise.fail(ProposeError.superseded)
+                self.loop.scheduleTask(in: .seconds(Self.proposalTimeoutSeconds)) {
+                    guard let waiting = self.pending[index], waiting.promise.futureResult === promise.futureResult else { return }
+                    self.pending[index] = nil
+                    waiting.promise.fail(ProposeError.timedOut)
+                }
                 self.scheduleReady()
                 return promise.futureResult
             } catch {
@@ -312,6 +358,11 @@ public final class RaftDriver: @unchecked Sendable {
                                     metadata: ["raft.error": "\(error)"])
                     halt("snapshot install failed: \(error)")
                     return
+                }
+                // Committed entries resume after the snapshot: proposals it covers will never be
+                // seen to apply, and whether they committed is not known here.
+                for index in pending.keys where index <= snapshot.index {
+                    pending.removeValue(forKey: index)?.promise.fail(ProposeError.outcomeUnknown)
                 }
             }
             for entry in ready.committedEntries {

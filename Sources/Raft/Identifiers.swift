@@ -46,7 +46,9 @@ public struct LogIndex: RawRepresentable, Hashable, Comparable, Strideable, Send
     public init(integerLiteral value: UInt64) { self.rawValue = value }
     public static let zero = LogIndex(0)
     public static func < (a: LogIndex, b: LogIndex) -> Bool { a.rawValue < b.rawValue }
-    public func distance(to other: LogIndex) -> Int { Int(other.rawValue) - Int(rawValue) }
+    /// Stated, not inherited: Strideable's default `==` goes through `distance(to:)`.
+    public static func == (a: LogIndex, b: LogIndex) -> Bool { a.rawValue == b.rawValue }
+    public func distance(to other: LogIndex) -> Int { Int(truncatingIfNeeded: other.rawValue &- rawValue) }
     public func advanced(by n: Int) -> LogIndex { LogIndex(UInt64(Int(rawValue) + n)) }
     public var next: LogIndex { LogIndex(rawValue + 1) }
     /// The index before this one. Precondition: not zero.

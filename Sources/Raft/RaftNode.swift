@@ -33,7 +33,7 @@ public struct RaftNode: Sendable {
     /// that need compacted entries.
     public private(set) var snapshot: Snapshot?
 
-    private var log: RaftLog
+    private(set) var log: RaftLog
     private var state: State = .follower
     private var leaderState = LeaderState()
     private var electionElapsed = 0
@@ -160,7 +160,10 @@ public struct RaftNode: Sendable {
         }
         if heartbeatElapsed >= config.heartbeatIntervalTicks {
             heartbeatElapsed = 0
-            broadcastHeartbeat(readSequence: 0)
+            // Carry the newest pending read (etcd's bcastHeartbeatWithCtx): a read whose own
+            // confirming heartbeats were lost is confirmed by the next periodic round, instead of
+            // waiting for another read or the caller's timeout.
+            broadcastHeartbeat(readSequence: leaderState.pendingReads.last?.sequence ?? 0)
         }
     }
 
@@ -318,8 +321,10 @@ public struct RaftNode: Sendable {
 
     /// Handle a message from a peer. Messages for another server, from a stale term, or that do
     /// not fit the current state are dropped (they are normal under reordering and duplication).
-    public mutating func step(_ m: Message) {
+    /// A message no correct peer sends (see `validate`) is refused before it changes anything.
+    public mutating func step(_ m: Message) throws(InvalidMessage) {
         guard m.to == id, m.from != id else { return }
+        try validate(m)
         if m.term > term {
             if case .voteRequest(let request) = m.kind {
                 // Leader stickiness (thesis §4.2.3): within an election timeout of hearing from
@@ -741,6 +746,8 @@ public struct RaftNode: Sendable {
         if maybeCommit() { broadcastAppend() }
     }
 
+    /// Entries from peers were validated (`validate`), and stored ones when the log loaded: a
+    /// membership entry that does not decode here is a bug.
     private static func decodeMembership(_ entry: Entry) -> Membership {
         guard let membership = Membership(decoding: entry.data) else {
             preconditionFailure("membership entry \(entry.term)/\(entry.index) does not decode")

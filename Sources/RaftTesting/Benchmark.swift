@@ -34,7 +34,7 @@ public enum CoreBenchmark {
             }
             let delivered = mailbox
             mailbox.removeAll(keepingCapacity: true)
-            for message in delivered { nodes[Int(message.to.rawValue) - 1].step(message) }
+            for message in delivered { try! nodes[Int(message.to.rawValue) - 1].step(message) }
             return committed
         }
         // Elect and commit the no-op.

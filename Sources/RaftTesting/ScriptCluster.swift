@@ -116,7 +116,11 @@ public struct ScriptCluster: Sendable {
                 continue
             }
             lines.append("> \(message.to) receiving: \(message)")
-            nodes[message.to]!.raft.step(message)
+            do throws(InvalidMessage) {
+                try nodes[message.to]!.raft.step(message)
+            } catch {
+                lines.append("  refused: \(error.reason)")
+            }
         }
         queue = remaining
         return lines

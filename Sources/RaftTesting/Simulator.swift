@@ -42,6 +42,7 @@ public struct Violation: Error, Hashable, Sendable, CustomStringConvertible {
         case acknowledgedWriteLost = "acknowledged write lost"
         case liveness = "liveness"
         case linearizability = "linearizability"
+        case invalidMessage = "a correct server's message refused"
     }
 
     public var kind: Kind
@@ -414,7 +415,14 @@ private struct World {
                 continue
             }
             if options.trace { record("\(message)") }
-            servers[k].raft.step(message)
+            do throws(InvalidMessage) {
+                try servers[k].raft.step(message)
+            } catch {
+                // The simulated network delivers what correct servers sent: a refusal is a bug
+                // in the sender or in validation.
+                fail(.invalidMessage, "\(message.to) refused \(message): \(error.reason)")
+                return
+            }
             afterEvent(k)
             if violation != nil { return }
         }

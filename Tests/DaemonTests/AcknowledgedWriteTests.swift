@@ -85,6 +85,47 @@ struct AcknowledgedWriteTests {
     }
 }
 
+extension AcknowledgedWriteTests {
+    /// Issue 11.3: a proposal pending on a leader that is cut off, while the others move on and
+    /// compact their logs, is covered by the snapshot the old leader installs when it is back.
+    /// Its outcome must then be reported (unknown: retry), not left hanging for ever.
+    @Test func proposalsCoveredByAnInstalledSnapshotResolve() throws {
+        let cluster = try Cluster(size: 3, environment: ["DISCO_SNAPSHOT_ENTRIES": "20"], proxiedLinks: true)
+        let old = try #require(cluster.leader())
+        let others = cluster.nodes.filter { $0 !== old }
+        for other in others {
+            cluster.link(old, other).setPolicy(PeerLinkProxy.dropAll)
+            cluster.link(other, old).setPolicy(PeerLinkProxy.dropAll)
+        }
+        let reply = Slot<HTTPReply?>()
+        let port = old.httpPort
+        Thread { reply.set(http("PUT", port: port, "/v1/kv/orphan", body: "1", timeoutSeconds: 30)) }.start()
+
+        // The others elect a leader between them and write well past a snapshot.
+        var next: ClusterProcessTests.Node?
+        #expect(waitUntil {
+            next = others.first { node in
+                http("GET", port: node.httpPort, "/v1/status/leader")?.body == "\"127.0.0.1:\(node.raftPort)\""
+            }
+            return next != nil
+        })
+        let leader = try #require(next)
+        for i in 0..<60 { #expect(http("PUT", port: leader.httpPort, "/v1/kv/k\(i)", body: "\(i)")?.body == "true") }
+        #expect(reply.value == nil, "the cut-off proposal cannot have an outcome yet")
+
+        for other in others {
+            cluster.link(old, other).setPolicy(PeerLinkProxy.forwardAll)
+            cluster.link(other, old).setPolicy(PeerLinkProxy.forwardAll)
+        }
+        let process = try #require(old.process)
+        #expect(process.waitForLog("snapshot installed"), "\(process.stderr.suffix(2000))")
+        #expect(waitUntil(seconds: 5) { reply.value != nil })
+        let answer = try #require(reply.value ?? nil)
+        #expect(answer.status == 503 && answer.body.contains("outcome is unknown"), "\(answer)")
+        #expect(cluster.eventually(old, "k59", "59"))
+    }
+}
+
 /// A server whose storage fails stops claiming anything: it must not keep leading on frozen state.
 @Suite("storage failure on a discod cluster", .serialized)
 struct StorageFailureProcessTests {
