@@ -46,8 +46,9 @@ public struct RaftStatus: Sendable, Equatable {
 /// it carries out the `Ready` contract in order: **persist** (one SQLite transaction, fsynced),
 /// **send**, **apply**, **advance**.
 ///
-/// Everything runs on one event loop, which also does the fsync: a dedicated loop, so DNS and
-/// HTTP never wait behind the disk.
+/// Everything runs on one event loop, which also does the fsync. The DNS workers are threads of
+/// their own and never wait behind it; the HTTP API and the peer transport share the cluster's
+/// event loop group with it (see `ClusterRuntime`).
 public final class RaftDriver: @unchecked Sendable {
     // @unchecked: `node`, `pending` and `stoppedReason` are touched only on `loop`.
 
@@ -111,6 +112,9 @@ public final class RaftDriver: @unchecked Sendable {
     private var readsWaiting: [(index: LogIndex, promise: EventLoopPromise<Void>)] = []
     private var readSequence: UInt64 = 0
     private var readyScheduled = false
+    /// The term and vote last made durable (what an early send may rely on).
+    private var durableTerm: Term = .zero
+    private var durableVote: NodeID?
     private var lastLeader: NodeID?
     private var lastLeaderContact: NIODeadline?
 
@@ -136,6 +140,7 @@ public final class RaftDriver: @unchecked Sendable {
         self.options = options
         let persistent = try storage.load()
         self.node = RaftNode(config: config, persistent: persistent)
+        (durableTerm, durableVote) = (persistent.hardState.term, persistent.hardState.vote)
         if let snapshot = persistent.snapshot { try restoreParticipantsBehind(snapshot) }
         loadServers(persistent)
     }
@@ -334,6 +339,10 @@ public final class RaftDriver: @unchecked Sendable {
             if ready.role == .leader {
                 let appends = ready.messages.filter { if case .append = $0.kind { true } else { false } }
                 if !appends.isEmpty {
+                    // What goes out before the fsync must not depend on it: a term or vote that
+                    // is not durable yet would be forgotten by a crash after others acted on it.
+                    precondition(ready.hardState.map { $0.term == durableTerm && $0.vote == durableVote } ?? true,
+                                 "an early send would carry a term or vote change that is not durable yet")
                     transport.send(appends)
                     later = ready.messages.filter { if case .append = $0.kind { false } else { true } }
                 }
@@ -341,6 +350,7 @@ public final class RaftDriver: @unchecked Sendable {
             // 1. Persist: nothing below may happen before this is durable.
             do throws(RaftStorageError) {
                 try storage.save(ready)
+                if let hard = ready.hardState { (durableTerm, durableVote) = (hard.term, hard.vote) }
             } catch {
                 // The environment failed; this server must not act on state it could not keep.
                 logger.critical("Raft storage failed; this server stops taking part", metadata: ["raft.error": "\(error)"])

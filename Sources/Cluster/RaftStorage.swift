@@ -23,10 +23,12 @@ public struct RaftStorageError: Error, Sendable, CustomStringConvertible {
 ///
 /// Invariants checked on load (a violation is a corrupt file, reported with its path, never
 /// repaired silently): entries are contiguous, start right after the snapshot, terms never
-/// decrease, and the commit index is within the log.
+/// decrease and stay at or below the hard state's term, each entry matches its CRC-32,
+/// membership entries decode, and the commit index is within the log.
 public final class RaftStorage {
-    /// The layout version in `meta`; a file with another version is refused.
-    public static let schemaVersion: Int64 = 1
+    /// The layout version in `meta`; a file with another version is refused. Version 2 added
+    /// `entries.crc` (a version 1 file is migrated in place: its entries keep a NULL checksum).
+    public static let schemaVersion: Int64 = 2
 
     public let path: String
     private let database: Database
@@ -46,13 +48,20 @@ public final class RaftStorage {
                     id INTEGER PRIMARY KEY CHECK (id = 1),
                     term INTEGER NOT NULL, vote INTEGER, commit_index INTEGER NOT NULL);
                 CREATE TABLE IF NOT EXISTS entries (
-                    idx INTEGER PRIMARY KEY, term INTEGER NOT NULL, kind INTEGER NOT NULL, data BLOB NOT NULL);
+                    idx INTEGER PRIMARY KEY, term INTEGER NOT NULL, kind INTEGER NOT NULL, data BLOB NOT NULL,
+                    crc INTEGER);
                 CREATE TABLE IF NOT EXISTS snapshot (
                     id INTEGER PRIMARY KEY CHECK (id = 1),
                     idx INTEGER NOT NULL, term INTEGER NOT NULL, membership BLOB NOT NULL, data BLOB NOT NULL);
                 INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', \(Self.schemaVersion));
                 """)
-            insertEntry = try database.prepare("INSERT INTO entries (idx, term, kind, data) VALUES (?, ?, ?, ?)")
+            if try database.scalar("SELECT value FROM meta WHERE key = 'schema_version'") == .integer(1) {
+                try database.execute("""
+                    BEGIN; ALTER TABLE entries ADD COLUMN crc INTEGER;
+                    UPDATE meta SET value = 2 WHERE key = 'schema_version'; COMMIT;
+                    """)
+            }
+            insertEntry = try database.prepare("INSERT INTO entries (idx, term, kind, data, crc) VALUES (?, ?, ?, ?, ?)")
             deleteEntriesFrom = try database.prepare("DELETE FROM entries WHERE idx >= ?")
             deleteEntriesThrough = try database.prepare("DELETE FROM entries WHERE idx <= ?")
             upsertHardState = try database.prepare(
@@ -94,7 +103,7 @@ public final class RaftStorage {
                 state.snapshot = Snapshot(index: LogIndex(UInt64(index)), term: Term(UInt64(term)), membership: membership,
                                           data: data)
             }
-            let entries = try database.prepare("SELECT idx, term, kind, data FROM entries ORDER BY idx")
+            let entries = try database.prepare("SELECT idx, term, kind, data, crc FROM entries ORDER BY idx")
             try entries.bind([])
             defer { entries.reset() }
             var expected = (state.snapshot?.index ?? .zero).next
@@ -107,7 +116,14 @@ public final class RaftStorage {
                 }
                 guard index == expected else { throw corrupt("log has a gap: expected entry \(expected), found \(index)") }
                 guard term >= lastTerm else { throw corrupt("entry \(index) has term \(term) below \(lastTerm)") }
-                state.entries.append(Entry(term: term, index: index, kind: kind, data: entries.blob(3)))
+                let entry = Entry(term: term, index: index, kind: kind, data: entries.blob(3))
+                if case .integer(let stored) = entries.value(4), UInt32(truncatingIfNeeded: stored) != Self.checksum(entry) {
+                    throw corrupt("entry \(index) fails its checksum (damaged on disk)")
+                }
+                guard kind != .membership || Membership(decoding: entry.data) != nil else {
+                    throw corrupt("membership entry \(index) does not decode")
+                }
+                state.entries.append(entry)
                 expected = index.next
                 lastTerm = term
             }
@@ -120,7 +136,22 @@ public final class RaftStorage {
         guard state.hardState.commit <= lastIndex else {
             throw corrupt("commit index \(state.hardState.commit) is beyond the last entry \(lastIndex)")
         }
+        let lastTerm = state.entries.last?.term ?? state.snapshot?.term ?? .zero
+        guard lastTerm <= state.hardState.term else {
+            throw corrupt("the log's last term \(lastTerm) is above the hard state's term \(state.hardState.term)")
+        }
         return state
+    }
+
+    /// The checksum stored with an entry: CRC-32 of its index and term (big-endian), kind, data.
+    static func checksum(_ entry: Entry) -> UInt32 {
+        var header: [UInt8] = []
+        header.reserveCapacity(17)
+        for value in [entry.index.rawValue, entry.term.rawValue] {
+            for shift in stride(from: 56, through: 0, by: -8) { header.append(UInt8(truncatingIfNeeded: value >> UInt64(shift))) }
+        }
+        header.append(entry.kind.rawValue)
+        return CRC32.finish(CRC32.update(CRC32.update(CRC32.start, header[...]), entry.data[...]))
     }
 
     private func corrupt(_ message: String) -> RaftStorageError {
@@ -144,7 +175,8 @@ public final class RaftStorage {
                     try deleteEntriesFrom.run(.integer(Int64(first.index.rawValue)))
                     for entry in entries {
                         try insertEntry.run(.integer(Int64(entry.index.rawValue)), .integer(Int64(entry.term.rawValue)),
-                                            .integer(Int64(entry.kind.rawValue)), .blob(entry.data))
+                                            .integer(Int64(entry.kind.rawValue)), .blob(entry.data),
+                                            .integer(Int64(Self.checksum(entry))))
                     }
                 }
                 if let hard = hardState {

@@ -1,5 +1,6 @@
 /// How one Raft server behaves. Times are in ticks: the caller decides what a tick is
-/// (`Cluster` ticks every 100 ms, as etcd does), the core never reads a clock.
+/// (`Cluster` ticks every 50 ms, `RaftDriver.tickMillisecondsDefault`; etcd's default is
+/// 100 ms), the core never reads a clock.
 public struct RaftConfig: Sendable {
     /// etcd's default: ten heartbeats without news from a leader start an election.
     public static let electionTimeoutTicksDefault = 10

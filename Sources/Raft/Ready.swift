@@ -58,8 +58,11 @@ public enum Role: String, Hashable, Sendable {
 ///    durable vote, an append response on durable entries. A message sent before its data is
 ///    durable can make a crash forget a vote or a replicated entry that others already counted.
 ///    The one exception (thesis §10.2.1): a leader's appends may go out before its own write,
-///    provided no acknowledgement is stepped until that write is durable, since the leader
-///    counts its own entries toward a commit as soon as they are appended.
+///    provided no acknowledgement is stepped until that write is durable. The leader counts
+///    itself toward a commit only for entries on its own disk (`advance` records them as
+///    durable), so an early send never lets an entry commit on fewer durable copies than a
+///    quorum. An early send never carries a term or vote change: those are hard state, and
+///    every message that depends on them waits for step 1.
 /// 3. **Apply** `snapshot` (install it into the state machine) and then `committedEntries`, in order.
 ///    Committed entries are always in this Ready's `entries` or already durable, so applying may run
 ///    alongside step 2 but not before step 1.

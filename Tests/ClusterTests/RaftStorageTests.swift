@@ -109,4 +109,44 @@ struct RaftStorageTests {
             #expect(error.description.hasPrefix("\(directory.path): cannot open the Raft log: file is not a database"))
         }
     }
+
+    /// A byte flipped on disk in an entry's data is caught when the log loads (issue 11.4).
+    @Test func aDamagedEntryFailsItsChecksum() throws {
+        let directory = try Directory()
+        try RaftStorage(path: directory.path).save(snapshot: nil, entries: entries(1...3, term: 1),
+                                                    hardState: HardState(term: 1, vote: nil, commit: 3))
+        #expect(try RaftStorage(path: directory.path).load().entries.count == 3)
+        try Database(path: directory.path).execute("UPDATE entries SET data = X'6532' WHERE idx = 2")  // "e2" -> "e2" intact
+        #expect(try RaftStorage(path: directory.path).load().entries.count == 3)
+        try Database(path: directory.path).execute("UPDATE entries SET data = X'6533' WHERE idx = 2")  // "e2" -> "e3"
+        #expect(throws: RaftStorageError.self) { _ = try RaftStorage(path: directory.path).load() }
+        do {
+            _ = try RaftStorage(path: directory.path).load()
+        } catch {
+            #expect(error.description == "\(directory.path): corrupt Raft log: entry 2 fails its checksum (damaged on disk)")
+        }
+    }
+
+    /// A raft.db written before checksums (schema 1) is migrated in place and loads; its old
+    /// entries have no checksum, new ones do.
+    @Test func aVersionOneLogIsMigrated() throws {
+        let directory = try Directory()
+        try Database(path: directory.path).execute("""
+            CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+            CREATE TABLE hard_state (id INTEGER PRIMARY KEY CHECK (id = 1), term INTEGER NOT NULL, vote INTEGER,
+                                     commit_index INTEGER NOT NULL);
+            CREATE TABLE entries (idx INTEGER PRIMARY KEY, term INTEGER NOT NULL, kind INTEGER NOT NULL, data BLOB NOT NULL);
+            CREATE TABLE snapshot (id INTEGER PRIMARY KEY CHECK (id = 1), idx INTEGER NOT NULL, term INTEGER NOT NULL,
+                                   membership BLOB NOT NULL, data BLOB NOT NULL);
+            INSERT INTO meta VALUES ('schema_version', 1);
+            INSERT INTO hard_state VALUES (1, 1, NULL, 1);
+            INSERT INTO entries VALUES (1, 1, 0, X'6531');
+            """)
+        let storage = try RaftStorage(path: directory.path)
+        try storage.save(snapshot: nil, entries: entries(2...2, term: 1), hardState: nil)
+        let state = try RaftStorage(path: directory.path).load()
+        #expect(state.entries.map(\.index) == [1, 2])
+        #expect(try Database(path: directory.path).scalar("SELECT value FROM meta WHERE key = 'schema_version'") == .integer(2))
+        #expect(try Database(path: directory.path).scalar("SELECT count(*) FROM entries WHERE crc IS NULL") == .integer(1))
+    }
 }
