@@ -345,11 +345,11 @@ public struct RaftNode: Sendable {
         } else if m.term < term {
             switch m.kind {
             case .append, .heartbeat:
-                // A stale leader: tell it our term so it steps down (etcd does this when
-                // CheckQuorum or PreVote keep our term from reaching it through votes).
-                if config.checkQuorum || config.preVote {
-                    send(to: m.from, .appendResponse(Message.AppendResponse(index: .zero, reject: nil)))
-                }
+                // A stale leader: tell it our term so it steps down. etcd does this only when
+                // CheckQuorum or PreVote keep our term from reaching it through votes; we always
+                // do, because a leader removed from the configuration while it was cut off hears
+                // no votes either, and without it would go on leading its term for ever.
+                send(to: m.from, .appendResponse(Message.AppendResponse(index: .zero, reject: nil)))
             case .voteRequest(let request) where request.preVote:
                 send(to: m.from, .voteResponse(Message.VoteResponse(preVote: true, granted: false)))
             default:

@@ -232,6 +232,18 @@ private struct World {
         }
         clients = (0..<options.clientCount).map { Client(id: $0 + 1) }
         self.random = random
+        if options.trace {
+            record("seed \(options.seed): \(options.nodeCount) voters, preVote \(preVote), checkQuorum \(checkQuorum), "
+                   + "drop \(dropPercent)%, duplicate \(duplicatePercent)%, delay \(delayPercent)%, disk latency <= \(diskLatencyMax) ms, "
+                   + "leader crash \(leaderCrashPercent)%, tiny messages \(tinyMessages), mutation \(options.mutation)")
+        }
+    }
+
+    /// The leader the cluster follows: of the servers up that think they lead, the one with the
+    /// highest term. An older one may linger (a leader removed from the configuration while cut
+    /// off hears from nobody any more), but it can commit nothing.
+    var currentLeader: Server? {
+        servers.filter { $0.up && $0.raft.isLeader }.max { $0.raft.term < $1.raft.term }
     }
 
     /// Callers test `options.trace` first, so untraced runs build no strings.
@@ -603,7 +615,7 @@ private struct World {
     /// Liveness: a leader, every member caught up, every client operation decided.
     mutating func isSettled() -> Bool {
         guard clients.allSatisfy({ $0.current == nil }) else { return false }
-        guard let leader = servers.first(where: { $0.up && $0.raft.isLeader }) else { return false }
+        guard let leader = currentLeader else { return false }
         let commit = leader.raft.commitIndex
         guard commit == leader.raft.lastIndex else { return false }
         for id in leader.raft.membership.members {
@@ -615,7 +627,7 @@ private struct World {
 
     /// Every acknowledged write is in the committed log that every member applied.
     mutating func checkFinalState() {
-        let leader = servers.first { $0.up && $0.raft.isLeader }!
+        let leader = currentLeader!
         for ack in acknowledged {
             // The session table holds the last applied request per client; clients are sequential.
             guard let session = leader.store.session(of: ack.client), session.sequence >= ack.sequence else {

@@ -86,3 +86,31 @@ import Testing
         #expect(cluster.node(1)?.readStates.map(\.context) == [[7]])
     }
 }
+
+/// Issue 11.7 (seed 2078912619, PreVote and CheckQuorum off): a leader removed from the
+/// configuration while it led a minority must learn of the newer term once healed, instead of
+/// leading its old term for ever.
+@Suite struct RemovedLeaderTests {
+    @Test func aLeaderRemovedWhileCutOffStepsDownOnceHealed() throws {
+        var cluster = makeCluster(5) { config in
+            config.preVote = false
+            config.checkQuorum = false
+        }
+        elect(&cluster)
+        cluster.partition([[1, 2], [3, 4, 5]])
+        elect(&cluster, 3)
+        #expect(cluster.node(3)?.raft.isLeader == true)
+        _ = cluster.withNode(3) { (node: inout RaftNode) throws(ProposalError) in try node.proposeMembershipChange(.remove(1)) }
+        _ = cluster.stabilize()
+        #expect(cluster.node(3)?.raft.membership.contains(1) == false)
+        #expect(cluster.node(1)?.raft.isLeader == true, "still cut off, 1 thinks it leads its old term")
+
+        cluster.heal()
+        for _ in 0..<3 {
+            cluster.tick(1, times: cluster.node(1)!.config.heartbeatIntervalTicks)
+            _ = cluster.stabilize()
+        }
+        #expect(cluster.node(1)?.raft.isLeader == false)
+        #expect(cluster.node(1)?.raft.term == cluster.node(3)?.raft.term)
+    }
+}
