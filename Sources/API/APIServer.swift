@@ -20,12 +20,15 @@ public final class APIServer: @unchecked Sendable {
     private let listen: PeerAddress
     private let group: EventLoopGroup
     private let router: APIRouter
+    private let connections: ConnectionCounter
+    private let uploads = UploadSlot()
     private var channel: Channel?
 
     public init(listen: PeerAddress, group: EventLoopGroup, kv: KVStore, driver: RaftDriver, directory: ClusterDirectory,
-                registry: RegistryContext? = nil, logger: Logger) {
+                registry: RegistryContext? = nil, limits: HTTPLimits = HTTPLimits(), logger: Logger) {
         self.listen = listen
         self.group = group
+        self.connections = ConnectionCounter(limits: limits)
         self.router = APIRouter(kv: KVService(kv: kv, driver: driver, directory: directory, hub: registry?.hub ?? WatchHub(),
                                               logger: logger),
                                 registry: registry.map { RegistryService(context: $0, driver: driver, logger: logger) },
@@ -33,14 +36,15 @@ public final class APIServer: @unchecked Sendable {
     }
 
     public func start() throws -> Int {
-        let router = self.router
+        let router = self.router, connections = self.connections, uploads = self.uploads
         let channel = try ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .serverChannelOption(.backlog, value: Self.listenBacklog)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(ConnectionGuard(counter: connections))
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-                    try channel.pipeline.syncOperations.addHandler(HTTPHandler(router: router))
+                    try channel.pipeline.syncOperations.addHandler(HTTPHandler(router: router, uploads: uploads))
                 }
             }
             .bind(host: listen.host, port: listen.port).wait()
@@ -354,13 +358,17 @@ final class HTTPHandler: ChannelInboundHandler {
     typealias OutboundOut = HTTPServerResponsePart
 
     private let router: APIRouter
+    private let uploads: UploadSlot
     private var head: HTTPRequestHead?
     private var body: [UInt8] = []
-    private var tooLarge = false
+    /// The request was answered from its head (413, 429): the rest of it is discarded.
+    private var answeredEarly = false
+    private var holdsUpload = false
     private var bodyBytesMax = APIServer.requestBodyBytesMax
 
-    init(router: APIRouter) {
+    init(router: APIRouter, uploads: UploadSlot) {
         self.router = router
+        self.uploads = uploads
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -368,22 +376,36 @@ final class HTTPHandler: ChannelInboundHandler {
         case .head(let head):
             self.head = head
             body = []
-            tooLarge = false
-            bodyBytesMax = APIServer.requestBodyBytesMax(uri: head.uri)
+            answeredEarly = false
+            bodyBytesMax = HTTPLimits.requestBodyBytesMax(method: head.method, uri: head.uri)
+            // Decided from the head alone, before any of the body is buffered.
+            if let length = head.headers.first(name: "Content-Length").flatMap({ Int($0) }), length > bodyBytesMax {
+                answerEarly(context, head, .text("request body of \(length) bytes is over the \(bodyBytesMax)-byte limit of "
+                                                 + "\(head.method) \(head.uri.prefix { $0 != "?" })", status: .payloadTooLarge))
+            } else if head.method == .PUT && HTTPLimits.isSnapshot(head.uri) {
+                if uploads.acquire() {
+                    holdsUpload = true
+                } else {
+                    answerEarly(context, head, .text("another snapshot upload is in progress; retry after it",
+                                                     status: .tooManyRequests, headers: [("Retry-After", "5")]))
+                }
+            }
         case .body(var buffer):
+            guard !answeredEarly else { return }
             if body.count + buffer.readableBytes > bodyBytesMax {
-                tooLarge = true
+                // A body without a Content-Length (chunked) that grows past the limit.
+                if let head { answerEarly(context, head, .text("request body too large", status: .payloadTooLarge)) }
             } else {
                 body += buffer.readBytes(length: buffer.readableBytes) ?? []
             }
         case .end:
-            guard let head else { return }
-            self.head = nil
-            let keepAlive = head.isKeepAlive
-            if tooLarge {
-                respond(context, .text("request body too large", status: .payloadTooLarge), head: head, keepAlive: false)
+            guard let head, !answeredEarly else {
+                self.head = nil
                 return
             }
+            self.head = nil
+            let keepAlive = head.isKeepAlive
+            context.triggerUserOutboundEvent(RequestProgress.received, promise: nil)
             let (path, items) = Self.split(head.uri)
             var query: [String: String] = [:]
             for (name, value) in items { query[name] = value }
@@ -399,7 +421,27 @@ final class HTTPHandler: ChannelInboundHandler {
         }
     }
 
+    func channelInactive(context: ChannelHandlerContext) {
+        // A client gone before its answer still gives its upload slot back.
+        if holdsUpload {
+            holdsUpload = false
+            uploads.release()
+        }
+        context.fireChannelInactive()
+    }
+
+    /// Answers from the head and closes: the rest of the request is never read into memory.
+    private func answerEarly(_ context: ChannelHandlerContext, _ head: HTTPRequestHead, _ response: APIResponse) {
+        answeredEarly = true
+        body = []
+        respond(context, response, head: head, keepAlive: false)
+    }
+
     private func respond(_ context: ChannelHandlerContext, _ response: APIResponse, head: HTTPRequestHead, keepAlive: Bool) {
+        if holdsUpload {
+            holdsUpload = false
+            uploads.release()
+        }
         var headers = HTTPHeaders(response.headers)
         headers.add(name: "Content-Length", value: "\(response.body.count)")
         if !keepAlive { headers.add(name: "Connection", value: "close") }
@@ -409,6 +451,7 @@ final class HTTPHandler: ChannelInboundHandler {
         buffer.writeBytes(response.body)
         context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
         let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+        context.triggerUserOutboundEvent(RequestProgress.answered, promise: nil)
         if !keepAlive {
             let channel = context.channel
             done.whenComplete { _ in channel.close(promise: nil) }

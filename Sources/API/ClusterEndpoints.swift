@@ -4,14 +4,6 @@ import NIOCore
 import NIOHTTP1
 import Raft
 
-extension APIServer {
-    /// The body limit of a request: snapshots (PUT /v1/snapshot) may be as large as a snapshot
-    /// can be; everything else is held to `requestBodyBytesMax`.
-    static func requestBodyBytesMax(uri: String) -> Int {
-        uri == "/v1/snapshot" || uri.hasPrefix("/v1/snapshot?") ? SnapshotContainer.bytesMax : requestBodyBytesMax
-    }
-}
-
 /// Cluster operations: snapshots (Consul's /v1/snapshot), the Raft configuration and
 /// membership changes (Consul's /v1/operator/raft/...).
 extension KVService {

@@ -93,7 +93,7 @@ final class ClusterRuntime {
                         kv: kv, driver: driver, directory: directory,
                         registry: RegistryContext(catalog: catalog, hub: hub, nodeName: config.effectiveNodeName,
                                                   nodeAddress: config.effectiveNodeAddress),
-                        logger: logger)
+                        limits: config.httpLimits, logger: logger)
         do {
             raftPort = try transport.start()
         } catch {

@@ -1,3 +1,4 @@
+import API
 import DNSServer
 import DNSWire
 import Foundation
@@ -82,8 +83,14 @@ public struct Configuration: Sendable, Equatable {
     public var raftClusterToken: String
     /// The HTTP API.
     public var httpListen: ListenAddress
+    /// Bounds of the `http.*` limits: a connection cap above a million is no cap (file
+    /// descriptors run out first), a timeout above a day none.
+    public static let httpConnectionsMax = 1 << 20
+    public static let httpTimeoutSecondsMax = 86_400
     /// raft.db (the Raft log) and kv.db (the state machine) live here.
     public var dataDirectory: String
+    /// Connection and request limits of the HTTP API (`http.*`).
+    public var httpLimits = HTTPLimits()
 
     /// One founding server: `ID=RAFT_ADDR,HTTP_ADDR`, e.g. `2=10.0.0.2:8300,10.0.0.2:8500`.
     public struct ServerSpec: Sendable, Equatable, CustomStringConvertible {
@@ -327,6 +334,34 @@ public struct Configuration: Sendable, Equatable {
                 return "expected \"IPv4:PORT\" or \"[IPv6]:PORT\""
             }
             config.httpListen = address
+            return nil
+        },
+        Key(name: "http.connections_max") { config, value in
+            guard case .integer(let n) = value, (1...httpConnectionsMax).contains(n) else {
+                return "expected an integer from 1 to \(httpConnectionsMax)"
+            }
+            config.httpLimits.connectionsMax = n
+            return nil
+        },
+        Key(name: "http.connections_per_client_max") { config, value in
+            guard case .integer(let n) = value, (1...httpConnectionsMax).contains(n) else {
+                return "expected an integer from 1 to \(httpConnectionsMax)"
+            }
+            config.httpLimits.connectionsPerClientMax = n
+            return nil
+        },
+        Key(name: "http.idle_timeout_seconds") { config, value in
+            guard case .integer(let n) = value, (1...httpTimeoutSecondsMax).contains(n) else {
+                return "expected an integer from 1 to \(httpTimeoutSecondsMax)"
+            }
+            config.httpLimits.idleTimeoutSeconds = n
+            return nil
+        },
+        Key(name: "http.request_read_timeout_seconds") { config, value in
+            guard case .integer(let n) = value, (1...httpTimeoutSecondsMax).contains(n) else {
+                return "expected an integer from 1 to \(httpTimeoutSecondsMax)"
+            }
+            config.httpLimits.requestReadTimeoutSeconds = n
             return nil
         },
         Key(name: "data.directory") { config, value in
