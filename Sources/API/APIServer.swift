@@ -127,7 +127,7 @@ final class APIRouter: Sendable {
     }
 
     func handle(_ request: APIRequest, on loop: EventLoop) -> EventLoopFuture<APIResponse> {
-        driver.status.hop(to: loop).flatMap { status in
+        loop.makeSucceededFuture(driver.currentStatus).flatMap { status in
             switch request.path {
             case "/health": return loop.makeSucceededFuture(.text("ok", status: .ok))
             case "/ready": return loop.makeSucceededFuture(self.ready(status))

@@ -1,4 +1,5 @@
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import Raft
 
@@ -46,9 +47,9 @@ public struct RaftStatus: Sendable, Equatable {
 /// it carries out the `Ready` contract in order: **persist** (one SQLite transaction, fsynced),
 /// **send**, **apply**, **advance**.
 ///
-/// Everything runs on one event loop, which also does the fsync. The DNS workers are threads of
-/// their own and never wait behind it; the HTTP API and the peer transport share the cluster's
-/// event loop group with it (see `ClusterRuntime`).
+/// Everything runs on one event loop, which also does the fsync. discod gives it a thread of its
+/// own (`ClusterRuntime`): the DNS workers, the HTTP API and the peer transport run elsewhere,
+/// and API requests read `currentStatus` without a hop onto it.
 public final class RaftDriver: @unchecked Sendable {
     // @unchecked: `node`, `pending` and `stoppedReason` are touched only on `loop`.
 
@@ -117,6 +118,7 @@ public final class RaftDriver: @unchecked Sendable {
     private var durableVote: NodeID?
     private var lastLeader: NodeID?
     private var lastLeaderContact: NIODeadline?
+    private let published: NIOLockedValueBox<(status: RaftStatus, lastLeaderContact: NIODeadline?)>
 
     /// - Parameters:
     ///   - participants: the state machines that snapshots hold and restore.
@@ -140,6 +142,8 @@ public final class RaftDriver: @unchecked Sendable {
         self.options = options
         let persistent = try storage.load()
         self.node = RaftNode(config: config, persistent: persistent)
+        self.published = NIOLockedValueBox((RaftStatus(id: config.id, role: .follower, term: persistent.hardState.term,
+                                                       leader: nil, commitIndex: .zero, appliedIndex: .zero), nil))
         (durableTerm, durableVote) = (persistent.hardState.term, persistent.hardState.vote)
         if let snapshot = persistent.snapshot { try restoreParticipantsBehind(snapshot) }
         loadServers(persistent)
@@ -178,7 +182,10 @@ public final class RaftDriver: @unchecked Sendable {
             }
             self.lastContact[message.from] = .now()
             self.scheduleReady()
-            if message.from == self.node.leader { self.lastLeaderContact = .now() }
+            if message.from == self.node.leader {
+                self.lastLeaderContact = .now()
+                self.published.withLockedValue { $0.lastLeaderContact = self.lastLeaderContact }
+            }
         }
     }
 
@@ -295,16 +302,27 @@ public final class RaftDriver: @unchecked Sendable {
         loop.submit { self.node.status }
     }
 
+    /// What this server knows of the cluster, as of the last event the driver handled: read
+    /// without a hop onto the driver's loop (every API request asks; the loop is Raft's alone).
     /// A stopped driver reports a follower that knows no leader: it must not be taken for one
     /// (`/ready`, `disco_raft_leader`, default-consistency reads) while its state is frozen.
-    public var status: EventLoopFuture<RaftStatus> {
-        loop.submit {
-            let halted = self.stoppedReason != nil
-            return RaftStatus(id: self.id, role: halted ? .follower : self.node.role, term: self.node.hardState.term,
-                       leader: halted ? nil : self.node.leader,
-                       commitIndex: self.node.commitIndex, appliedIndex: self.node.appliedIndex,
-                       lastContact: halted ? nil : self.node.isLeader ? .zero : self.lastLeaderContact.map { .now() - $0 })
-        }
+    public var currentStatus: RaftStatus {
+        let (status, lastLeaderContact) = published.withLockedValue { ($0.status, $0.lastLeaderContact) }
+        var current = status
+        if current.role != .leader { current.lastContact = lastLeaderContact.map { .now() - $0 } }
+        return current
+    }
+
+    public var status: EventLoopFuture<RaftStatus> { loop.makeSucceededFuture(currentStatus) }
+
+    /// Publishes the status `currentStatus` reads (on `loop`, after every event).
+    func publishStatus() {
+        let halted = stoppedReason != nil
+        let status = RaftStatus(id: id, role: halted ? .follower : node.role, term: node.hardState.term,
+                                leader: halted ? nil : node.leader, commitIndex: node.commitIndex,
+                                appliedIndex: node.appliedIndex, lastContact: !halted && node.isLeader ? .zero : nil)
+        let contact = halted ? nil : lastLeaderContact
+        published.withLockedValue { $0 = (status, contact) }
     }
 
     // MARK: - On `loop`
@@ -328,6 +346,7 @@ public final class RaftDriver: @unchecked Sendable {
     }
 
     func handleReady() {
+        defer { publishStatus() }
         while stoppedReason == nil && node.hasReady {
             let ready = node.ready()
             // 0. A leader's appends go out before its own fsync, so the followers' disk writes
@@ -435,6 +454,7 @@ public final class RaftDriver: @unchecked Sendable {
         readsAsked = [:]
         for waiting in readsWaiting { waiting.promise.fail(ProposeError.stopped) }
         readsWaiting = []
+        publishStatus()
         if failed { failureHandler?(reason) }
     }
 }

@@ -12,7 +12,11 @@ import Store
 /// catalog in registry.db), the peer transport, the driver and the HTTP API, started together
 /// and stopped together.
 final class ClusterRuntime {
+    /// The HTTP API, the peer transport and the apply-side work (view rebuild hooks, watchers).
     private let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+    /// The Raft driver's own thread: nothing else is scheduled on it, so a burst of API traffic
+    /// cannot delay a heartbeat or an election timeout (issue 13.5).
+    private let raftGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     private let transport: PeerTransport
     let driver: RaftDriver
     private let api: APIServer
@@ -28,6 +32,7 @@ final class ClusterRuntime {
         let id = NodeID(rawValue: config.raftNodeID)
         self.logger = logger
         lowerPriority(of: group, by: config.dnsBackgroundNice, logger: logger)
+        lowerPriority(of: raftGroup, by: config.dnsBackgroundNice, logger: logger)
         do {
             try FileManager.default.createDirectory(atPath: config.dataDirectory, withIntermediateDirectories: true)
         } catch {
@@ -58,7 +63,7 @@ final class ClusterRuntime {
                                   peers: peers, group: group, logger: logger,
                                   cluster: PeerCodec.clusterID(token: config.raftClusterToken)) { box.driver?.receive($0) }
         do {
-            driver = try RaftDriver(config: raftConfig, storage: storage, transport: transport, loop: group.next(),
+            driver = try RaftDriver(config: raftConfig, storage: storage, transport: transport, loop: raftGroup.next(),
                                     logger: logger, participants: [kv, catalog],
                                     options: options) { entry in
                 // Registry entries start with their tag byte; everything else is the KV store's.
@@ -120,6 +125,7 @@ final class ClusterRuntime {
         driver.stop()
         transport.stop()
         try? group.syncShutdownGracefully()
+        try? raftGroup.syncShutdownGracefully()
     }
 }
 
