@@ -249,7 +249,9 @@ final class KVService: Sendable {
         let wanted = UInt64(request.query["index"] ?? "") ?? 0
         let waitSeconds = request.query["wait"].flatMap { JSONFields.parseDuration($0) } ?? WatchHub.waitSecondsDefault
         let recurse = request.query["recurse"] != nil || request.query["keys"] != nil
-        return hub.wait(topic: .kv, index: wanted, waitSeconds: waitSeconds, on: loop) { self.index(of: key, recurse: recurse) }
+        return hub.wait(topic: recurse ? .kvPrefix(key) : .kvKey(key), index: wanted, waitSeconds: waitSeconds, on: loop) {
+            self.index(of: key, recurse: recurse)
+        }
     }
 
     func leaderHeaders(_ status: RaftStatus) -> [(String, String)] {
@@ -283,9 +285,14 @@ final class KVService: Sendable {
             return driver.linearizableRead().hop(to: loop).flatMap { self.block(key, request, on: loop) }.map { _ in
                 self.read(key, request, status, confirmed: true)
             }.flatMapErrorThrowing { error in
-                .text("consistent read failed: \(error)", status: .serviceUnavailable, headers: self.leaderHeaders(status))
+                WatchHub.refusal(error) ?? .text("consistent read failed: \(error)", status: .serviceUnavailable,
+                                                 headers: self.leaderHeaders(status))
             }
-        case .GET: return block(key, request, on: loop).map { self.read(key, request, status) }
+        case .GET:
+            return block(key, request, on: loop).map { self.read(key, request, status) }.flatMapErrorThrowing { error in
+                guard let refusal = WatchHub.refusal(error) else { throw error }
+                return refusal
+            }
         case .PUT: return write(key, request, status, on: loop)
         case .DELETE: return write(key, request, status, on: loop)
         default: return loop.makeSucceededFuture(.text("method not allowed", status: .methodNotAllowed))

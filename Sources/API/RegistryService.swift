@@ -213,7 +213,8 @@ final class RegistryService: @unchecked Sendable {
             let state = catalog.state
             return .json(body(state), headers: [("X-Consul-Index", "\(index(state))")] + consulLeaderHeaders(status))
         }.flatMapErrorThrowing { error in
-            .text("consistent read failed: \(error)", status: .serviceUnavailable, headers: consulLeaderHeaders(status))
+            WatchHub.refusal(error)
+                ?? .text("consistent read failed: \(error)", status: .serviceUnavailable, headers: consulLeaderHeaders(status))
         }
     }
 

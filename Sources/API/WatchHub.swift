@@ -19,13 +19,51 @@ public final class WatchHub: @unchecked Sendable {
     /// together (Consul does the same).
     public static let jitterFraction: Double = 1.0 / 16
 
-    /// What a query reads: one service, or anything in the catalog.
+    /// Blocking queries parked on one server at once; beyond it a blocking query is answered
+    /// 429 (its client retries later). Each costs about 10 KiB (its connection, a promise and a
+    /// timer; see RegistryProcessTests), so 32,768 bound them to some 330 MiB.
+    public static let parkedQueriesMax = 32_768
+
+    /// Why a query could not be parked.
+    public struct Full: Error, CustomStringConvertible {
+        public var description: String { "\(WatchHub.parkedQueriesMax) blocking queries are parked on this server" }
+    }
+
+    /// What a query reads: one service, anything in the catalog, one KV key, or the KV keys
+    /// under a prefix (`?recurse`, `?keys`).
     public enum Topic: Hashable, Sendable {
         case service(String)
         case catalog
-        /// The KV store: woken by any write, then each query re-checks its own index (a key's
-        /// ModifyIndex), so a watcher of one key sleeps on through writes to others.
-        case kv
+        case kvKey(String)
+        case kvPrefix(String)
+    }
+
+    /// A blocking query refused because too many are parked, as its 429 (nil for other errors).
+    static func refusal(_ error: Error) -> APIResponse? {
+        guard let full = error as? Full else { return nil }
+        return .text("\(full); retry later", status: .tooManyRequests,
+                     headers: [("Retry-After", "\(Int.random(in: 1...Self.refusedRetryAfterSecondsMax))")])
+    }
+
+    /// A refused blocking query comes back after 1 to this many seconds (spread so that the
+    /// refused do not all return together).
+    static let refusedRetryAfterSecondsMax = 10
+
+    /// What one applied KV write touched.
+    public enum KVTouch: Sendable {
+        case key(String)
+        case prefix(String)
+
+        /// Whether a query of `topic` may read what this write changed.
+        func concerns(_ topic: Topic) -> Bool {
+            switch (self, topic) {
+            case (.key(let key), .kvKey(let watched)): key == watched
+            case (.key(let key), .kvPrefix(let watched)): key.hasPrefix(watched)
+            case (.prefix(let prefix), .kvKey(let watched)): watched.hasPrefix(prefix)
+            case (.prefix(let prefix), .kvPrefix(let watched)): watched.hasPrefix(prefix) || prefix.hasPrefix(watched)
+            case (_, .service), (_, .catalog): false
+            }
+        }
     }
 
     private struct Waiter {
@@ -36,12 +74,13 @@ public final class WatchHub: @unchecked Sendable {
 
     private let lock = NSLock()
     private var waiters: [Topic: [UInt64: Waiter]] = [:]
+    private var parked = 0
     private var sequence: UInt64 = 0
 
     public init() {}
 
     /// The number of parked queries (for metrics and tests).
-    public var parkedCount: Int { lock.withLock { waiters.values.reduce(0) { $0 + $1.count } } }
+    public var parkedCount: Int { lock.withLock { parked } }
 
     /// Called for every applied change (a `Catalog` observer).
     public func notify(_ change: CatalogChange) {
@@ -54,6 +93,7 @@ public final class WatchHub: @unchecked Sendable {
                 for (id, waiter) in parked where change.index > waiter.index {
                     woken.append(waiter.promise)
                     parked[id] = nil
+                    self.parked -= 1
                 }
                 waiters[topic] = parked.isEmpty ? nil : parked
             }
@@ -61,24 +101,50 @@ public final class WatchHub: @unchecked Sendable {
         for promise in woken { promise.succeed(()) }
     }
 
-    /// Called after every applied KV write.
-    public func notifyKV() {
-        let parked = lock.withLock { waiters[.kv] ?? [:] }
-        // Each waiter's index is read outside the hub's lock (it reads the KV store).
-        let due = parked.filter { $0.value.currentIndex() > $0.value.index }.map(\.key)
-        for id in due { release(.kv, id) }
+    /// Called after every applied KV write (on the Raft driver's loop): only the queries that
+    /// read what it touched are looked at, and each re-checks its own index on its own loop
+    /// (it reads the KV store), not on the driver's.
+    public func notifyKV(_ touch: KVTouch) {
+        let candidates: [(Topic, UInt64, Waiter)] = lock.withLock {
+            var found: [(Topic, UInt64, Waiter)] = []
+            if case .key(let key) = touch, let exact = waiters[.kvKey(key)] {
+                found += exact.map { (.kvKey(key), $0.key, $0.value) }
+            }
+            for (topic, parked) in waiters {
+                switch topic {
+                case .kvPrefix: break
+                case .kvKey: if case .key = touch { continue }
+                case .service, .catalog: continue
+                }
+                guard touch.concerns(topic) else { continue }
+                found += parked.map { (topic, $0.key, $0.value) }
+            }
+            return found
+        }
+        for (topic, id, waiter) in candidates {
+            waiter.promise.futureResult.eventLoop.execute {
+                if waiter.currentIndex() > waiter.index { self.release(topic, id) }
+            }
+        }
     }
 
     /// Succeeds when `currentIndex()` exceeds `index`, or after `waitSeconds` (plus jitter).
-    /// Returns at once when `index` is 0 or already exceeded.
+    /// Returns at once when `index` is 0 or already exceeded; fails with `Full` when
+    /// `parkedQueriesMax` queries are parked already.
     public func wait(topic: Topic, index: UInt64, waitSeconds: Double, on loop: EventLoop,
                      currentIndex: @escaping @Sendable () -> UInt64) -> EventLoopFuture<Void> {
         guard index > 0, currentIndex() <= index else { return loop.makeSucceededVoidFuture() }
         let promise = loop.makePromise(of: Void.self)
-        let id = lock.withLock { () -> UInt64 in
+        let id = lock.withLock { () -> UInt64? in
+            guard parked < Self.parkedQueriesMax else { return nil }
             sequence &+= 1
+            parked += 1
             waiters[topic, default: [:]][sequence] = Waiter(index: index, promise: promise, currentIndex: currentIndex)
             return sequence
+        }
+        guard let id else {
+            promise.fail(Full())
+            return promise.futureResult
         }
         // A change applied between the check above and parking would have been missed: check again.
         if currentIndex() > index { release(topic, id) }
@@ -92,6 +158,7 @@ public final class WatchHub: @unchecked Sendable {
     private func release(_ topic: Topic, _ id: UInt64) {
         let waiter = lock.withLock { () -> Waiter? in
             let waiter = waiters[topic]?.removeValue(forKey: id)
+            if waiter != nil { parked -= 1 }
             if waiters[topic]?.isEmpty == true { waiters[topic] = nil }
             return waiter
         }

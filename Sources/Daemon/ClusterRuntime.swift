@@ -73,7 +73,14 @@ final class ClusterRuntime {
                         try catalog.apply(index: entry.index.rawValue, data: entry.data)
                     } else {
                         try kv.apply(entry)
-                        hub.notifyKV()
+                        switch try? KVCommand(decoding: entry.data) {
+                        case .put(let key, _, _)?, .compareAndSet(let key, _, _, _)?, .delete(let key)?:
+                            hub.notifyKV(.key(key))
+                        case .deleteTree(let prefix)?:
+                            hub.notifyKV(.prefix(prefix))
+                        case nil:
+                            break
+                        }
                     }
                 } catch {
                     // The state machine cannot keep up with the log: stop rather than serve divergent data.
