@@ -148,7 +148,8 @@ disco_first_zone() {
 # the zone directory as Disco resolves it (against the including file's directory).
 # disco_nsd_start ZONESDIR PORT [EXTRA_SERVER_LINES [EXTRA_ZONE_LINES]]
 #   (sets NSD_PID, NSD_LOG; extra lines are indented nsd.conf lines;
-#   NSD_SERVER_COUNT sets server-count, default 1, with reuseport when above 1)
+#   NSD_SERVER_COUNT sets server-count, default 1, with reuseport when above 1;
+#   NSD_RRL_RATELIMIT sets rrl-ratelimit, default 0: RRL off)
 disco_nsd_start() {
   local zonesdir port extra zextra dir zone first
   zonesdir=$(cd "$1" && pwd)
@@ -174,7 +175,7 @@ server:
     pidfile: "$dir/nsd.pid"
     logfile: "$dir/nsd.log"
     verbosity: 1
-    rrl-ratelimit: 0
+    rrl-ratelimit: ${NSD_RRL_RATELIMIT:-0}
     zonefiles-write: 0
 $extra
 remote-control:

@@ -222,10 +222,27 @@ public struct Configuration: Sendable, Equatable {
         return networks
     }
 
-    /// `dns.*.ipv4_prefix_length` and `ipv6_prefix_length` values.
-    static func prefixLength(_ value: TOMLValue.Kind, family bits: Int) -> Int? {
-        guard case .integer(let n) = value, (1...bits).contains(n) else { return nil }
-        return n
+    /// `TABLE.ipv4_prefix_length`, `TABLE.ipv6_prefix_length` and `TABLE.exempt`: what one
+    /// client network is, and the networks exempt, for RRL (`dns.rrl`) and the client limits
+    /// (`dns.limits`) alike.
+    static func clientNetworkKeys(_ table: String, ipv4: WritableKeyPath<Configuration, Int> & Sendable,
+                                  ipv6: WritableKeyPath<Configuration, Int> & Sendable,
+                                  exempt: WritableKeyPath<Configuration, [ClientNetwork]> & Sendable) -> [Key] {
+        [(ipv4, 32, "ipv4"), (ipv6, 128, "ipv6")].map { path, bits, family in
+            Key(name: "\(table).\(family)_prefix_length") { config, value in
+                guard case .integer(let n) = value, (1...bits).contains(n) else { return "expected an integer from 1 to \(bits)" }
+                config[keyPath: path] = n
+                return nil
+            }
+        } + [
+            Key(name: "\(table).exempt") { config, value in
+                guard let networks = networks(value) else {
+                    return "expected an array of networks such as \"10.0.0.0/8\" or \"2001:db8::/32\" (no host bits set)"
+                }
+                config[keyPath: exempt] = networks
+                return nil
+            },
+        ]
     }
 
     // MARK: - Keys
@@ -334,23 +351,6 @@ public struct Configuration: Sendable, Equatable {
             config.dnsRRL.slip = n
             return nil
         },
-        Key(name: "dns.rrl.ipv4_prefix_length") { config, value in
-            guard let n = prefixLength(value, family: 32) else { return "expected an integer from 1 to 32" }
-            config.dnsRRL.ipv4PrefixLength = n
-            return nil
-        },
-        Key(name: "dns.rrl.ipv6_prefix_length") { config, value in
-            guard let n = prefixLength(value, family: 128) else { return "expected an integer from 1 to 128" }
-            config.dnsRRL.ipv6PrefixLength = n
-            return nil
-        },
-        Key(name: "dns.rrl.exempt") { config, value in
-            guard let networks = networks(value) else {
-                return "expected an array of networks such as \"10.0.0.0/8\" or \"2001:db8::/32\" (no host bits set)"
-            }
-            config.dnsRRL.exempt = networks
-            return nil
-        },
         Key(name: "dns.rrl.log_only") { config, value in
             guard case .boolean(let on) = value else { return "expected true or false" }
             config.dnsRRL.logOnly = on
@@ -370,23 +370,9 @@ public struct Configuration: Sendable, Equatable {
             config.dnsQueryLimit.queriesPerSecond = n
             return nil
         },
-        Key(name: "dns.limits.ipv4_prefix_length") { config, value in
-            guard let n = prefixLength(value, family: 32) else { return "expected an integer from 1 to 32" }
-            config.dnsQueryLimit.ipv4PrefixLength = n
-            return nil
-        },
-        Key(name: "dns.limits.ipv6_prefix_length") { config, value in
-            guard let n = prefixLength(value, family: 128) else { return "expected an integer from 1 to 128" }
-            config.dnsQueryLimit.ipv6PrefixLength = n
-            return nil
-        },
-        Key(name: "dns.limits.exempt") { config, value in
-            guard let networks = networks(value) else {
-                return "expected an array of networks such as \"10.0.0.0/8\" or \"2001:db8::/32\" (no host bits set)"
-            }
-            config.dnsQueryLimit.exempt = networks
-            return nil
-        },
+    ] + clientNetworkKeys("dns.rrl", ipv4: \.dnsRRL.ipv4PrefixLength, ipv6: \.dnsRRL.ipv6PrefixLength, exempt: \.dnsRRL.exempt)
+      + clientNetworkKeys("dns.limits", ipv4: \.dnsQueryLimit.ipv4PrefixLength, ipv6: \.dnsQueryLimit.ipv6PrefixLength,
+                          exempt: \.dnsQueryLimit.exempt) + [
         Key(name: "dns.minimal_responses") { config, value in
             guard case .boolean(let on) = value else { return "expected true or false" }
             config.dnsMinimalResponses = on

@@ -222,6 +222,35 @@ struct LimitsProcessTests {
         #expect(daemon.waitForLog("RRL limiting responses to 127.66.6.0/24"))
     }
 
+    @Test func theLimitsCountersAreInMetrics() throws {
+        let cluster = try ClusterProcessTests.ClusterFixture(size: 1, environment: ["DISCO_DNS_RRL_RESPONSES_PER_SECOND": "5"])
+        _ = try #require(cluster.leader())
+        let node = cluster.nodes[0]
+        let port = try #require(node.process?.port)
+        // A burst of 20, not waiting for answers.
+        let fd = try Self.socket(Int32(SOCK_DGRAM.rawValue), from: "127.0.0.1")
+        defer { close(fd) }
+        var server = DNSClient.loopback(port)
+        let bytes = try Message.query(try DomainName("www.example.test."), .a).serialized()
+        for _ in 0..<20 {
+            _ = withUnsafePointer(to: &server) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    sendto(fd, bytes, bytes.count, 0, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
+            }
+        }
+        usleep(200_000)
+        func value(_ name: String) -> Int? {
+            http("GET", port: node.httpPort, "/metrics")?.body.split(separator: "\n").first { $0.hasPrefix(name + " ") }
+                .flatMap { Int($0.split(separator: " ")[1]) }
+        }
+        // 20 at once at 5/s: 15 limited, each either slipped or dropped.
+        let limited = try #require(value("disco_dns_rrl_limited_total"))
+        #expect(limited >= 14)
+        #expect(value("disco_dns_rrl_slipped_total")! + value("disco_dns_rrl_dropped_total")! == limited)
+        #expect(value("disco_dns_tcp_refused_total") == 0)
+    }
+
     @Test func rrlCanBeTurnedOff() throws {
         let (zones, daemon) = try Self.serve(["DISCO_DNS_RRL_RESPONSES_PER_SECOND": "5", "DISCO_DNS_RRL_ENABLED": "false"])
         defer { daemon.stop(); _ = zones }
