@@ -23,10 +23,11 @@ let package = Package(
         .target(name: "CShims"),
         .target(name: "DNSWire"),
         .target(name: "DNSZone", dependencies: ["DNSWire"]),
+        .target(name: "RateLimit", dependencies: ["DNSWire", .product(name: "Atomics", package: "swift-atomics")]),
         .target(
             name: "DNSServer",
             dependencies: [
-                "DNSWire", "DNSZone", "CShims",
+                "DNSWire", "DNSZone", "RateLimit", "CShims",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Atomics", package: "swift-atomics"),
@@ -36,7 +37,7 @@ let package = Package(
         .target(
             name: "Daemon",
             dependencies: [
-                "DNSServer", "DNSZone", "DNSWire", "CShims", "Cluster", "API", "Raft", "Store", "Registry",
+                "DNSServer", "DNSZone", "DNSWire", "RateLimit", "CShims", "Cluster", "API", "Raft", "Store", "Registry",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -80,10 +81,11 @@ let package = Package(
         .executableTarget(name: "FuzzZone", dependencies: ["DNSTesting"]),
         .testTarget(name: "DNSWireTests", dependencies: ["DNSWire"]),
         .testTarget(name: "DNSZoneTests", dependencies: ["DNSZone", "DNSWire"]),
+        .testTarget(name: "RateLimitTests", dependencies: ["RateLimit", "DNSWire", "MallocCounter"]),
         // Test-only: replaces malloc in the test binary to count allocations per query.
         .target(name: "MallocCounter", path: "Tests/Support/MallocCounter"),
-        .testTarget(name: "DNSServerTests", dependencies: ["DNSServer", "DNSZone", "DNSWire", "CShims", "MallocCounter", "DNSTesting"]),
-        .testTarget(name: "DaemonTests", dependencies: ["Daemon", "DNSWire", "CShims", "Cluster", "Raft"]),
+        .testTarget(name: "DNSServerTests", dependencies: ["DNSServer", "DNSZone", "DNSWire", "RateLimit", "CShims", "MallocCounter", "DNSTesting"]),
+        .testTarget(name: "DaemonTests", dependencies: ["Daemon", "DNSWire", "RateLimit", "CShims", "Cluster", "Raft"]),
         .testTarget(name: "RaftTests", dependencies: ["Raft", "RaftTesting"]),
         .testTarget(name: "StoreTests", dependencies: ["Store"]),
         .testTarget(name: "RegistryTests", dependencies: ["Registry", "DNSServer", "DNSZone", "DNSWire"]),

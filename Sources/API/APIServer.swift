@@ -24,15 +24,19 @@ public final class APIServer: @unchecked Sendable {
     private let uploads = UploadSlot()
     private var channel: Channel?
 
+    /// - Parameter extraMetrics: more Prometheus text lines for /metrics, from modules the API
+    ///   does not import (the DNS servers' limits).
     public init(listen: PeerAddress, group: EventLoopGroup, kv: KVStore, driver: RaftDriver, directory: ClusterDirectory,
-                registry: RegistryContext? = nil, limits: HTTPLimits = HTTPLimits(), logger: Logger) {
+                registry: RegistryContext? = nil, limits: HTTPLimits = HTTPLimits(),
+                extraMetrics: (@Sendable () -> [String])? = nil, logger: Logger) {
         self.listen = listen
         self.group = group
         self.connections = ConnectionCounter(limits: limits)
         self.router = APIRouter(kv: KVService(kv: kv, driver: driver, directory: directory, hub: registry?.hub ?? WatchHub(),
                                               logger: logger),
                                 registry: registry.map { RegistryService(context: $0, driver: driver, logger: logger) },
-                                driver: driver, directory: directory, forwarder: Forwarder(group: group), logger: logger)
+                                driver: driver, directory: directory, forwarder: Forwarder(group: group),
+                                extraMetrics: extraMetrics, logger: logger)
     }
 
     public func start() throws -> Int {
@@ -102,10 +106,12 @@ final class APIRouter: Sendable {
     let driver: RaftDriver
     let directory: ClusterDirectory
     let forwarder: Forwarder
+    let extraMetrics: (@Sendable () -> [String])?
     let logger: Logger
 
     init(kv: KVService, registry: RegistryService?, driver: RaftDriver, directory: ClusterDirectory, forwarder: Forwarder,
-         logger: Logger) {
+         extraMetrics: (@Sendable () -> [String])? = nil, logger: Logger) {
+        self.extraMetrics = extraMetrics
         self.kv = kv
         self.registry = registry
         self.driver = driver
@@ -201,6 +207,7 @@ final class APIRouter: Sendable {
             gauge("disco_catalog_instances", "Registered service instances.", "\(state.services.count)")
             gauge("disco_blocking_queries", "Blocking queries parked on this server.", "\(registry.context.hub.parkedCount)")
         }
+        if let extraMetrics { lines += extraMetrics() }
         return APIResponse(status: .ok, headers: [("Content-Type", "text/plain; version=0.0.4")],
                            body: Array((lines.joined(separator: "\n") + "\n").utf8))
     }

@@ -1,40 +1,47 @@
 import Atomics
 import DNSWire
+import Foundation
 import Logging
+import RateLimit
 import NIOCore
 import NIOPosix
 
 /// Serves DNS over TCP (RFC 1035 §4.2.2, RFC 7766): 2-byte length framing, several queries
-/// per connection answered in order, an idle timeout and a cap on concurrent connections.
+/// per connection answered in order, and the limits of `ClientLimits.TCP`: connections in all
+/// and per client network, a deadline per query and between queries, bounded unread answers
+/// (back-pressure), and a query cap per connection.
 public final class TCPServer: @unchecked Sendable {
     // @unchecked: `channels` is written only by start()/stop() on the owner's thread.
 
-    /// Connections beyond this are closed on accept, so a flood cannot exhaust descriptors.
-    public static let connectionsMaxDefault = 1024
-    /// RFC 7766 §6.2.3: idle connections are closed after a few seconds.
-    public static let idleTimeoutSecondsDefault: Int64 = 10
+    /// Listen backlog: connections the kernel completes before we accept them.
+    static let backlogConnections: Int32 = 256
+    /// Reads per readiness event, and the largest read: with `readBytesMax` they bound what one
+    /// connection can have buffered unanswered (4 × 16 KiB) once it has stopped being read.
+    static let readsPerEventMax = 4
+    static let readBytesMax = 16 << 10
 
     private let addresses: [ListenAddress]
     private let store: ViewStore
     private let group: EventLoopGroup
-    private let connectionsMax: Int
-    private let idleTimeoutSeconds: Int64
+    private let limits: ClientLimits
     private let minimalResponses: Bool
     private let logger: Logger
     private let connections = ManagedAtomic<Int>(0)
+    private let perClient: ConnectionsPerClient
     private var channels: [Channel] = []
     public private(set) var boundAddresses: [ListenAddress] = []
 
     public init(addresses: [ListenAddress], store: ViewStore, group: EventLoopGroup,
-                connectionsMax: Int = TCPServer.connectionsMaxDefault,
-                idleTimeoutSeconds: Int64 = TCPServer.idleTimeoutSecondsDefault, minimalResponses: Bool = false,
-                logger: Logger) {
+                limits: ClientLimits = ClientLimits(), minimalResponses: Bool = false, logger: Logger) {
         self.minimalResponses = minimalResponses
         self.addresses = addresses
         self.store = store
         self.group = group
-        self.connectionsMax = connectionsMax
-        self.idleTimeoutSeconds = idleTimeoutSeconds
+        self.limits = limits
+        self.perClient = ConnectionsPerClient(limit: limits.tcp.connectionsPerClientMax,
+                                              ipv4PrefixLength: limits.queries.configuration.ipv4PrefixLength,
+                                              ipv6PrefixLength: limits.queries.configuration.ipv6PrefixLength,
+                                              exempt: limits.queries.configuration.exempt)
         self.logger = logger
     }
 
@@ -44,26 +51,36 @@ public final class TCPServer: @unchecked Sendable {
     public func start() throws(ServerError) {
         let store = self.store
         let connections = self.connections
-        let connectionsMax = self.connectionsMax
-        let idle = TimeAmount.seconds(idleTimeoutSeconds)
+        let perClient = self.perClient
+        let limits = self.limits
         let logger = self.logger
         let minimalResponses = self.minimalResponses
+        let outbound = limits.tcp.outboundBytesMax
         let bootstrap = ServerBootstrap(group: group)
-            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.backlog, value: Self.backlogConnections)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-            .childChannelOption(.maxMessagesPerRead, value: 4)
+            .childChannelOption(.maxMessagesPerRead, value: UInt(Self.readsPerEventMax))
+            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(
+                minimum: 512, initial: 2048, maximum: Self.readBytesMax))
+            .childChannelOption(.writeBufferWaterMark, value: .init(low: outbound / 2, high: outbound))
             .childChannelInitializer { channel in
                 let open = connections.wrappingIncrementThenLoad(ordering: .relaxed)
-                channel.closeFuture.whenComplete { _ in connections.wrappingDecrement(ordering: .relaxed) }
-                guard open <= connectionsMax else {
-                    logger.debug("TCP connection refused: limit reached", metadata: ["dns.tcp.connections": "\(open)"])
+                let client = channel.remoteAddress.map(ClientAddress.init(nioAddress:))
+                let admitted = client.map { perClient.open($0) } ?? true
+                channel.closeFuture.whenComplete { _ in
+                    connections.wrappingDecrement(ordering: .relaxed)
+                    if admitted, let client { perClient.close(client) }
+                }
+                guard open <= limits.tcp.connectionsMax, admitted else {
+                    limits.tcpRefused.wrappingIncrement(ordering: .relaxed)
+                    logger.debug("TCP connection refused: limit reached",
+                                 metadata: ["dns.tcp.connections": "\(open)", "dns.tcp.client": "\(client.map { "\($0)" } ?? "?")"])
                     return channel.close()
                 }
                 return channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: idle))
-                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(DNSFrameDecoder()))
-                    try channel.pipeline.syncOperations.addHandler(DNSQueryHandler(store: store, minimalResponses: minimalResponses))
+                    try channel.pipeline.syncOperations.addHandler(
+                        DNSConnectionHandler(store: store, limits: limits, minimalResponses: minimalResponses))
                 }
             }
         var started: [Channel] = []
@@ -89,22 +106,56 @@ public final class TCPServer: @unchecked Sendable {
     }
 }
 
-/// Splits the byte stream into DNS messages by their 2-byte length prefix.
-struct DNSFrameDecoder: ByteToMessageDecoder {
-    typealias InboundOut = ByteBuffer
+/// Open TCP connections per client network, against `ClientLimits.TCP.connectionsPerClientMax`.
+/// Touched once per accept and once per close, under a lock: not the answer path.
+final class ConnectionsPerClient: @unchecked Sendable {
+    // @unchecked: `open` is only touched under `lock`.
+    private let lock = NSLock()
+    private var open: [ClientAddress: Int] = [:]
+    private let limit: Int
+    private let ipv4PrefixLength: Int
+    private let ipv6PrefixLength: Int
+    private let exempt: [ClientNetwork]
 
-    mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
-        guard let length = buffer.getInteger(at: buffer.readerIndex, as: UInt16.self) else { return .needMoreData }
-        guard buffer.readableBytes >= 2 + Int(length) else { return .needMoreData }
-        buffer.moveReaderIndex(forwardBy: 2)
-        let frame = buffer.readSlice(length: Int(length))!
-        context.fireChannelRead(Self.wrapInboundOut(frame))
-        return .continue
+    init(limit: Int, ipv4PrefixLength: Int, ipv6PrefixLength: Int, exempt: [ClientNetwork]) {
+        self.limit = limit
+        self.ipv4PrefixLength = ipv4PrefixLength
+        self.ipv6PrefixLength = ipv6PrefixLength
+        self.exempt = exempt
     }
 
-    mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
-        // A partial message at EOF is discarded.
-        .needMoreData
+    /// Counts a new connection from `client`; false (and not counted) if its network is full.
+    func open(_ client: ClientAddress) -> Bool {
+        if exempt.contains(where: { $0.contains(client) }) { return true }
+        let prefix = client.prefix(ipv4: ipv4PrefixLength, ipv6: ipv6PrefixLength)
+        return lock.withLock {
+            let count = open[prefix, default: 0]
+            guard count < limit else { return false }
+            open[prefix] = count + 1
+            return true
+        }
+    }
+
+    func close(_ client: ClientAddress) {
+        if exempt.contains(where: { $0.contains(client) }) { return }
+        let prefix = client.prefix(ipv4: ipv4PrefixLength, ipv6: ipv6PrefixLength)
+        lock.withLock {
+            let count = open[prefix, default: 0] - 1
+            open[prefix] = count > 0 ? count : nil
+        }
+    }
+}
+
+extension ClientAddress {
+    init(nioAddress address: SocketAddress) {
+        var client = ClientAddress(high: 0, low: 0)
+        switch address {
+        case .v4, .v6:
+            address.withSockAddr { pointer, _ in client = ClientAddress(socketAddress: pointer) }
+        case .unixDomainSocket:
+            break
+        }
+        self = client
     }
 }
 
@@ -132,55 +183,213 @@ final class TCPAnswerContext {
     }
 }
 
-/// Answers each framed query in order; writes are flushed once per read burst.
-final class DNSQueryHandler: ChannelInboundHandler {
+/// One TCP connection's limits as a state machine (STYLE.md): what the connection is waiting
+/// for, and until when. The handler feeds it events and performs the action it returns.
+///
+/// - `idle`: between queries, nothing buffered; closed after `idleTimeoutSeconds`.
+/// - `receiving`: part of a query has arrived; the whole of it must within
+///   `queryTimeoutSeconds` of its start (not reset per byte: slowloris).
+/// - `stalled`: answers are not being read (outbound bytes above the high-water mark), so the
+///   connection is not read either; the client must read within `queryTimeoutSeconds`.
+/// - `draining`: the query cap was reached; the last answers are being written, then close.
+struct TCPConnectionState {
+    enum Phase: Equatable {
+        case idle
+        case receiving
+        case stalled
+        case draining
+    }
+
+    enum Action: Equatable {
+        /// Nothing to do; the timer (if any) fires at `deadline`.
+        case none
+        /// Stop reading and close once what is written is flushed.
+        case drain
+        /// Close now: a deadline passed.
+        case close
+    }
+
+    private(set) var phase: Phase = .idle
+    private(set) var deadline: NIODeadline
+    private(set) var queries = 0
+    private let idle: TimeAmount
+    private let query: TimeAmount
+    private let queriesMax: Int
+
+    init(now: NIODeadline, limits: ClientLimits.TCP) {
+        idle = .seconds(Int64(limits.idleTimeoutSeconds))
+        query = .seconds(Int64(limits.queryTimeoutSeconds))
+        queriesMax = limits.queriesPerConnectionMax
+        deadline = now + idle
+    }
+
+    /// One query was answered at `now`. `.drain` when it was the connection's last: its
+    /// answers must then be read within the query timeout.
+    mutating func answered(now: NIODeadline) -> Action {
+        switch phase {
+        case .draining: preconditionFailure("no query is answered after the cap")
+        case .idle, .receiving, .stalled: break
+        }
+        queries += 1
+        if queriesMax > 0 && queries >= queriesMax {
+            phase = .draining
+            deadline = now + query
+            return .drain
+        }
+        return .none
+    }
+
+    /// The handler has answered every complete query it could: `buffered` bytes of a next
+    /// query are left, and the connection is or is not `writable`.
+    mutating func settled(now: NIODeadline, buffered: Int, writable: Bool) {
+        switch phase {
+        case .draining:
+            return
+        case .idle, .receiving, .stalled:
+            let next: Phase = !writable ? .stalled : buffered > 0 ? .receiving : .idle
+            // A deadline runs from the moment its phase began, not from the latest byte.
+            if next != phase || next == .idle {
+                deadline = now + (next == .idle ? idle : query)
+            }
+            phase = next
+        }
+    }
+
+    /// The timer fired at `now`.
+    func timerFired(now: NIODeadline) -> Action {
+        now >= deadline ? .close : .none
+    }
+}
+
+/// Reads 2-byte-length-framed queries (RFC 1035 §4.2.2), answers them in order, and applies
+/// the connection's limits. Answers are flushed once per read burst; a connection whose client
+/// does not read its answers stops being read (back-pressure through NIO's writability).
+final class DNSConnectionHandler: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
     private let store: ViewStore
+    private let limits: ClientLimits
     private let minimalResponses: Bool
-    private var pendingFlush = false
+    private var buffer = ByteBuffer()
+    private var state: TCPConnectionState
+    private var timer: Scheduled<Void>?
+    private var timerAt: NIODeadline = .distantFuture
 
-    init(store: ViewStore, minimalResponses: Bool) {
+    init(store: ViewStore, limits: ClientLimits, minimalResponses: Bool) {
         self.store = store
+        self.limits = limits
         self.minimalResponses = minimalResponses
+        state = TCPConnectionState(now: .now(), limits: limits.tcp)
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        armTimer(context: context)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        timer?.cancel()
+        timer = nil
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let query = unwrapInboundIn(data)
+        var bytes = unwrapInboundIn(data)
+        if buffer.readableBytes == 0 {
+            buffer = bytes
+        } else {
+            buffer.writeBuffer(&bytes)
+        }
+        answerBuffered(context: context)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        context.flush()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable, state.phase == .stalled {
+            answerBuffered(context: context)
+            context.flush()
+            if state.phase != .draining && state.phase != .stalled {
+                context.channel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
+            }
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    /// Answers every complete query in the buffer while the channel is writable.
+    private func answerBuffered(context: ChannelHandlerContext) {
+        guard state.phase != .draining else { return }
+        while context.channel.isWritable,
+              let length = buffer.getInteger(at: buffer.readerIndex, as: UInt16.self),
+              buffer.readableBytes >= 2 + Int(length) {
+            buffer.moveReaderIndex(forwardBy: 2)
+            let query = buffer.readSlice(length: Int(length))!
+            guard answer(query, context: context) else {
+                // Not a query we can answer (too short, or a response): end the connection.
+                context.close(promise: nil)
+                return
+            }
+            if state.answered(now: .now()) == .drain {
+                limits.tcpQueryCapReached.wrappingIncrement(ordering: .relaxed)
+                context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
+                context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0)))
+                    .assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+                armTimer(context: context)
+                return
+            }
+        }
+        buffer.discardReadBytes()
+        let writable = context.channel.isWritable
+        state.settled(now: .now(), buffered: buffer.readableBytes, writable: writable)
+        if !writable {
+            // Back-pressure: read no more from a client that does not read its answers.
+            context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
+        }
+        armTimer(context: context)
+    }
+
+    /// Writes the answer to `query`; false if the query is not one to answer.
+    private func answer(_ query: ByteBuffer, context: ChannelHandlerContext) -> Bool {
         let view = store.load()
         let answering = TCPAnswerContext.current(minimalResponses: minimalResponses)
         let length = query.withUnsafeReadableBytes { bytes in
             answering.answerer.answer(query: bytes, into: answering.output, view: view, transport: .tcp)
         }
-        guard length > 0 else {
-            // Not a query we can answer (too short, or a response): end the connection.
-            context.close(promise: nil)
-            return
-        }
+        guard length > 0 else { return false }
         var response = context.channel.allocator.buffer(capacity: 2 + length)
         response.writeInteger(UInt16(length))
         response.writeBytes(UnsafeRawBufferPointer(rebasing: answering.output[0..<length]))
         context.write(wrapOutboundOut(response), promise: nil)
-        pendingFlush = true
+        return true
     }
 
-    func channelReadComplete(context: ChannelHandlerContext) {
-        if pendingFlush {
-            pendingFlush = false
-            context.flush()
+    /// Makes sure a timer fires no later than the state's deadline. Deadlines mostly move
+    /// later, so a timer that fires early just re-arms: one scheduled task per timeout period,
+    /// not one per query.
+    private func armTimer(context: ChannelHandlerContext) {
+        let deadline = state.deadline
+        guard timer == nil || deadline < timerAt else { return }
+        timer?.cancel()
+        timerAt = deadline
+        timer = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [weak self] in
+            guard let self else { return }
+            self.timer = nil
+            self.timerAt = .distantFuture
+            switch self.state.timerFired(now: .now()) {
+            case .close:
+                // An idle connection timing out is routine; the others are a slow or stuck client.
+                if self.state.phase != .idle { self.limits.tcpTimedOut.wrappingIncrement(ordering: .relaxed) }
+                context.close(promise: nil)
+            case .none, .drain:
+                self.armTimer(context: context)
+            }
         }
-    }
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is IdleStateHandler.IdleStateEvent {
-            context.close(promise: nil)
-            return
-        }
-        context.fireUserInboundEventTriggered(event)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         context.close(promise: nil)
     }
 }
+

@@ -2,6 +2,7 @@ import CShims
 import DNSWire
 import Foundation
 import Logging
+import RateLimit
 
 /// Serves DNS over UDP: for each address, one socket per worker thread bound with
 /// SO_REUSEPORT (the kernel spreads datagrams across them), each thread looping over
@@ -18,12 +19,17 @@ public final class UDPServer: @unchecked Sendable {
     public static let receiveTimeoutMilliseconds: Int32 = 200
     /// Kernel receive buffer per socket, to ride out bursts.
     public static let receiveBufferBytes: Int32 = 4 << 20
+    /// At most one "RRL limiting" log line per worker per this interval (never per query).
+    static let rrlLogIntervalMilliseconds: UInt32 = 1000
+    /// A worker that has limited nothing for this long logs that it stopped limiting.
+    static let rrlQuietMillisecondsBeforeStopLog: UInt32 = 10_000
 
     private let addresses: [ListenAddress]
     private let workers: Int
     private let store: ViewStore
     private let udpPayloadBytes: Int
     private let minimalResponses: Bool
+    private let limits: ClientLimits
     private let logger: Logger
     private let running = ManagedAtomicFlag()
     private var sockets: [(fd: Int32, wildcard: Bool)] = []
@@ -33,8 +39,10 @@ public final class UDPServer: @unchecked Sendable {
     public private(set) var boundAddresses: [ListenAddress] = []
 
     public init(addresses: [ListenAddress], workers: Int, store: ViewStore,
-                udpPayloadBytes: Int = Answerer.udpPayloadBytesMax, minimalResponses: Bool = false, logger: Logger) {
+                udpPayloadBytes: Int = Answerer.udpPayloadBytesMax, minimalResponses: Bool = false,
+                limits: ClientLimits = ClientLimits(), logger: Logger) {
         self.minimalResponses = minimalResponses
+        self.limits = limits
         precondition(workers >= 1, "at least one UDP worker")
         self.addresses = addresses
         self.workers = workers
@@ -107,7 +115,13 @@ public final class UDPServer: @unchecked Sendable {
         let answerer = Answerer(udpPayloadBytes: udpPayloadBytes, minimalResponses: minimalResponses, cache: true)
         let outBytes = Int(disco_udp_batch_out_capacity(batch))
         var lastErrorLogged: Int32 = 0
+        // The pipeline's limits (STYLE.md: their order lives here): query rate → answer → RRL.
+        let queries = limits.queries.configuration.enabled ? limits.queries : nil
+        let queryDrops = limits.makeQueryDropCounter()
+        let rrl = limits.rrl.configuration.enabled ? limits.rrl.makeWorker() : nil
+        var nextRRLLog: UInt32 = 0
         while running.get() {
+            if let rrl { logLimiting(rrl, nextLog: &nextRRLLog) }
             let received = disco_udp_batch_recv(fd, batch)
             if received < 0 {
                 if received != lastErrorLogged {
@@ -118,11 +132,26 @@ public final class UDPServer: @unchecked Sendable {
             }
             guard received > 0 else { continue }
             let view = store.load()
+            let now = (queries != nil || rrl != nil) ? ClientLimits.nowMilliseconds() : 0
             for i in 0..<UInt32(received) {
+                let client = (queries != nil || rrl != nil)
+                    ? ClientAddress(socketAddress: disco_udp_batch_peer(batch, i)) : ClientAddress(high: 0, low: 0)
+                if let queries, !queries.admit(client, nowMilliseconds: now) {
+                    queryDrops.increment()
+                    disco_udp_batch_set_out_length(batch, i, 0)
+                    continue
+                }
                 let query = UnsafeRawBufferPointer(start: disco_udp_batch_in(batch, i),
                                                    count: Int(disco_udp_batch_in_length(batch, i)))
                 let output = UnsafeMutableRawBufferPointer(start: disco_udp_batch_out(batch, i), count: outBytes)
-                let length = answerer.answer(query: query, into: output, view: view, transport: .udp)
+                var length = answerer.answer(query: query, into: output, view: view, transport: .udp)
+                if let rrl, length > 0 {
+                    switch rrl.decide(response: output, length: length, client: client, nowMilliseconds: now) {
+                    case .send: break
+                    case .slip(let truncated): length = truncated
+                    case .drop: length = 0
+                    }
+                }
                 disco_udp_batch_set_out_length(batch, i, UInt32(length))
             }
             let sent = disco_udp_batch_send(fd, batch, UInt32(received))
@@ -133,6 +162,27 @@ public final class UDPServer: @unchecked Sendable {
         }
         logger.debug("UDP worker stopped", metadata: ["dns.cache.hits": "\(answerer.cacheHits)",
                                                       "dns.cache.misses": "\(answerer.cacheMisses)"])
+    }
+
+    /// Logs, at most once a second per worker, that RRL started limiting a client network, and
+    /// once that it stopped (nothing limited for 10 s). Never per query.
+    private func logLimiting(_ rrl: ResponseRateLimiter.Worker, nextLog: inout UInt32) {
+        let now = ClientLimits.nowMilliseconds()
+        guard Int32(bitPattern: now &- nextLog) >= 0 else { return }
+        if let notice = rrl.takeLimitingNotice() {
+            nextLog = now &+ Self.rrlLogIntervalMilliseconds
+            let mode = limits.rrl.configuration.logOnly ? " (log only)" : ""
+            let prefixLength = notice.prefix.isIPv4 ? limits.rrl.configuration.ipv4PrefixLength
+                                                    : limits.rrl.configuration.ipv6PrefixLength
+            logger.info("RRL limiting responses\(mode) to \(notice.prefix)/\(prefixLength)",
+                        metadata: ["dns.rrl.class": "\(notice.responseClass)", "dns.rrl.buckets_started": "\(notice.starts)"])
+        } else if rrl.hasLimited, now &- rrl.lastLimitedMilliseconds >= Self.rrlQuietMillisecondsBeforeStopLog {
+            rrl.clearLimited()
+            let counters = limits.rrl.counters
+            logger.info("RRL stopped limiting: nothing over the rate for \(Self.rrlQuietMillisecondsBeforeStopLog / 1000) s",
+                        metadata: ["dns.rrl.limited": "\(counters.limited)", "dns.rrl.slipped": "\(counters.slipped)",
+                                   "dns.rrl.dropped": "\(counters.dropped)"])
+        }
     }
 }
 

@@ -38,6 +38,7 @@ public struct IPv6Address: Hashable, Sendable, CustomStringConvertible {
         var groups: [UInt16] = []
         var tailGroups: [UInt16] = []
         var sawDoubleColon = false
+        var trailingDoubleColon = false
         var body = Substring(text)
         guard !body.isEmpty else { return nil }
         if body.hasPrefix("::") {
@@ -45,6 +46,11 @@ public struct IPv6Address: Hashable, Sendable, CustomStringConvertible {
             body = body.dropFirst(2)
         } else if body.hasPrefix(":") {
             return nil
+        } else if body.hasSuffix("::") {
+            // A trailing "::" ("2001:db8::") stands for the zero groups at the end.
+            trailingDoubleColon = true
+            body = body.dropLast(2)
+            guard !body.hasSuffix(":"), !body.contains(".") else { return nil }
         }
         var fields = body.isEmpty ? [] : body.split(separator: ":", omittingEmptySubsequences: false)
         // A trailing dotted quad stands for two groups.
@@ -57,13 +63,14 @@ public struct IPv6Address: Hashable, Sendable, CustomStringConvertible {
         }
         for field in fields {
             if field.isEmpty {
-                guard !sawDoubleColon else { return nil }
+                guard !sawDoubleColon && !trailingDoubleColon else { return nil }
                 sawDoubleColon = true
                 continue
             }
             guard field.count <= 4, let value = UInt16(field, radix: 16) else { return nil }
             if sawDoubleColon { tailGroups.append(value) } else { groups.append(value) }
         }
+        if trailingDoubleColon { sawDoubleColon = true }
         if body.hasSuffix(":") && !body.hasSuffix("::") && !body.isEmpty { return nil }
         if text.hasSuffix("::") && !sawDoubleColon { return nil }
         let total = groups.count + tailGroups.count

@@ -27,7 +27,7 @@ final class ClusterRuntime {
 
     /// - Parameter onCatalogChange: called on the driver's loop after each entry that changed
     ///   the catalog (the DNS view rebuild hooks in here).
-    init(config: Configuration, logger: Logger,
+    init(config: Configuration, logger: Logger, extraMetrics: (@Sendable () -> [String])? = nil,
          onCatalogChange: @escaping @Sendable (CatalogChange, CatalogState) -> Void) throws(StartError) {
         let id = NodeID(rawValue: config.raftNodeID)
         self.logger = logger
@@ -105,7 +105,7 @@ final class ClusterRuntime {
                         kv: kv, driver: driver, directory: directory,
                         registry: RegistryContext(catalog: catalog, hub: hub, nodeName: config.effectiveNodeName,
                                                   nodeAddress: config.effectiveNodeAddress),
-                        limits: config.httpLimits, logger: logger)
+                        limits: config.httpLimits, extraMetrics: extraMetrics, logger: logger)
         do {
             raftPort = try transport.start()
         } catch {

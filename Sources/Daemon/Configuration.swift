@@ -4,6 +4,7 @@ import DNSWire
 import Foundation
 import Registry
 import Logging
+import RateLimit
 
 /// Where a setting came from, for error messages.
 public enum ConfigSource: Sendable, Equatable, CustomStringConvertible {
@@ -43,6 +44,18 @@ public struct Configuration: Sendable, Equatable {
     public var dnsTCPConnectionsMax: Int
     /// Idle TCP connections are closed after this many seconds.
     public var dnsTCPIdleTimeoutSeconds: Int
+    /// Concurrent TCP connections from one client network (`dns.limits` prefix lengths).
+    public var dnsTCPConnectionsPerClientMax = ClientLimits.TCP.connectionsPerClientMaxDefault
+    /// Seconds to receive one whole query over TCP, and for a client to read its answers.
+    public var dnsTCPQueryTimeoutSeconds = ClientLimits.TCP.queryTimeoutSecondsDefault
+    /// Queries answered on one TCP connection before it is closed (0: no cap).
+    public var dnsTCPQueriesPerConnectionMax = ClientLimits.TCP.queriesPerConnectionMaxDefault
+    /// Unread answer bytes per TCP connection before discod stops reading it.
+    public var dnsTCPOutboundBytesMax = ClientLimits.TCP.outboundBytesMaxDefault
+    /// Response rate limiting on UDP (`dns.rrl.*`).
+    public var dnsRRL = ResponseRateLimiter.Configuration.default
+    /// The per-client-network query rate limit (`dns.limits.*`).
+    public var dnsQueryLimit = QueryRateLimiter.Configuration()
     /// Positive answers without the zone's NS RRset in AUTHORITY (NSD's default is to add it).
     public var dnsMinimalResponses: Bool
     /// The directory of `<origin>.zone` master files.
@@ -134,8 +147,8 @@ public struct Configuration: Sendable, Equatable {
         dnsListen: [ListenAddress(host: "0.0.0.0", port: 53)],
         dnsWorkers: Configuration.workersDefault,
         dnsUDPPayloadBytes: Answerer.udpPayloadBytesMax,
-        dnsTCPConnectionsMax: TCPServer.connectionsMaxDefault,
-        dnsTCPIdleTimeoutSeconds: Int(TCPServer.idleTimeoutSecondsDefault),
+        dnsTCPConnectionsMax: ClientLimits.TCP.connectionsMaxDefault,
+        dnsTCPIdleTimeoutSeconds: ClientLimits.TCP.idleTimeoutSecondsDefault,
         dnsMinimalResponses: false,
         zonesDirectory: "/etc/disco/zones",
         dnsDomain: "disco.",
@@ -177,6 +190,67 @@ public struct Configuration: Sendable, Equatable {
 
     /// Upper bound on workers: more threads than this per address only adds contention.
     public static let dnsWorkersMax = 64
+    /// Bounds of the limits' keys (beyond them a value is almost surely a typo).
+    public static let dnsTCPQueryTimeoutSecondsMax = 300
+    public static let dnsTCPOutboundBytesMin = 16 << 10
+    public static let dnsTCPOutboundBytesMax = 16 << 20
+    public static let dnsRRLWindowSecondsMax = 3600
+
+    /// The limits the DNS servers enforce, from these settings.
+    public var clientLimits: ClientLimits {
+        ClientLimits(rrl: dnsRRL, queries: dnsQueryLimit,
+                     tcp: ClientLimits.TCP(connectionsMax: dnsTCPConnectionsMax,
+                                           connectionsPerClientMax: dnsTCPConnectionsPerClientMax,
+                                           idleTimeoutSeconds: dnsTCPIdleTimeoutSeconds,
+                                           queryTimeoutSeconds: dnsTCPQueryTimeoutSeconds,
+                                           queriesPerConnectionMax: dnsTCPQueriesPerConnectionMax,
+                                           outboundBytesMax: dnsTCPOutboundBytesMax))
+    }
+
+    /// A list of networks: one "CIDR" string or an array of them.
+    static func networks(_ value: TOMLValue.Kind) -> [ClientNetwork]? {
+        let texts: [String]
+        switch value {
+        case .string(let one): texts = one.isEmpty ? [] : [one]
+        case .array(let items):
+            var strings: [String] = []
+            for item in items {
+                guard case .string(let text) = item.kind else { return nil }
+                strings.append(text)
+            }
+            texts = strings
+        default: return nil
+        }
+        var networks: [ClientNetwork] = []
+        for text in texts {
+            guard let network = ClientNetwork(text) else { return nil }
+            networks.append(network)
+        }
+        return networks
+    }
+
+    /// `TABLE.ipv4_prefix_length`, `TABLE.ipv6_prefix_length` and `TABLE.exempt`: what one
+    /// client network is, and the networks exempt, for RRL (`dns.rrl`) and the client limits
+    /// (`dns.limits`) alike.
+    static func clientNetworkKeys(_ table: String, ipv4: WritableKeyPath<Configuration, Int> & Sendable,
+                                  ipv6: WritableKeyPath<Configuration, Int> & Sendable,
+                                  exempt: WritableKeyPath<Configuration, [ClientNetwork]> & Sendable) -> [Key] {
+        [(ipv4, 32, "ipv4"), (ipv6, 128, "ipv6")].map { path, bits, family in
+            Key(name: "\(table).\(family)_prefix_length") { config, value in
+                guard case .integer(let n) = value, (1...bits).contains(n) else { return "expected an integer from 1 to \(bits)" }
+                config[keyPath: path] = n
+                return nil
+            }
+        } + [
+            Key(name: "\(table).exempt") { config, value in
+                guard let networks = networks(value) else {
+                    return "expected an array of networks such as \"10.0.0.0/8\" or \"2001:db8::/32\" (no host bits set)"
+                }
+                config[keyPath: exempt] = networks
+                return nil
+            },
+        ]
+    }
 
     // MARK: - Keys
 
@@ -233,6 +307,79 @@ public struct Configuration: Sendable, Equatable {
             config.dnsTCPIdleTimeoutSeconds = n
             return nil
         },
+        Key(name: "dns.tcp_connections_per_client_max") { config, value in
+            guard case .integer(let n) = value, (1...1_000_000).contains(n) else { return "expected an integer from 1 to 1000000" }
+            config.dnsTCPConnectionsPerClientMax = n
+            return nil
+        },
+        Key(name: "dns.tcp_query_timeout_seconds") { config, value in
+            guard case .integer(let n) = value, (1...dnsTCPQueryTimeoutSecondsMax).contains(n) else {
+                return "expected an integer from 1 to \(dnsTCPQueryTimeoutSecondsMax)"
+            }
+            config.dnsTCPQueryTimeoutSeconds = n
+            return nil
+        },
+        Key(name: "dns.tcp_queries_per_connection_max") { config, value in
+            guard case .integer(let n) = value, (0...100_000_000).contains(n) else { return "expected an integer from 0 (no cap) to 100000000" }
+            config.dnsTCPQueriesPerConnectionMax = n
+            return nil
+        },
+        Key(name: "dns.tcp_outbound_bytes_max") { config, value in
+            guard case .integer(let n) = value, (dnsTCPOutboundBytesMin...dnsTCPOutboundBytesMax).contains(n) else {
+                return "expected an integer from \(dnsTCPOutboundBytesMin) to \(dnsTCPOutboundBytesMax)"
+            }
+            config.dnsTCPOutboundBytesMax = n
+            return nil
+        },
+        Key(name: "dns.rrl.enabled") { config, value in
+            guard case .boolean(let on) = value else { return "expected true or false" }
+            config.dnsRRL.enabled = on
+            return nil
+        },
+        Key(name: "dns.rrl.responses_per_second") { config, value in
+            guard case .integer(let n) = value, (1...BucketPolicy.ratePerSecondMax).contains(n) else {
+                return "expected an integer from 1 to \(BucketPolicy.ratePerSecondMax) (dns.rrl.enabled = false turns RRL off)"
+            }
+            config.dnsRRL.responsesPerSecond = n
+            return nil
+        },
+        Key(name: "dns.rrl.window_seconds") { config, value in
+            guard case .integer(let n) = value, (1...dnsRRLWindowSecondsMax).contains(n) else {
+                return "expected an integer from 1 to \(dnsRRLWindowSecondsMax)"
+            }
+            config.dnsRRL.windowSeconds = n
+            return nil
+        },
+        Key(name: "dns.rrl.slip") { config, value in
+            let max = ResponseRateLimiter.Configuration.slipMax
+            guard case .integer(let n) = value, (0...max).contains(n) else {
+                return "expected an integer from 0 (drop every limited response) to \(max)"
+            }
+            config.dnsRRL.slip = n
+            return nil
+        },
+        Key(name: "dns.rrl.log_only") { config, value in
+            guard case .boolean(let on) = value else { return "expected true or false" }
+            config.dnsRRL.logOnly = on
+            return nil
+        },
+        Key(name: "dns.rrl.table_entries") { config, value in
+            guard case .integer(let n) = value, (RateTable.entriesMin...RateTable.entriesMax).contains(n), n & (n - 1) == 0 else {
+                return "expected a power of two from \(RateTable.entriesMin) to \(RateTable.entriesMax)"
+            }
+            config.dnsRRL.tableEntries = n
+            return nil
+        },
+        Key(name: "dns.limits.queries_per_second") { config, value in
+            guard case .integer(let n) = value, (0...BucketPolicy.ratePerSecondMax).contains(n) else {
+                return "expected an integer from 0 (no limit) to \(BucketPolicy.ratePerSecondMax)"
+            }
+            config.dnsQueryLimit.queriesPerSecond = n
+            return nil
+        },
+    ] + clientNetworkKeys("dns.rrl", ipv4: \.dnsRRL.ipv4PrefixLength, ipv6: \.dnsRRL.ipv6PrefixLength, exempt: \.dnsRRL.exempt)
+      + clientNetworkKeys("dns.limits", ipv4: \.dnsQueryLimit.ipv4PrefixLength, ipv6: \.dnsQueryLimit.ipv6PrefixLength,
+                          exempt: \.dnsQueryLimit.exempt) + [
         Key(name: "dns.minimal_responses") { config, value in
             guard case .boolean(let on) = value else { return "expected true or false" }
             config.dnsMinimalResponses = on
@@ -430,7 +577,7 @@ public struct Configuration: Sendable, Equatable {
                 value = .integer(integer)
             } else if raw == "true" || raw == "false" {
                 value = .boolean(raw == "true")
-            } else if key.name == "dns.listen" || key.name == "raft.servers" {
+            } else if ["dns.listen", "raft.servers", "dns.rrl.exempt", "dns.limits.exempt"].contains(key.name) {
                 value = .array(raw.split(separator: ",").map {
                     TOMLValue(kind: .string($0.trimmingCharacters(in: .whitespaces)), line: 0)
                 })
@@ -445,6 +592,10 @@ public struct Configuration: Sendable, Equatable {
 
     /// Checks relations between keys, after every source is applied.
     public func validate() throws(ConfigError) {
+        if dnsRRL.responsesPerSecond * dnsRRL.windowSeconds > BucketPolicy.debtResponsesMax {
+            throw ConfigError(source: .flag("dns.rrl"), key: "dns.rrl.window_seconds",
+                              message: "responses_per_second × window_seconds is \(dnsRRL.responsesPerSecond * dnsRRL.windowSeconds); at most \(BucketPolicy.debtResponsesMax)")
+        }
         if raftJoin != nil {
             guard raftNodeID != 0 else {
                 throw ConfigError(source: .flag("--join"), key: "raft.join", message: "needs this server's id (raft.id, --node-id)")

@@ -44,9 +44,13 @@ public final class DiscoDaemon: @unchecked Sendable {
     /// Port-0 start-ups retried when TCP cannot have the port UDP was given.
     static let portZeroAttemptsMax = 8
 
+    /// RRL, the query rate limit and the TCP caps, shared by the UDP and TCP servers.
+    public let clientLimits: ClientLimits
+
     public init(config: Configuration, logger: Logger) {
         self.config = config
         self.logger = logger
+        clientLimits = config.clientLimits
     }
 
     /// The addresses actually bound (port 0 resolved), once started.
@@ -64,9 +68,10 @@ public final class DiscoDaemon: @unchecked Sendable {
         }
         composer.publish(fileZones: zones)
 
+        let limits = clientLimits
         let udp = UDPServer(addresses: config.dnsListen, workers: config.dnsWorkers, store: store,
                             udpPayloadBytes: config.dnsUDPPayloadBytes, minimalResponses: config.dnsMinimalResponses,
-                            logger: logger)
+                            limits: limits, logger: logger)
         // TCP is not the hot path: one event loop is plenty, and leaves the cores to UDP.
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         // With port 0 the kernel picks a free UDP port, which TCP may already use: then pick again.
@@ -75,9 +80,7 @@ public final class DiscoDaemon: @unchecked Sendable {
             do throws(ServerError) {
                 try udp.start()
                 // TCP binds the ports UDP got, so with port 0 one number serves both.
-                let tcp = TCPServer(addresses: udp.boundAddresses, store: store, group: group,
-                                    connectionsMax: config.dnsTCPConnectionsMax,
-                                    idleTimeoutSeconds: Int64(config.dnsTCPIdleTimeoutSeconds),
+                let tcp = TCPServer(addresses: udp.boundAddresses, store: store, group: group, limits: limits,
                                     minimalResponses: config.dnsMinimalResponses, logger: logger)
                 try tcp.start()
                 self.tcp = tcp
@@ -96,7 +99,11 @@ public final class DiscoDaemon: @unchecked Sendable {
             do throws(StartError) {
                 final class PublisherBox: @unchecked Sendable { var publisher: ServiceViewPublisher? }
                 let box = PublisherBox()
-                let cluster = try ClusterRuntime(config: config, logger: logger) { change, _ in box.publisher?.changed(change) }
+                let limits = clientLimits
+                let cluster = try ClusterRuntime(config: config, logger: logger,
+                                                 extraMetrics: { Self.metricLines(limits.counters) }) { change, _ in
+                    box.publisher?.changed(change)
+                }
                 self.cluster = cluster
                 let domain: DomainName
                 do { domain = try DomainName(config.dnsDomain) } catch { preconditionFailure("dns.domain was validated: \(error)") }
@@ -121,8 +128,39 @@ public final class DiscoDaemon: @unchecked Sendable {
         }
 
         let origins = zones.map(\.origin.description).joined(separator: ", ")
+        logLimits()
         logger.info("discod serving \(zones.count) zone(s) [\(origins)] from \(config.zonesDirectory) on udp+tcp \(udp.boundAddresses.map(\.description).joined(separator: ", ")) with \(config.dnsWorkers) UDP worker(s)")
         _ = disco_sd_notify("READY=1\nSTATUS=serving \(zones.count) zones")
+    }
+
+    /// The DNS limits' counters as Prometheus text (counters, since start-up).
+    static func metricLines(_ counters: ClientLimits.Counters) -> [String] {
+        var lines: [String] = []
+        func counter(_ name: String, _ help: String, _ value: Int) {
+            lines += ["# HELP \(name) \(help)", "# TYPE \(name) counter", "\(name) \(value)"]
+        }
+        counter("disco_dns_rrl_limited_total", "UDP responses over the RRL rate (log-only mode included).", counters.rrl.limited)
+        counter("disco_dns_rrl_slipped_total", "Limited UDP responses sent truncated (TC=1).", counters.rrl.slipped)
+        counter("disco_dns_rrl_dropped_total", "Limited UDP responses not sent.", counters.rrl.dropped)
+        counter("disco_dns_rrl_evictions_total", "Active RRL buckets evicted from the full table.", counters.rrl.evictions)
+        counter("disco_dns_queries_rate_limited_total", "UDP queries dropped by the per-network query rate limit.",
+                counters.queriesDropped)
+        counter("disco_dns_tcp_refused_total", "TCP connections closed on accept (total or per-network cap).", counters.tcpRefused)
+        counter("disco_dns_tcp_timed_out_total", "TCP connections closed for a slow query or unread answers.", counters.tcpTimedOut)
+        counter("disco_dns_tcp_query_cap_total", "TCP connections closed after their query cap.", counters.tcpQueryCapReached)
+        return lines
+    }
+
+    private func logLimits() {
+        let rrl = config.dnsRRL
+        if rrl.enabled {
+            logger.info("RRL\(rrl.logOnly ? " (log only)" : ""): \(rrl.responsesPerSecond) responses/s per /\(rrl.ipv4PrefixLength) and /\(rrl.ipv6PrefixLength), window \(rrl.windowSeconds) s, slip \(rrl.slip), \(rrl.exempt.count) exempt network(s)")
+        } else {
+            logger.info("RRL is off (dns.rrl.enabled = false)")
+        }
+        if config.dnsQueryLimit.enabled {
+            logger.info("query rate limit: \(config.dnsQueryLimit.queriesPerSecond) queries/s per client network")
+        }
     }
 
     /// Reloads the zone directory: changed zones are swapped in whole; a zone that fails keeps

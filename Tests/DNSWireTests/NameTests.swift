@@ -71,6 +71,8 @@ struct AddressTests {
         ("2001:db8::1", "2001:db8::1"), ("2001:0db8:0000:0000:0000:0000:0000:0001", "2001:db8::1"),
         ("::", "::"), ("::1", "::1"), ("2001:db8:0:1:1:1:1:1", "2001:db8:0:1:1:1:1:1"),
         ("2001:db8:0:0:1:0:0:1", "2001:db8::1:0:0:1"), ("::ffff:192.0.2.1", "::ffff:c000:201"),
+        // A trailing "::" (network addresses such as 2001:db8::/32).
+        ("2001:db8::", "2001:db8::"), ("fe80:1:2:3:4:5:6::", "fe80:1:2:3:4:5:6:0"),
     ])
     func ipv6(_ input: String, _ output: String) {
         #expect(IPv6Address(input)?.description == output)
@@ -81,7 +83,8 @@ struct AddressTests {
         #expect(IPv4Address(text) == nil)
     }
 
-    @Test("bad IPv6", arguments: ["1::2::3", "12345::", ":1", "1:2:3:4:5:6:7:8:9", "g::1", ""])
+    @Test("bad IPv6", arguments: ["1::2::3", "12345::", ":1", "1:2:3:4:5:6:7:8:9", "g::1", "",
+                                       "1::2::", "1:::", "1:2:3:4:5:6:7:8::", "1.2.3.4::"])
     func badIPv6(_ text: String) {
         #expect(IPv6Address(text) == nil)
     }

@@ -1,6 +1,7 @@
 import Daemon
 import DNSServer
 import Foundation
+import RateLimit
 import Testing
 
 @Suite("configuration")
@@ -52,6 +53,11 @@ struct ConfigurationTests {
         ("[dns]\nworkers = 1\nworkers = 2\n", "f.toml:3: key dns.workers is defined twice"),
         ("[dns]\nlisten = [\"127.0.0.1:53\"\n", "f.toml:3: unterminated array (expected ']')"),
         ("a = { b = 1 }\n", "f.toml:1: inline tables are not supported; use a [table] header"),
+        ("[dns.rrl]\nexempt = [\"10.0.0.1/8\"]\n",
+         "f.toml:2: dns.rrl.exempt: expected an array of networks such as \"10.0.0.0/8\" or \"2001:db8::/32\" (no host bits set)"),
+        ("[dns.rrl]\nslip = 11\n", "f.toml:2: dns.rrl.slip: expected an integer from 0 (drop every limited response) to 10"),
+        ("[dns.rrl]\ntable_entries = 1000\n", "f.toml:2: dns.rrl.table_entries: expected a power of two from 64 to 67108864"),
+        ("[dns.limits]\nipv4_prefix_length = 33\n", "f.toml:2: dns.limits.ipv4_prefix_length: expected an integer from 1 to 32"),
     ])
     func errors(_ text: String, _ expected: String) {
         var config = Configuration.development
@@ -61,6 +67,34 @@ struct ConfigurationTests {
         } catch {
             #expect(error.description == expected)
         }
+    }
+
+    @Test func limitsFromFileAndEnvironment() throws {
+        var config = Configuration.development
+        try config.apply(toml: """
+            [dns]
+            tcp_query_timeout_seconds = 3
+            [dns.rrl]
+            responses_per_second = 50
+            slip = 1
+            exempt = ["10.0.0.0/8", "2001:db8::/32"]
+            [dns.limits]
+            queries_per_second = 1000
+            ipv6_prefix_length = 64
+            """, file: "f.toml")
+        try config.apply(environment: ["DISCO_DNS_RRL_LOG_ONLY": "true", "DISCO_DNS_LIMITS_EXEMPT": "192.0.2.0/24,127.0.0.1",
+                                       "DISCO_DNS_TCP_QUERIES_PER_CONNECTION_MAX": "0"])
+        try config.validate()
+        #expect(config.dnsRRL.responsesPerSecond == 50 && config.dnsRRL.slip == 1 && config.dnsRRL.logOnly)
+        #expect(config.dnsRRL.exempt.map(\.description) == ["10.0.0.0/8", "2001:db8::/32"])
+        #expect(config.dnsQueryLimit.queriesPerSecond == 1000 && config.dnsQueryLimit.ipv6PrefixLength == 64)
+        #expect(config.dnsQueryLimit.exempt.map(\.description) == ["192.0.2.0/24", "127.0.0.1/32"])
+        let limits = config.clientLimits
+        #expect(limits.tcp.queryTimeoutSeconds == 3 && limits.tcp.queriesPerConnectionMax == 0)
+        #expect(limits.rrl.configuration.enabled && limits.queries.configuration.enabled)
+        // rate × window is bounded (the bucket's debt is kept in 32 bits).
+        config.dnsRRL.responsesPerSecond = 1_000_000
+        #expect(throws: ConfigError.self) { try config.validate() }
     }
 
     @Test func environmentErrorsNameTheVariable() {
