@@ -32,26 +32,26 @@ public enum ResponseClass: UInt8, Sendable, CaseIterable, CustomStringConvertibl
 /// pipeline and covers cache hits alike. It relies on what our encoder writes: the question
 /// echoed uncompressed at offset 12, and for negative answers and referrals the SOA or NS
 /// RRset first in AUTHORITY.
-struct ResponseClassifier {
+package struct ResponseClassifier {
     /// Where a name starts in the response, or none (the error class).
-    enum KeyName {
+    package enum KeyName {
         case none
         case question
         case authorityOwner(offset: Int)
     }
 
-    struct Classification {
-        var responseClass: ResponseClass
-        var keyName: KeyName
+    package struct Classification {
+        package var responseClass: ResponseClass
+        package var keyName: KeyName
         /// The qtype, part of the key of the answer class.
-        var qtype: UInt16
+        package var qtype: UInt16
         /// Where the question ends (the length of a truncated response).
-        var questionEnd: Int
+        package var questionEnd: Int
     }
 
     /// The class and key name of `response`, or nil if it is not a response we understand
     /// (then it is counted as an error).
-    static func classify(_ response: UnsafeRawBufferPointer) -> Classification {
+    package static func classify(_ response: UnsafeRawBufferPointer) -> Classification {
         var reader = WireReader(response)
         var result = Classification(responseClass: .error, keyName: .none, qtype: 0, questionEnd: Message.headerBytes)
         do throws(WireError) {

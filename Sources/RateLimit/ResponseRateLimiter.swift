@@ -88,7 +88,8 @@ public final class ResponseRateLimiter: @unchecked Sendable {
     }
 
     public let configuration: Configuration
-    let table: RateTable
+    /// The shared table (package: tests read its size).
+    package let table: RateTable
     let seed: UInt64
     private let workersLock = ManagedAtomic<Bool>(false)
     private var workers: [Worker] = []

@@ -2,6 +2,7 @@ import DNSServer
 import DNSWire
 import DNSZone
 import MallocCounter
+import RateLimit
 import Testing
 
 #if DEBUG
@@ -67,6 +68,38 @@ struct AllocationTests {
             #expect(allocations == 0, "\(allocations) allocations for \(100 * queries.count) answers")
             _ = try #require(lengths.allSatisfy { $0 > 0 })
         }
+    }
+
+    /// The UDP worker's whole per-datagram path: query rate limit, answer, RRL (limiting, slipping).
+    @Test(.enabled(if: optimized, "debug builds allocate in unoptimised code; run with swift test -c release"))
+    func answeringWithLimitsDoesNotAllocate() throws {
+        let view = View(zones: [try Zone.parse(text: Self.zone, origin: try DomainName("example.test."))])
+        let answerer = Answerer(cache: true)
+        let rrl = ResponseRateLimiter(ResponseRateLimiter.Configuration(responsesPerSecond: 5, tableEntries: 1024)).makeWorker()
+        let queries = QueryRateLimiter(QueryRateLimiter.Configuration(queriesPerSecond: 1000, tableEntries: 1024))
+        let packets: [[UInt8]] = try [("www.example.test.", RRType.a), ("nope.example.test.", .a), ("deep.sub.example.test.", .a),
+                                      ("example.org.", .a), ("www.example.test.", .aaaa)].map { name, type in
+            try Message.query(try DomainName(name), type, edns: EDNS()).serialized()
+        }
+        let clients = [ClientAddress("192.0.2.1")!, ClientAddress("2001:db8::1")!]
+        var output = [UInt8](repeating: 0, count: 65535)
+        var sent = 0
+        output.withUnsafeMutableBytes { out in
+            func round(_ now: UInt32) {
+                for packet in packets {
+                    for client in clients where queries.admit(client, nowMilliseconds: now) {
+                        let length = packet.withUnsafeBytes { answerer.answer(query: $0, into: out, view: view, transport: .udp) }
+                        if case .send = rrl.decide(response: out, length: length, client: client, nowMilliseconds: now) { sent += 1 }
+                    }
+                }
+            }
+            round(0)
+            disco_malloc_counting_start()
+            for now in 1...100 { round(UInt32(now)) }
+            let allocations = disco_malloc_counting_stop()
+            #expect(allocations == 0, "\(allocations) allocations")
+        }
+        #expect(sent > 0)
     }
 
     @Test func theCounterSeesAllocations() {

@@ -1,7 +1,7 @@
 import DNSWire
 import MallocCounter
 import Testing
-@testable import RateLimit
+import RateLimit
 
 #if DEBUG
 private let optimized = false
@@ -341,28 +341,6 @@ struct TableTests {
         // The workers share the table: 5 in all, not 5 each.
         #expect(h.limiter.counters.limited == 15)
     }
-
-    @Test(.enabled(if: optimized, "debug builds allocate in unoptimised code; run with swift test -c release"))
-    func decidingDoesNotAllocate() {
-        let h = Harness(rate: 5, entries: 1024)
-        let responses = [Responses.answer("www.example.test."), Responses.nxdomain("x.example.test."),
-                         Responses.referral("a.sub.example.test.", cut: "sub.example.test."), Responses.refused("x.org.")]
-        var buffers = responses
-        let client = ClientAddress("192.0.2.1")!
-        for i in buffers.indices {
-            _ = buffers[i].withUnsafeMutableBytes { h.worker.decide(response: $0, length: $0.count, client: client, nowMilliseconds: 1) }
-        }
-        disco_malloc_counting_start()
-        for round in 0..<100 {
-            for i in buffers.indices {
-                _ = buffers[i].withUnsafeMutableBytes {
-                    h.worker.decide(response: $0, length: $0.count, client: client, nowMilliseconds: UInt32(round))
-                }
-            }
-        }
-        let allocations = disco_malloc_counting_stop()
-        #expect(allocations == 0)
-    }
 }
 
 @Suite("query rate limit")
@@ -388,5 +366,31 @@ struct QueryRateLimitTests {
         let on = QueryRateLimiter(QueryRateLimiter.Configuration(queriesPerSecond: 1, exempt: [ClientNetwork("127.0.0.0/8")!]))
         #expect((0..<1000).allSatisfy { _ in on.admit(ClientAddress("127.0.0.1")!, nowMilliseconds: 1) })
         #expect((0..<10).filter { _ in on.admit(ClientAddress("192.0.2.1")!, nowMilliseconds: 1) }.count == 1)
+    }
+}
+
+/// DESIGN.md contract: RRL on the answer path allocates nothing (CI runs *AllocationTests in release).
+@Suite("RRL allocations")
+struct RRLAllocationTests {
+    @Test(.enabled(if: optimized, "debug builds allocate in unoptimised code; run with swift test -c release"))
+    func decidingDoesNotAllocate() {
+        let h = Harness(rate: 5, entries: 1024)
+        let responses = [Responses.answer("www.example.test."), Responses.nxdomain("x.example.test."),
+                         Responses.referral("a.sub.example.test.", cut: "sub.example.test."), Responses.refused("x.org.")]
+        var buffers = responses
+        let client = ClientAddress("192.0.2.1")!
+        for i in buffers.indices {
+            _ = buffers[i].withUnsafeMutableBytes { h.worker.decide(response: $0, length: $0.count, client: client, nowMilliseconds: 1) }
+        }
+        disco_malloc_counting_start()
+        for round in 0..<100 {
+            for i in buffers.indices {
+                _ = buffers[i].withUnsafeMutableBytes {
+                    h.worker.decide(response: $0, length: $0.count, client: client, nowMilliseconds: UInt32(round))
+                }
+            }
+        }
+        let allocations = disco_malloc_counting_stop()
+        #expect(allocations == 0)
     }
 }

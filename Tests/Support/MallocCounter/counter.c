@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include "MallocCounter.h"
 #include <errno.h>
+#include <pthread.h>
 #include <stddef.h>
 
 extern void *__libc_malloc(size_t);
@@ -18,20 +19,33 @@ static _Thread_local unsigned long allocations;
  * in production. */
 extern void *_swift_willThrow;
 extern void *_swift_willThrowTypedImpl;
-static _Thread_local void *saved_will_throw;
-static _Thread_local void *saved_will_throw_typed;
+/* The hooks are process-wide while the counts are per thread, and Swift Testing runs counting
+ * tests in parallel: the first counter to start sets the hooks aside and the last to stop puts
+ * them back, so that one test stopping cannot restore them under another still counting. */
+static pthread_mutex_t hooks_lock = PTHREAD_MUTEX_INITIALIZER;
+static int hooks_holders;
+static void *saved_will_throw;
+static void *saved_will_throw_typed;
 
 void disco_malloc_counting_start(void) {
-    saved_will_throw = __atomic_exchange_n(&_swift_willThrow, NULL, __ATOMIC_SEQ_CST);
-    saved_will_throw_typed = __atomic_exchange_n(&_swift_willThrowTypedImpl, NULL, __ATOMIC_SEQ_CST);
+    pthread_mutex_lock(&hooks_lock);
+    if (hooks_holders++ == 0) {
+        saved_will_throw = __atomic_exchange_n(&_swift_willThrow, NULL, __ATOMIC_SEQ_CST);
+        saved_will_throw_typed = __atomic_exchange_n(&_swift_willThrowTypedImpl, NULL, __ATOMIC_SEQ_CST);
+    }
+    pthread_mutex_unlock(&hooks_lock);
     allocations = 0;
     counting = 1;
 }
 
 unsigned long disco_malloc_counting_stop(void) {
     counting = 0;
-    __atomic_store_n(&_swift_willThrow, saved_will_throw, __ATOMIC_SEQ_CST);
-    __atomic_store_n(&_swift_willThrowTypedImpl, saved_will_throw_typed, __ATOMIC_SEQ_CST);
+    pthread_mutex_lock(&hooks_lock);
+    if (--hooks_holders == 0) {
+        __atomic_store_n(&_swift_willThrow, saved_will_throw, __ATOMIC_SEQ_CST);
+        __atomic_store_n(&_swift_willThrowTypedImpl, saved_will_throw_typed, __ATOMIC_SEQ_CST);
+    }
+    pthread_mutex_unlock(&hooks_lock);
     return allocations;
 }
 
