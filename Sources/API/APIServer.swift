@@ -5,6 +5,7 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import Raft
+import RateLimit
 import Store
 
 /// The HTTP API (SwiftNIO HTTP/1.1): Consul's KV, catalog, health and agent endpoints,
@@ -28,15 +29,18 @@ public final class APIServer: @unchecked Sendable {
     ///   does not import (the DNS servers' limits).
     public init(listen: PeerAddress, group: EventLoopGroup, kv: KVStore, driver: RaftDriver, directory: ClusterDirectory,
                 registry: RegistryContext? = nil, limits: HTTPLimits = HTTPLimits(),
+                admission: WriteAdmission.Configuration = .init(),
                 extraMetrics: (@Sendable () -> [String])? = nil, logger: Logger) {
         self.listen = listen
         self.group = group
         self.connections = ConnectionCounter(limits: limits)
+        let gate = AdmissionGate(admission: WriteAdmission(admission), driver: driver)
+        let admissionMetrics = { @Sendable in gate.metricLines + (extraMetrics?() ?? []) }
         self.router = APIRouter(kv: KVService(kv: kv, driver: driver, directory: directory, hub: registry?.hub ?? WatchHub(),
-                                              logger: logger),
-                                registry: registry.map { RegistryService(context: $0, driver: driver, logger: logger) },
+                                              gate: gate, logger: logger),
+                                registry: registry.map { RegistryService(context: $0, driver: driver, gate: gate, logger: logger) },
                                 driver: driver, directory: directory, forwarder: Forwarder(group: group),
-                                extraMetrics: extraMetrics, logger: logger)
+                                extraMetrics: admissionMetrics, logger: logger)
     }
 
     public func start() throws -> Int {
@@ -234,13 +238,15 @@ final class KVService: Sendable {
     let driver: RaftDriver
     let directory: ClusterDirectory
     let hub: WatchHub
+    let gate: AdmissionGate
     let logger: Logger
 
-    init(kv: KVStore, driver: RaftDriver, directory: ClusterDirectory, hub: WatchHub, logger: Logger) {
+    init(kv: KVStore, driver: RaftDriver, directory: ClusterDirectory, hub: WatchHub, gate: AdmissionGate, logger: Logger) {
         self.kv = kv
         self.driver = driver
         self.directory = directory
         self.hub = hub
+        self.gate = gate
         self.logger = logger
     }
 
@@ -357,6 +363,7 @@ final class KVService: Sendable {
             command = request.query["recurse"] != nil ? .deleteTree(prefix: key) : .delete(key: key)
         }
         guard status.role == .leader else { return loop.makeSucceededFuture(notLeader(status)) }
+        if let refusal = gate.refusal(for: request) { return loop.makeSucceededFuture(refusal) }
         return driver.propose(command.encoded).hop(to: loop).map { index in
             let applied = self.kv.outcome(at: index.rawValue) ?? false
             return .json(applied, headers: [("X-Consul-Index", "\(index.rawValue)")])

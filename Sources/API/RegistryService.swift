@@ -53,11 +53,13 @@ final class RegistryService: @unchecked Sendable {
 
     let context: RegistryContext
     let driver: RaftDriver
+    let gate: AdmissionGate
     let logger: Logger
 
-    init(context: RegistryContext, driver: RaftDriver, logger: Logger) {
+    init(context: RegistryContext, driver: RaftDriver, gate: AdmissionGate, logger: Logger) {
         self.context = context
         self.driver = driver
+        self.gate = gate
         self.logger = logger
     }
 
@@ -309,13 +311,13 @@ final class RegistryService: @unchecked Sendable {
         let replace = request.query["replace-existing-checks"].map { $0 != "false" && $0 != "0" } ?? false
         let command = CatalogCommand.register(node: agentNode(request), service: service, checks: registrations,
                                               replaceChecks: replace)
-        return commit(command, on: loop) { _ in APIResponse(status: .ok) }
+        return commit(command, for: request, on: loop) { _ in APIResponse(status: .ok) }
     }
 
     private func deregisterAgentService(_ id: String, _ request: APIRequest, on loop: EventLoop) -> EventLoopFuture<APIResponse> {
         let key = NodeScopedID(node: agentNode(request).name, id: id)
         return unlessUnknown({ $0.services[key] != nil }, "Unknown service ID \"\(id)\"", on: loop) {
-            self.commit(.deregister(node: key.node, serviceID: id, checkID: nil), on: loop) { _ in APIResponse(status: .ok) }
+            self.commit(.deregister(node: key.node, serviceID: id, checkID: nil), for: request, on: loop) { _ in APIResponse(status: .ok) }
         }
     }
 
@@ -333,7 +335,7 @@ final class RegistryService: @unchecked Sendable {
             : .deregister(node: node.name, serviceID: nil, checkID: checkID)
         let key = NodeScopedID(node: node.name, id: id)
         return unlessUnknown({ $0.services[key] != nil }, "Unknown service ID \"\(id)\"", on: loop) {
-            self.commit(command, on: loop) { _ in APIResponse(status: .ok) }
+            self.commit(command, for: request, on: loop) { _ in APIResponse(status: .ok) }
         }
     }
 
@@ -347,7 +349,7 @@ final class RegistryService: @unchecked Sendable {
         guard let name = try body.string("Name"), !name.isEmpty else { throw BadRequest(field: "Name", message: "missing") }
         let registration = try parseCheck(body, node: node.name, serviceID: serviceID, defaultID: name, defaultName: name,
                                           requireType: true)
-        return commit(.register(node: node, service: nil, checks: [registration], replaceChecks: false), on: loop) { _ in
+        return commit(.register(node: node, service: nil, checks: [registration], replaceChecks: false), for: request, on: loop) { _ in
             APIResponse(status: .ok)
         }
     }
@@ -355,7 +357,7 @@ final class RegistryService: @unchecked Sendable {
     private func deregisterAgentCheck(_ id: String, _ request: APIRequest, on loop: EventLoop) -> EventLoopFuture<APIResponse> {
         let key = NodeScopedID(node: agentNode(request).name, id: id)
         return unlessUnknown({ $0.checks[key] != nil }, "Unknown check ID \"\(id)\"", on: loop) {
-            self.commit(.deregister(node: key.node, serviceID: nil, checkID: id), on: loop) { _ in APIResponse(status: .ok) }
+            self.commit(.deregister(node: key.node, serviceID: nil, checkID: id), for: request, on: loop) { _ in APIResponse(status: .ok) }
         }
     }
 
@@ -363,7 +365,7 @@ final class RegistryService: @unchecked Sendable {
                                   on loop: EventLoop) -> EventLoopFuture<APIResponse> {
         let key = NodeScopedID(node: agentNode(request).name, id: id)
         return unlessUnknown({ $0.checks[key] != nil }, "Unknown check ID \"\(id)\"", on: loop) {
-            self.commit(.updateCheck(node: key.node, checkID: id, status: status, output: output), on: loop) { _ in
+            self.commit(.updateCheck(node: key.node, checkID: id, status: status, output: output), for: request, on: loop) { _ in
                 APIResponse(status: .ok)
             }
         }
@@ -401,7 +403,7 @@ final class RegistryService: @unchecked Sendable {
             registrations.append(try parseCheck(definition, node: nodeName, serviceID: serviceID, defaultID: name,
                                                 defaultName: name, requireType: false))
         }
-        return commit(.register(node: node, service: service, checks: registrations, replaceChecks: false), on: loop) { _ in
+        return commit(.register(node: node, service: service, checks: registrations, replaceChecks: false), for: request, on: loop) { _ in
             .json(true)
         }
     }
@@ -411,7 +413,7 @@ final class RegistryService: @unchecked Sendable {
         guard let node = try body.string("Node"), !node.isEmpty else { throw BadRequest(field: "Node", message: "missing") }
         let command = CatalogCommand.deregister(node: node, serviceID: try body.string("ServiceID"),
                                                 checkID: try body.string("CheckID"))
-        return commit(command, on: loop) { _ in .json(true) }
+        return commit(command, for: request, on: loop) { _ in .json(true) }
     }
 
     /// Proposes `command` and answers once it has applied here (the leader).
@@ -429,13 +431,13 @@ final class RegistryService: @unchecked Sendable {
     ///   4. L2 commits its no-op, applies the deregister, and the acknowledged registration is gone.
     /// A deposed leader that has not yet heard of its successor has the same window.
     /// (`RegistryProcessTests.aNoOpWriteOnANewLeaderWaitsForItsTerm` replays it.)
-    private func commit(_ command: CatalogCommand, on loop: EventLoop,
+    private func commit(_ command: CatalogCommand, for request: APIRequest, on loop: EventLoop,
                         _ respond: @escaping @Sendable (UInt64) -> APIResponse) -> EventLoopFuture<APIResponse> {
-        guard !context.catalog.state.wouldChange(command) else { return propose(command, on: loop, respond) }
+        guard !context.catalog.state.wouldChange(command) else { return propose(command, for: request, on: loop, respond) }
         return driver.linearizableRead().hop(to: loop).flatMap { () -> EventLoopFuture<APIResponse> in
             // The barrier applied everything committed before it: decide again on that state.
             let state = self.context.catalog.state
-            guard !state.wouldChange(command) else { return self.propose(command, on: loop, respond) }
+            guard !state.wouldChange(command) else { return self.propose(command, for: request, on: loop, respond) }
             var response = respond(state.index)
             response.headers.append(("X-Consul-Index", "\(state.index)"))
             return loop.makeSucceededFuture(response)
@@ -453,9 +455,11 @@ final class RegistryService: @unchecked Sendable {
         }.flatMapErrorThrowing { error in self.writeFailure(error) }
     }
 
-    private func propose(_ command: CatalogCommand, on loop: EventLoop,
+    /// Proposes `command`, if write admission lets `request` through (else its 429).
+    private func propose(_ command: CatalogCommand, for request: APIRequest, on loop: EventLoop,
                          _ respond: @escaping @Sendable (UInt64) -> APIResponse) -> EventLoopFuture<APIResponse> {
-        driver.propose(command.encoded).hop(to: loop).map { index in
+        if let refusal = gate.refusal(for: request) { return loop.makeSucceededFuture(refusal) }
+        return driver.propose(command.encoded).hop(to: loop).map { index in
             var response = respond(index.rawValue)
             response.headers.append(("X-Consul-Index", "\(index.rawValue)"))
             return response

@@ -119,6 +119,11 @@ public final class RaftDriver: @unchecked Sendable {
     private var lastLeader: NodeID?
     private var lastLeaderContact: NIODeadline?
     private let published: NIOLockedValueBox<(status: RaftStatus, lastLeaderContact: NIODeadline?)>
+    private let publishedPending = NIOLockedValueBox(0)
+
+    /// Proposals waiting for their outcome here, as of the last event (admission control sheds
+    /// writes beyond a bound instead of queueing them).
+    public var pendingProposals: Int { publishedPending.withLockedValue { $0 } }
 
     /// - Parameters:
     ///   - participants: the state machines that snapshots hold and restore.
@@ -323,6 +328,7 @@ public final class RaftDriver: @unchecked Sendable {
                                 appliedIndex: node.appliedIndex, lastContact: !halted && node.isLeader ? .zero : nil)
         let contact = halted ? nil : lastLeaderContact
         published.withLockedValue { $0 = (status, contact) }
+        publishedPending.withLockedValue { $0 = pending.count }
     }
 
     // MARK: - On `loop`

@@ -105,7 +105,8 @@ final class ClusterRuntime {
                         kv: kv, driver: driver, directory: directory,
                         registry: RegistryContext(catalog: catalog, hub: hub, nodeName: config.effectiveNodeName,
                                                   nodeAddress: config.effectiveNodeAddress),
-                        limits: config.httpLimits, extraMetrics: extraMetrics, logger: logger)
+                        limits: config.httpLimits, admission: config.writeAdmission, extraMetrics: extraMetrics,
+                        logger: logger)
         do {
             raftPort = try transport.start()
         } catch {

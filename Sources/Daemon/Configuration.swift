@@ -100,10 +100,14 @@ public struct Configuration: Sendable, Equatable {
     /// descriptors run out first), a timeout above a day none.
     public static let httpConnectionsMax = 1 << 20
     public static let httpTimeoutSecondsMax = 86_400
+    /// Bound of the `http.write_limit.*` rates: a million writes a second is no limit.
+    public static let writesPerSecondMax = 1_000_000
     /// raft.db (the Raft log) and kv.db (the state machine) live here.
     public var dataDirectory: String
     /// Connection and request limits of the HTTP API (`http.*`).
     public var httpLimits = HTTPLimits()
+    /// Write admission control (`http.write_limit.*`).
+    public var writeAdmission = WriteAdmission.Configuration()
 
     /// One founding server: `ID=RAFT_ADDR,HTTP_ADDR`, e.g. `2=10.0.0.2:8300,10.0.0.2:8500`.
     public struct ServerSpec: Sendable, Equatable, CustomStringConvertible {
@@ -509,6 +513,41 @@ public struct Configuration: Sendable, Equatable {
                 return "expected an integer from 1 to \(httpTimeoutSecondsMax)"
             }
             config.httpLimits.requestReadTimeoutSeconds = n
+            return nil
+        },
+        Key(name: "http.write_limit.mode") { config, value in
+            guard case .string(let text) = value, let mode = WriteAdmission.Mode(rawValue: text) else {
+                return "expected one of \(WriteAdmission.Mode.allCases.map(\.rawValue).joined(separator: ", "))"
+            }
+            config.writeAdmission.mode = mode
+            return nil
+        },
+        Key(name: "http.write_limit.writes_per_second") { config, value in
+            guard case .integer(let n) = value, (0...writesPerSecondMax).contains(n) else {
+                return "expected an integer from 0 (no limit) to \(writesPerSecondMax)"
+            }
+            config.writeAdmission.writesPerSecond = n
+            return nil
+        },
+        Key(name: "http.write_limit.burst") { config, value in
+            guard case .integer(let n) = value, (1...writesPerSecondMax).contains(n) else {
+                return "expected an integer from 1 to \(writesPerSecondMax)"
+            }
+            config.writeAdmission.burst = n
+            return nil
+        },
+        Key(name: "http.write_limit.per_client_writes_per_second") { config, value in
+            guard case .integer(let n) = value, (0...writesPerSecondMax).contains(n) else {
+                return "expected an integer from 0 (no limit) to \(writesPerSecondMax)"
+            }
+            config.writeAdmission.perClientWritesPerSecond = n
+            return nil
+        },
+        Key(name: "http.write_limit.per_client_burst") { config, value in
+            guard case .integer(let n) = value, (1...writesPerSecondMax).contains(n) else {
+                return "expected an integer from 1 to \(writesPerSecondMax)"
+            }
+            config.writeAdmission.perClientBurst = n
             return nil
         },
         Key(name: "data.directory") { config, value in
