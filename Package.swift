@@ -18,6 +18,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.30.0"),
     ],
     targets: [
         .target(name: "CShims"),
@@ -36,7 +38,7 @@ let package = Package(
         .target(
             name: "Daemon",
             dependencies: [
-                "DNSServer", "DNSZone", "DNSWire", "CShims", "Cluster", "API", "Raft", "Store", "Registry",
+                "DNSServer", "DNSZone", "DNSWire", "CShims", "Cluster", "API", "Raft", "Store", "Registry", "Health",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -47,9 +49,21 @@ let package = Package(
         .target(name: "Raft"),
         .target(name: "Registry", dependencies: ["Store", "DNSWire", "DNSZone"]),
         .target(
+            name: "Health",
+            dependencies: [
+                "Registry",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
             name: "API",
             dependencies: [
-                "Cluster", "Raft", "Store", "Registry",
+                "Cluster", "Raft", "Store", "Registry", "Health",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -84,6 +98,13 @@ let package = Package(
         .testTarget(name: "DaemonTests", dependencies: ["Daemon", "DNSWire", "CShims"]),
         .testTarget(name: "RaftTests", dependencies: ["Raft", "RaftTesting"]),
         .testTarget(name: "StoreTests", dependencies: ["Store"]),
+        .testTarget(name: "HealthTests", dependencies: [
+            "Health", "Registry",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .testTarget(name: "RegistryTests", dependencies: ["Registry", "DNSServer", "DNSZone", "DNSWire"]),
         .testTarget(name: "ClusterTests", dependencies: [
             "Cluster", "Raft", "Store",

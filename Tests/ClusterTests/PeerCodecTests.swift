@@ -45,10 +45,10 @@ struct PeerCodecTests {
         #expect(throws: PeerFrameError.self) { _ = try PeerCodec.bodyLength(header: [0x7F, 0xFF, 0xFF, 0xFF]) }
         #expect(try PeerCodec.bodyLength(header: [0, 0]) == nil)
         var body = Array(PeerCodec.encode(Self.messages[0]).dropFirst(4))
-        body[0] = 2
-        #expect(throws: PeerFrameError(offset: 0, message: "protocol version 2 is not 3 (the peer runs an older discod)")) { _ = try PeerCodec.decode(body: body) }
-        body[0] = 4
-        #expect(throws: PeerFrameError(offset: 0, message: "protocol version 4 is not 3 (the peer runs a newer discod)")) { _ = try PeerCodec.decode(body: body) }
+        body[0] = 3
+        #expect(throws: PeerFrameError(offset: 0, message: "protocol version 3 is not 4 (the peer runs an older discod)")) { _ = try PeerCodec.decode(body: body) }
+        body[0] = 5
+        #expect(throws: PeerFrameError(offset: 0, message: "protocol version 5 is not 4 (the peer runs a newer discod)")) { _ = try PeerCodec.decode(body: body) }
         // An entry count far beyond the frame is refused before allocating for it.
         var append = Array(PeerCodec.encode(Self.messages[2]).dropFirst(4))
         append.replaceSubrange(58..<62, with: [0xFF, 0xFF, 0xFF, 0xFF])
