@@ -2,6 +2,7 @@ import API
 import CShims
 import Cluster
 import Foundation
+import Health
 import Logging
 import NIOPosix
 import Raft
@@ -20,6 +21,9 @@ final class ClusterRuntime {
     let raftPort: Int
     let httpPort: Int
     let catalog: Catalog
+    /// The checks this server runs (nil: `health.enabled = false`).
+    let health: HealthChecker?
+    private let upkeep: ServerUpkeep
 
     /// - Parameter onCatalogChange: called on the driver's loop after each entry that changed
     ///   the catalog (the DNS view rebuild hooks in here).
@@ -80,6 +84,16 @@ final class ClusterRuntime {
             throw StartError(code: .ioError, message: "\(error)")
         }
         box.driver = driver
+        // Health proposes through the API's proposer, which exists once the API does.
+        final class ProposerBox: @unchecked Sendable { var proposer: CatalogProposer? }
+        let proposerBox = ProposerBox()
+        let proposeLoop = group.next()
+        let health = config.health.enabled
+            ? HealthChecker(selfID: id.rawValue, settings: config.health, catalog: catalog, logger: logger) { command in
+                proposerBox.proposer?.propose(command) ?? proposeLoop.makeFailedFuture(HealthError.stopped)
+            }
+            : nil
+        self.health = health
         let directory = ClusterDirectory(raft: founding.mapValues(\.raft), http: founding.mapValues(\.http))
         // Joined servers' addresses are replicated; the driver tells the transport and the API.
         driver.learnServers(founding)
@@ -87,20 +101,28 @@ final class ClusterRuntime {
         api = APIServer(listen: PeerAddress(host: config.httpListen.host, port: config.httpListen.port), group: group,
                         kv: kv, driver: driver, directory: directory,
                         registry: RegistryContext(catalog: catalog, hub: hub, nodeName: config.effectiveNodeName,
-                                                  nodeAddress: config.effectiveNodeAddress),
+                                                  nodeAddress: config.effectiveNodeAddress, health: health),
                         logger: logger)
+        proposerBox.proposer = api.proposer
+        upkeep = ServerUpkeep(loop: group.next(), driver: driver, catalog: catalog, proposer: api.proposer,
+                              node: NodeRecord(name: config.effectiveNodeName, address: config.effectiveNodeAddress),
+                              logger: logger)
         do {
             raftPort = try transport.start()
         } catch {
+            health?.stop()
             throw StartError(code: .unavailable, message: "cannot bind raft \(config.raftListen): \(error)")
         }
         do {
             httpPort = try api.start()
         } catch {
             transport.stop()
+            health?.stop()
             throw StartError(code: .unavailable, message: "cannot bind http \(config.httpListen): \(error)")
         }
         driver.start()
+        health?.start()
+        upkeep.start()
         if let join = config.raftJoin {
             startJoining(through: join, config: config)
         }
@@ -108,6 +130,8 @@ final class ClusterRuntime {
 
     /// SIGTERM: a leader hands over first, so a rolling restart causes no election timeout.
     func stop() {
+        upkeep.stop()
+        health?.stop()
         if let handedOver = try? driver.stepDownForShutdown().wait(), handedOver {
             logger.info("leadership handed over before shutdown")
         }

@@ -127,7 +127,8 @@ public final class HealthChecker: @unchecked Sendable {
     private let logger: Logger
     private let group: MultiThreadedEventLoopGroup
     private let loop: EventLoop
-    private let prober: Prober
+    /// Made by `start()`: AsyncHTTPClient insists on being shut down, which `stop()` does.
+    private var prober: Prober?
     private let lock = NSLock()
     private var countersValue = HealthCounters()
 
@@ -149,15 +150,16 @@ public final class HealthChecker: @unchecked Sendable {
         self.logger = logger
         group = MultiThreadedEventLoopGroup(numberOfThreads: Self.eventLoopThreads)
         loop = group.next()
-        prober = Prober(group: group, connectionsPerHostMax: settings.httpConnectionsPerHostMax,
-                        outputBytesMax: min(settings.outputBytesMax, HealthSettings.outputBytesMaxLimit))
     }
 
     public func start() {
+        let prober = Prober(group: group, connectionsPerHostMax: settings.httpConnectionsPerHostMax,
+                            outputBytesMax: min(settings.outputBytesMax, HealthSettings.outputBytesMaxLimit))
         catalog.observe { [weak self] change, _ in
             self?.catalogChanged()
         }
         loop.execute {
+            self.prober = prober
             self.sweeper = self.loop.scheduleRepeatedTask(initialDelay: .milliseconds(HealthSettings.sweepMilliseconds),
                                                           delay: .milliseconds(HealthSettings.sweepMilliseconds)) { _ in
                 self.sweep()
@@ -167,12 +169,14 @@ public final class HealthChecker: @unchecked Sendable {
     }
 
     public func stop() {
-        try? loop.submit {
+        let prober: Prober? = (try? loop.submit { () -> Prober? in
             self.stopped = true
             self.sweeper?.cancel()
             for key in Array(self.runners.keys) { self.remove(key) }
-        }.wait()
-        prober.shutdown()
+            defer { self.prober = nil }
+            return self.prober
+        }.wait()) ?? nil
+        prober?.shutdown()
         try? group.syncShutdownGracefully()
     }
 
@@ -301,6 +305,7 @@ public final class HealthChecker: @unchecked Sendable {
         }
         let timeout = (definition.timeoutSeconds ?? 0) > 0 ? definition.timeoutSeconds! : HealthSettings.timeoutSecondsDefault
         let probe: EventLoopFuture<ProbeResult>
+        guard let prober else { return }
         if definition.http != nil {
             probe = prober.http(definition, timeoutSeconds: timeout)
         } else if let tcp = definition.tcp {

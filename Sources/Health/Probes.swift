@@ -38,6 +38,8 @@ final class Prober: Sendable {
             redirectConfiguration: .follow(max: Self.redirectsMax, allowCycles: false),
             connectionPool: .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: connectionsPerHostMax))
         configuration.httpVersion = .http1Only
+        // A refused connection is a failed check now, not a retry until the timeout (Consul).
+        configuration.connectionPool.retryConnectionEstablishment = false
         client = HTTPClient(eventLoopGroup: group, configuration: configuration)
         var insecure = TLSConfiguration.makeClientConfiguration()
         insecure.certificateVerification = .none

@@ -80,7 +80,8 @@ struct BinaryReader {
 
     private let bytes: [UInt8]
     private(set) var offset: Int
-    /// Check definitions carry the fields added with entry tag 0x42 (thresholds, headers, TLS).
+    /// Records carry the fields added with entry tag 0x42 (check thresholds, headers, TLS;
+    /// EnableTagOverride).
     var extendedChecks: Bool
 
     init(_ bytes: [UInt8], from offset: Int = 0, extendedChecks: Bool = true) {
@@ -232,12 +233,23 @@ extension ServiceInstance {
         writer.signed(weights.passing)
         writer.signed(weights.warning)
         writer.string(registeredBy)
+        // Since entry tag 0x42.
+        writer.bool(enableTagOverride)
     }
 
     init(from reader: inout BinaryReader) throws(BinaryReader.Failure) {
         self.init(id: try reader.string(), node: try reader.string(), name: try reader.string(), tags: try reader.strings(),
                   address: try reader.string(), port: try reader.signed(), meta: try reader.map(),
                   weights: Weights(passing: try reader.signed(), warning: try reader.signed()), registeredBy: try reader.string())
+        if reader.extendedChecks { enableTagOverride = try reader.bool() }
+    }
+
+    /// A registry.db row: with the fields of entry tag 0x42 if it goes on (written since).
+    init(fromRow reader: inout BinaryReader) throws(BinaryReader.Failure) {
+        reader.extendedChecks = false
+        defer { reader.extendedChecks = true }
+        try self.init(from: &reader)
+        if !reader.atEnd { enableTagOverride = try reader.bool() }
     }
 }
 

@@ -87,7 +87,7 @@ public final class Catalog: @unchecked Sendable {
             state.load(node: Indexed(value: try decode(NodeRecord.self, row[0]) { r throws(BinaryReader.Failure) in try NodeRecord(from: &r) }, createIndex: int(row[1]), modifyIndex: int(row[2])))
         }
         for row in try database.prepare("SELECT record, create_index, modify_index FROM services").query() {
-            state.load(service: Indexed(value: try decode(ServiceInstance.self, row[0]) { r throws(BinaryReader.Failure) in try ServiceInstance(from: &r) }, createIndex: int(row[1]),
+            state.load(service: Indexed(value: try decode(ServiceInstance.self, row[0]) { r throws(BinaryReader.Failure) in try ServiceInstance(fromRow: &r) }, createIndex: int(row[1]),
                                         modifyIndex: int(row[2])))
         }
         for row in try database.prepare("SELECT record, create_index, modify_index FROM checks").query() {

@@ -60,9 +60,13 @@ public struct ServiceInstance: Codable, Sendable, Equatable {
     public var weights: Weights
     /// The server whose API took the registration (Disco has no agents: DESIGN, issue note).
     public var registeredBy: String
+    /// Consul's EnableTagOverride: kept and reported (anti-entropy, which it governs in Consul,
+    /// does not exist in Disco).
+    public var enableTagOverride: Bool
 
     public init(id: String, node: String, name: String, tags: [String] = [], address: String = "", port: Int = 0,
-                meta: [String: String] = [:], weights: Weights = .default, registeredBy: String = "") {
+                meta: [String: String] = [:], weights: Weights = .default, registeredBy: String = "",
+                enableTagOverride: Bool = false) {
         self.id = id
         self.node = node
         self.name = name
@@ -72,6 +76,22 @@ public struct ServiceInstance: Codable, Sendable, Equatable {
         self.meta = meta
         self.weights = weights
         self.registeredBy = registeredBy
+        self.enableTagOverride = enableTagOverride
+    }
+
+    private enum CodingKeys: String, CodingKey {
+        case id, node, name, tags, address, port, meta, weights, registeredBy, enableTagOverride
+    }
+
+    /// The JSON form of entries written before the binary one has no `enableTagOverride`.
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.init(id: try c.decode(String.self, forKey: .id), node: try c.decode(String.self, forKey: .node),
+                  name: try c.decode(String.self, forKey: .name), tags: try c.decode([String].self, forKey: .tags),
+                  address: try c.decode(String.self, forKey: .address), port: try c.decode(Int.self, forKey: .port),
+                  meta: try c.decode([String: String].self, forKey: .meta), weights: try c.decode(Weights.self, forKey: .weights),
+                  registeredBy: try c.decode(String.self, forKey: .registeredBy),
+                  enableTagOverride: try c.decodeIfPresent(Bool.self, forKey: .enableTagOverride) ?? false)
     }
 }
 

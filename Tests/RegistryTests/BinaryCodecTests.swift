@@ -14,7 +14,8 @@ func randomCommand(_ random: inout SplitMix, depth: Int = 0) -> CatalogCommand {
     case 0:
         let service = random.below(3) == 0 ? nil : ServiceInstance(
             id: text(), node: node.name, name: text(), tags: (0..<random.below(3)).map { _ in text() }, address: text(),
-            port: number(), meta: map(), weights: Weights(passing: number(), warning: number()), registeredBy: text())
+            port: number(), meta: map(), weights: Weights(passing: number(), warning: number()), registeredBy: text(),
+            enableTagOverride: random.below(2) == 0)
         let checks = (0..<random.below(3)).map { _ in
             CheckRegistration(CheckRecord(
                 id: text(), node: node.name, name: text(), serviceID: text(), status: HealthStatus.allCases[random.below(3)],
@@ -149,7 +150,7 @@ struct BinaryCodecTests {
         #expect(reopened.state.instances(of: "web").map(\.value.tags) == [["old"]])
     }
 
-    /// Check rows written before the definition's extension (thresholds, headers) still load.
+    /// Check and service rows written before the fields of entry tag 0x42 still load.
     @Test func checkRowsWithoutTheExtensionStillLoad() throws {
         let directory = try TemporaryDirectory()
         let path = directory.path("registry.db")
@@ -163,7 +164,9 @@ struct BinaryCodecTests {
         sqlite.arguments = ["python3", "-c", """
             import sqlite3, sys
             db = sqlite3.connect(sys.argv[1]); (blob,) = db.execute("SELECT record FROM checks").fetchone()
-            db.execute("UPDATE checks SET record = ?", (blob[:-5],)); db.commit()
+            db.execute("UPDATE checks SET record = ?", (blob[:-5],))
+            (blob,) = db.execute("SELECT record FROM services").fetchone()
+            db.execute("UPDATE services SET record = ?", (blob[:-1],)); db.commit()
             """, path]
         try sqlite.run()
         sqlite.waitUntilExit()
@@ -171,5 +174,6 @@ struct BinaryCodecTests {
         let reopened = try Catalog(path: path)
         #expect(reopened.state.checks.values.map(\.value.definition) == [CheckDefinition(ttlSeconds: 10)])
         #expect(reopened.state.checks.values.map(\.value.status) == [.passing])
+        #expect(reopened.state.instances(of: "web").map(\.value.id) == ["web-1"])
     }
 }
