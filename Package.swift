@@ -95,7 +95,7 @@ let package = Package(
         // Test-only: replaces malloc in the test binary to count allocations per query.
         .target(name: "MallocCounter", path: "Tests/Support/MallocCounter"),
         .testTarget(name: "DNSServerTests", dependencies: ["DNSServer", "DNSZone", "DNSWire", "CShims", "MallocCounter", "DNSTesting"]),
-        .testTarget(name: "DaemonTests", dependencies: ["Daemon", "DNSWire", "CShims"]),
+        .testTarget(name: "DaemonTests", dependencies: ["Daemon", "DNSWire", "CShims", "Health"]),
         .testTarget(name: "RaftTests", dependencies: ["Raft", "RaftTesting"]),
         .testTarget(name: "StoreTests", dependencies: ["Store"]),
         .testTarget(name: "HealthTests", dependencies: [
