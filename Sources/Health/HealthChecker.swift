@@ -399,8 +399,8 @@ public final class HealthChecker: @unchecked Sendable {
             included.append(key)
         }
         guard !included.isEmpty else { return }
-        let command: CatalogCommand = deregistrations.isEmpty ? .checkStatuses(updates)
-            : .batch((updates.isEmpty ? [] : [.checkStatuses(updates)]) + deregistrations)
+        let commands: [CatalogCommand] = (updates.isEmpty ? [] : [.checkStatuses(updates)]) + deregistrations
+        let command = commands.count == 1 ? commands[0] : .batch(commands)
         flushInflight = true
         let generations = included.map { runners[$0]?.generation }
         let sent = (keys: included, waiters: waiters)

@@ -246,3 +246,24 @@ extension HealthCheckerTests {
         #expect(output().contains("503"), "\(output())")
     }
 }
+
+extension HealthCheckerTests {
+    /// DeregisterCriticalServiceAfter: the owner removes the instance through the log.
+    @Test func anInstanceCriticalLongerThanItsDeregisterAfterIsRemoved() throws {
+        let directory = try TemporaryDirectory()
+        let catalog = try Catalog(path: directory.path("registry.db"))
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        defer { try? group.syncShutdownGracefully() }
+        let log = FakeLog(catalog: catalog, loop: group.next())
+        try log.append(.checkRunners([1]))
+        try log.append(instance(0, check: CheckDefinition(ttlSeconds: 0.5, deregisterCriticalAfterSeconds: 1)))
+        try log.append(instance(1, check: CheckDefinition(ttlSeconds: 60, deregisterCriticalAfterSeconds: 1)))
+        let checker = HealthChecker(selfID: 1, settings: HealthSettings(), catalog: catalog, logger: Logger(label: "test"),
+                                    propose: log.propose)
+        checker.start()
+        defer { checker.stop() }
+        #expect(waitUntil(seconds: 10) { catalog.state.instances(of: "web").map(\.value.id) == ["web-1"] })
+        #expect(log.proposed.contains(.deregister(node: "node1", serviceID: "web-0", checkID: nil)))
+        #expect(checker.counters.deregistrations == 1)
+    }
+}
