@@ -1,6 +1,7 @@
 import Daemon
 import DNSServer
 import Foundation
+import Health
 import Testing
 
 @Suite("configuration")
@@ -52,6 +53,8 @@ struct ConfigurationTests {
         ("[dns]\nworkers = 1\nworkers = 2\n", "f.toml:3: key dns.workers is defined twice"),
         ("[dns]\nlisten = [\"127.0.0.1:53\"\n", "f.toml:3: unterminated array (expected ']')"),
         ("a = { b = 1 }\n", "f.toml:1: inline tables are not supported; use a [table] header"),
+        ("[health]\nbatch_window_milliseconds = 0\n", "f.toml:2: health.batch_window_milliseconds: expected an integer from 1 to 5000"),
+        ("[health]\noutput_bytes_max = 10\n", "f.toml:2: health.output_bytes_max: expected an integer from 64 to 65536"),
     ])
     func errors(_ text: String, _ expected: String) {
         var config = Configuration.development
@@ -61,6 +64,27 @@ struct ConfigurationTests {
         } catch {
             #expect(error.description == expected)
         }
+    }
+
+    @Test func theHealthSectionSetsTheChecker() throws {
+        var config = Configuration.development
+        try config.apply(toml: """
+            [health]
+            enabled = false
+            batch_window_milliseconds = 50
+            flap_transitions_max = 3
+            flap_window_seconds = 20
+            flap_stable_seconds = 7
+            http_connections_per_host_max = 4
+            probes_inflight_max = 99
+            output_bytes_max = 1024
+            """, file: "h.toml")
+        #expect(!config.health.enabled)
+        #expect(config.health.batchWindowMilliseconds == 50)
+        #expect(config.health.damping == Damping(transitionsMax: 3, windowSeconds: 20, stableSeconds: 7))
+        #expect(config.health.httpConnectionsPerHostMax == 4)
+        #expect(config.health.probesInflightMax == 99)
+        #expect(config.health.outputBytesMax == 1024)
     }
 
     @Test func environmentErrorsNameTheVariable() {
