@@ -4,6 +4,7 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 import Registry
 import Testing
 
@@ -179,7 +180,7 @@ final class FlippableHTTPServer: @unchecked Sendable {
     private var body = "ok"
     let channel: Channel
 
-    init(group: EventLoopGroup) throws {
+    init(group: EventLoopGroup, tls: (@Sendable (Channel) -> EventLoopFuture<Void>)? = nil) throws {
         final class Handler: ChannelInboundHandler, @unchecked Sendable {
             typealias InboundIn = HTTPServerRequestPart
             typealias OutboundOut = HTTPServerResponsePart
@@ -201,7 +202,9 @@ final class FlippableHTTPServer: @unchecked Sendable {
         channel = try ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
-                channel.pipeline.configureHTTPServerPipeline().flatMap {
+                (tls?(channel) ?? channel.eventLoop.makeSucceededVoidFuture()).flatMap {
+                    channel.pipeline.configureHTTPServerPipeline()
+                }.flatMap {
                     channel.pipeline.addHandler(Handler { box.server })
                 }
             }
@@ -265,5 +268,44 @@ extension HealthCheckerTests {
         #expect(waitUntil(seconds: 10) { catalog.state.instances(of: "web").map(\.value.id) == ["web-1"] })
         #expect(log.proposed.contains(.deregister(node: "node1", serviceID: "web-0", checkID: nil)))
         #expect(checker.counters.deregistrations == 1)
+    }
+}
+
+extension HealthCheckerTests {
+    /// HTTPS with a self-signed certificate: passing only for the check that skips verification.
+    @Test func anHTTPSCheckVerifiesTheCertificateUnlessTLSSkipVerify() throws {
+        let directory = try TemporaryDirectory()
+        let openssl = Process()
+        openssl.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
+        openssl.arguments = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                             "-keyout", directory.path("key.pem"), "-out", directory.path("cert.pem")]
+        openssl.standardError = FileHandle.nullDevice
+        try openssl.run()
+        openssl.waitUntilExit()
+        try #require(openssl.terminationStatus == 0)
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        defer { try? group.syncShutdownGracefully() }
+        let tls = TLSConfiguration.makeServerConfiguration(
+            certificateChain: try NIOSSLCertificate.fromPEMFile(directory.path("cert.pem")).map { .certificate($0) },
+            privateKey: .privateKey(try NIOSSLPrivateKey(file: directory.path("key.pem"), format: .pem)))
+        let context = try NIOSSLContext(configuration: tls)
+        let server = try FlippableHTTPServer(group: group) { channel in
+            channel.eventLoop.makeCompletedFuture {
+                try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: context))
+            }
+        }
+        defer { try? server.channel.close().wait() }
+        let catalog = try Catalog(path: directory.path("registry.db"))
+        let log = FakeLog(catalog: catalog, loop: group.next())
+        try log.append(.checkRunners([1]))
+        let url = "https://127.0.0.1:\(server.port)/health"
+        try log.append(instance(0, check: CheckDefinition(http: url, intervalSeconds: 1, timeoutSeconds: 2, tlsSkipVerify: true),
+                                status: .critical))
+        try log.append(instance(1, check: CheckDefinition(http: url, intervalSeconds: 1, timeoutSeconds: 2), status: .passing))
+        let checker = HealthChecker(selfID: 1, settings: HealthSettings(), catalog: catalog, logger: Logger(label: "test"),
+                                    propose: log.propose)
+        checker.start()
+        defer { checker.stop() }
+        #expect(waitUntil(seconds: 10) { statuses(catalog) == [.passing, .critical] }, "\(catalog.state.checks.values.map(\.value.output))")
     }
 }
