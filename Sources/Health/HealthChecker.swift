@@ -13,7 +13,7 @@ public struct HealthSettings: Sendable, Equatable {
     /// Transitions decided within this window travel in one log entry.
     public var batchWindowMilliseconds: Int64 = 200
     /// Connections the HTTP client keeps to one host:port (its pool's soft limit).
-    public var httpConnectionsPerHostMax = 2
+    public var httpConnectionsPerHostMax = 8
     /// Probes (HTTP and TCP) in flight at once on this server; a check due while the limit is
     /// reached skips that round (counted in `disco_health_probes_skipped_total`).
     public var probesInflightMax = 1024
