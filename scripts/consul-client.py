@@ -3,15 +3,17 @@
 discod cluster, talking to a follower (so every write is forwarded to the leader).
 
 Registers and deregisters services with checks, reads the catalog and health, runs a blocking
-query that a later registration wakes, passes and fails a TTL check, uses the KV store, and
-checks that DNS on every server answers what was registered.
+query that a later registration wakes, passes and fails a TTL check, runs an HTTP check against a
+local endpoint, puts services and the node in maintenance, uses the KV store (CAS deletes, key
+listings rolled up by a separator), and checks that DNS on every server answers what was
+registered.
 
     python3 -m venv /tmp/venv && /tmp/venv/bin/pip install py-consul
     /tmp/venv/bin/python scripts/consul-client.py --discod .build/debug/discod
 
 Exit status 0 when every step passed; each failure is printed with the step's name.
 """
-import argparse, os, subprocess, sys, tempfile, threading, time
+import argparse, http.server, json, os, subprocess, sys, tempfile, threading, time, urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import chaos  # noqa: E402  (the cluster fixture: real discod processes on loopback)
@@ -42,6 +44,27 @@ def eventually(predicate, seconds=PROPAGATION_WAIT_SECONDS):
             return True
         time.sleep(0.05)
     return predicate()
+
+
+class Endpoint(http.server.BaseHTTPRequestHandler):
+    """A service's health endpoint whose answer the script sets (Endpoint.code)."""
+    code = 200
+
+    def do_GET(self):
+        body = f"status {Endpoint.code}".encode()
+        self.send_response(Endpoint.code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def put_json(port, path, body):
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(), method="PUT")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.status
 
 
 def main():
@@ -150,6 +173,65 @@ def main():
         check("kv.get stale on a follower", eventually(lambda: c.kv.get("app/color", consistency="stale")[1]["Value"] == b"green"),
               stale)
         check("status.leader names a server", c.status.leader() == f"127.0.0.1:{leader.raft}", c.status.leader())
+
+        # Every server's own node is in the catalog, as a Consul agent's is.
+        check("catalog.nodes lists every server's node",
+              eventually(lambda: {f"disco-{n.id}" for n in cluster.nodes} <= {x["Node"] for x in c.catalog.nodes()[1]}),
+              c.catalog.nodes()[1])
+
+        # KV: a DELETE with a stale ?cas= fails, with the current one succeeds; ?keys&separator= rolls up.
+        c.kv.put("tree/a", "1")
+        c.kv.put("tree/b/c", "2")
+        c.kv.put("tree/b/d", "3")
+        _, item = c.kv.get("tree/a")
+        check("kv.delete with a stale cas returns False", c.kv.delete("tree/a", cas=item["ModifyIndex"] - 1) is False)
+        check("... and leaves the key", c.kv.get("tree/a")[1] is not None)
+        check("kv.delete with the current cas returns True", c.kv.delete("tree/a", cas=item["ModifyIndex"]) is True)
+        c.kv.put("tree/a", "1")
+        _, keys = c.kv.get("tree/", keys=True, separator="/")
+        check("kv.get(keys, separator='/') rolls up", keys == ["tree/a", "tree/b/"], keys)
+
+        # An HTTP check against a local endpoint: in DNS while 2xx, out on 500, back on 200.
+        endpoint = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Endpoint)
+        threading.Thread(target=endpoint.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{endpoint.server_address[1]}/health"
+        c.agent.service.register("api", service_id="api-1", address="10.3.0.1", port=80,
+                                 check=consul.Check.http(url, interval="1s", timeout="1s"))
+        check("an HTTP-checked instance is answered once its check passes",
+              eventually(lambda: all(dig(n.dns, "api.service.disco.") == ["10.3.0.1"] for n in cluster.nodes)))
+        Endpoint.code = 500
+        check("... and dropped on every server when it answers 500",
+              eventually(lambda: all(dig(n.dns, "api.service.disco.") == [] for n in cluster.nodes)))
+        _, checks = c.health.checks("api")
+        check("... with the status code in the check's output", checks and "500" in checks[0]["Output"], checks)
+        Endpoint.code = 200
+        check("... and back on 200", eventually(lambda: dig(follower.dns, "api.service.disco.") == ["10.3.0.1"]))
+
+        # Maintenance: Python sends enable=True; Consul accepts what Go's ParseBool does.
+        c.agent.service.maintenance("api-1", True, reason="upgrade")
+        _, checks = c.health.checks("api")
+        check("service maintenance adds the critical _service_maintenance check",
+              any(x["CheckID"] == "_service_maintenance:api-1" and x["Status"] == "critical" for x in checks), checks)
+        check("... which takes it out of DNS", eventually(lambda: dig(follower.dns, "api.service.disco.") == []))
+        c.agent.service.maintenance("api-1", False)
+        check("... until it is disabled", eventually(lambda: dig(follower.dns, "api.service.disco.") == ["10.3.0.1"]))
+        c.agent.maintenance(True, reason="kernel update")
+        _, node_checks = c.health.node(f"disco-{follower.id}")
+        check("node maintenance adds _node_maintenance", any(x["CheckID"] == "_node_maintenance" for x in node_checks),
+              node_checks)
+        check("... which takes the node's instances out of DNS",
+              eventually(lambda: dig(follower.dns, "api.service.disco.") == []))
+        c.agent.maintenance(False)
+        check("... until it is disabled", eventually(lambda: dig(follower.dns, "api.service.disco.") == ["10.3.0.1"]))
+        endpoint.shutdown()
+
+        # Documented fields are read in both spellings (Consul's agent decodes snake_case too).
+        put_json(follower.http, "/v1/agent/service/register", {"name": "tagged", "enable_tag_override": True})
+        check("snake_case enable_tag_override is read", c.agent.services().get("tagged", {}).get("EnableTagOverride") is True,
+              c.agent.services().get("tagged"))
+        c.agent.service.register("tagged2", enable_tag_override=True)
+        check("EnableTagOverride is read", c.agent.services().get("tagged2", {}).get("EnableTagOverride") is True,
+              c.agent.services().get("tagged2"))
     finally:
         cluster.stop_all()
     if failures:

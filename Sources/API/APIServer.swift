@@ -4,8 +4,10 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import Health
 import Raft
 import RateLimit
+import Registry
 import Store
 
 /// The HTTP API (SwiftNIO HTTP/1.1): Consul's KV, catalog, health and agent endpoints,
@@ -24,6 +26,8 @@ public final class APIServer: @unchecked Sendable {
     private let connections: ConnectionCounter
     private let uploads = UploadSlot()
     private var channel: Channel?
+    /// Writes a server's own catalog commands through the leader (Health, self-registration).
+    public let proposer: CatalogProposer
 
     /// - Parameter extraMetrics: more Prometheus text lines for /metrics, from modules the API
     ///   does not import (the DNS servers' limits).
@@ -36,11 +40,16 @@ public final class APIServer: @unchecked Sendable {
         self.connections = ConnectionCounter(limits: limits)
         let gate = AdmissionGate(admission: WriteAdmission(admission), driver: driver)
         let admissionMetrics = { @Sendable in gate.metricLines + (extraMetrics?() ?? []) }
+        let forwarder = Forwarder(group: group)
+        let proposer = CatalogProposer(driver: driver, directory: directory, forwarder: forwarder, group: group)
+        self.proposer = proposer
         self.router = APIRouter(kv: KVService(kv: kv, driver: driver, directory: directory, hub: registry?.hub ?? WatchHub(),
                                               gate: gate, logger: logger),
-                                registry: registry.map { RegistryService(context: $0, driver: driver, gate: gate, logger: logger) },
-                                driver: driver, directory: directory, forwarder: Forwarder(group: group),
-                                extraMetrics: admissionMetrics, logger: logger)
+                                registry: registry.map {
+                                    RegistryService(context: $0, driver: driver, proposer: proposer, gate: gate, logger: logger)
+                                },
+                                driver: driver, directory: directory, forwarder: forwarder, extraMetrics: admissionMetrics,
+                                logger: logger)
     }
 
     public func start() throws -> Int {
@@ -144,6 +153,15 @@ final class APIRouter: Sendable {
             case "/metrics": return loop.makeSucceededFuture(self.metrics(status))
             default: break
             }
+            if request.path == CatalogProposer.path { return self.proposeFromPeer(request, status, on: loop) }
+            // A TTL renewal goes to the server that runs the check, not to the leader: a renewal
+            // that changes nothing is no log entry (Health).
+            if let registry = self.registry, registry.isTTLRenewal(request) {
+                if !request.forwarded, let owner = registry.renewalOwner(request), owner != self.driver.id {
+                    return self.forward(request, to: owner, status, on: loop)
+                }
+                return registry.handle(request, status: status, on: loop)
+            }
             if Self.needsLeader(request) && status.role != .leader {
                 return self.forwardToLeader(request, status, on: loop)
             }
@@ -155,8 +173,19 @@ final class APIRouter: Sendable {
     }
 
     private func forwardToLeader(_ request: APIRequest, _ status: RaftStatus, on loop: EventLoop) -> EventLoopFuture<APIResponse> {
-        guard !request.forwarded, let leader = status.leader, let address = directory.http[leader] else {
+        guard !request.forwarded, let leader = status.leader else {
             return loop.makeSucceededFuture(.text("No cluster leader", status: .serviceUnavailable,
+                                                  headers: consulLeaderHeaders(status)))
+        }
+        return forward(request, to: leader, status, on: loop)
+    }
+
+    /// Sends `request` to server `target` as this server's agent request: the node headers say
+    /// which node the agent endpoints act on there.
+    private func forward(_ request: APIRequest, to target: NodeID, _ status: RaftStatus,
+                         on loop: EventLoop) -> EventLoopFuture<APIResponse> {
+        guard !request.forwarded, let address = directory.http[target] else {
+            return loop.makeSucceededFuture(.text("server \(target) is not reachable from here", status: .serviceUnavailable,
                                                   headers: consulLeaderHeaders(status)))
         }
         var extra = [(RegistryService.clientAddressHeader, request.remoteAddress)]
@@ -169,8 +198,8 @@ final class APIRouter: Sendable {
         let timeout = min(wait, WatchHub.waitSecondsMax) * (1 + WatchHub.jitterFraction) + Forwarder.responseTimeoutSecondsMin
         return forwarder.forward(request, to: address, extraHeaders: extra, timeoutSeconds: timeout, on: loop)
             .flatMapErrorThrowing { error in
-                self.logger.debug("forwarding to the leader failed", metadata: ["http.error": "\(error)", "raft.leader": "\(leader)"])
-                return .text("the leader (\(address)) could not be reached: \(error)", status: .serviceUnavailable,
+                self.logger.debug("forwarding failed", metadata: ["http.error": "\(error)", "raft.server": "\(target)"])
+                return .text("server \(target) (\(address)) could not be reached: \(error)", status: .serviceUnavailable,
                              headers: consulLeaderHeaders(status))
             }
     }
@@ -210,6 +239,24 @@ final class APIRouter: Sendable {
             gauge("disco_catalog_services", "Service names with at least one instance.", "\(state.registeredServiceNames.count)")
             gauge("disco_catalog_instances", "Registered service instances.", "\(state.services.count)")
             gauge("disco_blocking_queries", "Blocking queries parked on this server.", "\(registry.context.hub.parkedCount)")
+            if let health = registry.context.health {
+                let counters = health.counters
+                gauge("disco_health_checks_owned", "Checks this server runs (it owns them).", "\(counters.checksOwned)")
+                gauge("disco_health_checks_damped", "Checks held at their worst status by flap damping.", "\(counters.dampedNow)")
+                func counter(_ name: String, _ help: String, _ value: Int) {
+                    lines += ["# HELP \(name) \(help)", "# TYPE \(name) counter", "\(name) \(value)"]
+                }
+                counter("disco_health_probes_total", "HTTP and TCP probes started.", counters.probes)
+                counter("disco_health_probes_skipped_total", "Probe rounds skipped at health.probes_inflight_max.",
+                        counters.probesSkipped)
+                counter("disco_health_transitions_total", "Check status transitions decided here.", counters.transitions)
+                counter("disco_health_entries_total", "Log entries proposed for check transitions.", counters.entries)
+                counter("disco_health_damped_total", "Times a check entered flap damping.", counters.dampedTotal)
+                counter("disco_health_deregistrations_total", "Instances removed by DeregisterCriticalServiceAfter.",
+                        counters.deregistrations)
+                counter("disco_health_proposal_failures_total", "Transition entries that could not be written (retried).",
+                        counters.proposalFailures)
+            }
         }
         if let extraMetrics { lines += extraMetrics() }
         return APIResponse(status: .ok, headers: [("Content-Type", "text/plain; version=0.0.4")],
@@ -328,7 +375,9 @@ final class KVService: Sendable {
         let index = entries.map(\.modifyIndex).max() ?? max(kv.lastModifyIndex, 1)  // as `index(of:recurse:)`
         let headers = [("X-Consul-Index", "\(index)")] + leaderHeaders(status)
         guard !entries.isEmpty else { return APIResponse(status: .notFound, headers: headers) }
-        if request.query["keys"] != nil { return .json(entries.map(\.key), headers: headers) }
+        if request.query["keys"] != nil {
+            return .json(Self.keys(entries.map(\.key), prefix: key, separator: request.query["separator"] ?? ""), headers: headers)
+        }
         if request.query["raw"] != nil {
             return APIResponse(status: .ok, headers: [("Content-Type", "application/octet-stream")] + headers, body: entries[0].value)
         }
@@ -338,6 +387,19 @@ final class KVService: Sendable {
              "Value": entry.value.isEmpty ? NSNull() : Data(entry.value).base64EncodedString() as Any]
         }
         return .json(json, headers: headers)
+    }
+
+    /// Consul's `?keys&separator=S`: each key under `prefix` up to and including the first S
+    /// after the prefix, once (`tree/b/c`, `tree/b/d` → `tree/b/`).
+    static func keys(_ keys: [String], prefix: String, separator: String) -> [String] {
+        guard !separator.isEmpty else { return keys }
+        var out: [String] = []
+        for key in keys {
+            let rest = key.dropFirst(prefix.count)
+            let rolled = rest.range(of: separator).map { prefix + rest[..<$0.upperBound] } ?? key
+            if out.last != rolled { out.append(rolled) }
+        }
+        return out
     }
 
     private func write(_ key: String, _ request: APIRequest, _ status: RaftStatus,
@@ -359,8 +421,10 @@ final class KVService: Sendable {
             }
             command = cas.map { .compareAndSet(key: key, value: request.body, flags: flags ?? 0, modifyIndex: $0) }
                 ?? .put(key: key, value: request.body, flags: flags ?? 0)
+        } else if request.query["recurse"] != nil {
+            command = .deleteTree(prefix: key)
         } else {
-            command = request.query["recurse"] != nil ? .deleteTree(prefix: key) : .delete(key: key)
+            command = cas.map { .deleteIfModifyIndex(key: key, modifyIndex: $0) } ?? .delete(key: key)
         }
         guard status.role == .leader else { return loop.makeSucceededFuture(notLeader(status)) }
         if let refusal = gate.refusal(for: request) { return loop.makeSucceededFuture(refusal) }

@@ -143,6 +143,34 @@ struct JSONFields {
         return total
     }
 
+    /// Go's strconv.ParseBool, which Consul uses for query flags such as `?enable=`.
+    static func parseBool(_ text: String) -> Bool? {
+        switch text {
+        case "1", "t", "T", "TRUE", "true", "True": true
+        case "0", "f", "F", "FALSE", "false", "False": false
+        default: nil
+        }
+    }
+
+    /// An object whose values are arrays of strings (Consul's check `Header`).
+    func stringLists(_ key: String) throws(BadRequest) -> [String: [String]]? {
+        guard let value = value(key) else { return nil }
+        guard let object = value as? [String: Any] else {
+            throw BadRequest(field: name(key), message: "expected an object of string arrays")
+        }
+        var out: [String: [String]] = [:]
+        for (k, v) in object {
+            guard let array = v as? [Any] else { throw BadRequest(field: "\(name(key)).\(k)", message: "expected an array of strings") }
+            var values: [String] = []
+            for (i, item) in array.enumerated() {
+                guard let text = item as? String else { throw BadRequest(field: "\(name(key)).\(k)[\(i)]", message: "expected a string") }
+                values.append(text)
+            }
+            out[k] = values
+        }
+        return out
+    }
+
     /// JSONSerialization gives booleans as NSNumber too: they are the ones of type `char`
     /// (`__NSCFBoolean`, objCType "c"); JSON numbers come out as "i", "q" or "d".
     static func isBoolean(_ number: NSNumber) -> Bool {

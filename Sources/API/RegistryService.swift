@@ -1,5 +1,6 @@
 import Cluster
 import Foundation
+import Health
 import Logging
 import NIOCore
 import NIOHTTP1
@@ -15,17 +16,20 @@ public struct RegistryContext: Sendable {
     public var nodeName: String
     public var nodeAddress: String
     public var datacenter: String
+    /// The checks this server runs (nil: health checking is off here).
+    public var health: HealthChecker?
 
     /// Consul's default datacenter name, which clients send in `?dc=` and expect back.
     public static let datacenterDefault = "dc1"
 
     public init(catalog: Catalog, hub: WatchHub, nodeName: String, nodeAddress: String,
-                datacenter: String = RegistryContext.datacenterDefault) {
+                datacenter: String = RegistryContext.datacenterDefault, health: HealthChecker? = nil) {
         self.catalog = catalog
         self.hub = hub
         self.nodeName = nodeName
         self.nodeAddress = nodeAddress
         self.datacenter = datacenter
+        self.health = health
     }
 }
 
@@ -45,6 +49,8 @@ final class RegistryService: @unchecked Sendable {
     static let tagsMax = 256
     static let nameBytesMax = 256
     static let checksPerRegistrationMax = 32
+    /// SuccessBeforePassing and FailuresBefore* above this are refused (an hour of 1 s probes).
+    static let checkThresholdMax = 3600
 
     /// Headers a forwarding server adds so the leader registers on the right node.
     static let nodeHeader = "X-Disco-Node"
@@ -54,11 +60,17 @@ final class RegistryService: @unchecked Sendable {
     let context: RegistryContext
     let driver: RaftDriver
     let gate: AdmissionGate
+    let proposer: CatalogProposer
     let logger: Logger
 
-    init(context: RegistryContext, driver: RaftDriver, gate: AdmissionGate, logger: Logger) {
+    /// Headers one check may send (Consul's `Header`), and values per header.
+    static let checkHeadersMax = 64
+    static let checkHeaderValuesMax = 16
+
+    init(context: RegistryContext, driver: RaftDriver, proposer: CatalogProposer, gate: AdmissionGate, logger: Logger) {
         self.context = context
         self.driver = driver
+        self.proposer = proposer
         self.gate = gate
         self.logger = logger
     }
@@ -99,6 +111,8 @@ final class RegistryService: @unchecked Sendable {
             return needs(.GET) ?? loop.makeSucceededFuture(agentServices(status))
         case ("agent", "checks"):
             return needs(.GET) ?? loop.makeSucceededFuture(agentChecks(status))
+        case ("agent", "maintenance") where s.count == 2:
+            return try needs(.PUT) ?? nodeMaintenance(request, on: loop)
         case ("agent", "service") where s.count >= 3:
             switch s[2] {
             case "register": return try needs(.PUT) ?? registerAgentService(request, on: loop)
@@ -321,10 +335,35 @@ final class RegistryService: @unchecked Sendable {
         }
     }
 
-    private func maintenance(_ id: String, _ request: APIRequest, on loop: EventLoop) throws -> EventLoopFuture<APIResponse> {
-        guard let enable = request.query["enable"].flatMap({ Bool($0) }) else {
+    /// `?enable=`, read as Go's strconv.ParseBool (what Consul does): 1 t T TRUE true True, 0 f F FALSE false False.
+    private func enableParameter(_ request: APIRequest) throws(BadRequest) -> Bool {
+        guard let enable = request.query["enable"].flatMap(JSONFields.parseBool) else {
             throw BadRequest(field: "enable", message: "expected ?enable=true or ?enable=false")
         }
+        return enable
+    }
+
+    /// Consul's node maintenance: a critical `_node_maintenance` check on this agent's node, which
+    /// takes every instance on it out of DNS and passing health queries.
+    private func nodeMaintenance(_ request: APIRequest, on loop: EventLoop) throws -> EventLoopFuture<APIResponse> {
+        let enable = try enableParameter(request)
+        let node = agentNode(request)
+        let command: CatalogCommand
+        if enable {
+            var record = node
+            if let existing = context.catalog.state.nodes[node.name]?.value, existing.address == node.address { record = existing }
+            command = .register(node: record, service: nil, checks: [CheckRegistration(
+                CheckRecord(id: nodeMaintenanceCheckID, node: node.name, name: "Node Maintenance Mode", status: .critical,
+                            notes: request.query["reason"] ?? "Maintenance mode is enabled for this node"),
+                statusGiven: true)], replaceChecks: false)
+        } else {
+            command = .deregister(node: node.name, serviceID: nil, checkID: nodeMaintenanceCheckID)
+        }
+        return commit(command, for: request, on: loop) { _ in APIResponse(status: .ok) }
+    }
+
+    private func maintenance(_ id: String, _ request: APIRequest, on loop: EventLoop) throws -> EventLoopFuture<APIResponse> {
+        let enable = try enableParameter(request)
         let node = agentNode(request)
         let checkID = maintenanceCheckPrefix + id
         let command: CatalogCommand = enable
@@ -361,13 +400,74 @@ final class RegistryService: @unchecked Sendable {
         }
     }
 
+    /// `PUT /v1/agent/check/pass|warn|fail|update/ID` of a TTL check, with health checking on:
+    /// the server that runs the check takes it (the router sends it there, not to the leader).
+    func isTTLRenewal(_ request: APIRequest) -> Bool {
+        renewedCheck(request) != nil
+    }
+
+    /// The check a TTL renewal is for, if `request` is one.
+    private func renewedCheck(_ request: APIRequest) -> NodeScopedID? {
+        guard context.health != nil, request.path.hasPrefix("/v1/agent/check/") else { return nil }
+        let s = request.path.split(separator: "/", omittingEmptySubsequences: true).dropFirst().map(String.init)
+        guard s.count >= 4, ["pass", "warn", "fail", "update"].contains(s[2]) else { return nil }
+        let key = NodeScopedID(node: agentNode(request).name, id: s.dropFirst(3).joined(separator: "/"))
+        guard let definition = context.catalog.state.checks[key]?.value.definition, definition.http == nil,
+              definition.tcp == nil, definition.ttlSeconds != nil else { return nil }
+        return key
+    }
+
+    /// The server that runs a renewed TTL check (nil: none yet; this server takes it).
+    func renewalOwner(_ request: APIRequest) -> NodeID? {
+        guard let key = renewedCheck(request), let owner = context.health?.owner(node: key.node, checkID: key.id) else { return nil }
+        return NodeID(rawValue: owner)
+    }
+
     private func updateAgentCheck(_ id: String, _ status: HealthStatus, _ output: String, _ request: APIRequest,
                                   on loop: EventLoop) -> EventLoopFuture<APIResponse> {
-        let key = NodeScopedID(node: agentNode(request).name, id: id)
+        let node = agentNode(request).name
+        let key = NodeScopedID(node: node, id: id)
         return unlessUnknown({ $0.checks[key] != nil }, "Unknown check ID \"\(id)\"", on: loop) {
-            self.commit(.updateCheck(node: key.node, checkID: id, status: status, output: output), for: request, on: loop) { _ in
-                APIResponse(status: .ok)
+            self.updateKnownCheck(key, status, output, request, on: loop)
+        }
+    }
+
+    /// A check update once the check is known to exist (after a barrier if it was not found here).
+    private func updateKnownCheck(_ key: NodeScopedID, _ status: HealthStatus, _ output: String, _ request: APIRequest,
+                                  on loop: EventLoop) -> EventLoopFuture<APIResponse> {
+        let (node, id) = (key.node, key.id)
+        guard let check = context.catalog.state.checks[key]?.value else {
+            return loop.makeSucceededFuture(.text("Unknown check ID \"\(id)\"", status: .notFound))
+        }
+        let command = CatalogCommand.updateCheck(node: node, checkID: id, status: status, output: output)
+        guard let health = context.health, check.definition.ttlSeconds != nil else {
+            if context.health != nil, check.definition.http != nil || check.definition.tcp != nil {
+                // Consul refuses too: the server that runs the check sets its status.
+                return loop.makeSucceededFuture(.text("CheckID \"\(id)\" does not have associated TTL", status: .badRequest))
             }
+            return commit(command, for: request, on: loop) { _ in APIResponse(status: .ok) }
+        }
+        // A TTL renewal: the owner decides, and only a transition is a log entry.
+        return health.renew(node: node, checkID: id, status: status, output: output).hop(to: loop).flatMap { outcome in
+            switch outcome {
+            case .unchanged:
+                return loop.makeSucceededFuture(APIResponse(status: .ok))
+            case .committed(let index):
+                return loop.makeSucceededFuture(APIResponse(status: .ok, headers: [("X-Consul-Index", "\(index)")]))
+            case .notOwned:
+                // No server runs it yet (or ownership is moving): the log decides, after a read
+                // barrier, so the answer never rests on a stale local state.
+                return self.driver.linearizableRead().hop(to: loop).flatMap { () -> EventLoopFuture<APIResponse> in
+                    guard self.context.catalog.state.checks[NodeScopedID(node: node, id: id)]?.value.status != status else {
+                        return loop.makeSucceededFuture(APIResponse(status: .ok))
+                    }
+                    return self.proposer.propose(command).hop(to: loop).map { index in
+                        APIResponse(status: .ok, headers: [("X-Consul-Index", "\(index)")])
+                    }
+                }
+            }
+        }.flatMapErrorThrowing { error in
+            .text("the check's status could not be written: \(error)", status: .serviceUnavailable)
         }
     }
 
@@ -494,7 +594,7 @@ final class RegistryService: @unchecked Sendable {
         }
         return ServiceInstance(id: id, node: node, name: name, tags: tags, address: try body.string("Address") ?? "",
                                port: try body.integer("Port", in: 0...65535) ?? 0, meta: try parseMeta(body, "Meta"),
-                               weights: weights)
+                               weights: weights, enableTagOverride: try body.boolean("EnableTagOverride") ?? false)
     }
 
     private func parseMeta(_ body: JSONFields, _ key: String) throws(BadRequest) -> [String: String] {
@@ -525,11 +625,38 @@ final class RegistryService: @unchecked Sendable {
             }
             status = parsed
         }
+        // Keys match in CamelCase and snake_case alike (JSONFields), as Consul's agent reads them.
+        func count(_ key: String) throws(BadRequest) -> Int? { try body.integer(key, in: 0...Self.checkThresholdMax) }
+        let header = try body.stringLists("Header")
+        if let header {
+            guard header.count <= Self.checkHeadersMax, header.values.allSatisfy({ $0.count <= Self.checkHeaderValuesMax }) else {
+                throw BadRequest(field: field("Header"),
+                                 message: "at most \(Self.checkHeadersMax) headers of \(Self.checkHeaderValuesMax) values")
+            }
+        }
         let definition = CheckDefinition(
             http: try body.string("HTTP"), method: try body.string("Method"), tcp: try body.string("TCP"),
             ttlSeconds: try body.duration("TTL"), intervalSeconds: try body.duration("Interval"),
             timeoutSeconds: try body.duration("Timeout"),
-            deregisterCriticalAfterSeconds: try body.duration("DeregisterCriticalServiceAfter"))
+            deregisterCriticalAfterSeconds: try body.duration("DeregisterCriticalServiceAfter"), header: header,
+            tlsSkipVerify: try body.boolean("TLSSkipVerify"), successBeforePassing: try count("SuccessBeforePassing"),
+            failuresBeforeWarning: try count("FailuresBeforeWarning"), failuresBeforeCritical: try count("FailuresBeforeCritical"))
+        if let url = definition.http {
+            guard let parsed = URL(string: url), ["http", "https"].contains(parsed.scheme?.lowercased() ?? ""), parsed.host != nil else {
+                throw BadRequest(field: field("HTTP"), message: "expected an http:// or https:// URL")
+            }
+        }
+        if let method = definition.method {
+            guard !method.isEmpty, method.utf8.count <= 32, method.allSatisfy({ $0.isLetter }) else {
+                throw BadRequest(field: field("Method"), message: "expected an HTTP method such as GET or HEAD")
+            }
+        }
+        if let tcp = definition.tcp {
+            guard let colon = tcp.lastIndex(of: ":"), let port = Int(tcp[tcp.index(after: colon)...]), (1...65535).contains(port),
+                  colon != tcp.startIndex else {
+                throw BadRequest(field: field("TCP"), message: "expected host:port")
+            }
+        }
         if requireType {
             guard definition.http != nil || definition.tcp != nil || definition.ttlSeconds != nil else {
                 throw BadRequest(field: body.path.isEmpty ? "TTL" : body.path,
@@ -558,13 +685,13 @@ final class RegistryService: @unchecked Sendable {
     private func agentServiceJSON(_ instance: ServiceInstance) -> [String: Any] {
         ["Kind": "", "ID": instance.id, "Service": instance.name, "Tags": instance.tags, "Meta": instance.meta,
          "Port": instance.port, "Address": instance.address, "Weights": weightsJSON(instance.weights),
-         "EnableTagOverride": false, "Datacenter": context.datacenter]
+         "EnableTagOverride": instance.enableTagOverride, "Datacenter": context.datacenter]
     }
 
     private func healthServiceJSON(_ instance: Indexed<ServiceInstance>) -> [String: Any] {
         ["ID": instance.value.id, "Service": instance.value.name, "Tags": instance.value.tags, "Address": instance.value.address,
          "Meta": instance.value.meta, "Port": instance.value.port, "Weights": weightsJSON(instance.value.weights),
-         "EnableTagOverride": false, "CreateIndex": instance.createIndex, "ModifyIndex": instance.modifyIndex]
+         "EnableTagOverride": instance.value.enableTagOverride, "CreateIndex": instance.createIndex, "ModifyIndex": instance.modifyIndex]
     }
 
     private func catalogServiceJSON(_ instance: Indexed<ServiceInstance>, _ state: CatalogState) -> [String: Any] {
@@ -574,7 +701,7 @@ final class RegistryService: @unchecked Sendable {
                 "NodeMeta": node?.value.meta ?? [:], "ServiceKind": "", "ServiceID": instance.value.id,
                 "ServiceName": instance.value.name, "ServiceTags": instance.value.tags, "ServiceAddress": instance.value.address,
                 "ServicePort": instance.value.port, "ServiceMeta": instance.value.meta,
-                "ServiceWeights": weightsJSON(instance.value.weights), "ServiceEnableTagOverride": false,
+                "ServiceWeights": weightsJSON(instance.value.weights), "ServiceEnableTagOverride": instance.value.enableTagOverride,
                 "CreateIndex": instance.createIndex, "ModifyIndex": instance.modifyIndex]
     }
 
@@ -586,6 +713,14 @@ final class RegistryService: @unchecked Sendable {
         if let ttl = check.value.definition.ttlSeconds { definition["TTL"] = "\(ttl)s" }
         if let interval = check.value.definition.intervalSeconds { definition["Interval"] = "\(interval)s" }
         if let timeout = check.value.definition.timeoutSeconds { definition["Timeout"] = "\(timeout)s" }
+        let d = check.value.definition
+        if let method = d.method { definition["Method"] = method }
+        if let header = d.header { definition["Header"] = header }
+        if let skip = d.tlsSkipVerify { definition["TLSSkipVerify"] = skip }
+        if let after = d.deregisterCriticalAfterSeconds { definition["DeregisterCriticalServiceAfter"] = "\(after)s" }
+        if let n = d.successBeforePassing { definition["SuccessBeforePassing"] = n }
+        if let n = d.failuresBeforeWarning { definition["FailuresBeforeWarning"] = n }
+        if let n = d.failuresBeforeCritical { definition["FailuresBeforeCritical"] = n }
         return ["Node": check.value.node, "CheckID": check.value.id, "Name": check.value.name, "Status": check.value.status.rawValue,
                 "Notes": check.value.notes, "Output": check.value.output, "ServiceID": check.value.serviceID,
                 "ServiceName": service?.value.name ?? "", "ServiceTags": service?.value.tags ?? [],

@@ -12,6 +12,8 @@ public enum KVCommand: Sendable, Equatable {
     case delete(key: String)
     /// `?recurse` delete of every key with the prefix.
     case deleteTree(prefix: String)
+    /// Consul's `DELETE ?cas=N`: delete only if the key's ModifyIndex is N; true if it is absent.
+    case deleteIfModifyIndex(key: String, modifyIndex: UInt64)
 
     /// Keys longer than this are refused (Consul's limit is about the same).
     public static let keyBytesMax = 512
@@ -29,6 +31,8 @@ public enum KVCommand: Sendable, Equatable {
             out.u8(3); out.bytes(Array(key.utf8))
         case .deleteTree(let prefix):
             out.u8(4); out.bytes(Array(prefix.utf8))
+        case .deleteIfModifyIndex(let key, let index):
+            out.u8(5); out.bytes(Array(key.utf8)); out.u64(index)
         }
         return out.bytes
     }
@@ -42,6 +46,7 @@ public enum KVCommand: Sendable, Equatable {
         case 2: self = .compareAndSet(key: try string(), value: try r.bytes(), flags: try r.u64(), modifyIndex: try r.u64())
         case 3: self = .delete(key: try string())
         case 4: self = .deleteTree(prefix: try string())
+        case 5: self = .deleteIfModifyIndex(key: try string(), modifyIndex: try r.u64())
         default: throw PeerFrameError(offset: 0, message: "unknown KV command \(op)")
         }
         guard r.remaining == 0 else { throw PeerFrameError(offset: r.offset, message: "trailing bytes in a KV command") }
@@ -160,6 +165,12 @@ public final class KVStore: @unchecked Sendable {
             return true
         case .deleteTree(let prefix):
             try deletePrefix.run(.integer(Int64(prefix.utf8.count)), .text(prefix))
+            return true
+        case .deleteIfModifyIndex(let key, let expected):
+            // Consul's kvsDeleteCAS: an absent key is a success, a different index a failure.
+            guard case .integer(let modify)? = try selectModifyIndex.query(.text(key)).first?.first else { return true }
+            guard UInt64(modify) == expected else { return false }
+            try deleteKey.run(.text(key))
             return true
         }
     }

@@ -18,13 +18,16 @@ public struct PeerFrameError: Error, Sendable, Equatable, CustomStringConvertibl
 ///
 /// A frame is `length: u32` (bytes after the length field) then the body:
 /// `version: u8 = 4`, `cluster: u64`, `kind: u8`, `from: u64`, `to: u64`, `term: u64`, then the
-/// kind's fields, then `checksum: u32`, the CRC-32 of every body byte before it (version 4: a
-/// frame damaged between two servers' memories is refused, not stepped). `cluster` identifies the cluster (a hash of its token, as etcd's
+/// kind's fields, then `checksum: u32`, the CRC-32 of every body byte before it (a frame
+/// damaged between two servers' memories is refused, not stepped). `cluster` identifies the
+/// cluster (a hash of its token, as etcd's
 /// initial-cluster-token): a frame from another cluster is refused, so two clusters on one
 /// network never mix their logs. Version 1 had no cluster field. Version 3 has the same frames
 /// as 2 but marks servers that write registry entries in the binary form (tag 0x41), which a
 /// version 2 server would skip as malformed and so hold a different catalog: the two refuse
-/// each other instead.
+/// each other instead. Version 4 adds the checksum, and, likewise, marks servers that write
+/// registry entries with tag 0x42 (health check thresholds, batched check statuses, the check
+/// runners).
 /// Integers are big-endian; byte strings are `u32` length + bytes; entries are
 /// `term u64, index u64, kind u8, data`. A frame above `frameBytesMax`, an unknown version or
 /// kind, or trailing bytes is an error.

@@ -2,6 +2,7 @@ import API
 import CShims
 import Cluster
 import Foundation
+import Health
 import Logging
 import NIOPosix
 import Raft
@@ -24,6 +25,9 @@ final class ClusterRuntime {
     let raftPort: Int
     let httpPort: Int
     let catalog: Catalog
+    /// The checks this server runs (nil: `health.enabled = false`).
+    let health: HealthChecker?
+    private let upkeep: ServerUpkeep
 
     /// - Parameter onCatalogChange: called on the driver's loop after each entry that changed
     ///   the catalog (the DNS view rebuild hooks in here).
@@ -74,7 +78,8 @@ final class ClusterRuntime {
                     } else {
                         try kv.apply(entry)
                         switch try? KVCommand(decoding: entry.data) {
-                        case .put(let key, _, _)?, .compareAndSet(let key, _, _, _)?, .delete(let key)?:
+                        case .put(let key, _, _)?, .compareAndSet(let key, _, _, _)?, .delete(let key)?,
+                             .deleteIfModifyIndex(let key, _)?:
                             hub.notifyKV(.key(key))
                         case .deleteTree(let prefix)?:
                             hub.notifyKV(.prefix(prefix))
@@ -97,6 +102,16 @@ final class ClusterRuntime {
                             metadata: ["exit.code": "\(ExitCode.raftStorageFailed.rawValue)"])
             exit(ExitCode.raftStorageFailed.rawValue)
         }
+        // Health proposes through the API's proposer, which exists once the API does.
+        final class ProposerBox: @unchecked Sendable { var proposer: CatalogProposer? }
+        let proposerBox = ProposerBox()
+        let proposeLoop = group.next()
+        let health = config.health.enabled
+            ? HealthChecker(selfID: id.rawValue, settings: config.health, catalog: catalog, logger: logger) { command in
+                proposerBox.proposer?.propose(command) ?? proposeLoop.makeFailedFuture(HealthError.stopped)
+            }
+            : nil
+        self.health = health
         let directory = ClusterDirectory(raft: founding.mapValues(\.raft), http: founding.mapValues(\.http))
         // Joined servers' addresses are replicated; the driver tells the transport and the API.
         driver.learnServers(founding)
@@ -104,21 +119,29 @@ final class ClusterRuntime {
         api = APIServer(listen: PeerAddress(host: config.httpListen.host, port: config.httpListen.port), group: group,
                         kv: kv, driver: driver, directory: directory,
                         registry: RegistryContext(catalog: catalog, hub: hub, nodeName: config.effectiveNodeName,
-                                                  nodeAddress: config.effectiveNodeAddress),
+                                                  nodeAddress: config.effectiveNodeAddress, health: health),
                         limits: config.httpLimits, admission: config.writeAdmission, extraMetrics: extraMetrics,
                         logger: logger)
+        proposerBox.proposer = api.proposer
+        upkeep = ServerUpkeep(loop: group.next(), driver: driver, catalog: catalog, proposer: api.proposer,
+                              node: NodeRecord(name: config.effectiveNodeName, address: config.effectiveNodeAddress),
+                              logger: logger)
         do {
             raftPort = try transport.start()
         } catch {
+            health?.stop()
             throw StartError(code: .unavailable, message: "cannot bind raft \(config.raftListen): \(error)")
         }
         do {
             httpPort = try api.start()
         } catch {
             transport.stop()
+            health?.stop()
             throw StartError(code: .unavailable, message: "cannot bind http \(config.httpListen): \(error)")
         }
         driver.start()
+        health?.start()
+        upkeep.start()
         if let join = config.raftJoin {
             startJoining(through: join, config: config)
         }
@@ -126,6 +149,8 @@ final class ClusterRuntime {
 
     /// SIGTERM: a leader hands over first, so a rolling restart causes no election timeout.
     func stop() {
+        upkeep.stop()
+        health?.stop()
         if let handedOver = try? driver.stepDownForShutdown().wait(), handedOver {
             logger.info("leadership handed over before shutdown")
         }

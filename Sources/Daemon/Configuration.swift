@@ -2,6 +2,7 @@ import API
 import DNSServer
 import DNSWire
 import Foundation
+import Health
 import Registry
 import Logging
 import RateLimit
@@ -108,6 +109,8 @@ public struct Configuration: Sendable, Equatable {
     public var httpLimits = HTTPLimits()
     /// Write admission control (`http.write_limit.*`).
     public var writeAdmission = WriteAdmission.Configuration()
+    /// The `[health]` section: running the checks this server owns.
+    public var health = HealthSettings()
 
     /// One founding server: `ID=RAFT_ADDR,HTTP_ADDR`, e.g. `2=10.0.0.2:8300,10.0.0.2:8500`.
     public struct ServerSpec: Sendable, Equatable, CustomStringConvertible {
@@ -191,6 +194,9 @@ public struct Configuration: Sendable, Equatable {
     public static let dnsBackgroundNiceDefault = 10
     /// Linux's lowest priority is nice 19; a larger increment would mean the same.
     public static let dnsBackgroundNiceMax = 19
+
+    /// A longer batch window delays every health transition by as much; 5 s is already slow.
+    public static let healthBatchWindowMillisecondsMax = 5000
 
     /// Upper bound on workers: more threads than this per address only adds contention.
     public static let dnsWorkersMax = 64
@@ -427,6 +433,50 @@ public struct Configuration: Sendable, Equatable {
                 return "expected an integer from 0 to \(dnsBackgroundNiceMax)"
             }
             config.dnsBackgroundNice = n
+            return nil
+        },
+        Key(name: "health.enabled") { config, value in
+            guard case .boolean(let on) = value else { return "expected true or false" }
+            config.health.enabled = on
+            return nil
+        },
+        Key(name: "health.batch_window_milliseconds") { config, value in
+            guard case .integer(let n) = value, (1...healthBatchWindowMillisecondsMax).contains(n) else {
+                return "expected an integer from 1 to \(healthBatchWindowMillisecondsMax)"
+            }
+            config.health.batchWindowMilliseconds = Int64(n)
+            return nil
+        },
+        Key(name: "health.flap_transitions_max") { config, value in
+            guard case .integer(let n) = value, (1...1000).contains(n) else { return "expected an integer from 1 to 1000" }
+            config.health.damping.transitionsMax = n
+            return nil
+        },
+        Key(name: "health.flap_window_seconds") { config, value in
+            guard case .integer(let n) = value, (1...86_400).contains(n) else { return "expected an integer from 1 to 86400" }
+            config.health.damping.windowSeconds = Double(n)
+            return nil
+        },
+        Key(name: "health.flap_stable_seconds") { config, value in
+            guard case .integer(let n) = value, (0...86_400).contains(n) else { return "expected an integer from 0 to 86400" }
+            config.health.damping.stableSeconds = Double(n)
+            return nil
+        },
+        Key(name: "health.http_connections_per_host_max") { config, value in
+            guard case .integer(let n) = value, (1...64).contains(n) else { return "expected an integer from 1 to 64" }
+            config.health.httpConnectionsPerHostMax = n
+            return nil
+        },
+        Key(name: "health.probes_inflight_max") { config, value in
+            guard case .integer(let n) = value, (1...100_000).contains(n) else { return "expected an integer from 1 to 100000" }
+            config.health.probesInflightMax = n
+            return nil
+        },
+        Key(name: "health.output_bytes_max") { config, value in
+            guard case .integer(let n) = value, (64...HealthSettings.outputBytesMaxLimit).contains(n) else {
+                return "expected an integer from 64 to \(HealthSettings.outputBytesMaxLimit)"
+            }
+            config.health.outputBytesMax = n
             return nil
         },
         Key(name: "node.name") { config, value in

@@ -80,10 +80,14 @@ struct BinaryReader {
 
     private let bytes: [UInt8]
     private(set) var offset: Int
+    /// Records carry the fields added with entry tag 0x42 (check thresholds, headers, TLS;
+    /// EnableTagOverride).
+    var extendedChecks: Bool
 
-    init(_ bytes: [UInt8], from offset: Int = 0) {
+    init(_ bytes: [UInt8], from offset: Int = 0, extendedChecks: Bool = true) {
         self.bytes = bytes
         self.offset = offset
+        self.extendedChecks = extendedChecks
     }
 
     var atEnd: Bool { offset == bytes.count }
@@ -229,12 +233,23 @@ extension ServiceInstance {
         writer.signed(weights.passing)
         writer.signed(weights.warning)
         writer.string(registeredBy)
+        // Since entry tag 0x42.
+        writer.bool(enableTagOverride)
     }
 
     init(from reader: inout BinaryReader) throws(BinaryReader.Failure) {
         self.init(id: try reader.string(), node: try reader.string(), name: try reader.string(), tags: try reader.strings(),
                   address: try reader.string(), port: try reader.signed(), meta: try reader.map(),
                   weights: Weights(passing: try reader.signed(), warning: try reader.signed()), registeredBy: try reader.string())
+        if reader.extendedChecks { enableTagOverride = try reader.bool() }
+    }
+
+    /// A registry.db row: with the fields of entry tag 0x42 if it goes on (written since).
+    init(fromRow reader: inout BinaryReader) throws(BinaryReader.Failure) {
+        reader.extendedChecks = false
+        defer { reader.extendedChecks = true }
+        try self.init(from: &reader)
+        if !reader.atEnd { enableTagOverride = try reader.bool() }
     }
 }
 
@@ -246,6 +261,38 @@ extension CheckDefinition {
         for seconds in [ttlSeconds, intervalSeconds, timeoutSeconds, deregisterCriticalAfterSeconds] {
             writer.optional(seconds) { $0.double($1) }
         }
+        writeExtension(to: &writer)
+    }
+
+    /// The fields added with entry tag 0x42. Registry.db rows written before them end without.
+    func writeExtension(to writer: inout BinaryWriter) {
+        writer.optional(header) { writer, header in
+            writer.unsigned(UInt64(header.count))
+            for name in header.keys.sorted() {
+                writer.string(name)
+                writer.strings(header[name]!)
+            }
+        }
+        writer.optional(tlsSkipVerify) { $0.bool($1) }
+        for count in [successBeforePassing, failuresBeforeWarning, failuresBeforeCritical] {
+            writer.optional(count) { $0.signed($1) }
+        }
+    }
+
+    mutating func readExtension(from reader: inout BinaryReader) throws(BinaryReader.Failure) {
+        header = try reader.optional { r throws(BinaryReader.Failure) in
+            let count = try r.count("a header count")
+            var header: [String: [String]] = [:]
+            for _ in 0..<count {
+                let name = try r.string()
+                header[name] = try r.strings()
+            }
+            return header
+        }
+        tlsSkipVerify = try reader.optional { r throws(BinaryReader.Failure) in try r.bool() }
+        successBeforePassing = try reader.optional { r throws(BinaryReader.Failure) in try r.signed() }
+        failuresBeforeWarning = try reader.optional { r throws(BinaryReader.Failure) in try r.signed() }
+        failuresBeforeCritical = try reader.optional { r throws(BinaryReader.Failure) in try r.signed() }
     }
 
     init(from reader: inout BinaryReader) throws(BinaryReader.Failure) {
@@ -256,6 +303,7 @@ extension CheckDefinition {
                   intervalSeconds: try reader.optional { r throws(BinaryReader.Failure) in try r.double() },
                   timeoutSeconds: try reader.optional { r throws(BinaryReader.Failure) in try r.double() },
                   deregisterCriticalAfterSeconds: try reader.optional { r throws(BinaryReader.Failure) in try r.double() })
+        if reader.extendedChecks { try readExtension(from: &reader) }
     }
 }
 
@@ -278,12 +326,23 @@ extension CheckRecord {
     }
 }
 
+extension CheckRecord {
+    /// A registry.db row: written with the definition's extension since entry tag 0x42, and
+    /// without it before, so the extension is read if the row goes on.
+    init(fromRow reader: inout BinaryReader) throws(BinaryReader.Failure) {
+        reader.extendedChecks = false
+        defer { reader.extendedChecks = true }
+        try self.init(from: &reader)
+        if !reader.atEnd { try definition.readExtension(from: &reader) }
+    }
+}
+
 extension CatalogCommand {
     /// Batches inside batches deeper than this are refused: the decoder recurses per level.
     static let batchDepthMax = 4
 
     private enum Case: UInt8 {
-        case register = 1, deregister, updateCheck, batch
+        case register = 1, deregister, updateCheck, batch, checkStatuses, checkRunners
     }
 
     func write(to writer: inout BinaryWriter) {
@@ -313,13 +372,29 @@ extension CatalogCommand {
             writer.byte(Case.batch.rawValue)
             writer.unsigned(UInt64(commands.count))
             for command in commands { command.write(to: &writer) }
+        case .checkStatuses(let updates):
+            writer.byte(Case.checkStatuses.rawValue)
+            writer.unsigned(UInt64(updates.count))
+            for update in updates {
+                writer.string(update.node)
+                writer.string(update.checkID)
+                writer.byte(update.status.code)
+                writer.string(update.output)
+            }
+        case .checkRunners(let servers):
+            writer.byte(Case.checkRunners.rawValue)
+            writer.unsigned(UInt64(servers.count))
+            for server in servers { writer.unsigned(server) }
         }
     }
 
     init(from reader: inout BinaryReader, depth: Int = 0) throws(BinaryReader.Failure) {
         let start = reader.offset
-        guard let kind = Case(rawValue: try reader.byte("a command")) else {
-            throw BinaryReader.Failure(offset: start, expected: "a command (1 to 4)")
+        let byte = try reader.byte("a command")
+        // Entries in the first binary form (0x41) had only the first four commands.
+        let last = reader.extendedChecks ? Case.checkRunners : Case.batch
+        guard let kind = Case(rawValue: byte), kind.rawValue <= last.rawValue else {
+            throw BinaryReader.Failure(offset: start, expected: "a command (1 to \(last.rawValue))")
         }
         switch kind {
         case .register:
@@ -347,6 +422,21 @@ extension CatalogCommand {
             commands.reserveCapacity(count)
             for _ in 0..<count { commands.append(try CatalogCommand(from: &reader, depth: depth + 1)) }
             self = .batch(commands)
+        case .checkStatuses:
+            let count = try reader.count()
+            var updates: [CheckStatusUpdate] = []
+            updates.reserveCapacity(count)
+            for _ in 0..<count {
+                updates.append(CheckStatusUpdate(node: try reader.string(), checkID: try reader.string(),
+                                                 status: try HealthStatus(from: &reader), output: try reader.string()))
+            }
+            self = .checkStatuses(updates)
+        case .checkRunners:
+            let count = try reader.count()
+            var servers: [UInt64] = []
+            servers.reserveCapacity(count)
+            for _ in 0..<count { servers.append(try reader.unsigned()) }
+            self = .checkRunners(servers)
         }
     }
 }

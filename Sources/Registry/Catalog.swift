@@ -17,6 +17,12 @@ public final class Catalog: @unchecked Sendable {
     private var applied: UInt64 = 0
     private var observers: [@Sendable (CatalogChange, CatalogState) -> Void] = []
     private let putNode, removeNode, putService, removeService, putCheck, removeCheck, putServiceIndex, putMeta: Statement
+    private let clearCheckRunners, putCheckRunner: Statement
+
+    /// Tables added after the first release: created in files (and snapshot images) without them.
+    private static let laterTables = """
+        CREATE TABLE IF NOT EXISTS check_runners (id INTEGER PRIMARY KEY);
+        """
 
     public var path: String { database.path }
 
@@ -35,6 +41,7 @@ public final class Catalog: @unchecked Sendable {
             CREATE TABLE IF NOT EXISTS meta (id INTEGER PRIMARY KEY CHECK (id = 1), applied INTEGER NOT NULL,
                                              catalog_index INTEGER NOT NULL, nodes_index INTEGER NOT NULL);
             """)
+        try database.execute(Self.laterTables)
         putNode = try database.prepare("INSERT OR REPLACE INTO nodes (name, record, create_index, modify_index) VALUES (?, ?, ?, ?)")
         removeNode = try database.prepare("DELETE FROM nodes WHERE name = ?")
         putService = try database.prepare(
@@ -46,6 +53,8 @@ public final class Catalog: @unchecked Sendable {
         putServiceIndex = try database.prepare("INSERT OR REPLACE INTO service_index (name, idx) VALUES (?, ?)")
         putMeta = try database.prepare(
             "INSERT OR REPLACE INTO meta (id, applied, catalog_index, nodes_index) VALUES (1, ?, ?, ?)")
+        clearCheckRunners = try database.prepare("DELETE FROM check_runners")
+        putCheckRunner = try database.prepare("INSERT INTO check_runners (id) VALUES (?)")
         try load()
     }
 
@@ -78,15 +87,18 @@ public final class Catalog: @unchecked Sendable {
             state.load(node: Indexed(value: try decode(NodeRecord.self, row[0]) { r throws(BinaryReader.Failure) in try NodeRecord(from: &r) }, createIndex: int(row[1]), modifyIndex: int(row[2])))
         }
         for row in try database.prepare("SELECT record, create_index, modify_index FROM services").query() {
-            state.load(service: Indexed(value: try decode(ServiceInstance.self, row[0]) { r throws(BinaryReader.Failure) in try ServiceInstance(from: &r) }, createIndex: int(row[1]),
+            state.load(service: Indexed(value: try decode(ServiceInstance.self, row[0]) { r throws(BinaryReader.Failure) in try ServiceInstance(fromRow: &r) }, createIndex: int(row[1]),
                                         modifyIndex: int(row[2])))
         }
         for row in try database.prepare("SELECT record, create_index, modify_index FROM checks").query() {
-            state.load(check: Indexed(value: try decode(CheckRecord.self, row[0]) { r throws(BinaryReader.Failure) in try CheckRecord(from: &r) }, createIndex: int(row[1]), modifyIndex: int(row[2])))
+            state.load(check: Indexed(value: try decode(CheckRecord.self, row[0]) { r throws(BinaryReader.Failure) in try CheckRecord(fromRow: &r) }, createIndex: int(row[1]), modifyIndex: int(row[2])))
         }
         for row in try database.prepare("SELECT name, idx FROM service_index").query() {
             if case .text(let name) = row[0] { state.load(serviceIndex: name, int(row[1])) }
         }
+        state.load(checkRunners: try database.prepare("SELECT id FROM check_runners").query().compactMap { row in
+            if case .integer(let id) = row[0] { UInt64(bitPattern: id) } else { nil }
+        })
         if let row = try database.prepare("SELECT applied, catalog_index, nodes_index FROM meta WHERE id = 1").query().first {
             appliedIndex = int(row[0])
             state.load(index: int(row[1]), nodesIndex: int(row[2]))
@@ -162,6 +174,9 @@ public final class Catalog: @unchecked Sendable {
             try removeCheck.run(.text(key.node), .text(key.id))
         case .serviceIndex(let name, let index):
             try putServiceIndex.run(.text(name), .integer(Int64(index)))
+        case .checkRunners(let servers):
+            try clearCheckRunners.run()
+            for server in servers { try putCheckRunner.run(.integer(Int64(bitPattern: server))) }
         }
     }
 
@@ -194,6 +209,7 @@ public final class Catalog: @unchecked Sendable {
             """)
         let before = Set(state.serviceIndex.keys)
         try database.replaceContents(with: candidate)
+        try database.execute(Self.laterTables)
         try load()
         let state = self.state
         let change = CatalogChange(index: appliedIndex, services: before.union(state.serviceIndex.keys), nodesChanged: true,

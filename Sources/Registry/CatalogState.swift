@@ -40,6 +40,7 @@ enum Mutation: Sendable {
     case putCheck(Indexed<CheckRecord>)
     case removeCheck(NodeScopedID)
     case serviceIndex(name: String, index: UInt64)
+    case checkRunners([UInt64])
 }
 
 /// What one applied entry changed, for watchers and the DNS view rebuild.
@@ -47,6 +48,8 @@ public struct CatalogChange: Sendable, Equatable {
     public var index: UInt64
     public var services: Set<String>
     public var nodesChanged: Bool
+    /// The servers that run checks changed (`CatalogState.checkRunners`).
+    public var checkRunnersChanged = false
     /// The instances whose DNS records may have changed (their record, checks or node), gone
     /// ones included; nil: any of them (a snapshot restore).
     public var instances: Set<NodeScopedID>? = []
@@ -71,6 +74,9 @@ public struct CatalogState: Sendable {
     public private(set) var index: UInt64 = 0
     /// The last index at which a node was added, changed or removed.
     public private(set) var nodesIndex: UInt64 = 0
+    /// The Raft IDs of the servers that run health checks, ascending (the last `checkRunners`
+    /// command): not catalog data, so changing it moves no index.
+    public private(set) var checkRunners: [UInt64] = []
 
     private(set) var instancesByName: [String: Set<NodeScopedID>] = [:]
     private(set) var servicesByNode: [String: Set<String>] = [:]
@@ -94,7 +100,7 @@ public struct CatalogState: Sendable {
             serviceIndex[name] = index
             mutations.append(.serviceIndex(name: name, index: index))
         }
-        if !mutations.isEmpty { self.index = index }
+        if mutations.contains(where: { if case .checkRunners = $0 { false } else { true } }) { self.index = index }
         if change.nodesChanged { nodesIndex = index }
         return (mutations, change)
     }
@@ -164,12 +170,25 @@ public struct CatalogState: Sendable {
                 change.nodesChanged = true
             }
         case .updateCheck(let node, let checkID, let status, let output):
-            let key = NodeScopedID(node: node, id: checkID)
-            guard var check = checks[key]?.value else { return }
-            check.status = status
-            check.output = output
-            putCheck(check, statusGiven: true, at: index, &mutations, &change)
+            setStatus(CheckStatusUpdate(node: node, checkID: checkID, status: status, output: output), at: index,
+                      &mutations, &change)
+        case .checkStatuses(let updates):
+            for update in updates { setStatus(update, at: index, &mutations, &change) }
+        case .checkRunners(let servers):
+            let sorted = Array(Set(servers)).sorted()
+            guard sorted != checkRunners else { return }
+            checkRunners = sorted
+            mutations.append(.checkRunners(sorted))
+            change.checkRunnersChanged = true
         }
+    }
+
+    private mutating func setStatus(_ update: CheckStatusUpdate, at index: UInt64, _ mutations: inout [Mutation],
+                                    _ change: inout CatalogChange) {
+        guard var check = checks[NodeScopedID(node: update.node, id: update.checkID)]?.value else { return }
+        check.status = update.status
+        check.output = update.output
+        putCheck(check, statusGiven: true, at: index, &mutations, &change)
     }
 
     private mutating func putCheck(_ check: CheckRecord, statusGiven: Bool, at index: UInt64,
@@ -272,6 +291,13 @@ public struct CatalogState: Sendable {
         case .updateCheck(let node, let checkID, let status, let output):
             guard let check = checks[NodeScopedID(node: node, id: checkID)]?.value else { return false }
             return check.status != status || check.output != output
+        case .checkStatuses(let updates):
+            return updates.contains { update in
+                guard let check = checks[NodeScopedID(node: update.node, id: update.checkID)]?.value else { return false }
+                return check.status != update.status || check.output != update.output
+            }
+        case .checkRunners(let servers):
+            return Array(Set(servers)).sorted() != checkRunners
         }
     }
 
@@ -296,6 +322,10 @@ public struct CatalogState: Sendable {
 
     mutating func load(serviceIndex name: String, _ index: UInt64) {
         serviceIndex[name] = index
+    }
+
+    mutating func load(checkRunners servers: [UInt64]) {
+        checkRunners = servers.sorted()
     }
 
     mutating func load(index: UInt64, nodesIndex: UInt64) {

@@ -60,9 +60,13 @@ public struct ServiceInstance: Codable, Sendable, Equatable {
     public var weights: Weights
     /// The server whose API took the registration (Disco has no agents: DESIGN, issue note).
     public var registeredBy: String
+    /// Consul's EnableTagOverride: kept and reported (anti-entropy, which it governs in Consul,
+    /// does not exist in Disco).
+    public var enableTagOverride: Bool
 
     public init(id: String, node: String, name: String, tags: [String] = [], address: String = "", port: Int = 0,
-                meta: [String: String] = [:], weights: Weights = .default, registeredBy: String = "") {
+                meta: [String: String] = [:], weights: Weights = .default, registeredBy: String = "",
+                enableTagOverride: Bool = false) {
         self.id = id
         self.node = node
         self.name = name
@@ -72,10 +76,27 @@ public struct ServiceInstance: Codable, Sendable, Equatable {
         self.meta = meta
         self.weights = weights
         self.registeredBy = registeredBy
+        self.enableTagOverride = enableTagOverride
+    }
+
+    private enum CodingKeys: String, CodingKey {
+        case id, node, name, tags, address, port, meta, weights, registeredBy, enableTagOverride
+    }
+
+    /// The JSON form of entries written before the binary one has no `enableTagOverride`.
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.init(id: try c.decode(String.self, forKey: .id), node: try c.decode(String.self, forKey: .node),
+                  name: try c.decode(String.self, forKey: .name), tags: try c.decode([String].self, forKey: .tags),
+                  address: try c.decode(String.self, forKey: .address), port: try c.decode(Int.self, forKey: .port),
+                  meta: try c.decode([String: String].self, forKey: .meta), weights: try c.decode(Weights.self, forKey: .weights),
+                  registeredBy: try c.decode(String.self, forKey: .registeredBy),
+                  enableTagOverride: try c.decodeIfPresent(Bool.self, forKey: .enableTagOverride) ?? false)
     }
 }
 
-/// How a check is run, kept so the health checker that owns it can run it.
+/// How a check is run, kept so the health checker that owns it can run it (Consul's check
+/// definition fields; Health.swift runs them).
 public struct CheckDefinition: Codable, Sendable, Equatable {
     public var http: String?
     public var method: String?
@@ -85,10 +106,22 @@ public struct CheckDefinition: Codable, Sendable, Equatable {
     public var intervalSeconds: Double?
     public var timeoutSeconds: Double?
     public var deregisterCriticalAfterSeconds: Double?
+    /// HTTP request headers, each name with its values (Consul's `Header`).
+    public var header: [String: [String]]?
+    /// HTTPS without verifying the server's certificate (Consul's `TLSSkipVerify`).
+    public var tlsSkipVerify: Bool?
+    /// Consecutive successes before the check turns passing (Consul: 0 = at once).
+    public var successBeforePassing: Int?
+    /// Consecutive failures before it turns warning (Consul: defaults to `failuresBeforeCritical`).
+    public var failuresBeforeWarning: Int?
+    /// Consecutive failures before it turns critical (Consul: 0 = at once).
+    public var failuresBeforeCritical: Int?
 
     public init(http: String? = nil, method: String? = nil, tcp: String? = nil, ttlSeconds: Double? = nil,
                 intervalSeconds: Double? = nil, timeoutSeconds: Double? = nil,
-                deregisterCriticalAfterSeconds: Double? = nil) {
+                deregisterCriticalAfterSeconds: Double? = nil, header: [String: [String]]? = nil,
+                tlsSkipVerify: Bool? = nil, successBeforePassing: Int? = nil, failuresBeforeWarning: Int? = nil,
+                failuresBeforeCritical: Int? = nil) {
         self.http = http
         self.method = method
         self.tcp = tcp
@@ -96,6 +129,11 @@ public struct CheckDefinition: Codable, Sendable, Equatable {
         self.intervalSeconds = intervalSeconds
         self.timeoutSeconds = timeoutSeconds
         self.deregisterCriticalAfterSeconds = deregisterCriticalAfterSeconds
+        self.header = header
+        self.tlsSkipVerify = tlsSkipVerify
+        self.successBeforePassing = successBeforePassing
+        self.failuresBeforeWarning = failuresBeforeWarning
+        self.failuresBeforeCritical = failuresBeforeCritical
     }
 
     /// Consul's check type names.
@@ -105,6 +143,9 @@ public struct CheckDefinition: Codable, Sendable, Equatable {
         if ttlSeconds != nil { return "ttl" }
         return ""
     }
+
+    /// Whether a server runs this check (HTTP, TCP or TTL); other checks are set only by clients.
+    public var isRunnable: Bool { http != nil || tcp != nil || ttlSeconds != nil }
 }
 
 /// A health check on a node, or on one service instance of it (`serviceID` non-empty).
@@ -133,6 +174,23 @@ public struct CheckRecord: Codable, Sendable, Equatable {
 
 /// Consul's maintenance mode is a critical check with this ID prefix on the service.
 public let maintenanceCheckPrefix = "_service_maintenance:"
+/// Consul's node maintenance mode is a critical node check with this ID.
+public let nodeMaintenanceCheckID = "_node_maintenance"
+
+/// One check's new status, as the server that runs the check decided it (`checkStatuses`).
+public struct CheckStatusUpdate: Codable, Sendable, Equatable {
+    public var node: String
+    public var checkID: String
+    public var status: HealthStatus
+    public var output: String
+
+    public init(node: String, checkID: String, status: HealthStatus, output: String) {
+        self.node = node
+        self.checkID = checkID
+        self.status = status
+        self.output = output
+    }
+}
 
 /// A change to the catalog, as it travels in a Raft log entry. Everything replicated is one of
 /// these (DESIGN.md); the catalog never changes any other way.
@@ -145,6 +203,13 @@ public indirect enum CatalogCommand: Codable, Sendable, Equatable {
     case deregister(node: String, serviceID: String?, checkID: String?)
     /// A check's status transition (only transitions are replicated).
     case updateCheck(node: String, checkID: String, status: HealthStatus, output: String)
+    /// Status transitions of checks run by the servers, batched per short window (Health).
+    /// An update of a check that is gone is skipped.
+    case checkStatuses([CheckStatusUpdate])
+    /// The servers that run health checks: the voters and learners the leader was in contact
+    /// with when it proposed this. Each check runs on the one chosen from them by rendezvous
+    /// hashing, so every server derives the same owner from the same log position.
+    case checkRunners([UInt64])
     /// Many commands in one entry, applied in order in one transaction.
     case batch([CatalogCommand])
 
@@ -152,8 +217,11 @@ public indirect enum CatalogCommand: Codable, Sendable, Equatable {
     /// 0x40, so the apply path can tell whose an entry is without decoding it. 0x40 itself
     /// marks the JSON entries written before the binary form (still read).
     public static let entryTag: UInt8 = 0x40
-    /// The first byte of an entry in the binary form (BinaryCodec.swift), written since.
-    public static let binaryEntryTag: UInt8 = 0x41
+    /// The first byte of an entry in the first binary form (BinaryCodec.swift): still read.
+    public static let binaryV1EntryTag: UInt8 = 0x41
+    /// The first byte of an entry in the binary form written now: as 0x41, plus the check
+    /// definition's thresholds, headers and TLS flag, and the health commands.
+    public static let binaryEntryTag: UInt8 = 0x42
     /// Commands in a batch above this are refused before they are proposed.
     public static let batchCommandsMax = 1024
 
@@ -165,8 +233,8 @@ public indirect enum CatalogCommand: Codable, Sendable, Equatable {
 
     public init(decoding bytes: [UInt8]) throws {
         switch bytes.first {
-        case Self.binaryEntryTag:
-            var reader = BinaryReader(bytes, from: 1)
+        case Self.binaryEntryTag, Self.binaryV1EntryTag:
+            var reader = BinaryReader(bytes, from: 1, extendedChecks: bytes.first == Self.binaryEntryTag)
             do throws(BinaryReader.Failure) {
                 self = try CatalogCommand(from: &reader)
                 guard reader.atEnd else { throw reader.fail("the end of the entry") }

@@ -2,6 +2,7 @@ import Daemon
 import DNSServer
 import Foundation
 import RateLimit
+import Health
 import Testing
 
 @Suite("configuration")
@@ -58,6 +59,8 @@ struct ConfigurationTests {
         ("[dns.rrl]\nslip = 11\n", "f.toml:2: dns.rrl.slip: expected an integer from 0 (drop every limited response) to 10"),
         ("[dns.rrl]\ntable_entries = 1000\n", "f.toml:2: dns.rrl.table_entries: expected a power of two from 64 to 67108864"),
         ("[dns.limits]\nipv4_prefix_length = 33\n", "f.toml:2: dns.limits.ipv4_prefix_length: expected an integer from 1 to 32"),
+        ("[health]\nbatch_window_milliseconds = 0\n", "f.toml:2: health.batch_window_milliseconds: expected an integer from 1 to 5000"),
+        ("[health]\noutput_bytes_max = 10\n", "f.toml:2: health.output_bytes_max: expected an integer from 64 to 65536"),
     ])
     func errors(_ text: String, _ expected: String) {
         var config = Configuration.development
@@ -95,6 +98,27 @@ struct ConfigurationTests {
         // rate × window is bounded (the bucket's debt is kept in 32 bits).
         config.dnsRRL.responsesPerSecond = 1_000_000
         #expect(throws: ConfigError.self) { try config.validate() }
+    }
+
+    @Test func theHealthSectionSetsTheChecker() throws {
+        var config = Configuration.development
+        try config.apply(toml: """
+            [health]
+            enabled = false
+            batch_window_milliseconds = 50
+            flap_transitions_max = 3
+            flap_window_seconds = 20
+            flap_stable_seconds = 7
+            http_connections_per_host_max = 4
+            probes_inflight_max = 99
+            output_bytes_max = 1024
+            """, file: "h.toml")
+        #expect(!config.health.enabled)
+        #expect(config.health.batchWindowMilliseconds == 50)
+        #expect(config.health.damping == Damping(transitionsMax: 3, windowSeconds: 20, stableSeconds: 7))
+        #expect(config.health.httpConnectionsPerHostMax == 4)
+        #expect(config.health.probesInflightMax == 99)
+        #expect(config.health.outputBytesMax == 1024)
     }
 
     @Test func environmentErrorsNameTheVariable() {

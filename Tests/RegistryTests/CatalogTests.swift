@@ -213,3 +213,36 @@ struct SplitMix {
     }
     mutating func below(_ n: Int) -> Int { Int(next() % UInt64(n)) }
 }
+
+@Suite("catalog health commands")
+struct CatalogHealthCommandTests {
+    /// A batched status change marks exactly the instances whose checks changed, so the DNS view
+    /// re-derives them; the check runners are no catalog data and move no index.
+    @Test func checkStatusesMarkTheirInstancesAndCheckRunnersMoveNoIndex() throws {
+        let directory = try TemporaryDirectory()
+        let catalog = try Catalog(path: directory.path("registry.db"))
+        try apply(catalog, web("web-1"), web("web-2"),
+                  .register(node: node1, service: nil, checks: [ttlCheck("t1", service: "web-1", status: .passing),
+                                                                ttlCheck("t2", service: "web-2", status: .passing)],
+                            replaceChecks: false))
+        let index = catalog.state.index
+        let change = try apply(catalog, .checkStatuses([CheckStatusUpdate(node: "node1", checkID: "t1", status: .critical,
+                                                                          output: "TTL expired"),
+                                                        CheckStatusUpdate(node: "node1", checkID: "gone", status: .critical,
+                                                                          output: "")]))[0]
+        #expect(change?.instances == [NodeScopedID(node: "node1", id: "web-1")])
+        #expect(catalog.state.health(of: catalog.state.services[NodeScopedID(node: "node1", id: "web-1")]!.value) == .critical)
+        #expect(catalog.state.index == index + 1)
+        // The same status again changes nothing.
+        #expect(!catalog.state.wouldChange(.checkStatuses([CheckStatusUpdate(node: "node1", checkID: "t1", status: .critical,
+                                                                             output: "TTL expired")])))
+        let runners = try apply(catalog, .checkRunners([3, 1, 2]))[0]
+        #expect(runners?.checkRunnersChanged == true)
+        #expect(runners?.instances == [])
+        #expect(catalog.state.checkRunners == [1, 2, 3])
+        #expect(catalog.state.index == index + 1)
+        // Kept across a restart.
+        #expect(try Catalog(path: directory.path("registry.db")).state.checkRunners == [1, 2, 3])
+    }
+}
+
