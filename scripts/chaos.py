@@ -155,7 +155,7 @@ class Cluster:
         self.partitions = 0
         # links[(x, y)]: the proxy carrying x's messages to y.
         self.links = {}
-        if args.partitions:
+        if getattr(args, "partitions", False):  # other scripts reuse this fixture without proxies
             for x in self.nodes:
                 for y in self.nodes:
                     if x is not y:

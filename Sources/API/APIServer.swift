@@ -113,6 +113,9 @@ final class APIRouter: Sendable {
     /// A server that has not heard from a leader for longer than this reports itself stale in
     /// /ready (it keeps answering DNS from its last state). About 3 election timeouts.
     static let readyLastContactSecondsMax: Double = 3
+    /// How long a forwarded write's answer waits for this server to apply it (read-your-writes);
+    /// past it the answer goes out anyway (the write is committed; this server lags).
+    static let readYourWritesWaitMillisecondsMax: Int64 = 1000
 
     let kv: KVService
     let registry: RegistryService?
@@ -197,6 +200,15 @@ final class APIRouter: Sendable {
             ?? (request.query["index"] != nil ? WatchHub.waitSecondsDefault : 0)
         let timeout = min(wait, WatchHub.waitSecondsMax) * (1 + WatchHub.jitterFraction) + Forwarder.responseTimeoutSecondsMin
         return forwarder.forward(request, to: address, extraHeaders: extra, timeoutSeconds: timeout, on: loop)
+            .flatMap { response in
+                // A write answered by the leader: hold the answer until this server has applied
+                // it, so that the client's next (agent or stale) read here sees its own write.
+                guard request.method != .GET, (200..<300).contains(Int(response.status.code)),
+                      let index = response.headers.first(where: { $0.0.lowercased() == "x-consul-index" }).flatMap({ UInt64($0.1) })
+                else { return loop.makeSucceededFuture(response) }
+                return self.driver.waitApplied(LogIndex(index), timeout: .milliseconds(Self.readYourWritesWaitMillisecondsMax))
+                    .hop(to: loop).map { response }.recover { _ in response }
+            }
             .flatMapErrorThrowing { error in
                 self.logger.debug("forwarding failed", metadata: ["http.error": "\(error)", "raft.server": "\(target)"])
                 return .text("server \(target) (\(address)) could not be reached: \(error)", status: .serviceUnavailable,

@@ -265,6 +265,24 @@ public final class RaftDriver: @unchecked Sendable {
         }
     }
 
+    /// Succeeds once this server has applied `index`, fails after `timeout`: a follower that
+    /// forwarded a write answers its client only once it holds the write itself, so the client's
+    /// next read on this server sees it (read-your-writes, as a Consul agent gives).
+    public func waitApplied(_ index: LogIndex, timeout: TimeAmount) -> EventLoopFuture<Void> {
+        loop.flatSubmit {
+            guard self.stoppedReason == nil else { return self.loop.makeFailedFuture(ProposeError.stopped) }
+            guard self.node.appliedIndex < index else { return self.loop.makeSucceededVoidFuture() }
+            let promise = self.loop.makePromise(of: Void.self)
+            self.readsWaiting.append((index, promise))
+            self.loop.scheduleTask(in: timeout) {
+                guard let k = self.readsWaiting.firstIndex(where: { $0.promise.futureResult === promise.futureResult }) else { return }
+                self.readsWaiting.remove(at: k)
+                promise.fail(ProposeError.timedOut)
+            }
+            return promise.futureResult
+        }
+    }
+
     /// Asks the leader to hand over (thesis §3.10), e.g. before a planned shutdown.
     public func transferLeadership(to target: NodeID) -> EventLoopFuture<Void> {
         loop.submit {
