@@ -109,7 +109,11 @@ public final class RaftDriver: @unchecked Sendable {
     var stoppedReason: String?
     private var failureHandler: (@Sendable (String) -> Void)?
     /// ReadIndex requests sent, by context; then confirmed reads waiting for `applied` to reach them.
-    private var readsAsked: [UInt64: EventLoopPromise<Void>] = [:]
+    private var readsAsked: [UInt64: [UInt64: EventLoopPromise<Void>]] = [:]
+    /// Reads waiting for the next round, by id; when the round in flight started.
+    private var readsQueued: [UInt64: EventLoopPromise<Void>] = [:]
+    private var readRoundStarted: NIODeadline?
+    private var readID: UInt64 = 0
     private var readsWaiting: [(index: LogIndex, promise: EventLoopPromise<Void>)] = []
     private var readSequence: UInt64 = 0
     private var readyScheduled = false
@@ -158,6 +162,7 @@ public final class RaftDriver: @unchecked Sendable {
         loop.execute {
             self.ticker = self.loop.scheduleRepeatedTask(initialDelay: self.tick, delay: self.tick) { _ in
                 self.event { $0.tick() }
+                self.startReadRound()
                 self.maybePromoteLearners()
             }
         }
@@ -242,28 +247,63 @@ public final class RaftDriver: @unchecked Sendable {
     /// A linearizable read barrier (ReadIndex, thesis §6.4): the future succeeds once this server
     /// has applied everything committed when the leader confirmed its leadership, so a read of the
     /// local state machine after it is linearizable. Works on followers too (the core forwards to
-    /// the leader). Fails after `readTimeout` if leadership changed and the answer never came.
+    /// the leader). Fails after `timeout` if leadership changed and the answer never came.
+    ///
+    /// Reads are batched into rounds (as etcd's read loop does): one round, one ReadIndex and one
+    /// heartbeat broadcast, is in flight at a time, and every read that arrives meanwhile waits
+    /// for the *next* round, which starts only after it arrived, so its index is at least the
+    /// commit index when it was asked. A herd of agents re-registering what is already there
+    /// costs a few rounds a heartbeat, not one broadcast each.
     public func linearizableRead(timeout: TimeAmount = .seconds(2)) -> EventLoopFuture<Void> {
         loop.flatSubmit {
             guard self.stoppedReason == nil else { return self.loop.makeFailedFuture(ProposeError.stopped) }
-            self.readSequence &+= 1
-            let sequence = self.readSequence
-            var context = [UInt8](repeating: 0, count: 8)
-            for i in 0..<8 { context[i] = UInt8(truncatingIfNeeded: sequence >> UInt64(56 - 8 * i)) }
-            do throws(ProposalError) {
-                try self.node.readIndex(context: context)
-            } catch {
-                return self.loop.makeFailedFuture(ProposeError.refused(error))
-            }
             let promise = self.loop.makePromise(of: Void.self)
-            self.readsAsked[sequence] = promise
+            self.readID &+= 1
+            let id = self.readID
+            self.readsQueued[id] = promise
             self.loop.scheduleTask(in: timeout) {
-                if let waiting = self.readsAsked.removeValue(forKey: sequence) { waiting.fail(ProposeError.stopped) }
+                // Still queued, or its round never came back: the read fails (the caller retries).
+                if let waiting = self.readsQueued.removeValue(forKey: id) { waiting.fail(ProposeError.stopped) }
+                for (sequence, var round) in self.readsAsked {
+                    guard let waiting = round.removeValue(forKey: id) else { continue }
+                    waiting.fail(ProposeError.stopped)
+                    self.readsAsked[sequence] = round.isEmpty ? nil : round
+                }
             }
-            self.scheduleReady()
+            self.startReadRound()
             return promise.futureResult
         }
     }
+
+    /// Sends the queued reads as one ReadIndex round, unless a round is in flight. A round that
+    /// has not come back within `readRoundTimeout` (leadership changed; the core drops it) no
+    /// longer holds the next one up.
+    private func startReadRound() {
+        guard !readsQueued.isEmpty else { return }
+        if let started = readRoundStarted, NIODeadline.now() - started < Self.readRoundTimeout { return }
+        readSequence &+= 1
+        let sequence = readSequence
+        var context = [UInt8](repeating: 0, count: 8)
+        for i in 0..<8 { context[i] = UInt8(truncatingIfNeeded: sequence >> UInt64(56 - 8 * i)) }
+        let round = readsQueued
+        readsQueued = [:]
+        do throws(ProposalError) {
+            try node.readIndex(context: context)
+        } catch {
+            for (_, promise) in round { promise.fail(ProposeError.refused(error)) }
+            return
+        }
+        readsAsked[sequence] = round
+        readRoundStarted = .now()
+        scheduleReady()
+    }
+
+    /// ReadIndex rounds sent so far (tests and metrics: reads per round is the batching).
+    public var readRounds: EventLoopFuture<UInt64> { loop.submit { self.readSequence } }
+
+    /// A read round unanswered for this long is given up for the purpose of starting the next
+    /// (its reads still wait for their own timeout).
+    static let readRoundTimeout: TimeAmount = .milliseconds(500)
 
     /// Succeeds once this server has applied `index`, fails after `timeout`: a follower that
     /// forwarded a write answers its client only once it holds the write itself, so the client's
@@ -440,11 +480,15 @@ public final class RaftDriver: @unchecked Sendable {
             // Reads confirmed by the leader wait until this server has applied their index.
             for state in ready.readStates {
                 let sequence = state.context.reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
-                if let promise = readsAsked.removeValue(forKey: sequence) { readsWaiting.append((state.index, promise)) }
+                if let round = readsAsked.removeValue(forKey: sequence) {
+                    for (_, promise) in round { readsWaiting.append((state.index, promise)) }
+                    if sequence == readSequence { readRoundStarted = nil }
+                }
             }
             // 4. Advance.
             node.advance(ready)
             releaseReads()
+            startReadRound()
             publishServersIfChanged()
             guard maybeSnapshot() else { return }
             if ready.leader != lastLeader {
@@ -474,8 +518,10 @@ public final class RaftDriver: @unchecked Sendable {
         ticker = nil
         for (_, waiting) in pending { waiting.promise.fail(ProposeError.stopped) }
         pending = [:]
-        for (_, promise) in readsAsked { promise.fail(ProposeError.stopped) }
+        for (_, round) in readsAsked { for (_, promise) in round { promise.fail(ProposeError.stopped) } }
         readsAsked = [:]
+        for (_, promise) in readsQueued { promise.fail(ProposeError.stopped) }
+        readsQueued = [:]
         for waiting in readsWaiting { waiting.promise.fail(ProposeError.stopped) }
         readsWaiting = []
         publishStatus()

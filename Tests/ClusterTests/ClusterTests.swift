@@ -102,6 +102,25 @@ struct ClusterTests {
         init(_ description: String) { self.description = description }
     }
 
+    /// A herd of reads shares ReadIndex rounds: a thousand reads at once on the leader and on a
+    /// follower all return, in far fewer rounds than reads, and each sees every write that was
+    /// acknowledged before it was asked.
+    @Test func concurrentReadsShareReadIndexRounds() throws {
+        let cluster = try Cluster(size: 3)
+        let leader = try cluster.leader(among: cluster.servers)
+        let follower = cluster.servers.first { $0.id != leader.id }!
+        for server in [leader, follower] {
+            _ = try leader.driver.propose(Array("before reads on \(server.id)".utf8)).wait()
+            let acknowledged = try leader.driver.currentStatus.commitIndex
+            let before = try server.driver.readRounds.wait()
+            let reads = (0..<1000).map { _ in server.driver.linearizableRead() }
+            for read in reads { try read.wait() }
+            let rounds = try server.driver.readRounds.wait() - before
+            #expect(rounds >= 1 && rounds <= 100, "\(rounds) rounds for 1000 reads on server \(server.id)")
+            #expect(server.driver.currentStatus.appliedIndex >= acknowledged)
+        }
+    }
+
     @Test func electsReplicatesAndSurvivesTheLossOfTheLeader() throws {
         let cluster = try Cluster(size: 3)
         let leader = try cluster.leader(among: cluster.servers)
