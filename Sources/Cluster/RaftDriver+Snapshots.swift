@@ -150,7 +150,7 @@ extension RaftDriver {
     }
 
     /// Installs a snapshot from the leader, already persisted in raft.db.
-    func install(_ snapshot: Snapshot) throws {
+    func install(snapshot: Snapshot) throws {
         logger.info("installing snapshot", metadata: [
             "raft.snapshot.index": "\(snapshot.index)", "raft.snapshot.bytes": "\(snapshot.data.count)",
         ])

@@ -78,7 +78,7 @@ public final class RaftDriver: @unchecked Sendable {
     let storage: RaftStorage
     let transport: PeerTransport
     private let tick: TimeAmount
-    private let apply: (Entry) -> Void
+    let applyToStateMachines: (Entry) -> Void
     let logger: Logger
     let options: Options
     /// The state machines whose state goes into snapshots.
@@ -109,17 +109,16 @@ public final class RaftDriver: @unchecked Sendable {
     var stoppedReason: String?
     private var failureHandler: (@Sendable (String) -> Void)?
     /// ReadIndex requests sent, by context; then confirmed reads waiting for `applied` to reach them.
-    private var readsAsked: [UInt64: [UInt64: EventLoopPromise<Void>]] = [:]
+    var readsAsked: [UInt64: [UInt64: EventLoopPromise<Void>]] = [:]
     /// Reads waiting for the next round, by id; when the round in flight started.
     private var readsQueued: [UInt64: EventLoopPromise<Void>] = [:]
-    private var readRoundStarted: NIODeadline?
+    var readRoundStarted: NIODeadline?
     private var readID: UInt64 = 0
-    private var readsWaiting: [(index: LogIndex, promise: EventLoopPromise<Void>)] = []
-    private var readSequence: UInt64 = 0
+    var readsWaiting: [(index: LogIndex, promise: EventLoopPromise<Void>)] = []
+    var readSequence: UInt64 = 0
     private var readyScheduled = false
-    /// The term and vote last made durable (what an early send may rely on).
-    private var durableTerm: Term = .zero
-    private var durableVote: NodeID?
+    /// Carries out the Ready contract's order (shared with the simulator).
+    private var processor: ReadyProcessor
     private var lastLeader: NodeID?
     private var lastLeaderContact: NIODeadline?
     private let published: NIOLockedValueBox<(status: RaftStatus, lastLeaderContact: NIODeadline?)>
@@ -146,14 +145,14 @@ public final class RaftDriver: @unchecked Sendable {
         self.transport = transport
         self.tick = .milliseconds(tickMilliseconds)
         self.logger = logger
-        self.apply = apply
+        self.applyToStateMachines = apply
         self.participants = participants
         self.options = options
         let persistent = try storage.load()
         self.node = RaftNode(config: config, persistent: persistent)
         self.published = NIOLockedValueBox((RaftStatus(id: config.id, role: .follower, term: persistent.hardState.term,
                                                        leader: nil, commitIndex: .zero, appliedIndex: .zero), nil))
-        (durableTerm, durableVote) = (persistent.hardState.term, persistent.hardState.vote)
+        self.processor = ReadyProcessor(durable: persistent.hardState)
         if let snapshot = persistent.snapshot { try restoreParticipantsBehind(snapshot) }
         loadServers(persistent)
     }
@@ -413,78 +412,20 @@ public final class RaftDriver: @unchecked Sendable {
         defer { publishStatus() }
         while stoppedReason == nil && node.hasReady {
             let ready = node.ready()
-            // 0. A leader's appends go out before its own fsync, so the followers' disk writes
-            //    overlap the leader's (thesis §10.2.1, as etcd does). Safe because this loop
-            //    handles no acknowledgement before `save` below returns: the leader counts
-            //    itself toward a commit only once its entries are durable. Everything else
-            //    (vote and append responses) still waits for step 1.
-            var later = ready.messages
-            if ready.role == .leader {
-                let appends = ready.messages.filter { if case .append = $0.kind { true } else { false } }
-                if !appends.isEmpty {
-                    // What goes out before the fsync must not depend on it: a term or vote that
-                    // is not durable yet would be forgotten by a crash after others acted on it.
-                    precondition(ready.hardState.map { $0.term == durableTerm && $0.vote == durableVote } ?? true,
-                                 "an early send would carry a term or vote change that is not durable yet")
-                    transport.send(appends)
-                    later = ready.messages.filter { if case .append = $0.kind { false } else { true } }
-                }
-            }
+            // The contract's order is ReadyProcessor's, shared with the simulator.
+            var effects = DriverEffects(driver: self)
+            let later = processor.begin(ready, &effects)
             // 1. Persist: nothing below may happen before this is durable.
             do throws(RaftStorageError) {
                 try storage.save(ready)
-                if let hard = ready.hardState { (durableTerm, durableVote) = (hard.term, hard.vote) }
             } catch {
                 // The environment failed; this server must not act on state it could not keep.
                 logger.critical("Raft storage failed; this server stops taking part", metadata: ["raft.error": "\(error)"])
                 halt("storage failed: \(error)")
                 return
             }
-            // 2. Send.
-            transport.send(later)
-            // 3. Apply (a snapshot from the leader first), and answer the proposals that applied.
-            if let snapshot = ready.snapshot {
-                do {
-                    try install(snapshot)
-                } catch {
-                    logger.critical("cannot install the snapshot at \(snapshot.index); this server stops taking part",
-                                    metadata: ["raft.error": "\(error)"])
-                    halt("snapshot install failed: \(error)")
-                    return
-                }
-                // Committed entries resume after the snapshot: proposals it covers will never be
-                // seen to apply, and whether they committed is not known here.
-                for index in pending.keys where index <= snapshot.index {
-                    pending.removeValue(forKey: index)?.promise.fail(ProposeError.outcomeUnknown)
-                }
-            }
-            for entry in ready.committedEntries {
-                if entry.kind == .normal {
-                    switch entry.data.first {
-                    case ClusterCommandTag.snapshotRestore?:
-                        guard applyRestore(entry) else { return }
-                    case ClusterCommandTag.servers?:
-                        applyServers(entry)
-                    default:
-                        apply(entry)
-                    }
-                }
-                if let waiting = pending.removeValue(forKey: entry.index) {
-                    if waiting.term == entry.term {
-                        waiting.promise.succeed(entry.index)
-                    } else {
-                        waiting.promise.fail(ProposeError.superseded)
-                    }
-                }
-            }
-            // Reads confirmed by the leader wait until this server has applied their index.
-            for state in ready.readStates {
-                let sequence = state.context.reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
-                if let round = readsAsked.removeValue(forKey: sequence) {
-                    for (_, promise) in round { readsWaiting.append((state.index, promise)) }
-                    if sequence == readSequence { readRoundStarted = nil }
-                }
-            }
+            // 2-4. Send, install, apply and resolve proposals, confirmed reads.
+            guard processor.finish(ready, later: later, &effects) else { return }
             // 4. Advance.
             node.advance(ready)
             releaseReads()
@@ -526,5 +467,60 @@ public final class RaftDriver: @unchecked Sendable {
         readsWaiting = []
         publishStatus()
         if failed { failureHandler?(reason) }
+    }
+}
+
+/// The driver's side of each step of the Ready contract (on `loop`).
+struct DriverEffects: ReadyEffects {
+    let driver: RaftDriver
+
+    func sendEarly(_ messages: [Message]) { driver.transport.send(messages) }
+
+    func send(_ messages: [Message]) { driver.transport.send(messages) }
+
+    func install(_ snapshot: Snapshot) -> Bool {
+        do {
+            try driver.install(snapshot: snapshot)
+            return true
+        } catch {
+            driver.logger.critical("cannot install the snapshot at \(snapshot.index); this server stops taking part",
+                            metadata: ["raft.error": "\(error)"])
+            driver.halt("snapshot install failed: \(error)")
+            return false
+        }
+    }
+
+    func apply(_ entry: Entry) -> Bool {
+        guard entry.kind == .normal else { return true }
+        switch entry.data.first {
+        case ClusterCommandTag.snapshotRestore?:
+            return driver.applyRestore(entry)
+        case ClusterCommandTag.servers?:
+            driver.applyServers(entry)
+        default:
+            driver.applyToStateMachines(entry)
+        }
+        return true
+    }
+
+    func proposalTerm(at index: LogIndex) -> Term? { driver.pending[index]?.term }
+
+    func resolveProposal(at index: LogIndex, _ outcome: ProposalOutcome) {
+        guard let waiting = driver.pending.removeValue(forKey: index) else { return }
+        switch outcome {
+        case .committed: waiting.promise.succeed(index)
+        case .superseded: waiting.promise.fail(ProposeError.superseded)
+        case .unknown: waiting.promise.fail(ProposeError.outcomeUnknown)
+        }
+    }
+
+    func proposals(through index: LogIndex) -> [LogIndex] { driver.pending.keys.filter { $0 <= index } }
+
+    func confirmRead(_ state: ReadState) {
+        // Reads confirmed by the leader wait until this server has applied their index.
+        let sequence = state.context.reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        guard let round = driver.readsAsked.removeValue(forKey: sequence) else { return }
+        for (_, promise) in round { driver.readsWaiting.append((state.index, promise)) }
+        if sequence == driver.readSequence { driver.readRoundStarted = nil }
     }
 }

@@ -71,6 +71,8 @@ public struct SimulationStats: Sendable {
     public var operationsCompleted = 0
     public var entriesCommitted = 0
     public var healMilliseconds = 0
+    /// Appends a leader sent before its own write was synced (the driver's early send).
+    public var earlySends = 0
 
     public init() {}
 
@@ -80,6 +82,7 @@ public struct SimulationStats: Sendable {
         partitions += o.partitions; asymmetricPartitions += o.asymmetricPartitions
         crashes += o.crashes; unsyncedWritesLost += o.unsyncedWritesLost; restarts += o.restarts
         membershipChanges += o.membershipChanges; leaderTransfers += o.leaderTransfers
+        earlySends += o.earlySends
         snapshotsMade += o.snapshotsMade; snapshotsInstalled += o.snapshotsInstalled
         leadersElected += o.leadersElected; operationsCompleted += o.operationsCompleted
         entriesCommitted += o.entriesCommitted; healMilliseconds = max(healMilliseconds, o.healMilliseconds)
@@ -133,6 +136,10 @@ private struct World {
         var store = KVStore()
         var up = true
         var pendingReady: Ready?
+        /// The messages of `pendingReady` that wait for its fsync (the processor sent the rest).
+        var pendingLater: [Message] = []
+        /// The Ready contract's order: the driver's own (`ReadyProcessor`).
+        var processor = ReadyProcessor(durable: HardState())
         var readyDoneAt = 0
         var deferredTicks = 0
         var tickPhase: Int
@@ -176,6 +183,10 @@ private struct World {
     var cut: Set<Pair> = []
     var violation: Violation?
     var stats = SimulationStats()
+    /// The server whose Ready the processor is working through (`ReadyEffects`).
+    var effectsServer = 0
+    /// The last normal entry applied on `effectsServer`: its index, command and result.
+    var lastApplied: (index: LogIndex, command: KVStore.Command, result: KVResult)?
     var history: [HistoryOperation] = []
     var trace: [String] = []
     var faultsOn = true
@@ -347,6 +358,8 @@ private struct World {
         stats.restarts += 1
         let durable = servers[k].disk.durable
         servers[k].raft = RaftNode(config: servers[k].config, persistent: durable)
+        servers[k].processor = ReadyProcessor(durable: durable.hardState)
+        servers[k].pendingLater = []
         servers[k].store = durable.snapshot.map { KVStore(snapshot: $0.data) } ?? KVStore()
         servers[k].up = true
         servers[k].deferredTicks = 0
@@ -459,18 +472,23 @@ private struct World {
             guard servers[k].raft.hasReady else { return }
             let ready = servers[k].raft.ready()
             checkPersisted(k, ready)
+            // The driver's order (ReadyProcessor): a leader's appends leave now, before the
+            // write below is synced; a crash meanwhile loses the unsynced write.
+            effectsServer = k
+            let later = servers[k].processor.begin(ready, &self)
             servers[k].disk.write(ready)
             servers[k].pendingReady = ready
+            servers[k].pendingLater = later
             servers[k].readyDoneAt = now + (diskLatencyMax == 0 ? 0 : random.next(in: 0...diskLatencyMax))
         }
         guard let ready = servers[k].pendingReady, now >= servers[k].readyDoneAt else { return }
-        // Contract step 1 done (fsync), then send, apply, advance.
+        // Contract step 1 done (fsync), then send, install, apply and resolve, reads, advance.
         servers[k].disk.sync()
-        for message in ready.messages { send(message) }
-        if let snapshot = ready.snapshot { installSnapshot(k, snapshot) }
-        for entry in ready.committedEntries { apply(k, entry) }
-        if violation != nil { return }
-        for read in ready.readStates { servers[k].readsWaiting.append((read.index, read.context)) }
+        effectsServer = k
+        var processor = servers[k].processor
+        let finished = processor.finish(ready, later: servers[k].pendingLater, &self)
+        servers[k].processor = processor
+        if violation != nil || !finished { return }
         servers[k].raft.advance(ready)
         servers[k].pendingReady = nil
         serveReads(k)
@@ -500,15 +518,6 @@ private struct World {
         }
         servers[k].store = KVStore(snapshot: snapshot.data)
         if options.trace { record("\(servers[k].id) installs \(snapshot)") }
-        // Proposals the snapshot covers are decided by the session table.
-        for index in servers[k].proposals.keys.sorted() where index <= snapshot.index {
-            let p = servers[k].proposals.removeValue(forKey: index)!
-            if let session = servers[k].store.session(of: p.client), session.sequence == p.sequence {
-                complete(client: p.client, sequence: p.sequence, result: session.result, index: nil)
-            } else {
-                attemptFailed(client: p.client, sequence: p.sequence)
-            }
-        }
     }
 
     mutating func apply(_ k: Int, _ entry: Entry) {
@@ -525,19 +534,10 @@ private struct World {
             stats.entriesCommitted += 1
             if entry.index > highestCommitted { highestCommitted = entry.index }
         }
-        var result: KVResult? = nil
-        var command: KVStore.Command? = nil
+        lastApplied = nil
         if entry.kind == .normal {
-            let c = KVStore.decode(entry.data)
-            command = c
-            result = servers[k].store.apply(c)
-        }
-        if let p = servers[k].proposals.removeValue(forKey: entry.index) {
-            if entry.term == p.term, let command, command.client == p.client, command.sequence == p.sequence, let result {
-                complete(client: p.client, sequence: p.sequence, result: result, index: entry.index)
-            } else {
-                attemptFailed(client: p.client, sequence: p.sequence)
-            }
+            let command = KVStore.decode(entry.data)
+            lastApplied = (entry.index, command, servers[k].store.apply(command))
         }
         if entry.kind == .membership, !servers[k].raft.membership.contains(id) {
             // Removed: proposals beyond this point can no longer be decided here.
@@ -624,6 +624,8 @@ private struct World {
         }
         return true
     }
+
+    // MARK: - The simulated driver's side of the Ready contract (ReadyEffects)
 
     /// Every acknowledged write is in the committed log that every member applied.
     mutating func checkFinalState() {
@@ -768,5 +770,61 @@ private struct World {
         if options.trace { record("client \(clients[c].id) \(request.operation) returns \(result)") }
         clients[c].current = nil
         clients[c].nextOperationAt = now + random.next(in: 0...20)
+    }
+}
+
+/// The simulated driver's side of each step of the Ready contract, for server `effectsServer`.
+extension World: ReadyEffects {
+    mutating func sendEarly(_ messages: [Message]) {
+        stats.earlySends += messages.count
+        for message in messages { send(message) }
+    }
+
+    mutating func send(_ messages: [Message]) {
+        for message in messages { send(message) }
+    }
+
+    mutating func install(_ snapshot: Snapshot) -> Bool {
+        installSnapshot(effectsServer, snapshot)
+        return violation == nil
+    }
+
+    mutating func apply(_ entry: Entry) -> Bool {
+        apply(effectsServer, entry)
+        return violation == nil
+    }
+
+    func proposalTerm(at index: LogIndex) -> Term? { servers[effectsServer].proposals[index]?.term }
+
+    mutating func resolveProposal(at index: LogIndex, _ outcome: ProposalOutcome) {
+        let k = effectsServer
+        guard let p = servers[k].proposals.removeValue(forKey: index) else { return }
+        switch outcome {
+        case .committed:
+            if let (at, command, result) = lastApplied, at == index, command.client == p.client, command.sequence == p.sequence {
+                complete(client: p.client, sequence: p.sequence, result: result, index: index)
+            } else {
+                fail(.stateMachineSafety, "\(servers[k].id): proposal of client \(p.client) #\(p.sequence) at \(index) "
+                     + "committed in its term, but another command applied there")
+            }
+        case .superseded:
+            attemptFailed(client: p.client, sequence: p.sequence)
+        case .unknown:
+            // The driver reports an unknown outcome; the simulated client reads its session to
+            // know (its writes are idempotent by sequence).
+            if let session = servers[k].store.session(of: p.client), session.sequence == p.sequence {
+                complete(client: p.client, sequence: p.sequence, result: session.result, index: nil)
+            } else {
+                attemptFailed(client: p.client, sequence: p.sequence)
+            }
+        }
+    }
+
+    func proposals(through index: LogIndex) -> [LogIndex] {
+        servers[effectsServer].proposals.keys.filter { $0 <= index }.sorted()
+    }
+
+    mutating func confirmRead(_ state: ReadState) {
+        servers[effectsServer].readsWaiting.append((state.index, state.context))
     }
 }

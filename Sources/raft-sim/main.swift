@@ -94,7 +94,8 @@ struct Simulate: ParsableCommand {
             + "partitions \(s.partitions) + one-way \(s.asymmetricPartitions); crashes \(s.crashes) (unsynced writes lost \(s.unsyncedWritesLost)), "
             + "restarts \(s.restarts); membership changes \(s.membershipChanges); transfers \(s.leaderTransfers); "
             + "snapshots made \(s.snapshotsMade), installed \(s.snapshotsInstalled); leaders \(s.leadersElected); "
-            + "client ops \(s.operationsCompleted); entries committed \(s.entriesCommitted); worst heal \(s.healMilliseconds) ms"
+            + "client ops \(s.operationsCompleted); entries committed \(s.entriesCommitted); "
+            + "appends sent before the leader's fsync \(s.earlySends); worst heal \(s.healMilliseconds) ms"
     }
 }
 

@@ -1,0 +1,90 @@
+/// How a proposal ended, as a driver tells its proposer.
+public enum ProposalOutcome: Sendable, Equatable {
+    /// The entry committed at its index, in the term it was proposed in, and applied here.
+    case committed
+    /// Another leader's entry took its index: it never committed.
+    case superseded
+    /// A snapshot from the leader replaced the log past its index before it was seen to apply:
+    /// whether it committed is not known here (the proposer may retry, or read to find out).
+    case unknown
+}
+
+/// What a driver does at each step of the `Ready` contract. `ReadyProcessor` calls these in the
+/// contract's order; persisting (step 1) is the driver's own, between `begin` and `finish`, so a
+/// simulated disk may take its time.
+public protocol ReadyEffects {
+    /// Step 0, a leader only: its appends, which may leave before this Ready is durable.
+    mutating func sendEarly(_ messages: [Message])
+    /// Step 2: every other message, once the Ready is durable.
+    mutating func send(_ messages: [Message])
+    /// Step 3: install a leader's snapshot into the state machines. false: it failed, and the
+    /// driver must stop (nothing after it happens).
+    mutating func install(_ snapshot: Snapshot) -> Bool
+    /// Step 3: apply one committed entry to the state machines. false: stop.
+    mutating func apply(_ entry: Entry) -> Bool
+    /// The term of the proposal this server is waiting on at `index`, if any.
+    func proposalTerm(at index: LogIndex) -> Term?
+    /// Tells the proposer at `index` how its proposal ended.
+    mutating func resolveProposal(at index: LogIndex, _ outcome: ProposalOutcome)
+    /// Every index with a proposal waiting, at or below `index` (those a snapshot covers).
+    func proposals(through index: LogIndex) -> [LogIndex]
+    /// Step 4: a read the leader confirmed, to serve once the applied index reaches it.
+    mutating func confirmRead(_ state: ReadState)
+}
+
+/// The `Ready` contract in one place, for every driver: Cluster's `RaftDriver` and RaftTesting's
+/// simulator run the same order (early send, persist, send, install, apply and resolve, reads,
+/// advance), so the simulator tests the order production runs.
+///
+///     let later = processor.begin(ready, &effects)     // step 0
+///     persist(ready)                                  // step 1: the driver's own (fsync)
+///     guard processor.finish(ready, later: later, &effects) else { stop }  // steps 2-4
+///     node.advance(ready)                             // step 5
+public struct ReadyProcessor: Sendable {
+    /// The term and vote last made durable: what a message sent before this Ready's fsync may
+    /// rely on.
+    public private(set) var durableTerm: Term
+    public private(set) var durableVote: NodeID?
+
+    public init(durable: HardState) {
+        durableTerm = durable.term
+        durableVote = durable.vote
+    }
+
+    /// Step 0: a leader's appends go out before its own fsync, so the followers' disk writes
+    /// overlap the leader's (thesis §10.2.1, as etcd). Safe because the leader counts itself
+    /// toward a commit only for entries on its own disk, and no acknowledgement is stepped
+    /// before `finish`. Returns the messages that must wait for the Ready to be durable.
+    public func begin<Effects: ReadyEffects>(_ ready: Ready, _ effects: inout Effects) -> [Message] {
+        guard ready.role == .leader else { return ready.messages }
+        let appends = ready.messages.filter { if case .append = $0.kind { true } else { false } }
+        guard !appends.isEmpty else { return ready.messages }
+        // What goes out before the fsync must not depend on it: a term or vote that is not
+        // durable yet would be forgotten by a crash after others acted on it.
+        precondition(ready.hardState.map { $0.term == durableTerm && $0.vote == durableVote } ?? true,
+                     "an early send would carry a term or vote change that is not durable yet")
+        effects.sendEarly(appends)
+        return ready.messages.filter { if case .append = $0.kind { false } else { true } }
+    }
+
+    /// Steps 2-4, once `ready` is durable: send the rest, install the snapshot (its covered
+    /// proposals resolve as unknown), apply the committed entries (each proposal at their index
+    /// resolves: committed if its term matches, superseded if not), pass on the confirmed reads.
+    /// false: an install or apply failed and the driver must stop. The caller then advances.
+    public mutating func finish<Effects: ReadyEffects>(_ ready: Ready, later: [Message], _ effects: inout Effects) -> Bool {
+        if let hard = ready.hardState { (durableTerm, durableVote) = (hard.term, hard.vote) }
+        effects.send(later)
+        if let snapshot = ready.snapshot {
+            guard effects.install(snapshot) else { return false }
+            for index in effects.proposals(through: snapshot.index) { effects.resolveProposal(at: index, .unknown) }
+        }
+        for entry in ready.committedEntries {
+            guard effects.apply(entry) else { return false }
+            if let term = effects.proposalTerm(at: entry.index) {
+                effects.resolveProposal(at: entry.index, term == entry.term ? .committed : .superseded)
+            }
+        }
+        for state in ready.readStates { effects.confirmRead(state) }
+        return true
+    }
+}
