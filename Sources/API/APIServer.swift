@@ -22,14 +22,16 @@ public final class APIServer: @unchecked Sendable {
     private let router: APIRouter
     private var channel: Channel?
 
+    /// - Parameter metrics: more samples for /metrics (the DNS server's), read per scrape.
     public init(listen: PeerAddress, group: EventLoopGroup, kv: KVStore, driver: RaftDriver, directory: ClusterDirectory,
-                registry: RegistryContext? = nil, logger: Logger) {
+                registry: RegistryContext? = nil, metrics: @escaping @Sendable () -> [Metric] = { [] }, logger: Logger) {
         self.listen = listen
         self.group = group
         self.router = APIRouter(kv: KVService(kv: kv, driver: driver, directory: directory, hub: registry?.hub ?? WatchHub(),
                                               logger: logger),
                                 registry: registry.map { RegistryService(context: $0, driver: driver, logger: logger) },
-                                driver: driver, directory: directory, forwarder: Forwarder(group: group), logger: logger)
+                                driver: driver, directory: directory, forwarder: Forwarder(group: group), metrics: metrics,
+                                logger: logger)
     }
 
     public func start() throws -> Int {
@@ -98,10 +100,12 @@ final class APIRouter: Sendable {
     let driver: RaftDriver
     let directory: ClusterDirectory
     let forwarder: Forwarder
+    let extraMetrics: @Sendable () -> [Metric]
     let logger: Logger
 
     init(kv: KVService, registry: RegistryService?, driver: RaftDriver, directory: ClusterDirectory, forwarder: Forwarder,
-         logger: Logger) {
+         metrics: @escaping @Sendable () -> [Metric] = { [] }, logger: Logger) {
+        self.extraMetrics = metrics
         self.kv = kv
         self.registry = registry
         self.driver = driver
@@ -197,8 +201,30 @@ final class APIRouter: Sendable {
             gauge("disco_catalog_instances", "Registered service instances.", "\(state.services.count)")
             gauge("disco_blocking_queries", "Blocking queries parked on this server.", "\(registry.context.hub.parkedCount)")
         }
+        for metric in extraMetrics() {
+            lines += ["# HELP \(metric.name) \(metric.help)", "# TYPE \(metric.name) \(metric.kind.rawValue)", "\(metric.name) \(metric.value)"]
+        }
         return APIResponse(status: .ok, headers: [("Content-Type", "text/plain; version=0.0.4")],
                            body: Array((lines.joined(separator: "\n") + "\n").utf8))
+    }
+}
+
+/// One sample another module adds to /metrics.
+public struct Metric: Sendable {
+    public enum Kind: String, Sendable {
+        case gauge, counter
+    }
+
+    public var name: String
+    public var help: String
+    public var kind: Kind
+    public var value: String
+
+    public init(name: String, help: String, kind: Kind, value: String) {
+        self.name = name
+        self.help = help
+        self.kind = kind
+        self.value = value
     }
 }
 

@@ -20,16 +20,19 @@ public final class TCPServer: @unchecked Sendable {
     private let connectionsMax: Int
     private let idleTimeoutSeconds: Int64
     private let minimalResponses: Bool
+    private let selection: SelectionOptions
     private let logger: Logger
     private let connections = ManagedAtomic<Int>(0)
+    private let panics = ManagedAtomic<Int>(0)
     private var channels: [Channel] = []
     public private(set) var boundAddresses: [ListenAddress] = []
 
     public init(addresses: [ListenAddress], store: ViewStore, group: EventLoopGroup,
                 connectionsMax: Int = TCPServer.connectionsMaxDefault,
                 idleTimeoutSeconds: Int64 = TCPServer.idleTimeoutSecondsDefault, minimalResponses: Bool = false,
-                logger: Logger) {
+                selection: SelectionOptions = SelectionOptions(), logger: Logger) {
         self.minimalResponses = minimalResponses
+        self.selection = selection
         self.addresses = addresses
         self.store = store
         self.group = group
@@ -41,6 +44,9 @@ public final class TCPServer: @unchecked Sendable {
     /// Open connections now, for metrics and tests.
     public var connectionCount: Int { connections.load(ordering: .relaxed) }
 
+    /// Service answers given from every instance (panic threshold) over TCP.
+    public var panicAnswers: Int { panics.load(ordering: .relaxed) }
+
     public func start() throws(ServerError) {
         let store = self.store
         let connections = self.connections
@@ -48,6 +54,8 @@ public final class TCPServer: @unchecked Sendable {
         let idle = TimeAmount.seconds(idleTimeoutSeconds)
         let logger = self.logger
         let minimalResponses = self.minimalResponses
+        let selection = self.selection
+        let panics = self.panics
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -63,7 +71,8 @@ public final class TCPServer: @unchecked Sendable {
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: idle))
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(DNSFrameDecoder()))
-                    try channel.pipeline.syncOperations.addHandler(DNSQueryHandler(store: store, minimalResponses: minimalResponses))
+                    try channel.pipeline.syncOperations.addHandler(DNSQueryHandler(store: store, minimalResponses: minimalResponses,
+                                                                                     selection: selection, panics: panics))
                 }
             }
         var started: [Channel] = []
@@ -114,8 +123,8 @@ final class TCPAnswerContext {
     let answerer: Answerer
     let output = UnsafeMutableRawBufferPointer.allocate(byteCount: Answerer.responseBytesMax, alignment: 8)
 
-    init(minimalResponses: Bool) {
-        answerer = Answerer(minimalResponses: minimalResponses)
+    init(minimalResponses: Bool, selection: SelectionOptions) {
+        answerer = Answerer(minimalResponses: minimalResponses, selection: selection)
     }
 
     deinit { output.deallocate() }
@@ -124,9 +133,10 @@ final class TCPAnswerContext {
     nonisolated(unsafe) private static let perThread = ThreadSpecificVariable<TCPAnswerContext>()
 
     /// The calling thread's context (an event loop thread: one context per loop).
-    static func current(minimalResponses: Bool) -> TCPAnswerContext {
-        if let context = perThread.currentValue, context.answerer.minimalResponses == minimalResponses { return context }
-        let context = TCPAnswerContext(minimalResponses: minimalResponses)
+    static func current(minimalResponses: Bool, selection: SelectionOptions) -> TCPAnswerContext {
+        if let context = perThread.currentValue, context.answerer.minimalResponses == minimalResponses,
+           context.answerer.selection == selection { return context }
+        let context = TCPAnswerContext(minimalResponses: minimalResponses, selection: selection)
         perThread.currentValue = context
         return context
     }
@@ -139,20 +149,26 @@ final class DNSQueryHandler: ChannelInboundHandler {
 
     private let store: ViewStore
     private let minimalResponses: Bool
+    private let selection: SelectionOptions
+    private let panics: ManagedAtomic<Int>
     private var pendingFlush = false
 
-    init(store: ViewStore, minimalResponses: Bool) {
+    init(store: ViewStore, minimalResponses: Bool, selection: SelectionOptions, panics: ManagedAtomic<Int>) {
         self.store = store
         self.minimalResponses = minimalResponses
+        self.selection = selection
+        self.panics = panics
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let query = unwrapInboundIn(data)
         let view = store.load()
-        let answering = TCPAnswerContext.current(minimalResponses: minimalResponses)
+        let answering = TCPAnswerContext.current(minimalResponses: minimalResponses, selection: selection)
+        let panicsBefore = answering.answerer.panicAnswers
         let length = query.withUnsafeReadableBytes { bytes in
             answering.answerer.answer(query: bytes, into: answering.output, view: view, transport: .tcp)
         }
+        if answering.answerer.panicAnswers != panicsBefore { panics.wrappingIncrement(ordering: .relaxed) }
         guard length > 0 else {
             // Not a query we can answer (too short, or a response): end the connection.
             context.close(promise: nil)

@@ -23,7 +23,8 @@ final class ClusterRuntime {
 
     /// - Parameter onCatalogChange: called on the driver's loop after each entry that changed
     ///   the catalog (the DNS view rebuild hooks in here).
-    init(config: Configuration, logger: Logger,
+    ///   - metrics: samples of the DNS server for /metrics.
+    init(config: Configuration, logger: Logger, metrics: @escaping @Sendable () -> [Metric] = { [] },
          onCatalogChange: @escaping @Sendable (CatalogChange, CatalogState) -> Void) throws(StartError) {
         let id = NodeID(rawValue: config.raftNodeID)
         self.logger = logger
@@ -88,7 +89,7 @@ final class ClusterRuntime {
                         kv: kv, driver: driver, directory: directory,
                         registry: RegistryContext(catalog: catalog, hub: hub, nodeName: config.effectiveNodeName,
                                                   nodeAddress: config.effectiveNodeAddress),
-                        logger: logger)
+                        metrics: metrics, logger: logger)
         do {
             raftPort = try transport.start()
         } catch {

@@ -1,3 +1,4 @@
+import API
 import CShims
 import DNSServer
 import DNSWire
@@ -61,9 +62,10 @@ public final class DiscoDaemon: @unchecked Sendable {
         }
         composer.publish(fileZones: zones)
 
+        let selection = SelectionOptions(policy: config.dnsSelection, ttlJitterPercent: config.dnsTTLJitterPercent)
         let udp = UDPServer(addresses: config.dnsListen, workers: config.dnsWorkers, store: store,
                             udpPayloadBytes: config.dnsUDPPayloadBytes, minimalResponses: config.dnsMinimalResponses,
-                            logger: logger)
+                            selection: selection, logger: logger)
         // TCP is not the hot path: one event loop is plenty, and leaves the cores to UDP.
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         // With port 0 the kernel picks a free UDP port, which TCP may already use: then pick again.
@@ -75,7 +77,7 @@ public final class DiscoDaemon: @unchecked Sendable {
                 let tcp = TCPServer(addresses: udp.boundAddresses, store: store, group: group,
                                     connectionsMax: config.dnsTCPConnectionsMax,
                                     idleTimeoutSeconds: Int64(config.dnsTCPIdleTimeoutSeconds),
-                                    minimalResponses: config.dnsMinimalResponses, logger: logger)
+                                    minimalResponses: config.dnsMinimalResponses, selection: selection, logger: logger)
                 try tcp.start()
                 self.tcp = tcp
                 break
@@ -93,7 +95,9 @@ public final class DiscoDaemon: @unchecked Sendable {
             do throws(StartError) {
                 final class PublisherBox: @unchecked Sendable { var publisher: ServiceViewPublisher? }
                 let box = PublisherBox()
-                let cluster = try ClusterRuntime(config: config, logger: logger) { change, _ in box.publisher?.changed(change) }
+                let cluster = try ClusterRuntime(config: config, logger: logger, metrics: { [weak self] in self?.dnsMetrics() ?? [] }) {
+                    change, _ in box.publisher?.changed(change)
+                }
                 self.cluster = cluster
                 let domain: DomainName
                 do { domain = try DomainName(config.dnsDomain) } catch { preconditionFailure("dns.domain was validated: \(error)") }
@@ -104,7 +108,8 @@ public final class DiscoDaemon: @unchecked Sendable {
                     domain: domain, serviceTTLSeconds: UInt32(config.dnsServiceTTLSeconds),
                     nodeTTLSeconds: UInt32(config.dnsNodeTTLSeconds), negativeTTLSeconds: UInt32(config.dnsNegativeTTLSeconds),
                     onlyPassing: config.dnsOnlyPassing,
-                    nameServerAddresses: [config.effectiveNodeAddress])
+                    nameServerAddresses: [config.effectiveNodeAddress], panicThresholdPercent: config.dnsPanicThresholdPercent,
+                    slowStartSeconds: UInt32(config.dnsSlowStartSeconds), recordsMax: config.dnsARecordLimit)
                 let publisher = ServiceViewPublisher(catalog: cluster.catalog, config: viewConfig, composer: composer,
                                                      nice: config.dnsBackgroundNice, logger: logger)
                 box.publisher = publisher
@@ -165,6 +170,18 @@ public final class DiscoDaemon: @unchecked Sendable {
         }
         stopped.wait()
         stop()
+    }
+
+    /// The DNS server's samples for /metrics: panic answers (each worker counts its own; summed
+    /// here) and the services in panic in the last View.
+    private func dnsMetrics() -> [Metric] {
+        let answers = (udp?.panicAnswers ?? 0) + (tcp?.panicAnswers ?? 0)
+        return [
+            Metric(name: "disco_dns_panic_answers_total", help: "Service answers given from every instance because too few were healthy (panic threshold).",
+                   kind: .counter, value: "\(answers)"),
+            Metric(name: "disco_dns_services_in_panic", help: "Services whose healthy fraction is below their panic threshold in the current DNS view.",
+                   kind: .gauge, value: "\(servicePublisher?.servicesInPanic ?? 0)"),
+        ]
     }
 
     public func stop() {
