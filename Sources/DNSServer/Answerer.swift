@@ -442,24 +442,53 @@ public final class Answerer {
         let jitter = Int(ttl) * self.selection.ttlJitterPercent / 100
         if jitter > 0 { ttl -= UInt32(picker.next(below: jitter + 1)) }
         pickedCount = 0
+        // Records are copied from the selection's wire form (no reference counting per record);
+        // the generic encoder is the fallback for records with compressible names.
+        let full = selection.wire.isEmpty
+            ? pickRecords(selection, owner: owner, writer: &writer) { index, writer throws(WireOverflow) in
+                try self.writeRecord(rrset.compiled[index], type: rrset.type, ttl: ttl, owner: owner, writer: &writer)
+            }
+            : selection.wire.withUnsafeBytes { wire in
+                selection.wireOffsets.withUnsafeBufferPointer { offsets in
+                    pickRecords(selection, owner: owner, writer: &writer) { index, writer throws(WireOverflow) in
+                        switch owner {
+                        case .offset(let offset): try writer.u16(0xC000 | UInt16(offset))
+                        case .name(let name): try writer.name(name)
+                        }
+                        let ttlAt = writer.count + 4
+                        try writer.bytes(UnsafeRawBufferPointer(rebasing: wire[Int(offsets[index])..<Int(offsets[index + 1])]))
+                        if ttl != rrset.ttl {
+                            writer.patchU16(UInt16(ttl >> 16), at: ttlAt)
+                            writer.patchU16(UInt16(ttl & 0xFFFF), at: ttlAt + 2)
+                        }
+                    }
+                }
+            }
+        // RFC 2181 §9: an answer without a single record is not an answer (TC).
+        if pickedCount == 0 { throw WireOverflow() }
+        if !full { trimmed = true }
+        return UInt16(pickedCount)
+    }
+
+    /// Writes picked records with `write` until the pick ends (true) or the next record does
+    /// not fit or the response holds `pickedRecordsMax` (false); counts them in `pickedCount`.
+    @inline(__always)
+    private func pickRecords(_ selection: RecordSelection, owner: Owner, writer: inout WireWriter,
+                             write: (Int, inout WireWriter) throws(WireOverflow) -> Void) -> Bool {
         while pickedCount < Self.pickedRecordsMax {
             let index = picker.next(selection)
-            if index < 0 { return UInt16(pickedCount) }
+            if index < 0 { return true }
             let mark = writer.mark
             do throws(WireOverflow) {
-                try writeRecord(rrset.compiled[index], type: rrset.type, ttl: ttl, owner: owner, writer: &writer)
+                try write(index, &writer)
             } catch {
                 writer.rollback(to: mark)
-                // RFC 2181 §9: an answer without a single record is not an answer.
-                if pickedCount == 0 { throw error }
-                trimmed = true
-                return UInt16(pickedCount)
+                return false
             }
             pickedRecords[pickedCount] = Int32(index)
             pickedCount += 1
         }
-        trimmed = true
-        return UInt16(pickedCount)
+        return false
     }
 
     @inline(__always)

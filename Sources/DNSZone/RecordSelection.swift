@@ -1,3 +1,5 @@
+import DNSWire
+
 /// What the answer path needs to pick, per query, the records of a service RRset (DESIGN.md:
 /// "Selection happens per query, after the cache"): each record's weight, since when it is
 /// answerable (slow start), and the records of failing instances kept aside for the panic
@@ -6,6 +8,14 @@
 /// The RRset's `records`/`compiled` hold the healthy records first (`0..<healthyCount`),
 /// then the critical ones, which are answered only while the set `panics`.
 public final class RecordSelection: Sendable {
+    /// Each record as written after its owner: TYPE, CLASS, TTL, RDLENGTH, RDATA (RFC 1035
+    /// §4.1.3), back to back, so the answer path copies a record instead of encoding it. Empty
+    /// when a record has a compressible name (A, AAAA and SRV have none: RFC 2782 forbids
+    /// compressing the SRV target).
+    public let wire: [UInt8]
+    /// Where each record starts in `wire` (one more entry: the end).
+    public let wireOffsets: [UInt32]
+
     /// Slow start begins at this share of an instance's weight (Envoy's slow start starts
     /// low and ramps linearly): 10% keeps a recovered instance in rotation from the first
     /// second without handing it its full share before it is warm.
@@ -35,10 +45,32 @@ public final class RecordSelection: Sendable {
     ///   - healthyInstances/instances: the instances behind the set, for the panic threshold
     ///     (records may be shared by instances, so they are counted apart).
     ///   - panicThresholdPercent: panic when healthy/instances is below this (0: never).
-    public init(healthyCount: Int, weights: [UInt32], answerableSinceMilliseconds: [UInt64],
-                slowStartMilliseconds: UInt64, healthyInstances: Int, instances: Int, panicThresholdPercent: Int,
-                recordsMax: Int) {
+    ///   - records/type/ttl: the RRset's records, for `wire`.
+    public init(records: [RData], type: RRType, ttl: UInt32, healthyCount: Int, weights: [UInt32],
+                answerableSinceMilliseconds: [UInt64], slowStartMilliseconds: UInt64, healthyInstances: Int, instances: Int,
+                panicThresholdPercent: Int, recordsMax: Int) {
         precondition(healthyCount >= 0 && healthyCount <= weights.count, "healthy records are a prefix of the set")
+        precondition(records.count == weights.count, "one weight per record")
+        var wire: [UInt8] = []
+        var offsets: [UInt32] = [0]
+        for record in records {
+            let (rdata, names) = record.encoded()
+            guard names.isEmpty, rdata.count <= Int(UInt16.max) else {
+                wire = []
+                offsets = []
+                break
+            }
+            func u16(_ value: UInt16) { wire += [UInt8(value >> 8), UInt8(value & 0xFF)] }
+            u16(type.rawValue)
+            u16(RRClass.in.rawValue)
+            u16(UInt16(ttl >> 16))
+            u16(UInt16(ttl & 0xFFFF))
+            u16(UInt16(rdata.count))
+            wire += rdata
+            offsets.append(UInt32(wire.count))
+        }
+        self.wire = wire
+        self.wireOffsets = offsets
         precondition(answerableSinceMilliseconds.isEmpty || answerableSinceMilliseconds.count >= healthyCount)
         self.healthyCount = healthyCount
         self.weights = weights

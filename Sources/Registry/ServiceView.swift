@@ -447,14 +447,15 @@ public final class ServiceViewBuilder {
             // A failing record that a healthy instance also answers is in the healthy part.
             let failing = group.failing.filter { group.healthyAt[$0.rdata] == nil }
             let entries = group.healthy + failing
+            let records = entries.map(\.rdata)
             let selection = RecordSelection(
-                healthyCount: group.healthy.count, weights: entries.map(\.weight),
+                records: records, type: key.type, ttl: settings.ttl, healthyCount: group.healthy.count, weights: entries.map(\.weight),
                 answerableSinceMilliseconds: slowStart > 0 && group.healthy.contains { $0.since > 0 } ? group.healthy.map(\.since) : [],
                 slowStartMilliseconds: slowStart, healthyInstances: group.healthyInstances, instances: group.instances,
                 panicThresholdPercent: settings.panicThresholdPercent, recordsMax: settings.recordsMax)
             // A name none of whose instances is healthy, outside panic, is not in DNS (NXDOMAIN).
             guard selection.candidateCount > 0 else { continue }
-            owners[key.owner, default: []].append(RRSet(type: key.type, ttl: settings.ttl, records: entries.map(\.rdata),
+            owners[key.owner, default: []].append(RRSet(type: key.type, ttl: settings.ttl, records: records,
                                                         compiled: entries.map(\.compiled), selection: selection))
         }
         return try ZoneFragment(owners: owners.map { ($0.key, $0.value) }, origin: config.domain, source: ServiceView.position.file)

@@ -1,4 +1,5 @@
 import DNSServer
+import DNSTesting
 import DNSWire
 import DNSZone
 import MallocCounter
