@@ -93,6 +93,8 @@ let package = Package(
         .target(name: "DNSTesting", dependencies: ["DNSServer", "DNSZone", "DNSWire"]),
         .executableTarget(name: "FuzzWire", dependencies: ["DNSTesting"]),
         .executableTarget(name: "FuzzZone", dependencies: ["DNSTesting"]),
+        // The answer path alone, timed (scripts/bench/answer.sh).
+        .executableTarget(name: "answer-bench", dependencies: ["DNSTesting", "DNSServer", "DNSZone", "DNSWire"]),
         .testTarget(name: "DNSWireTests", dependencies: ["DNSWire"]),
         .testTarget(name: "DNSZoneTests", dependencies: ["DNSZone", "DNSWire"]),
         .testTarget(name: "RateLimitTests", dependencies: ["RateLimit", "DNSWire", "MallocCounter"]),

@@ -231,3 +231,16 @@ disco_find_discod() {
   fi
   (cd "$(dirname "$bin")" && printf '%s/%s\n' "$(pwd)" "$(basename "$bin")")
 }
+
+# disco_server_cpu_ns SID: CPU nanoseconds used so far by every thread of every process of
+# session SID (from /proc/*/task/*/schedstat).
+disco_server_cpu_ns() {
+  local total=0 pid file t rest
+  for pid in $(ps -o pid= -s "$1"); do
+    for file in /proc/"$pid"/task/*/schedstat; do
+      read -r t rest <"$file" 2>/dev/null || continue
+      total=$((total + t))
+    done
+  done
+  echo "$total"
+}

@@ -276,6 +276,28 @@ final class APIRouter: Sendable {
     }
 }
 
+/// One sample another module adds to /metrics.
+public struct Metric: Sendable {
+    public enum Kind: String, Sendable {
+        case gauge, counter
+    }
+
+    public var name: String
+    public var help: String
+    public var kind: Kind
+    public var value: String
+
+    public init(name: String, help: String, kind: Kind, value: String) {
+        self.name = name
+        self.help = help
+        self.kind = kind
+        self.value = value
+    }
+
+    /// The sample in Prometheus text exposition (HELP, TYPE, value).
+    public var lines: [String] { ["# HELP \(name) \(help)", "# TYPE \(name) \(kind.rawValue)", "\(name) \(value)"] }
+}
+
 struct APIResponse {
     var status: HTTPResponseStatus
     var headers: [(String, String)] = []

@@ -11,6 +11,7 @@
 #include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #define DISCO_CONTROL_BYTES 64
@@ -279,4 +280,10 @@ int disco_thread_lower_priority(int increment) {
 
 void disco_thread_set_name(const char *name) {
     prctl(PR_SET_NAME, name, 0, 0, 0);
+}
+
+uint64_t disco_monotonic_milliseconds(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &now);
+    return (uint64_t)now.tv_sec * 1000u + (uint64_t)now.tv_nsec / 1000000u;
 }

@@ -1,3 +1,4 @@
+import CShims
 import DNSWire
 import DNSZone
 
@@ -50,10 +51,31 @@ public final class Answerer {
     private let chainZones: UnsafeMutablePointer<ObjectIdentifier?>
     /// The UDP payload size we advertise in OPT; ≤ `udpPayloadBytesMax`.
     public let udpPayloadBytes: Int
+    /// How service RRsets (those with a `RecordSelection`) are picked per query.
+    public let selection: SelectionOptions
+    private let picker: RecordPicker
+    /// The records of the selected RRset written last, by index, for its ADDITIONAL section.
+    private let pickedRecords: UnsafeMutablePointer<Int32>
+    private var pickedCount = 0
+    /// Records in one response, at most: 64 KiB of the smallest record we pick (an A record
+    /// whose owner is a pointer, 16 bytes).
+    public static let pickedRecordsMax = Answerer.responseBytesMax / 16 + 1
+    /// The response holds a per-query pick (shuffled or rotated): never cached.
+    private var picked = false
+    /// Service answers given from every instance because too few were healthy (panic).
+    public private(set) var panicAnswers = 0
+    /// Milliseconds on the slow-start clock (tests set it; nil: CLOCK_MONOTONIC_COARSE).
+    public var clock: (() -> UInt64)?
 
-    /// - Parameter cache: keep a response cache (12 MiB; for long-lived UDP workers, not per connection).
-    public init(udpPayloadBytes: Int = Answerer.udpPayloadBytesMax, minimalResponses: Bool = false, cache: Bool = false) {
+    /// - Parameters:
+    ///   - cache: keep a response cache (12 MiB; for long-lived UDP workers, not per connection).
+    ///   - seed: of the worker's selection PRNG (nil: from the system's random source).
+    public init(udpPayloadBytes: Int = Answerer.udpPayloadBytesMax, minimalResponses: Bool = false, cache: Bool = false,
+                selection: SelectionOptions = SelectionOptions(), seed: UInt64? = nil) {
         self.minimalResponses = minimalResponses
+        self.selection = selection
+        picker = RecordPicker(seed: seed ?? UInt64.random(in: 0...UInt64.max))
+        pickedRecords = .allocate(capacity: Self.pickedRecordsMax)
         self.cache = cache ? AnswerCache() : nil
         additionalNodes = .allocate(capacity: Self.additionalNodesMax)
         precondition(udpPayloadBytes >= EDNS.udpPayloadBytesMin && udpPayloadBytes <= Answerer.responseBytesMax)
@@ -73,6 +95,7 @@ public final class Answerer {
         chainNodes.deallocate()
         additionalNodes.deallocate()
         chainZones.deallocate()
+        pickedRecords.deallocate()
     }
 
     /// Answers one query. Returns the response length, or 0 when the packet is to be dropped
@@ -199,6 +222,7 @@ public final class Answerer {
         var counts = SectionCounts()
         additionalCount = 0
         trimmed = false
+        picked = false
         answeredAddress = (-1, RRType(0))
         var rcode = RCode.noError
         // Set before anything is written, so a truncated response keeps it (as NSD does).
@@ -216,7 +240,7 @@ public final class Answerer {
         flags.aa = aa
         writer.capacity += optBytes
         let length = finish(flags: flags, rcode: rcode, counts: counts, edns: edns, writer: &writer)
-        if let cache, !flags.tc, !trimmed, rcode == .noError || rcode == .nxDomain {
+        if let cache, !flags.tc, !trimmed, !picked, rcode == .noError || rcode == .nxDomain {
             cache.store(name: name, response: UnsafeRawBufferPointer(start: output.baseAddress, count: length),
                         questionEnd: questionEnd, hasEDNS: edns != nil, zones: zonesRead)
         }
@@ -256,8 +280,7 @@ public final class Answerer {
             case .answer(let nodeIndex, let rrsetIndex, _):
                 let node = zone.nodes[Int(nodeIndex)]
                 let rrset = node.rrsets[Int(rrsetIndex)]
-                try writeRRSet(rrset, owner: owner, writer: &writer)
-                counts.answer &+= UInt16(rrset.records.count)
+                try writeAnswer(rrset, owner: owner, counts: &counts, writer: &writer)
                 let apexNS = minimalResponses || (nodeIndex == 0 && rrset.type == .ns) ? nil : zone.apexNS
                 // ADDITIONAL never repeats the answer (NSD): the answered name counts as added.
                 if rrset.type == .a || rrset.type == .aaaa { answeredAddress = (nodeIndex, rrset.type) }
@@ -272,8 +295,7 @@ public final class Answerer {
                 // RFC 8482 §4.2: one RRset answers ANY (the name's first, as NSD picks it),
                 // over UDP and TCP alike, so ANY cannot amplify.
                 let rrset = zone.nodes[Int(nodeIndex)].rrsets[0]
-                try writeRRSet(rrset, owner: owner, writer: &writer)
-                counts.answer &+= UInt16(rrset.records.count)
+                try writeAnswer(rrset, owner: owner, counts: &counts, writer: &writer)
                 writeAdditional(for: rrset, zone: zone, counts: &counts, writer: &writer)
                 return .noError
 
@@ -392,6 +414,99 @@ public final class Answerer {
         return rdataAt
     }
 
+    /// The ANSWER RRset: whole, or, for a service RRset, the records this query picks.
+    @inline(__always)
+    private func writeAnswer(_ rrset: RRSet, owner: Owner, counts: inout SectionCounts,
+                             writer: inout WireWriter) throws(WireOverflow) {
+        if let selection = rrset.selection {
+            counts.answer &+= try writePicked(rrset, selection, owner: owner, writer: &writer)
+        } else {
+            pickedCount = -1
+            try writeRRSet(rrset, owner: owner, writer: &writer)
+            counts.answer &+= UInt16(rrset.records.count)
+        }
+    }
+
+    /// Writes the records of a service RRset in the order this query picks, until the
+    /// client's buffer or the set's record limit is reached: a service answer never sets TC
+    /// (unless not even one record fits). Returns how many were written.
+    private func writePicked(_ rrset: RRSet, _ selection: RecordSelection, owner: Owner,
+                             writer: inout WireWriter) throws(WireOverflow) -> UInt16 {
+        let policy = self.selection.policy
+        let warming = policy == .shuffle && selection.warmAtMilliseconds > 0
+        picker.start(selection, policy: policy, nowMilliseconds: warming ? (clock?() ?? disco_monotonic_milliseconds()) : 0)
+        if selection.panics { panicAnswers &+= 1 }
+        // With `fixed`, the same View gives the same records: cacheable unless cut by the buffer.
+        if policy != .fixed { picked = true }
+        var ttl = rrset.ttl
+        let jitter = Int(ttl) * self.selection.ttlJitterPercent / 100
+        if jitter > 0 { ttl -= UInt32(picker.next(below: jitter + 1)) }
+        pickedCount = 0
+        // Records are copied from the selection's wire form (no reference counting per record);
+        // the generic encoder is the fallback for records with compressible names.
+        let full = selection.wire.isEmpty
+            ? pickRecords(selection, owner: owner, writer: &writer) { index, writer throws(WireOverflow) in
+                try self.writeRecord(rrset.compiled[index], type: rrset.type, ttl: ttl, owner: owner, writer: &writer)
+            }
+            : selection.wire.withUnsafeBytes { wire in
+                selection.wireOffsets.withUnsafeBufferPointer { offsets in
+                    pickRecords(selection, owner: owner, writer: &writer) { index, writer throws(WireOverflow) in
+                        switch owner {
+                        case .offset(let offset): try writer.u16(0xC000 | UInt16(offset))
+                        case .name(let name): try writer.name(name)
+                        }
+                        let ttlAt = writer.count + 4
+                        try writer.bytes(UnsafeRawBufferPointer(rebasing: wire[Int(offsets[index])..<Int(offsets[index + 1])]))
+                        if ttl != rrset.ttl {
+                            writer.patchU16(UInt16(ttl >> 16), at: ttlAt)
+                            writer.patchU16(UInt16(ttl & 0xFFFF), at: ttlAt + 2)
+                        }
+                    }
+                }
+            }
+        // RFC 2181 §9: an answer without a single record is not an answer (TC).
+        if pickedCount == 0 { throw WireOverflow() }
+        if !full { trimmed = true }
+        return UInt16(pickedCount)
+    }
+
+    /// Writes picked records with `write` until the pick ends (true) or the next record does
+    /// not fit or the response holds `pickedRecordsMax` (false); counts them in `pickedCount`.
+    @inline(__always)
+    private func pickRecords(_ selection: RecordSelection, owner: Owner, writer: inout WireWriter,
+                             write: (Int, inout WireWriter) throws(WireOverflow) -> Void) -> Bool {
+        while pickedCount < Self.pickedRecordsMax {
+            let index = picker.next(selection)
+            if index < 0 { return true }
+            let mark = writer.mark
+            do throws(WireOverflow) {
+                try write(index, &writer)
+            } catch {
+                writer.rollback(to: mark)
+                return false
+            }
+            pickedRecords[pickedCount] = Int32(index)
+            pickedCount += 1
+        }
+        return false
+    }
+
+    @inline(__always)
+    private func writeRecord(_ compiled: CompiledRData, type: RRType, ttl: UInt32, owner: Owner,
+                             writer: inout WireWriter) throws(WireOverflow) {
+        switch owner {
+        case .offset(let offset): try writer.u16(0xC000 | UInt16(offset))
+        case .name(let name): try writer.name(name)
+        }
+        try writer.u16(type.rawValue)
+        try writer.u16(RRClass.in.rawValue)
+        try writer.u32(ttl)
+        let lengthAt = writer.count
+        try writer.u16(0)
+        try writeRData(compiled, writer: &writer)
+        writer.patchU16(UInt16(writer.count - lengthAt - 2), at: lengthAt)
+    }
+
     @inline(__always)
     private func writeRData(_ compiled: CompiledRData, writer: inout WireWriter) throws(WireOverflow) {
         let written = compiled.bytes.withUnsafeBytes { bytes in
@@ -466,7 +581,8 @@ public final class Answerer {
     /// RFC 2782). Best effort: an RRset that does not fit is left out without setting TC.
     private func writeAdditional(for rrset: RRSet, zone: Zone, counts: inout SectionCounts, writer: inout WireWriter) {
         do throws(WireOverflow) {
-            try writeAddresses(for: rrset, zone: zone, referral: false, counts: &counts, writer: &writer)
+            try writeAddresses(for: rrset, zone: zone, referral: false, picked: rrset.selection != nil,
+                               counts: &counts, writer: &writer)
         } catch {
             preconditionFailure("only referral glue is required to fit")
         }
@@ -476,16 +592,19 @@ public final class Answerer {
     /// else this throws and the response gets TC; other in-zone addresses are best effort.
     private func writeGlue(for ns: RRSet, zone: Zone, counts: inout SectionCounts,
                            writer: inout WireWriter) throws(WireOverflow) {
-        try writeAddresses(for: ns, zone: zone, referral: true, counts: &counts, writer: &writer)
+        try writeAddresses(for: ns, zone: zone, referral: true, picked: false, counts: &counts, writer: &writer)
     }
 
-    /// The A/AAAA RRsets of the in-zone targets of `rrset`, each name once per response and
-    /// never repeating the answer. Glue (below a cut) is used only in referrals, where it is
+    /// The A/AAAA RRsets of the in-zone targets of `rrset` (`picked`: of the records this
+    /// query picked from it, in their order), each name once per response and never
+    /// repeating the answer. Glue (below a cut) is used only in referrals, where it is
     /// required to fit.
-    private func writeAddresses(for rrset: RRSet, zone: Zone, referral: Bool, counts: inout SectionCounts,
+    private func writeAddresses(for rrset: RRSet, zone: Zone, referral: Bool, picked: Bool, counts: inout SectionCounts,
                                 writer: inout WireWriter) throws(WireOverflow) {
         let compiled = rrset.compiled
-        for i in compiled.indices {
+        let count = picked ? max(pickedCount, 0) : compiled.count
+        for position in 0..<count {
+            let i = picked ? Int(pickedRecords[position]) : position
             let target = compiled[i].additionalNode
             guard target >= 0, !alreadyAdded(target) else { continue }
             let node = zone.nodes[Int(target)]

@@ -25,15 +25,19 @@ public final class TCPServer: @unchecked Sendable {
     private let group: EventLoopGroup
     private let limits: ClientLimits
     private let minimalResponses: Bool
+    private let selection: SelectionOptions
     private let logger: Logger
     private let connections = ManagedAtomic<Int>(0)
     private let perClient: ConnectionsPerClient
+    private let panics = ManagedAtomic<Int>(0)
     private var channels: [Channel] = []
     public private(set) var boundAddresses: [ListenAddress] = []
 
     public init(addresses: [ListenAddress], store: ViewStore, group: EventLoopGroup,
-                limits: ClientLimits = ClientLimits(), minimalResponses: Bool = false, logger: Logger) {
+                limits: ClientLimits = ClientLimits(), minimalResponses: Bool = false,
+                selection: SelectionOptions = SelectionOptions(), logger: Logger) {
         self.minimalResponses = minimalResponses
+        self.selection = selection
         self.addresses = addresses
         self.store = store
         self.group = group
@@ -48,6 +52,9 @@ public final class TCPServer: @unchecked Sendable {
     /// Open connections now, for metrics and tests.
     public var connectionCount: Int { connections.load(ordering: .relaxed) }
 
+    /// Service answers given from every instance (panic threshold) over TCP.
+    public var panicAnswers: Int { panics.load(ordering: .relaxed) }
+
     public func start() throws(ServerError) {
         let store = self.store
         let connections = self.connections
@@ -56,6 +63,8 @@ public final class TCPServer: @unchecked Sendable {
         let logger = self.logger
         let minimalResponses = self.minimalResponses
         let outbound = limits.tcp.outboundBytesMax
+        let selection = self.selection
+        let panics = self.panics
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: Self.backlogConnections)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -80,7 +89,8 @@ public final class TCPServer: @unchecked Sendable {
                 }
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(
-                        DNSConnectionHandler(store: store, limits: limits, minimalResponses: minimalResponses))
+                        DNSConnectionHandler(store: store, limits: limits, minimalResponses: minimalResponses,
+                                             selection: selection, panics: panics))
                 }
             }
         var started: [Channel] = []
@@ -165,8 +175,8 @@ final class TCPAnswerContext {
     let answerer: Answerer
     let output = UnsafeMutableRawBufferPointer.allocate(byteCount: Answerer.responseBytesMax, alignment: 8)
 
-    init(minimalResponses: Bool) {
-        answerer = Answerer(minimalResponses: minimalResponses)
+    init(minimalResponses: Bool, selection: SelectionOptions) {
+        answerer = Answerer(minimalResponses: minimalResponses, selection: selection)
     }
 
     deinit { output.deallocate() }
@@ -175,9 +185,10 @@ final class TCPAnswerContext {
     nonisolated(unsafe) private static let perThread = ThreadSpecificVariable<TCPAnswerContext>()
 
     /// The calling thread's context (an event loop thread: one context per loop).
-    static func current(minimalResponses: Bool) -> TCPAnswerContext {
-        if let context = perThread.currentValue, context.answerer.minimalResponses == minimalResponses { return context }
-        let context = TCPAnswerContext(minimalResponses: minimalResponses)
+    static func current(minimalResponses: Bool, selection: SelectionOptions) -> TCPAnswerContext {
+        if let context = perThread.currentValue, context.answerer.minimalResponses == minimalResponses,
+           context.answerer.selection == selection { return context }
+        let context = TCPAnswerContext(minimalResponses: minimalResponses, selection: selection)
         perThread.currentValue = context
         return context
     }
@@ -272,12 +283,17 @@ final class DNSConnectionHandler: ChannelDuplexHandler {
     private let store: ViewStore
     private let limits: ClientLimits
     private let minimalResponses: Bool
+    private let selection: SelectionOptions
+    private let panics: ManagedAtomic<Int>
     private var buffer = ByteBuffer()
     private var state: TCPConnectionState
     private var timer: Scheduled<Void>?
     private var timerAt: NIODeadline = .distantFuture
 
-    init(store: ViewStore, limits: ClientLimits, minimalResponses: Bool) {
+    init(store: ViewStore, limits: ClientLimits, minimalResponses: Bool, selection: SelectionOptions,
+         panics: ManagedAtomic<Int>) {
+        self.selection = selection
+        self.panics = panics
         self.store = store
         self.limits = limits
         self.minimalResponses = minimalResponses
@@ -353,10 +369,12 @@ final class DNSConnectionHandler: ChannelDuplexHandler {
     /// Writes the answer to `query`; false if the query is not one to answer.
     private func answer(_ query: ByteBuffer, context: ChannelHandlerContext) -> Bool {
         let view = store.load()
-        let answering = TCPAnswerContext.current(minimalResponses: minimalResponses)
+        let answering = TCPAnswerContext.current(minimalResponses: minimalResponses, selection: selection)
+        let panicsBefore = answering.answerer.panicAnswers
         let length = query.withUnsafeReadableBytes { bytes in
             answering.answerer.answer(query: bytes, into: answering.output, view: view, transport: .tcp)
         }
+        if answering.answerer.panicAnswers != panicsBefore { panics.wrappingIncrement(ordering: .relaxed) }
         guard length > 0 else { return false }
         var response = context.channel.allocator.buffer(capacity: 2 + length)
         response.writeInteger(UInt16(length))

@@ -1,3 +1,4 @@
+import Atomics
 import CShims
 import DNSWire
 import Foundation
@@ -30,6 +31,7 @@ public final class UDPServer: @unchecked Sendable {
     private let udpPayloadBytes: Int
     private let minimalResponses: Bool
     private let limits: ClientLimits
+    private let selection: SelectionOptions
     private let logger: Logger
     private let running = ManagedAtomicFlag()
     private var sockets: [(fd: Int32, wildcard: Bool)] = []
@@ -38,11 +40,15 @@ public final class UDPServer: @unchecked Sendable {
     /// Ports actually bound, in `addresses` order (differs from the request for port 0).
     public private(set) var boundAddresses: [ListenAddress] = []
 
+    /// Each worker's panic answers (`Answerer.panicAnswers`), published once per batch.
+    private var panicCounters: [ManagedAtomic<Int>] = []
+
     public init(addresses: [ListenAddress], workers: Int, store: ViewStore,
                 udpPayloadBytes: Int = Answerer.udpPayloadBytesMax, minimalResponses: Bool = false,
-                limits: ClientLimits = ClientLimits(), logger: Logger) {
+                limits: ClientLimits = ClientLimits(), selection: SelectionOptions = SelectionOptions(), logger: Logger) {
         self.minimalResponses = minimalResponses
         self.limits = limits
+        self.selection = selection
         precondition(workers >= 1, "at least one UDP worker")
         self.addresses = addresses
         self.workers = workers
@@ -79,13 +85,14 @@ public final class UDPServer: @unchecked Sendable {
         sockets = opened
         boundAddresses = bound
         running.set(true)
-        for (fd, wildcard) in sockets {
+        panicCounters = sockets.map { _ in ManagedAtomic(0) }
+        for ((fd, wildcard), panics) in zip(sockets, panicCounters) {
             finished.enter()
             let thread = Thread { [self] in
                 // Foundation does not name the kernel thread; `top -H` and the priority
                 // split (dns.background_nice) know the workers by this name.
                 disco_thread_set_name("disco-udp")
-                self.serve(fd: fd, packetInfo: wildcard)
+                self.serve(fd: fd, packetInfo: wildcard, panics: panics)
                 self.finished.leave()
             }
             thread.name = "disco-udp"
@@ -105,14 +112,18 @@ public final class UDPServer: @unchecked Sendable {
         threads = []
     }
 
-    private func serve(fd: Int32, packetInfo: Bool) {
+    /// Service answers given from every instance (panic threshold), summed over the workers.
+    public var panicAnswers: Int { panicCounters.reduce(0) { $0 + $1.load(ordering: .relaxed) } }
+
+    private func serve(fd: Int32, packetInfo: Bool, panics: ManagedAtomic<Int>) {
         guard let batch = disco_udp_batch_create(Self.batchDatagramsMax, Self.queryBytesMax, UInt32(udpPayloadBytes)) else {
             logger.critical("cannot allocate UDP buffers")
             return
         }
         defer { disco_udp_batch_destroy(batch) }
         disco_udp_batch_set_control(batch, packetInfo ? 1 : 0)
-        let answerer = Answerer(udpPayloadBytes: udpPayloadBytes, minimalResponses: minimalResponses, cache: true)
+        let answerer = Answerer(udpPayloadBytes: udpPayloadBytes, minimalResponses: minimalResponses, cache: true,
+                                selection: selection)
         let outBytes = Int(disco_udp_batch_out_capacity(batch))
         var lastErrorLogged: Int32 = 0
         // The pipeline's limits (STYLE.md: their order lives here): query rate → answer → RRL.
@@ -154,6 +165,7 @@ public final class UDPServer: @unchecked Sendable {
                 }
                 disco_udp_batch_set_out_length(batch, i, UInt32(length))
             }
+            panics.store(answerer.panicAnswers, ordering: .relaxed)
             let sent = disco_udp_batch_send(fd, batch, UInt32(received))
             if sent < 0 && sent != lastErrorLogged {
                 logger.error("UDP send failed", metadata: ["dns.errno": "\(-sent)"])

@@ -13,6 +13,11 @@ public struct CompiledRData: Sendable {
     /// For CNAME and DNAME: the lowercased target, to continue the lookup without decoding.
     public let lowercasedTarget: [UInt8]
 
+    /// Compiles `rdata` with no additional-section node (a zone assembly links it).
+    public init(_ rdata: RData) {
+        self.init(rdata, additionalNode: -1)
+    }
+
     init(_ rdata: RData, additionalNode: Int32) {
         let (bytes, names) = rdata.encoded()
         var lowercasedTarget: [UInt8] = []
@@ -42,6 +47,19 @@ public struct RRSet: Sendable {
     public let ttl: UInt32
     public let records: [RData]
     public let compiled: [CompiledRData]
+    /// Set for a service's RRsets: the answer path picks their records per query (order,
+    /// subset, panic); nil: every record is answered, in this order.
+    public let selection: RecordSelection?
+
+    public init(type: RRType, ttl: UInt32, records: [RData], compiled: [CompiledRData], selection: RecordSelection? = nil) {
+        precondition(records.count == compiled.count, "one compiled form per record")
+        precondition(selection.map { $0.weights.count == records.count } ?? true, "one weight per record")
+        self.type = type
+        self.ttl = ttl
+        self.records = records
+        self.compiled = compiled
+        self.selection = selection
+    }
 }
 
 /// A name in the zone tree: with data, an empty non-terminal, a delegation point or glue.

@@ -73,6 +73,30 @@ public struct ZoneFragment: Sendable {
         }
     }
 
+    /// A fragment of RRsets built by the caller (a service's selected sets), each owner once
+    /// with its RRsets (one per type); they must be plain authoritative data, as
+    /// `init(records:origin:source:)` checks.
+    public init(owners given: [(name: DomainName, rrsets: [RRSet])], origin: DomainName, source: String) throws(ZoneLoadError) {
+        let position = SourcePosition(file: source, line: 1, column: 1)
+        var errors: [ZoneError] = []
+        var owners: [Owner] = []
+        owners.reserveCapacity(given.count)
+        for (name, rrsets) in given {
+            var targets: [(rrset: Int, keys: [[UInt8]])] = []
+            for (index, rrset) in rrsets.enumerated() {
+                if let first = rrset.records.first,
+                   let problem = Self.problem(with: ResourceRecord(name: name, ttl: rrset.ttl, rdata: first), origin: origin) {
+                    if errors.count < ZoneLoadError.errorsMax { errors.append(ZoneError(position, problem)) }
+                }
+                let keys = rrset.records.map { $0.additionalTarget?.lowercased().wire ?? [] }
+                if keys.contains(where: { !$0.isEmpty }) { targets.append((index, keys)) }
+            }
+            owners.append(Owner(name: name, key: name.lowercased().wire, rrsets: rrsets, targets: targets))
+        }
+        guard errors.isEmpty else { throw ZoneLoadError(errors) }
+        self.owners = owners
+    }
+
     public var isEmpty: Bool { owners.isEmpty }
 
     /// Why `record` cannot be in a fragment of `origin`, or nil.
@@ -246,14 +270,15 @@ extension Zone {
             var rrsets = nodes[node].rrsets
             for (at, keys) in targets {
                 let set = rrsets[at]
-                rrsets[at] = RRSet(type: set.type, ttl: set.ttl, records: set.records, compiled: link(set.compiled, keys))
+                rrsets[at] = RRSet(type: set.type, ttl: set.ttl, records: set.records, compiled: link(set.compiled, keys),
+                                   selection: set.selection)
             }
             nodes[node] = Node(name: nodes[node].name, kind: nodes[node].kind, rrsets: rrsets)
         }
         for (node, sets) in merged {
             let rrsets = sets.map { set in
                 RRSet(type: set.type, ttl: set.ttl, records: set.records,
-                      compiled: set.keys.isEmpty ? set.compiled : link(set.compiled, set.keys))
+                      compiled: set.keys.isEmpty ? set.compiled : link(set.compiled, set.keys), selection: set.selection)
             }
             nodes[node] = Node(name: nodes[node].name, kind: nodes[node].kind, rrsets: rrsets)
         }
@@ -288,6 +313,9 @@ private struct MergedSet {
     /// Each record's additional-target key, or empty when no record has one.
     var keys: [[UInt8]]
     var seen: Set<RData>
+    /// The first set's, while no other set added records to it: a selection describes the
+    /// records of one set (a service name in two fragments is answered whole, unselected).
+    var selection: RecordSelection?
 
     init(_ set: RRSet, keys: [[UInt8]]?) {
         type = set.type
@@ -296,10 +324,13 @@ private struct MergedSet {
         compiled = set.compiled
         self.keys = keys ?? []
         seen = Set(set.records)
+        selection = set.selection
     }
 
     mutating func add(_ set: RRSet, keys: [[UInt8]]?) {
+        if set.selection != nil { selection = nil }
         for (i, record) in set.records.enumerated() where seen.insert(record).inserted {
+            selection = nil
             if keys != nil, self.keys.isEmpty { self.keys = [[UInt8]](repeating: [], count: records.count) }
             records.append(record)
             compiled.append(set.compiled[i])

@@ -75,6 +75,16 @@ public struct Configuration: Sendable, Equatable {
     /// DNS view rebuilds), as a nice increment: under a registration storm the CPU goes to
     /// answering first. 0: every thread alike.
     public var dnsBackgroundNice: Int = Configuration.dnsBackgroundNiceDefault
+    /// How a service answer's records are ordered per query (shuffle, round_robin, fixed).
+    public var dnsSelection: SelectionPolicy = .shuffle
+    /// A name with fewer healthy instances than this percentage answers with all of them.
+    public var dnsPanicThresholdPercent: Int = ServiceViewConfig.panicThresholdPercentDefault
+    /// An instance that turns healthy ramps up to its full weight over this many seconds.
+    public var dnsSlowStartSeconds: Int = Int(ServiceViewConfig.slowStartSecondsDefault)
+    /// At most this many records per service answer (Consul's `a_record_limit`); 0: as many as fit.
+    public var dnsARecordLimit: Int = 0
+    /// Service answers' TTLs are lowered by a random 0 to this many percent.
+    public var dnsTTLJitterPercent: Int = 0
     /// This server's node name in the catalog (services registered through its agent API live
     /// on it); empty: `disco-<raft id>`.
     public var nodeName: String
@@ -477,6 +487,38 @@ public struct Configuration: Sendable, Equatable {
                 return "expected an integer from 64 to \(HealthSettings.outputBytesMaxLimit)"
             }
             config.health.outputBytesMax = n
+            return nil
+        },
+        Key(name: "dns.selection") { config, value in
+            let names = SelectionPolicy.allCases.map { "\"\($0.rawValue)\"" }.joined(separator: ", ")
+            guard case .string(let text) = value, let policy = SelectionPolicy(rawValue: text) else { return "expected one of \(names)" }
+            config.dnsSelection = policy
+            return nil
+        },
+        Key(name: "dns.panic_threshold_percent") { config, value in
+            guard case .integer(let n) = value, (0...100).contains(n) else { return "expected an integer from 0 to 100" }
+            config.dnsPanicThresholdPercent = n
+            return nil
+        },
+        Key(name: "dns.slow_start_seconds") { config, value in
+            guard case .integer(let n) = value, (0...Int(ServiceViewConfig.slowStartSecondsMax)).contains(n) else {
+                return "expected an integer from 0 to \(ServiceViewConfig.slowStartSecondsMax)"
+            }
+            config.dnsSlowStartSeconds = n
+            return nil
+        },
+        Key(name: "dns.a_record_limit") { config, value in
+            guard case .integer(let n) = value, (0...Answerer.pickedRecordsMax).contains(n) else {
+                return "expected an integer from 0 to \(Answerer.pickedRecordsMax)"
+            }
+            config.dnsARecordLimit = n
+            return nil
+        },
+        Key(name: "dns.ttl_jitter_percent") { config, value in
+            guard case .integer(let n) = value, (0...SelectionOptions.ttlJitterPercentMax).contains(n) else {
+                return "expected an integer from 0 to \(SelectionOptions.ttlJitterPercentMax)"
+            }
+            config.dnsTTLJitterPercent = n
             return nil
         },
         Key(name: "node.name") { config, value in

@@ -1,3 +1,4 @@
+import API
 import CShims
 import DNSServer
 import DNSWire
@@ -69,9 +70,10 @@ public final class DiscoDaemon: @unchecked Sendable {
         composer.publish(fileZones: zones)
 
         let limits = clientLimits
+        let selection = SelectionOptions(policy: config.dnsSelection, ttlJitterPercent: config.dnsTTLJitterPercent)
         let udp = UDPServer(addresses: config.dnsListen, workers: config.dnsWorkers, store: store,
                             udpPayloadBytes: config.dnsUDPPayloadBytes, minimalResponses: config.dnsMinimalResponses,
-                            limits: limits, logger: logger)
+                            limits: limits, selection: selection, logger: logger)
         // TCP is not the hot path: one event loop is plenty, and leaves the cores to UDP.
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         // With port 0 the kernel picks a free UDP port, which TCP may already use: then pick again.
@@ -81,7 +83,7 @@ public final class DiscoDaemon: @unchecked Sendable {
                 try udp.start()
                 // TCP binds the ports UDP got, so with port 0 one number serves both.
                 let tcp = TCPServer(addresses: udp.boundAddresses, store: store, group: group, limits: limits,
-                                    minimalResponses: config.dnsMinimalResponses, logger: logger)
+                                    minimalResponses: config.dnsMinimalResponses, selection: selection, logger: logger)
                 try tcp.start()
                 self.tcp = tcp
                 break
@@ -100,8 +102,9 @@ public final class DiscoDaemon: @unchecked Sendable {
                 final class PublisherBox: @unchecked Sendable { var publisher: ServiceViewPublisher? }
                 let box = PublisherBox()
                 let limits = clientLimits
-                let cluster = try ClusterRuntime(config: config, logger: logger,
-                                                 extraMetrics: { Self.metricLines(limits.counters) }) { change, _ in
+                let cluster = try ClusterRuntime(config: config, logger: logger, extraMetrics: { [weak self] in
+                    Self.metricLines(limits.counters) + (self?.dnsMetrics().flatMap(\.lines) ?? [])
+                }) { change, _ in
                     box.publisher?.changed(change)
                 }
                 self.cluster = cluster
@@ -114,7 +117,8 @@ public final class DiscoDaemon: @unchecked Sendable {
                     domain: domain, serviceTTLSeconds: UInt32(config.dnsServiceTTLSeconds),
                     nodeTTLSeconds: UInt32(config.dnsNodeTTLSeconds), negativeTTLSeconds: UInt32(config.dnsNegativeTTLSeconds),
                     onlyPassing: config.dnsOnlyPassing,
-                    nameServerAddresses: [config.effectiveNodeAddress])
+                    nameServerAddresses: [config.effectiveNodeAddress], panicThresholdPercent: config.dnsPanicThresholdPercent,
+                    slowStartSeconds: UInt32(config.dnsSlowStartSeconds), recordsMax: config.dnsARecordLimit)
                 let publisher = ServiceViewPublisher(catalog: cluster.catalog, config: viewConfig, composer: composer,
                                                      nice: config.dnsBackgroundNice, logger: logger)
                 box.publisher = publisher
@@ -206,6 +210,18 @@ public final class DiscoDaemon: @unchecked Sendable {
         }
         stopped.wait()
         stop()
+    }
+
+    /// The DNS server's samples for /metrics: panic answers (each worker counts its own; summed
+    /// here) and the services in panic in the last View.
+    private func dnsMetrics() -> [Metric] {
+        let answers = (udp?.panicAnswers ?? 0) + (tcp?.panicAnswers ?? 0)
+        return [
+            Metric(name: "disco_dns_panic_answers_total", help: "Service answers given from every instance because too few were healthy (panic threshold).",
+                   kind: .counter, value: "\(answers)"),
+            Metric(name: "disco_dns_services_in_panic", help: "Services whose healthy fraction is below their panic threshold in the current DNS view.",
+                   kind: .gauge, value: "\(servicePublisher?.servicesInPanic ?? 0)"),
+        ]
     }
 
     public func stop() {

@@ -1,3 +1,4 @@
+import CShims
 import DNSServer
 import DNSWire
 import DNSZone
@@ -60,6 +61,10 @@ final class ServiceViewPublisher: @unchecked Sendable {
     private var dirty = false
     /// The instances changed since the last rebuild began; nil: compare them all.
     private var pending: Set<NodeScopedID>? = nil
+    private var panicking = 0
+
+    /// Services below their panic threshold in the last View built (any thread).
+    var servicesInPanic: Int { lock.withLock { panicking } }
 
     /// Nice increment of the rebuilding thread (`Configuration.dnsBackgroundNice`).
     private let nice: Int
@@ -105,7 +110,10 @@ final class ServiceViewPublisher: @unchecked Sendable {
             let started = DispatchTime.now().uptimeNanoseconds
             defer { restNanoseconds = (DispatchTime.now().uptimeNanoseconds - started) * Self.restFactor }
             do throws(ZoneLoadError) {
-                composer.publish(serviceZone: try builder.zone(from: state, changed: changed))
+                composer.publish(serviceZone: try builder.zone(from: state, changed: changed,
+                                                               nowMilliseconds: disco_monotonic_milliseconds()))
+                let panicking = builder.servicesInPanic
+                lock.withLock { self.panicking = panicking }
                 logger.debug("registry view rebuilt", metadata: [
                     "catalog.index": "\(state.index)",
                     "dns.rebuild_microseconds": "\((DispatchTime.now().uptimeNanoseconds - started) / 1000)"])

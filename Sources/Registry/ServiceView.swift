@@ -16,6 +16,15 @@ public struct ServiceViewConfig: Sendable {
     public var onlyPassing: Bool
     /// Addresses of the servers, answered at `ns.DOMAIN` (the apex NS target).
     public var nameServerAddresses: [String]
+    /// A name whose healthy instances are fewer than this percentage of its instances answers
+    /// with every instance, failing ones included (fail open, Envoy's panic threshold); 0: never.
+    /// A service overrides it with meta `panic-threshold`.
+    public var panicThresholdPercent: Int
+    /// An instance that becomes answerable ramps from 10% to its full weight over this; 0: off.
+    public var slowStartSeconds: UInt32
+    /// At most this many records per service answer (Consul's `a_record_limit`); 0: as many
+    /// as fit the client's buffer. A service lowers it with meta `dns-record-limit`.
+    public var recordsMax: Int
 
     public static let serviceTTLSecondsDefault: UInt32 = 5
     public static let nodeTTLSecondsDefault: UInt32 = 5
@@ -24,11 +33,28 @@ public struct ServiceViewConfig: Sendable {
     public static let serviceTTLSecondsMax: UInt32 = 86_400
     /// The service meta key that overrides the TTL of one service's answers.
     public static let ttlMetaKey = "dns-ttl"
+    /// Half the instances failing is the point where the survivors would take double their
+    /// load: below it, spreading over every instance hurts less than overloading the rest.
+    public static let panicThresholdPercentDefault = 50
+    /// The service meta key that overrides the panic threshold (an integer percentage 0...100).
+    public static let panicThresholdMetaKey = "panic-threshold"
+    /// 30 s: long enough for a JIT, a connection pool or a cache to warm, short enough that a
+    /// rolling restart of a fleet is not slowed (Envoy's `slow_start_window` examples).
+    public static let slowStartSecondsDefault: UInt32 = 30
+    /// A slow start longer than an hour is a misconfiguration.
+    public static let slowStartSecondsMax: UInt32 = 3600
+    /// The service meta key that caps one service's answers (a positive integer; it can only
+    /// lower `recordsMax`).
+    public static let recordsMaxMetaKey = "dns-record-limit"
 
     public init(domain: DomainName, serviceTTLSeconds: UInt32 = Self.serviceTTLSecondsDefault,
                 nodeTTLSeconds: UInt32 = Self.nodeTTLSecondsDefault,
                 negativeTTLSeconds: UInt32 = Self.negativeTTLSecondsDefault, onlyPassing: Bool = false,
-                nameServerAddresses: [String] = []) {
+                nameServerAddresses: [String] = [], panicThresholdPercent: Int = Self.panicThresholdPercentDefault,
+                slowStartSeconds: UInt32 = Self.slowStartSecondsDefault, recordsMax: Int = 0) {
+        self.panicThresholdPercent = panicThresholdPercent
+        self.slowStartSeconds = slowStartSeconds
+        self.recordsMax = recordsMax
         self.domain = domain
         self.serviceTTLSeconds = serviceTTLSeconds
         self.nodeTTLSeconds = nodeTTLSeconds
@@ -76,18 +102,13 @@ public enum ServiceView {
         }
     }
 
-    /// Builds the whole zone, nothing cached (tests; `ServiceViewBuilder` is the incremental one).
+    /// Builds the whole zone from scratch (tests; the daemon keeps a `ServiceViewBuilder`).
+    /// Every instance counts as warm (no slow start).
     public static func zone(from state: CatalogState, config: ServiceViewConfig) throws(ZoneLoadError) -> Zone {
-        var records = apexRecords(state, config) + nodeRecords(state, config)
-        for service in state.registeredServiceNames.sorted() { records += self.records(ofService: service, in: state, config) }
-        return try zone(records, config)
+        try ServiceViewBuilder(config: config).zone(from: state)
     }
 
     static let position = SourcePosition(file: "<registry>", line: 1, column: 1)
-
-    static func zone(_ records: [ResourceRecord], _ config: ServiceViewConfig) throws(ZoneLoadError) -> Zone {
-        try Zone(origin: config.domain, records: records.map { ParsedRecord(record: $0, position: position) }, source: "<registry>")
-    }
 
     /// SOA (serial: the catalog index), NS and the name servers' addresses.
     static func apexRecords(_ state: CatalogState, _ config: ServiceViewConfig) -> [ResourceRecord] {
@@ -118,27 +139,36 @@ public enum ServiceView {
         return records
     }
 
-    /// Everything one service puts in DNS: its healthy instances' addresses and SRV records
-    /// under every name form, and the `.addr.` names its SRV targets need. Depends only on the
-    /// service's instances, their checks and their nodes: what its modify index covers.
-    static func records(ofService service: String, in state: CatalogState, _ config: ServiceViewConfig) -> [ResourceRecord] {
-        guard isLabel(service) else { return [] }
-        let ttl = ttl(of: service, in: state, config)
-        return state.instances(of: service).flatMap { records(of: $0.value, ttl: ttl, in: state, config) }
+    /// A record a service name answers by per-query selection (`RecordSelection`).
+    struct Candidate {
+        let owner: DomainName
+        let rdata: RData
+        let compiled: CompiledRData
+        let weight: UInt32
     }
 
-    /// What one instance adds to its service's names (nothing unless it is healthy). Depends
-    /// on the instance, its health, its node's address and the service's TTL.
-    static func records(of instance: ServiceInstance, ttl: UInt32, in state: CatalogState,
-                        _ config: ServiceViewConfig) -> [ResourceRecord] {
+    /// What one instance adds to DNS: the records its service's names select from, and the
+    /// plain records its SRV targets need (`HEX.addr.DOMAIN`). Empty unless the instance is
+    /// answerable (passing, or warning unless `only_passing`) or, with a panic threshold, kept
+    /// aside for panic. Depends on the instance, its health, its node's address and its
+    /// service's settings.
+    struct Derived {
+        var candidates: [Candidate] = []
+        var plain: [ResourceRecord] = []
+        /// Answered outside panic.
+        var answerable = false
+    }
+
+    static func derive(_ instance: ServiceInstance, settings: ServiceSettings, in state: CatalogState,
+                       _ config: ServiceViewConfig) -> Derived {
         let service = instance.name
-        guard isLabel(service) else { return [] }
+        guard isLabel(service) else { return Derived() }
         let health = state.health(of: instance)
-        guard health == .passing || (health == .warning && !config.onlyPassing) else { return [] }
-        guard let ip = IPAddress(state.address(of: instance)) else { return [] }
+        let answerable = health == .passing || (health == .warning && !config.onlyPassing)
+        guard answerable || settings.panicThresholdPercent > 0 else { return Derived() }
+        guard let ip = IPAddress(state.address(of: instance)) else { return Derived() }
         let names = Names(domain: config.domain)
-        var records: [ResourceRecord] = []
-        func add(_ owner: DomainName, _ ttl: UInt32, _ rdata: RData) { records.append(ResourceRecord(name: owner, ttl: ttl, rdata: rdata)) }
+        var derived = Derived(answerable: answerable)
         // SRV target: the node's name when the instance uses the node's address, else
         // a name for the address itself (Consul's `HEX.addr.DOMAIN`).
         let target: DomainName
@@ -146,38 +176,63 @@ public enum ServiceView {
             target = names.name(instance.node, "node")
         } else {
             target = names.name(ip.hexLabel, "addr")
-            add(target, config.nodeTTLSeconds, ip.rdata)
+            derived.plain.append(ResourceRecord(name: target, ttl: config.nodeTTLSeconds, rdata: ip.rdata))
         }
-        let weight = health == .passing ? instance.weights.passing : instance.weights.warning
-        let srv = RData.srv(priority: 1, weight: UInt16(clamping: weight), port: UInt16(clamping: instance.port), target: target)
+        // Passing: Weights.Passing. Warning, and (answered only in panic) critical: Weights.Warning.
+        let weight = UInt32(clamping: min(max(health == .passing ? instance.weights.passing : instance.weights.warning, 0),
+                                          Int(UInt16.max)))
+        let srv = RData.srv(priority: 1, weight: UInt16(weight), port: UInt16(clamping: instance.port), target: target)
+        let address = CompiledRData(ip.rdata)
+        let compiledSRV = CompiledRData(srv)
+        func add(_ owner: DomainName, _ rdata: RData, _ compiled: CompiledRData) {
+            derived.candidates.append(Candidate(owner: owner, rdata: rdata, compiled: compiled, weight: weight))
+        }
         let serviceName = names.name(service, "service")
-        add(serviceName, ttl, ip.rdata)
-        add(serviceName, ttl, srv)
-        add(names.name("_" + service, "_tcp", "service"), ttl, srv)
+        add(serviceName, ip.rdata, address)
+        add(serviceName, srv, compiledSRV)
+        add(names.name("_" + service, "_tcp", "service"), srv, compiledSRV)
         for tag in Set(instance.tags) where isLabel(tag) {
             let tagged = names.name(tag, service, "service")
-            add(tagged, ttl, ip.rdata)
-            add(tagged, ttl, srv)
+            add(tagged, ip.rdata, address)
+            add(tagged, srv, compiledSRV)
             // RFC 2782 form with the tag as protocol label; `_tcp`/`_udp` mean any tag.
-            if tag != "tcp" && tag != "udp" { add(names.name("_" + service, "_" + tag, "service"), ttl, srv) }
+            if tag != "tcp" && tag != "udp" { add(names.name("_" + service, "_" + tag, "service"), srv, compiledSRV) }
         }
-        return records
+        return derived
     }
 
-    /// The first instance (by node, ID) that sets the meta key `dns-ttl` decides its service's TTL.
-    static func ttl(of service: String, in state: CatalogState, _ config: ServiceViewConfig) -> UInt32 {
-        var first: (key: NodeScopedID, seconds: UInt32)?
-        for instance in state.unorderedInstances(of: service) {
-            guard let seconds = ttlSetting(of: instance.value) else { continue }
-            let key = NodeScopedID(node: instance.value.node, id: instance.value.id)
-            if first == nil || key < first!.key { first = (key, seconds) }
+    /// What an instance asks of its whole service through meta keys; the first instance by
+    /// (node, ID) that sets a key decides it (as Consul's `dns-ttl`-like settings would).
+    struct InstanceSettings: Equatable {
+        var ttl: UInt32?
+        var panicThresholdPercent: Int?
+        var recordsMax: Int?
+
+        init(_ instance: ServiceInstance) {
+            ttl = instance.meta[ServiceViewConfig.ttlMetaKey].flatMap { UInt32($0) }.map { min($0, ServiceViewConfig.serviceTTLSecondsMax) }
+            panicThresholdPercent = instance.meta[ServiceViewConfig.panicThresholdMetaKey]
+                .flatMap { Int($0) }.flatMap { (0...100).contains($0) ? $0 : nil }
+            recordsMax = instance.meta[ServiceViewConfig.recordsMaxMetaKey]
+                .flatMap { Int($0) }.flatMap { $0 >= 0 ? $0 : nil }
         }
-        return first?.seconds ?? config.serviceTTLSeconds
+
+        var isEmpty: Bool { ttl == nil && panicThresholdPercent == nil && recordsMax == nil }
     }
 
-    /// The TTL an instance asks for with the meta key `dns-ttl`, clamped; nil if none.
-    static func ttlSetting(of instance: ServiceInstance) -> UInt32? {
-        instance.meta[ServiceViewConfig.ttlMetaKey].flatMap { UInt32($0) }.map { min($0, ServiceViewConfig.serviceTTLSecondsMax) }
+    /// One service's settings: the config's, each overridden by the first instance setting it.
+    struct ServiceSettings: Equatable {
+        var ttl: UInt32
+        var panicThresholdPercent: Int
+        /// 0: as many as fit. The meta key can only lower the global cap.
+        var recordsMax: Int
+
+        init(_ setters: [NodeScopedID: InstanceSettings], _ config: ServiceViewConfig) {
+            let ordered = setters.sorted { $0.key < $1.key }.map(\.value)
+            ttl = ordered.lazy.compactMap(\.ttl).first ?? config.serviceTTLSeconds
+            panicThresholdPercent = ordered.lazy.compactMap(\.panicThresholdPercent).first ?? config.panicThresholdPercent
+            let own = ordered.lazy.compactMap(\.recordsMax).first ?? 0
+            recordsMax = config.recordsMax == 0 ? own : (own == 0 ? config.recordsMax : min(own, config.recordsMax))
+        }
     }
 
     /// Names under the domain from labels that `isLabel` accepted, so they always parse.
@@ -194,26 +249,38 @@ public enum ServiceView {
     }
 }
 
-/// Keeps the registry zone's records up to date instance by instance: a registration derives
-/// and compiles the records of one instance, even in a service of thousands, and counts them
-/// into its service's `ZoneFragmentTally`; the zone is then assembled from the services' cached
-/// fragments (the View is still rebuilt whole and swapped, never patched in place).
+/// Keeps the registry zone up to date instance by instance: a registration derives and
+/// compiles the records of one instance, even in a service of thousands. A service's plain
+/// records (`HEX.addr.` targets) are counted into a `ZoneFragmentTally`; its names' A/AAAA/SRV
+/// RRsets are assembled, with their `RecordSelection` (weights, slow start, the failing
+/// instances kept aside for panic), from the instances' cached records; the zone is then
+/// linked from the services' fragments (the View is still rebuilt whole and swapped).
 public final class ServiceViewBuilder {
     /// What an instance's records depend on besides the configuration.
     private struct Inputs: Equatable {
         let modifyIndex: UInt64
         let health: HealthStatus
         let nodeAddress: String?
-        let ttl: UInt32
+        let settings: ServiceView.ServiceSettings
+    }
+
+    private struct Counted {
+        let inputs: Inputs
+        let derived: ServiceView.Derived
+        /// When this server saw the instance become answerable (monotonic milliseconds); 0: warm.
+        let answerableSince: UInt64
     }
 
     private struct Service {
         var tally: ZoneFragmentTally
-        var fragment = ZoneFragment.empty
-        var instances: [NodeScopedID: (inputs: Inputs, records: [ResourceRecord])] = [:]
-        /// Instances that set the `dns-ttl` meta key, with its value: they decide the TTL.
-        var ttlSetters: [NodeScopedID: UInt32] = [:]
-        var ttl: UInt32
+        var plain = ZoneFragment.empty
+        var selected = ZoneFragment.empty
+        var instances: [NodeScopedID: Counted] = [:]
+        /// Instances that set a meta key of the service's settings, with what they set.
+        var setters: [NodeScopedID: ServiceView.InstanceSettings] = [:]
+        var settings: ServiceView.ServiceSettings
+        /// Whether the service as a whole is below its panic threshold.
+        var panics = false
     }
 
     private let config: ServiceViewConfig
@@ -224,6 +291,11 @@ public final class ServiceViewBuilder {
     /// Whether `services` counts every instance: false until a build compared them all, and
     /// again after a failed build (it may have stopped half way).
     private var complete = false
+    /// Whether a build ran: the first one treats every instance as warm (a fresh server does
+    /// not know how long an instance has been passing).
+    private var built = false
+    /// Services whose instances are mostly failing: they answer with every instance.
+    public private(set) var servicesInPanic = 0
 
     public init(config: ServiceViewConfig) {
         self.config = config
@@ -231,8 +303,11 @@ public final class ServiceViewBuilder {
 
     /// The zone for `state`. `changed`: the instances that changed since the last call
     /// (`CatalogChange.instances`, gathered), or nil to compare every instance (the first
-    /// build, after a snapshot restore).
-    public func zone(from state: CatalogState, changed: Set<NodeScopedID>? = nil) throws(ZoneLoadError) -> Zone {
+    /// build, after a snapshot restore). `nowMilliseconds`: the server's monotonic clock, the
+    /// one the answer path reads (slow start starts when a build first sees an instance
+    /// answerable).
+    public func zone(from state: CatalogState, changed: Set<NodeScopedID>? = nil,
+                     nowMilliseconds: UInt64 = 0) throws(ZoneLoadError) -> Zone {
         if nodes == nil || nodes?.index != state.nodesIndex {
             nodes = (state.nodesIndex, try ZoneFragment(records: ServiceView.nodeRecords(state, config), origin: config.domain,
                                                         source: ServiceView.position.file))
@@ -251,47 +326,138 @@ public final class ServiceViewBuilder {
             for (key, name) in serviceOf { visits[name, default: []].insert(key) }
         }
         complete = false
-        for (name, keys) in visits { try update(name, keys, state) }
+        let now = built ? nowMilliseconds : 0
+        for (name, keys) in visits { try update(name, keys, state, now: now) }
         complete = true
+        built = true
 
         var fragments = [try ZoneFragment(records: ServiceView.apexRecords(state, config), origin: config.domain,
                                           source: ServiceView.position.file), nodes!.fragment]
-        fragments.reserveCapacity(services.count + 2)
-        for service in services.values where !service.fragment.isEmpty { fragments.append(service.fragment) }
+        fragments.reserveCapacity(2 * services.count + 2)
+        for service in services.values {
+            if !service.plain.isEmpty { fragments.append(service.plain) }
+            if !service.selected.isEmpty { fragments.append(service.selected) }
+        }
         return try Zone(origin: config.domain, fragments: fragments, source: ServiceView.position.file)
     }
 
-    /// Re-derives the instances `keys` of service `name`, or all of them if its TTL moved.
-    private func update(_ name: String, _ keys: Set<NodeScopedID>, _ state: CatalogState) throws(ZoneLoadError) {
+    /// Re-derives the instances `keys` of service `name`, or all of them if its settings moved,
+    /// then reassembles its selected RRsets.
+    private func update(_ name: String, _ keys: Set<NodeScopedID>, _ state: CatalogState, now: UInt64) throws(ZoneLoadError) {
         var service = services.removeValue(forKey: name)
-            ?? Service(tally: ZoneFragmentTally(origin: config.domain, source: ServiceView.position.file), ttl: config.serviceTTLSeconds)
+            ?? Service(tally: ZoneFragmentTally(origin: config.domain, source: ServiceView.position.file),
+                       settings: ServiceView.ServiceSettings([:], config))
+        if service.panics { servicesInPanic -= 1 }
         // An instance counts here while it is in this service (it may have moved or gone).
         func instance(_ key: NodeScopedID) -> Indexed<ServiceInstance>? {
             state.services[key].flatMap { $0.value.name == name ? $0 : nil }
         }
-        for key in keys { service.ttlSetters[key] = instance(key).flatMap { ServiceView.ttlSetting(of: $0.value) } }
-        // As ServiceView.ttl: the first setter by (node, ID) decides.
-        let ttl = service.ttlSetters.min { $0.key < $1.key }?.value ?? config.serviceTTLSeconds
-        let all = ttl != service.ttl
-        service.ttl = ttl
+        for key in keys {
+            let setting = instance(key).map { ServiceView.InstanceSettings($0.value) }
+            service.setters[key] = setting?.isEmpty == false ? setting : nil
+        }
+        let settings = ServiceView.ServiceSettings(service.setters, config)
+        let all = settings != service.settings
+        service.settings = settings
         for key in all ? Set(service.instances.keys).union(keys) : keys {
             let instance = instance(key)
             let inputs = instance.map { Inputs(modifyIndex: $0.modifyIndex, health: state.health(of: $0.value),
-                                               nodeAddress: state.nodes[$0.value.node]?.value.address, ttl: ttl) }
+                                               nodeAddress: state.nodes[$0.value.node]?.value.address, settings: settings) }
             let counted = service.instances[key]
             if counted?.inputs == inputs { continue }
-            if let counted { service.tally.remove(counted.records) }
+            if let counted { service.tally.remove(counted.derived.plain) }
             if let instance, let inputs {
-                let records = ServiceView.records(of: instance.value, ttl: ttl, in: state, config)
-                try service.tally.add(records)
-                service.instances[key] = (inputs, records)
+                let derived = ServiceView.derive(instance.value, settings: settings, in: state, config)
+                try service.tally.add(derived.plain)
+                // Slow start runs from the first build that sees it answerable.
+                let since = derived.answerable ? (counted?.derived.answerable == true ? counted!.answerableSince : now) : 0
+                service.instances[key] = Counted(inputs: inputs, derived: derived, answerableSince: since)
                 serviceOf[key] = name
             } else {
                 service.instances[key] = nil
                 if serviceOf[key] == name { serviceOf[key] = nil }
             }
         }
-        service.fragment = service.tally.fragment
+        service.plain = service.tally.fragment
+        service.selected = try selectedFragment(&service)
+        if service.panics { servicesInPanic += 1 }
         if !service.instances.isEmpty { services[name] = service }
+    }
+
+    /// The service's A/AAAA/SRV RRsets, each with its selection: healthy records first, then
+    /// the ones kept aside for panic; a record several instances share once, with their
+    /// weights summed.
+    private func selectedFragment(_ service: inout Service) throws(ZoneLoadError) -> ZoneFragment {
+        struct Key: Hashable {
+            let owner: DomainName
+            let type: RRType
+        }
+        struct Entry {
+            let rdata: RData
+            let compiled: CompiledRData
+            var weight: UInt32
+            var since: UInt64
+        }
+        struct Group {
+            var healthy: [Entry] = []
+            var failing: [Entry] = []
+            var healthyAt: [RData: Int] = [:]
+            var failingAt: [RData: Int] = [:]
+            var healthyInstances = 0
+            var instances = 0
+        }
+        var groups: [Key: Group] = [:]
+        var healthyInstances = 0
+        var instances = 0
+        for counted in service.instances.values where !counted.derived.candidates.isEmpty {
+            let answerable = counted.derived.answerable
+            instances += 1
+            if answerable { healthyInstances += 1 }
+            for candidate in counted.derived.candidates {
+                let key = Key(owner: candidate.owner, type: candidate.rdata.type)
+                var group = groups.removeValue(forKey: key) ?? Group()
+                if answerable {
+                    if let at = group.healthyAt[candidate.rdata] {
+                        group.healthy[at].weight &+= candidate.weight
+                        // Warm if any instance behind it is; else the earliest.
+                        let since = group.healthy[at].since
+                        group.healthy[at].since = since == 0 || counted.answerableSince == 0 ? 0 : min(since, counted.answerableSince)
+                    } else {
+                        group.healthyAt[candidate.rdata] = group.healthy.count
+                        group.healthy.append(Entry(rdata: candidate.rdata, compiled: candidate.compiled, weight: candidate.weight,
+                                                   since: counted.answerableSince))
+                    }
+                } else if let at = group.failingAt[candidate.rdata] {
+                    group.failing[at].weight &+= candidate.weight
+                } else {
+                    group.failingAt[candidate.rdata] = group.failing.count
+                    group.failing.append(Entry(rdata: candidate.rdata, compiled: candidate.compiled, weight: candidate.weight, since: 0))
+                }
+                // An instance counts once per name and type (its A and SRV are different sets).
+                group.instances += 1
+                if answerable { group.healthyInstances += 1 }
+                groups[key] = group
+            }
+        }
+        let settings = service.settings
+        service.panics = healthyInstances * 100 < settings.panicThresholdPercent * instances
+        let slowStart = UInt64(config.slowStartSeconds) * 1000
+        var owners: [DomainName: [RRSet]] = [:]
+        for (key, group) in groups {
+            // A failing record that a healthy instance also answers is in the healthy part.
+            let failing = group.failing.filter { group.healthyAt[$0.rdata] == nil }
+            let entries = group.healthy + failing
+            let records = entries.map(\.rdata)
+            let selection = RecordSelection(
+                records: records, type: key.type, ttl: settings.ttl, healthyCount: group.healthy.count, weights: entries.map(\.weight),
+                answerableSinceMilliseconds: slowStart > 0 && group.healthy.contains { $0.since > 0 } ? group.healthy.map(\.since) : [],
+                slowStartMilliseconds: slowStart, healthyInstances: group.healthyInstances, instances: group.instances,
+                panicThresholdPercent: settings.panicThresholdPercent, recordsMax: settings.recordsMax)
+            // A name none of whose instances is healthy, outside panic, is not in DNS (NXDOMAIN).
+            guard selection.candidateCount > 0 else { continue }
+            owners[key.owner, default: []].append(RRSet(type: key.type, ttl: settings.ttl, records: records,
+                                                        compiled: entries.map(\.compiled), selection: selection))
+        }
+        return try ZoneFragment(owners: owners.map { ($0.key, $0.value) }, origin: config.domain, source: ServiceView.position.file)
     }
 }

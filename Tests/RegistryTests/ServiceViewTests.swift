@@ -84,16 +84,20 @@ struct ServiceViewTests {
         let catalog = try Catalog(path: directory.path("registry.db"))
         let service = ServiceInstance(id: "api-1", node: "node1", name: "api", port: 9000)
         try apply(catalog, .register(node: node1, service: service, checks: [ttlCheck("c", service: "api-1")], replaceChecks: false))
-        // Registered with a check that has not passed yet: not in DNS.
-        #expect(try ask(catalog, "api.service.disco.", .a).rcode == .nxDomain)
-        try apply(catalog, .updateCheck(node: "node1", checkID: "c", status: .passing, output: ""))
+        // Without a panic threshold (Consul): an instance whose check has not passed yet is not in DNS.
+        let domain = try DomainName("disco.")
+        let noPanic = ServiceViewConfig(domain: domain, panicThresholdPercent: 0)
+        #expect(try ask(catalog, "api.service.disco.", .a, config: noPanic).rcode == .nxDomain)
+        // With the default threshold its only instance failing is a panic: answered (fail open).
         #expect(rdata(try ask(catalog, "api.service.disco.", .a)) == ["api.service.disco. 5 10.0.0.1"])
+        try apply(catalog, .updateCheck(node: "node1", checkID: "c", status: .passing, output: ""))
+        #expect(rdata(try ask(catalog, "api.service.disco.", .a, config: noPanic)) == ["api.service.disco. 5 10.0.0.1"])
         try apply(catalog, .updateCheck(node: "node1", checkID: "c", status: .warning, output: ""))
-        #expect(try ask(catalog, "api.service.disco.", .a).answers.count == 1)
-        let strict = ServiceViewConfig(domain: try DomainName("disco."), onlyPassing: true)
+        #expect(try ask(catalog, "api.service.disco.", .a, config: noPanic).answers.count == 1)
+        let strict = ServiceViewConfig(domain: domain, onlyPassing: true, panicThresholdPercent: 0)
         #expect(try ask(catalog, "api.service.disco.", .a, config: strict).rcode == .nxDomain)
         try apply(catalog, .updateCheck(node: "node1", checkID: "c", status: .critical, output: ""))
-        #expect(try ask(catalog, "api.service.disco.", .a).rcode == .nxDomain)
+        #expect(try ask(catalog, "api.service.disco.", .a, config: noPanic).rcode == .nxDomain)
     }
 
     @Test func ttlComesFromConfigOrServiceMeta() throws {
@@ -158,14 +162,25 @@ struct ServiceViewBuilderTests {
         let nodes = [node1, node2, NodeRecord(name: "node1", address: "10.0.0.9")]
         // Every name (empty non-terminals too), record and additional-section link.
         func dump(_ zone: Zone) -> [String] {
-            zone.nodes.flatMap { node in
-                ["\(node.name.lowercased()) \(node.kind)"] + node.rrsets.flatMap { set in
-                    zip(set.records, set.compiled).map { record, compiled in
-                        let additional = compiled.additionalNode >= 0 ? " +\(zone.nodes[Int(compiled.additionalNode)].name.lowercased())" : ""
-                        return "\(node.name) \(set.ttl) \(record)\(additional)"
+            var lines: [String] = []
+            for node in zone.nodes {
+                lines.append("\(node.name.lowercased()) \(node.kind)")
+                for set in node.rrsets {
+                    for (record, compiled) in zip(set.records, set.compiled) {
+                        let target = compiled.additionalNode
+                        let additional = target >= 0 ? " +\(zone.nodes[Int(target)].name.lowercased())" : ""
+                        lines.append("\(node.name) \(set.ttl) \(record)\(additional)")
                     }
+                    // Which records are healthy, their weights, and the panic state.
+                    guard let selection = set.selection else { continue }
+                    for i in set.records.indices {
+                        let part = i < selection.healthyCount ? "healthy" : "failing"
+                        lines.append("\(node.name) \(set.type) \(set.records[i]) \(part) w\(selection.weights[i])")
+                    }
+                    lines.append("\(node.name) \(set.type) panics \(selection.panics) max \(selection.recordsMax)")
                 }
-            }.sorted()
+            }
+            return lines.sorted()
         }
         for _ in 0..<60 {
             let node = nodes[random.below(nodes.count)]
@@ -175,8 +190,11 @@ struct ServiceViewBuilderTests {
                 try apply(catalog, .register(node: node, service: ServiceInstance(
                     id: id, node: node.name, name: ["web", "db", "api"][random.below(3)], tags: random.below(2) == 0 ? [] : ["v\(random.below(2))"],
                     address: random.below(2) == 0 ? "" : "10.1.0.\(random.below(4))", port: 80,
-                    // A TTL set on one instance changes every instance's records.
-                    meta: random.below(4) == 0 ? [ServiceViewConfig.ttlMetaKey: "\(10 * random.below(3))"] : [:]),
+                    // A TTL, panic threshold or record limit set on one instance changes every instance's records.
+                    meta: [[:], [:], [ServiceViewConfig.ttlMetaKey: "\(10 * random.below(3))"],
+                           [ServiceViewConfig.panicThresholdMetaKey: "\(40 * random.below(3))"],
+                           [ServiceViewConfig.recordsMaxMetaKey: "\(random.below(3))"]][random.below(5)],
+                    weights: Weights(passing: 1 + random.below(3), warning: random.below(2))),
                     checks: [ttlCheck("c\(id)", service: id, on: node, status: .passing)], replaceChecks: false))
             case 2:
                 try apply(catalog, .updateCheck(node: node.name, checkID: "c\(id)", status: HealthStatus.allCases[random.below(3)], output: ""))

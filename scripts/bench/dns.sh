@@ -123,18 +123,6 @@ dnsperf_run() {
   }
 }
 
-# server_cpu_ns SID: CPU nanoseconds used so far by every thread of every process of session SID.
-server_cpu_ns() {
-  local total=0 pid file t rest
-  for pid in $(ps -o pid= -s "$1"); do
-    for file in /proc/"$pid"/task/*/schedstat; do
-      read -r t rest <"$file" 2>/dev/null || continue
-      total=$((total + t))
-    done
-  done
-  echo "$total"
-}
-
 names=() ports=() pids=()
 DISCO_SPAWN_PREFIX=("${server_cpu[@]}") # servers (and NSD's forked children) on CPU 0
 if ((run_nsd)); then
@@ -176,9 +164,9 @@ for ((round = 1; round <= ROUNDS; round++)); do
     if ((CPU_DURATION > 0)); then
       out=$DISCO_TMP/cpu-$name-$round.txt
       disco_log "round $round/$ROUNDS: $name, server CPU time at $CPU_QPS queries/s for $CPU_DURATION s"
-      before=$(server_cpu_ns "${pids[$i]}")
+      before=$(disco_server_cpu_ns "${pids[$i]}")
       dnsperf_run "$port" "$CPU_DURATION" "$out" -Q "$CPU_QPS"
-      after=$(server_cpu_ns "${pids[$i]}")
+      after=$(disco_server_cpu_ns "${pids[$i]}")
       completed=$(awk '/Queries completed:/ { print $3 }' "$out")
       cpu_ns[$name]=$((${cpu_ns[$name]:-0} + after - before))
       cpu_queries[$name]=$((${cpu_queries[$name]:-0} + completed))
@@ -205,24 +193,5 @@ if ((CPU_DURATION > 0)); then
   echo "server CPU cost at a fixed $CPU_QPS queries/s, ${CPU_DURATION} s per round, summed over $ROUNDS round(s) (schedstat of every server thread)"
   args=()
   for name in "${names[@]}"; do args+=("$name" "${cpu_ns[$name]}" "${cpu_queries[$name]}"); done
-  python3 - "${args[@]}" <<'PY'
-import sys
-rows = sys.argv[1:]
-servers = [(rows[i], int(rows[i + 1]), int(rows[i + 2])) for i in range(0, len(rows), 3)]
-names = [s[0] for s in servers]
-us = [ns / 1000 / max(q, 1) for _, ns, q in servers]
-cap = [1e6 / u if u > 0 else 0 for u in us]
-head = f"{'':28}" + "".join(f"{n:>18}" for n in names)
-if len(servers) == 2:
-    head += f"{names[1] + '/' + names[0]:>18}"
-print(head)
-def line(label, values, fmt, ratio):
-    out = f"  {label:26}" + "".join(f"{fmt.format(v):>18}" for v in values)
-    if len(values) == 2 and values[0] > 0:
-        out += f"{ratio(values):>17.2f}x"
-    print(out)
-line("CPU us per query", us, "{:.2f}", lambda v: v[1] / v[0])
-line("queries per CPU-second", cap, "{:.0f}", lambda v: v[1] / v[0])
-line("queries answered", [q for _, _, q in servers], "{}", lambda v: v[1] / v[0])
-PY
+  python3 "$here/cpu_report.py" "${args[@]}"
 fi

@@ -59,6 +59,10 @@ void disco_thread_set_name(const char *name);
 /// workers keep the process's. Returns 0 or -errno.
 int disco_thread_lower_priority(int increment);
 
+/// CLOCK_MONOTONIC_COARSE in milliseconds: the clock of slow start, read by the registry
+/// view builder and by the answer path (a vDSO read, no system call).
+uint64_t disco_monotonic_milliseconds(void);
+
 /// Sends a notification to systemd (sd_notify protocol) if NOTIFY_SOCKET is set.
 /// Returns 1 if sent, 0 if not under systemd, -errno on error.
 int disco_sd_notify(const char *state);
