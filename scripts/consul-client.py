@@ -4,7 +4,8 @@ discod cluster, talking to a follower (so every write is forwarded to the leader
 
 Registers and deregisters services with checks, reads the catalog and health, runs a blocking
 query that a later registration wakes, passes and fails a TTL check, runs an HTTP check against a
-local endpoint, puts services and the node in maintenance, uses the KV store (CAS deletes, key
+local endpoint, puts services and the client's node in maintenance, re-registers through
+another server (one instance, no write), uses the KV store (CAS deletes, key
 listings rolled up by a separator), and checks that DNS on every server answers what was
 registered.
 
@@ -21,6 +22,8 @@ import chaos  # noqa: E402  (the cluster fixture: real discod processes on loopb
 import consul  # noqa: E402
 
 PROPAGATION_WAIT_SECONDS = 10
+# The agent node of a client on 127.0.0.1: Disco names a client's host node after its address.
+CLIENT_NODE = "ip-127-0-0-1"
 
 failures = []
 
@@ -144,7 +147,18 @@ def main():
         check("catalog.deregister removes the node", eventually(lambda: dig(follower.dns, "db.service.disco.") == []))
 
         services = c.agent.services()
-        check("agent.services is this server's node", sorted(services) == ["web-1", "web-2"], services)
+        check("agent.services is this client's host's node", sorted(services) == ["web-1", "web-2"], services)
+        # The agent is the client's host, not the server: a client that fails over to another
+        # server (here the leader) sees the same agent, and re-registering is a no-op.
+        other = consul.Consul(host="127.0.0.1", port=leader.http)
+        check("... whichever server it asks", sorted(other.agent.services()) == ["web-1", "web-2"], other.agent.services())
+        before, _ = c.catalog.service("web")
+        other.agent.service.register("web", service_id="web-2", address="10.1.0.2", port=8080, tags=["v1"])
+        after, instances = c.catalog.service("web")
+        check("re-registering through another server is one instance", len(instances) == 2, instances)
+        check("... and a no-op (the service's index stays)", before == after, (before, after))
+        check("the instances live on the client's node",
+              {i["Node"] for i in instances} == {CLIENT_NODE}, [i["Node"] for i in instances])
         c.agent.service.deregister("web-2")
         _, instances = c.catalog.service("web")
         check("agent.service.deregister removes the instance", [i["ServiceID"] for i in instances] == ["web-1"], instances)
@@ -216,7 +230,7 @@ def main():
         c.agent.service.maintenance("api-1", False)
         check("... until it is disabled", eventually(lambda: dig(follower.dns, "api.service.disco.") == ["10.3.0.1"]))
         c.agent.maintenance(True, reason="kernel update")
-        _, node_checks = c.health.node(f"disco-{follower.id}")
+        _, node_checks = c.health.node(CLIENT_NODE)
         check("node maintenance adds _node_maintenance", any(x["CheckID"] == "_node_maintenance" for x in node_checks),
               node_checks)
         check("... which takes the node's instances out of DNS",

@@ -183,19 +183,15 @@ final class APIRouter: Sendable {
         return forward(request, to: leader, status, on: loop)
     }
 
-    /// Sends `request` to server `target` as this server's agent request: the node headers say
-    /// which node the agent endpoints act on there.
+    /// Sends `request` to server `target` with its client's address, from which the agent
+    /// endpoints there derive the client's node (an `X-Disco-Agent-Node` goes along as sent).
     private func forward(_ request: APIRequest, to target: NodeID, _ status: RaftStatus,
                          on loop: EventLoop) -> EventLoopFuture<APIResponse> {
         guard !request.forwarded, let address = directory.http[target] else {
             return loop.makeSucceededFuture(.text("server \(target) is not reachable from here", status: .serviceUnavailable,
                                                   headers: consulLeaderHeaders(status)))
         }
-        var extra = [(RegistryService.clientAddressHeader, request.remoteAddress)]
-        if let registry {
-            extra += [(RegistryService.nodeHeader, registry.context.nodeName),
-                      (RegistryService.nodeAddressHeader, registry.context.nodeAddress)]
-        }
+        let extra = [(RegistryService.clientAddressHeader, request.remoteAddress)]
         let wait = request.query["wait"].flatMap { JSONFields.parseDuration($0) }
             ?? (request.query["index"] != nil ? WatchHub.waitSecondsDefault : 0)
         let timeout = min(wait, WatchHub.waitSecondsMax) * (1 + WatchHub.jitterFraction) + Forwarder.responseTimeoutSecondsMin

@@ -8,8 +8,8 @@ import Raft
 import Registry
 
 /// What the registry endpoints need besides the driver: the catalog, the watchers, and this
-/// server's own node (Disco has no agents: the agent endpoints act on the node of the server
-/// that takes the request).
+/// server's own node (registered by `ServerUpkeep`; the agent endpoints act on the client's
+/// host's node, `AgentNode`, and on this one only for a client whose address is unknown).
 public struct RegistryContext: Sendable {
     public var catalog: Catalog
     public var hub: WatchHub
@@ -52,10 +52,12 @@ final class RegistryService: @unchecked Sendable {
     /// SuccessBeforePassing and FailuresBefore* above this are refused (an hour of 1 s probes).
     static let checkThresholdMax = 3600
 
-    /// Headers a forwarding server adds so the leader registers on the right node.
-    static let nodeHeader = "X-Disco-Node"
-    static let nodeAddressHeader = "X-Disco-Node-Address"
+    /// The header a forwarding server adds with its client's IP address: the leader (or a TTL
+    /// check's owner) derives the agent node from it. Honoured only on forwarded requests.
     static let clientAddressHeader = "X-Disco-Client-Address"
+    /// The header a client sets to name its agent node itself (one DNS label) instead of the
+    /// name derived from its address; forwarded as is.
+    static let agentNodeHeader = "X-Disco-Agent-Node"
 
     let context: RegistryContext
     let driver: RaftDriver
@@ -106,28 +108,28 @@ final class RegistryService: @unchecked Sendable {
         guard s.count >= 2 else { return notFound() }
         switch (s[0], s[1]) {
         case ("agent", "self"):
-            return needs(.GET) ?? loop.makeSucceededFuture(agentSelf(status))
+            return try needs(.GET) ?? loop.makeSucceededFuture(agentSelf(request))
         case ("agent", "services"):
-            return needs(.GET) ?? loop.makeSucceededFuture(agentServices(status))
+            return try needs(.GET) ?? loop.makeSucceededFuture(agentServices(request))
         case ("agent", "checks"):
-            return needs(.GET) ?? loop.makeSucceededFuture(agentChecks(status))
+            return try needs(.GET) ?? loop.makeSucceededFuture(agentChecks(request))
         case ("agent", "maintenance") where s.count == 2:
             return try needs(.PUT) ?? nodeMaintenance(request, on: loop)
         case ("agent", "service") where s.count >= 3:
             switch s[2] {
             case "register": return try needs(.PUT) ?? registerAgentService(request, on: loop)
-            case "deregister" where s.count >= 4: return needs(.PUT) ?? deregisterAgentService(rest(3), request, on: loop)
+            case "deregister" where s.count >= 4: return try needs(.PUT) ?? deregisterAgentService(rest(3), request, on: loop)
             case "maintenance" where s.count >= 4: return try needs(.PUT) ?? maintenance(rest(3), request, on: loop)
-            default: return needs(.GET) ?? loop.makeSucceededFuture(agentService(rest(2), status))
+            default: return try needs(.GET) ?? loop.makeSucceededFuture(agentService(rest(2), request))
             }
         case ("agent", "check") where s.count >= 3:
             switch s[2] {
             case "register": return try needs(.PUT) ?? registerAgentCheck(request, on: loop)
             case "deregister" where s.count >= 4:
-                return needs(.PUT) ?? deregisterAgentCheck(rest(3), request, on: loop)
+                return try needs(.PUT) ?? deregisterAgentCheck(rest(3), request, on: loop)
             case "pass" where s.count >= 4, "warn" where s.count >= 4, "fail" where s.count >= 4:
                 let statusValue: HealthStatus = s[2] == "pass" ? .passing : s[2] == "warn" ? .warning : .critical
-                return needs(.PUT, .POST) ?? updateAgentCheck(rest(3), statusValue, request.query["note"] ?? "", request, on: loop)
+                return try needs(.PUT, .POST) ?? updateAgentCheck(rest(3), statusValue, request.query["note"] ?? "", request, on: loop)
             case "update" where s.count >= 4:
                 let body = try JSONFields(body: request.body)
                 guard let text = try body.string("Status") else { throw BadRequest(field: "Status", message: "missing") }
@@ -135,11 +137,11 @@ final class RegistryService: @unchecked Sendable {
                     throw BadRequest(field: "Status", message: "expected passing, warning or critical")
                 }
                 let output = try body.string("Output") ?? ""
-                return needs(.PUT) ?? updateAgentCheck(rest(3), statusValue, output, request, on: loop)
+                return try needs(.PUT) ?? updateAgentCheck(rest(3), statusValue, output, request, on: loop)
             default: return notFound()
             }
         case ("agent", "health") where s.count >= 5 && s[2] == "service" && s[3] == "name":
-            return needs(.GET) ?? loop.makeSucceededFuture(agentHealth(rest(4), request, status))
+            return try needs(.GET) ?? loop.makeSucceededFuture(agentHealth(rest(4), request))
         case ("catalog", "register"):
             return try needs(.PUT) ?? registerCatalog(request, on: loop)
         case ("catalog", "deregister"):
@@ -234,39 +236,58 @@ final class RegistryService: @unchecked Sendable {
         }
     }
 
-    /// The node the agent endpoints act on: this server's, or, for a request another server
-    /// forwarded, that server's.
-    private func agentNode(_ request: APIRequest) -> NodeRecord {
-        if request.forwarded, let name = request.headers.first(name: Self.nodeHeader),
-           let address = request.headers.first(name: Self.nodeAddressHeader) {
-            return NodeRecord(name: name, address: address)
+    /// The node the agent endpoints act on: the client's host (Disco has no agent per host; see
+    /// `AgentNode`), named by the client in `X-Disco-Agent-Node` or else after its IP address.
+    /// Whichever server takes the request, and whether it forwards it, the same client gets the
+    /// same node: re-registering the same instance is the same (node, ID). An existing node at
+    /// the same address is kept as it is (its meta, from a catalog registration). Only a client
+    /// whose address is unknown (not an IP) falls back on this server's own node.
+    private func agentNode(_ request: APIRequest) throws(BadRequest) -> NodeRecord {
+        let address = clientAddress(request)
+        var node: NodeRecord
+        if let name = request.headers.first(name: Self.agentNodeHeader) {
+            guard AgentNode.isValidName(name) else {
+                throw BadRequest(field: Self.agentNodeHeader,
+                                 message: "expected one DNS label of letters, digits, '-' and '_' (at most 63 bytes)")
+            }
+            node = NodeRecord(name: name, address: AgentNode.canonicalAddress(address) ?? address)
+        } else if let derived = AgentNode.record(forClientAddress: address) {
+            node = derived
+        } else {
+            node = NodeRecord(name: context.nodeName, address: context.nodeAddress)
         }
-        return NodeRecord(name: context.nodeName, address: context.nodeAddress)
+        if let existing = context.catalog.state.nodes[node.name]?.value, existing.address == node.address { node = existing }
+        return node
     }
 
-    /// The HTTP client's address (the default address of an instance it registers).
+    /// The HTTP client's address (the default address of an instance it registers, and what
+    /// its agent node is named after): the original client's for a forwarded request.
     private func clientAddress(_ request: APIRequest) -> String {
         if request.forwarded, let address = request.headers.first(name: Self.clientAddressHeader) { return address }
         return request.remoteAddress
     }
 
-    private func agentSelf(_ status: RaftStatus) -> APIResponse {
-        .json(["Config": ["Datacenter": context.datacenter, "NodeName": context.nodeName, "NodeID": "",
-                          "Server": true, "Version": "disco", "Revision": ""],
-               "Member": ["Name": context.nodeName, "Addr": context.nodeAddress, "Status": 1, "Tags": ["role": "consul"]],
-               "Meta": [:] as [String: String]])
+    /// Consul's agent self: the agent is the client's host node; `Server` says a server answered.
+    private func agentSelf(_ request: APIRequest) throws(BadRequest) -> APIResponse {
+        let node = try agentNode(request)
+        return .json(["Config": ["Datacenter": context.datacenter, "NodeName": node.name, "NodeID": "",
+                                 "Server": true, "Version": "disco", "Revision": ""],
+                      "Member": ["Name": node.name, "Addr": node.address, "Status": 1, "Tags": ["role": "consul"]],
+                      "Meta": [:] as [String: String]])
     }
 
-    private func agentServices(_ status: RaftStatus) -> APIResponse {
+    private func agentServices(_ request: APIRequest) throws(BadRequest) -> APIResponse {
+        let node = try agentNode(request).name
         let state = context.catalog.state
         var out: [String: Any] = [:]
-        for instance in state.services(onNode: context.nodeName) { out[instance.value.id] = agentServiceJSON(instance.value) }
+        for instance in state.services(onNode: node) { out[instance.value.id] = agentServiceJSON(instance.value) }
         return .json(out, headers: [("X-Consul-Index", "\(max(state.index, 1))")])
     }
 
-    private func agentService(_ id: String, _ status: RaftStatus) -> APIResponse {
+    private func agentService(_ id: String, _ request: APIRequest) throws(BadRequest) -> APIResponse {
+        let node = try agentNode(request).name
         let state = context.catalog.state
-        guard let instance = state.services[NodeScopedID(node: context.nodeName, id: id)] else {
+        guard let instance = state.services[NodeScopedID(node: node, id: id)] else {
             return .text("unknown service ID: \(id)", status: .notFound)
         }
         var json = agentServiceJSON(instance.value)
@@ -274,17 +295,19 @@ final class RegistryService: @unchecked Sendable {
         return .json(json, headers: [("X-Consul-Index", "\(max(state.modifyIndex(ofService: instance.value.name), 1))")])
     }
 
-    private func agentChecks(_ status: RaftStatus) -> APIResponse {
+    private func agentChecks(_ request: APIRequest) throws(BadRequest) -> APIResponse {
+        let node = try agentNode(request).name
         let state = context.catalog.state
         var out: [String: Any] = [:]
-        for check in state.checks(onNode: context.nodeName) { out[check.value.id] = checkJSON(check, state) }
+        for check in state.checks(onNode: node) { out[check.value.id] = checkJSON(check, state) }
         return .json(out, headers: [("X-Consul-Index", "\(max(state.index, 1))")])
     }
 
     /// Consul's agent health endpoint: 200 all passing, 429 some warning, 503 some critical.
-    private func agentHealth(_ name: String, _ request: APIRequest, _ status: RaftStatus) -> APIResponse {
+    private func agentHealth(_ name: String, _ request: APIRequest) throws(BadRequest) -> APIResponse {
+        let node = try agentNode(request).name
         let state = context.catalog.state
-        let instances = state.services(onNode: context.nodeName).filter { $0.value.name == name }
+        let instances = state.services(onNode: node).filter { $0.value.name == name }
         guard !instances.isEmpty else { return .text("ServiceName \(name) Not Found", status: .notFound) }
         var worst = HealthStatus.passing
         let body: [[String: Any]] = instances.map { instance in
@@ -306,9 +329,13 @@ final class RegistryService: @unchecked Sendable {
 
     private func registerAgentService(_ request: APIRequest, on loop: EventLoop) throws -> EventLoopFuture<APIResponse> {
         let body = try JSONFields(body: request.body)
-        var service = try parseService(body, node: agentNode(request).name, nameKeys: ["Name"])
+        let node = try agentNode(request)
+        var service = try parseService(body, node: node.name, nameKeys: ["Name"])
         if service.address.isEmpty { service.address = clientAddress(request) }
-        service.registeredBy = context.nodeName
+        // The server that first wrote it, kept as it is so that re-registering through another
+        // server, or under another leader, stays a no-op.
+        service.registeredBy = context.catalog.state.services[NodeScopedID(node: node.name, id: service.id)]?.value.registeredBy
+            ?? context.nodeName
         var definitions: [JSONFields] = []
         if let check = try body.object("Check") { definitions.append(check) }
         definitions += try body.objects("Checks") ?? []
@@ -323,13 +350,14 @@ final class RegistryService: @unchecked Sendable {
                                                 requireType: true))
         }
         let replace = request.query["replace-existing-checks"].map { $0 != "false" && $0 != "0" } ?? false
-        let command = CatalogCommand.register(node: agentNode(request), service: service, checks: registrations,
+        let command = CatalogCommand.register(node: node, service: service, checks: registrations,
                                               replaceChecks: replace)
         return commit(command, for: request, on: loop) { _ in APIResponse(status: .ok) }
     }
 
-    private func deregisterAgentService(_ id: String, _ request: APIRequest, on loop: EventLoop) -> EventLoopFuture<APIResponse> {
-        let key = NodeScopedID(node: agentNode(request).name, id: id)
+    private func deregisterAgentService(_ id: String, _ request: APIRequest,
+                                        on loop: EventLoop) throws(BadRequest) -> EventLoopFuture<APIResponse> {
+        let key = NodeScopedID(node: try agentNode(request).name, id: id)
         return unlessUnknown({ $0.services[key] != nil }, "Unknown service ID \"\(id)\"", on: loop) {
             self.commit(.deregister(node: key.node, serviceID: id, checkID: nil), for: request, on: loop) { _ in APIResponse(status: .ok) }
         }
@@ -343,16 +371,14 @@ final class RegistryService: @unchecked Sendable {
         return enable
     }
 
-    /// Consul's node maintenance: a critical `_node_maintenance` check on this agent's node, which
-    /// takes every instance on it out of DNS and passing health queries.
+    /// Consul's node maintenance: a critical `_node_maintenance` check on this agent's node (the
+    /// client's host), which takes every instance on it out of DNS and passing health queries.
     private func nodeMaintenance(_ request: APIRequest, on loop: EventLoop) throws -> EventLoopFuture<APIResponse> {
         let enable = try enableParameter(request)
-        let node = agentNode(request)
+        let node = try agentNode(request)
         let command: CatalogCommand
         if enable {
-            var record = node
-            if let existing = context.catalog.state.nodes[node.name]?.value, existing.address == node.address { record = existing }
-            command = .register(node: record, service: nil, checks: [CheckRegistration(
+            command = .register(node: node, service: nil, checks: [CheckRegistration(
                 CheckRecord(id: nodeMaintenanceCheckID, node: node.name, name: "Node Maintenance Mode", status: .critical,
                             notes: request.query["reason"] ?? "Maintenance mode is enabled for this node"),
                 statusGiven: true)], replaceChecks: false)
@@ -364,7 +390,7 @@ final class RegistryService: @unchecked Sendable {
 
     private func maintenance(_ id: String, _ request: APIRequest, on loop: EventLoop) throws -> EventLoopFuture<APIResponse> {
         let enable = try enableParameter(request)
-        let node = agentNode(request)
+        let node = try agentNode(request)
         let checkID = maintenanceCheckPrefix + id
         let command: CatalogCommand = enable
             ? .register(node: node, service: nil, checks: [CheckRegistration(
@@ -380,7 +406,7 @@ final class RegistryService: @unchecked Sendable {
 
     private func registerAgentCheck(_ request: APIRequest, on loop: EventLoop) throws -> EventLoopFuture<APIResponse> {
         let body = try JSONFields(body: request.body)
-        let node = agentNode(request)
+        let node = try agentNode(request)
         let serviceID = try body.string("ServiceID") ?? ""
         if !serviceID.isEmpty && context.catalog.state.services[NodeScopedID(node: node.name, id: serviceID)] == nil {
             throw BadRequest(field: "ServiceID", message: "no service \"\(serviceID)\" is registered on node \(node.name)")
@@ -393,8 +419,9 @@ final class RegistryService: @unchecked Sendable {
         }
     }
 
-    private func deregisterAgentCheck(_ id: String, _ request: APIRequest, on loop: EventLoop) -> EventLoopFuture<APIResponse> {
-        let key = NodeScopedID(node: agentNode(request).name, id: id)
+    private func deregisterAgentCheck(_ id: String, _ request: APIRequest,
+                                      on loop: EventLoop) throws(BadRequest) -> EventLoopFuture<APIResponse> {
+        let key = NodeScopedID(node: try agentNode(request).name, id: id)
         return unlessUnknown({ $0.checks[key] != nil }, "Unknown check ID \"\(id)\"", on: loop) {
             self.commit(.deregister(node: key.node, serviceID: nil, checkID: id), for: request, on: loop) { _ in APIResponse(status: .ok) }
         }
@@ -411,7 +438,9 @@ final class RegistryService: @unchecked Sendable {
         guard context.health != nil, request.path.hasPrefix("/v1/agent/check/") else { return nil }
         let s = request.path.split(separator: "/", omittingEmptySubsequences: true).dropFirst().map(String.init)
         guard s.count >= 4, ["pass", "warn", "fail", "update"].contains(s[2]) else { return nil }
-        let key = NodeScopedID(node: agentNode(request).name, id: s.dropFirst(3).joined(separator: "/"))
+        // The same node whichever server the renewal reached (the client's), so the owner is too.
+        guard let node = try? agentNode(request) else { return nil }
+        let key = NodeScopedID(node: node.name, id: s.dropFirst(3).joined(separator: "/"))
         guard let definition = context.catalog.state.checks[key]?.value.definition, definition.http == nil,
               definition.tcp == nil, definition.ttlSeconds != nil else { return nil }
         return key
@@ -424,8 +453,8 @@ final class RegistryService: @unchecked Sendable {
     }
 
     private func updateAgentCheck(_ id: String, _ status: HealthStatus, _ output: String, _ request: APIRequest,
-                                  on loop: EventLoop) -> EventLoopFuture<APIResponse> {
-        let node = agentNode(request).name
+                                  on loop: EventLoop) throws(BadRequest) -> EventLoopFuture<APIResponse> {
+        let node = try agentNode(request).name
         let key = NodeScopedID(node: node, id: id)
         return unlessUnknown({ $0.checks[key] != nil }, "Unknown check ID \"\(id)\"", on: loop) {
             self.updateKnownCheck(key, status, output, request, on: loop)

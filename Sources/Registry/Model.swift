@@ -58,7 +58,9 @@ public struct ServiceInstance: Codable, Sendable, Equatable {
     public var port: Int
     public var meta: [String: String]
     public var weights: Weights
-    /// The server whose API took the registration (Disco has no agents: DESIGN, issue note).
+    /// The server that first wrote the registration (the leader then), kept as it is when the
+    /// instance is registered again, through whichever server, so that stays a no-op.
+    /// Informational: the instance's node is its client's host (`AgentNode`), not this server.
     public var registeredBy: String
     /// Consul's EnableTagOverride: kept and reported (anti-entropy, which it governs in Consul,
     /// does not exist in Disco).

@@ -69,7 +69,7 @@ public struct ServiceViewConfig: Sendable {
 public enum ServiceView {
     /// Names in the service view are single DNS labels of letters, digits, `-` and `_`; a
     /// service or tag with any other character is not in DNS (Consul does the same).
-    static func isLabel(_ text: String) -> Bool {
+    package static func isLabel(_ text: String) -> Bool {
         let bytes = text.utf8
         return !bytes.isEmpty && bytes.count <= 63 && bytes.allSatisfy {
             ($0 >= UInt8(ascii: "a") && $0 <= UInt8(ascii: "z")) || ($0 >= UInt8(ascii: "A") && $0 <= UInt8(ascii: "Z"))

@@ -46,14 +46,16 @@ func readUntilClosed(_ fd: Int32) -> String {
 
 /// - Parameter timeoutSeconds: how long the answer may keep the socket silent (default: the DNS
 ///   client's 3 s).
-func http(_ method: String, port: Int, _ path: String, body: String = "", timeoutSeconds: Int? = nil) -> HTTPReply? {
+func http(_ method: String, port: Int, _ path: String, body: String = "", headers extra: [(String, String)] = [],
+          timeoutSeconds: Int? = nil) -> HTTPReply? {
     guard let fd = try? DNSClient.connectTCP(port: UInt16(port)) else { return nil }
     defer { close(fd) }
     if let timeoutSeconds {
         var tv = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
     }
-    let request = "\(method) \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"
+    let fields = extra.map { "\($0.0): \($0.1)\r\n" }.joined()
+    let request = "\(method) \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\(fields)Content-Length: \(body.utf8.count)\r\n\r\n\(body)"
     let bytes = Array(request.utf8)
     guard send(fd, bytes, bytes.count, 0) == bytes.count else { return nil }
     let text = readUntilClosed(fd)

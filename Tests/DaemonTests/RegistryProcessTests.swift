@@ -69,9 +69,10 @@ struct RegistryProcessTests {
             #expect(try dig("_web._tcp.service.disco.", "SRV", port: port) == ["1 1 8080 0a000007.addr.disco."])
             #expect(try dig("nothere.service.disco.", port: port).isEmpty)
         }
-        // The instance lives on the node of the server that took the registration.
+        // The instance lives on the node of the client's host (discoctl ran here, on 127.0.0.1),
+        // not on the server that took the registration.
         let services = json(http("GET", port: leader.httpPort, "/v1/catalog/service/web")) as? [[String: Any]]
-        #expect(services?.first?["Node"] as? String == "disco-\(follower.id)")
+        #expect(services?.first?["Node"] as? String == "ip-127-0-0-1")
 
         // kill -9 the leader while the others are queried without pause: no query may fail.
         let survivors = cluster.nodes.filter { $0.id != leader.id }
@@ -275,6 +276,66 @@ struct RegistryProcessTests {
         }
         #expect(answered == watchers)
         #expect(parked() == 0)
+    }
+
+    /// Issue 12.4: Disco has no agent per host, so the agent node of a request is the client's
+    /// host, whichever server takes it. The same instance registered from 127.0.0.1 through each
+    /// of the three servers in turn is one instance, and the 2nd and 3rd registrations are no-ops
+    /// (no log entry: the service's index stays). `X-Disco-Agent-Node` names the node instead.
+    @Test func oneInstanceWhicheverServerItRegistersThrough() throws {
+        let cluster = try Cluster(size: 3)
+        let leader = try #require(cluster.leader())
+        let body = #"{"Name": "web", "ID": "web-1", "Port": 80, "Tags": ["v1"], "Check": {"TTL": "30s", "Status": "passing"}}"#
+        func catalog() -> (index: String?, instances: [[String: Any]]) {
+            let reply = http("GET", port: leader.httpPort, "/v1/catalog/service/web")
+            return (reply?.headers["x-consul-index"], json(reply) as? [[String: Any]] ?? [])
+        }
+
+        var indexes: [String?] = []
+        for server in cluster.nodes {
+            let reply = http("PUT", port: server.httpPort, "/v1/agent/service/register", body: body)
+            #expect(reply?.status == 200, "through server \(server.id): \(String(describing: reply))")
+            let now = catalog()
+            #expect(now.instances.count == 1, "after server \(server.id): \(now.instances)")
+            indexes.append(now.index)
+        }
+        #expect(indexes[0] != nil && indexes.allSatisfy { $0 == indexes[0] }, "the service's index moved: \(indexes)")
+        let instance = try #require(catalog().instances.first)
+        #expect(instance["Node"] as? String == "ip-127-0-0-1")
+        #expect(instance["Address"] as? String == "127.0.0.1")
+        #expect(instance["CreateIndex"] as? Int == instance["ModifyIndex"] as? Int)
+
+        // DNS on every server: one SRV record, whose target is the client's node.
+        for server in cluster.nodes {
+            let port = try dnsPort(server)
+            #expect(waitUntil { (try? dig("_web._tcp.service.disco.", "SRV", port: port)) == ["1 1 80 ip-127-0-0-1.node.disco."] },
+                    "server \(server.id): \(String(describing: try? dig("_web._tcp.service.disco.", "SRV", port: port)))")
+            #expect(try dig("ip-127-0-0-1.node.disco.", port: port) == ["127.0.0.1"])
+            // Every server's agent endpoints show it as this client's.
+            #expect(waitUntil {
+                (json(http("GET", port: server.httpPort, "/v1/agent/services")) as? [String: Any])?.keys.sorted() == ["web-1"]
+            }, "server \(server.id)")
+        }
+
+        // A node named by the client: the same ID there is another instance (IDs are per node).
+        let follower = try #require(cluster.nodes.first { $0.id != leader.id })
+        let named = [("X-Disco-Agent-Node", "build-7")]
+        #expect(http("PUT", port: follower.httpPort, "/v1/agent/service/register", body: body, headers: named)?.status == 200)
+        #expect(catalog().instances.compactMap { $0["Node"] as? String }.sorted() == ["build-7", "ip-127-0-0-1"])
+        let builder = json(http("GET", port: follower.httpPort, "/v1/agent/services", headers: named)) as? [String: Any]
+        #expect(builder?.keys.sorted() == ["web-1"])
+        let agent = json(http("GET", port: follower.httpPort, "/v1/agent/self", headers: named)) as? [String: Any]
+        #expect((agent?["Config"] as? [String: Any])?["NodeName"] as? String == "build-7")
+        for server in cluster.nodes {
+            #expect(waitUntil { (try? dig("build-7.node.disco.", port: dnsPort(server))) == ["127.0.0.1"] }, "server \(server.id)")
+        }
+        let bad = http("PUT", port: follower.httpPort, "/v1/agent/service/register", body: body, headers: [("X-Disco-Agent-Node", "a.b")])
+        #expect(bad?.status == 400 && bad?.body.hasPrefix("X-Disco-Agent-Node:") == true, "\(String(describing: bad))")
+
+        // Deregistered through yet another server: gone from the client's node, build-7's stays.
+        let other = try #require(cluster.nodes.last { $0.id != follower.id })
+        #expect(http("PUT", port: other.httpPort, "/v1/agent/service/deregister/web-1")?.status == 200)
+        #expect(catalog().instances.compactMap { $0["Node"] as? String } == ["build-7"])
     }
 
     @Test func badRegistrationsAreRefusedWholeAndNameTheField() throws {
