@@ -280,6 +280,18 @@ public struct Configuration: Sendable, Equatable {
         let apply: @Sendable (inout Configuration, TOMLValue.Kind) -> String?  // nil, or what was expected
     }
 
+    /// A key holding an integer in `range`; `zero` says what 0 means when the range allows it.
+    static func integerKey(_ name: String, _ range: ClosedRange<Int>, _ path: WritableKeyPath<Configuration, Int> & Sendable,
+                           zero: String? = nil) -> Key {
+        Key(name: name) { config, value in
+            guard case .integer(let n) = value, range.contains(n) else {
+                return "expected an integer from \(range.lowerBound)\(zero.map { " (\($0))" } ?? "") to \(range.upperBound)"
+            }
+            config[keyPath: path] = n
+            return nil
+        }
+    }
+
     static let keys: [Key] = [
         Key(name: "dns.listen") { config, value in
             let texts: [String]
@@ -579,34 +591,10 @@ public struct Configuration: Sendable, Equatable {
             config.httpListen = address
             return nil
         },
-        Key(name: "http.connections_max") { config, value in
-            guard case .integer(let n) = value, (1...httpConnectionsMax).contains(n) else {
-                return "expected an integer from 1 to \(httpConnectionsMax)"
-            }
-            config.httpLimits.connectionsMax = n
-            return nil
-        },
-        Key(name: "http.connections_per_client_max") { config, value in
-            guard case .integer(let n) = value, (1...httpConnectionsMax).contains(n) else {
-                return "expected an integer from 1 to \(httpConnectionsMax)"
-            }
-            config.httpLimits.connectionsPerClientMax = n
-            return nil
-        },
-        Key(name: "http.idle_timeout_seconds") { config, value in
-            guard case .integer(let n) = value, (1...httpTimeoutSecondsMax).contains(n) else {
-                return "expected an integer from 1 to \(httpTimeoutSecondsMax)"
-            }
-            config.httpLimits.idleTimeoutSeconds = n
-            return nil
-        },
-        Key(name: "http.request_read_timeout_seconds") { config, value in
-            guard case .integer(let n) = value, (1...httpTimeoutSecondsMax).contains(n) else {
-                return "expected an integer from 1 to \(httpTimeoutSecondsMax)"
-            }
-            config.httpLimits.requestReadTimeoutSeconds = n
-            return nil
-        },
+        integerKey("http.connections_max", 1...httpConnectionsMax, \.httpLimits.connectionsMax),
+        integerKey("http.connections_per_client_max", 1...httpConnectionsMax, \.httpLimits.connectionsPerClientMax),
+        integerKey("http.idle_timeout_seconds", 1...httpTimeoutSecondsMax, \.httpLimits.idleTimeoutSeconds),
+        integerKey("http.request_read_timeout_seconds", 1...httpTimeoutSecondsMax, \.httpLimits.requestReadTimeoutSeconds),
         Key(name: "http.write_limit.mode") { config, value in
             guard case .string(let text) = value, let mode = WriteAdmission.Mode(rawValue: text) else {
                 return "expected one of \(WriteAdmission.Mode.allCases.map(\.rawValue).joined(separator: ", "))"
@@ -614,34 +602,12 @@ public struct Configuration: Sendable, Equatable {
             config.writeAdmission.mode = mode
             return nil
         },
-        Key(name: "http.write_limit.writes_per_second") { config, value in
-            guard case .integer(let n) = value, (0...writesPerSecondMax).contains(n) else {
-                return "expected an integer from 0 (no limit) to \(writesPerSecondMax)"
-            }
-            config.writeAdmission.writesPerSecond = n
-            return nil
-        },
-        Key(name: "http.write_limit.burst") { config, value in
-            guard case .integer(let n) = value, (1...writesPerSecondMax).contains(n) else {
-                return "expected an integer from 1 to \(writesPerSecondMax)"
-            }
-            config.writeAdmission.burst = n
-            return nil
-        },
-        Key(name: "http.write_limit.per_client_writes_per_second") { config, value in
-            guard case .integer(let n) = value, (0...writesPerSecondMax).contains(n) else {
-                return "expected an integer from 0 (no limit) to \(writesPerSecondMax)"
-            }
-            config.writeAdmission.perClientWritesPerSecond = n
-            return nil
-        },
-        Key(name: "http.write_limit.per_client_burst") { config, value in
-            guard case .integer(let n) = value, (1...writesPerSecondMax).contains(n) else {
-                return "expected an integer from 1 to \(writesPerSecondMax)"
-            }
-            config.writeAdmission.perClientBurst = n
-            return nil
-        },
+        integerKey("http.write_limit.writes_per_second", 0...writesPerSecondMax, \.writeAdmission.writesPerSecond,
+                   zero: "no limit"),
+        integerKey("http.write_limit.burst", 1...writesPerSecondMax, \.writeAdmission.burst),
+        integerKey("http.write_limit.per_client_writes_per_second", 0...writesPerSecondMax,
+                   \.writeAdmission.perClientWritesPerSecond, zero: "no limit"),
+        integerKey("http.write_limit.per_client_burst", 1...writesPerSecondMax, \.writeAdmission.perClientBurst),
         Key(name: "data.directory") { config, value in
             guard case .string(let path) = value, !path.isEmpty else { return "expected a directory path" }
             config.dataDirectory = path
