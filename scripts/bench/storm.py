@@ -69,6 +69,7 @@ class Phase:
         self.ok = 0
         self.refused = 0
         self.other = {}  # "status 503" / "reset" / "timeout" -> count
+        self.examples = {}  # "status 503" -> the first such answer's body
         self.retry_after = []
         self.latencies = []
         self.per_second = []  # (seconds since start, 200s, 429s)
@@ -127,8 +128,7 @@ class Phase:
                             k, v = line.split(":", 1)
                             headers[k.strip().lower()] = v.strip()
                     length = int(headers.get("content-length", "0"))
-                    if length:
-                        await asyncio.wait_for(reader.readexactly(length), REQUEST_TIMEOUT_SECONDS)
+                    text = await asyncio.wait_for(reader.readexactly(length), REQUEST_TIMEOUT_SECONDS) if length else b""
                     if headers.get("connection", "").lower() == "close":
                         writer.close()
                         reader = writer = None
@@ -159,7 +159,9 @@ class Phase:
                     self.retry_after.append(seconds)
                     later(agent, seconds * (1 + random.random() * self.client_jitter))
                 else:
-                    self.count_other(f"status {status}" + ("" if status != 429 else " without Retry-After"))
+                    what = f"status {status}" + ("" if status != 429 else " without Retry-After")
+                    self.count_other(what)
+                    self.examples.setdefault(what, text[:160].decode("utf-8", "replace"))
                     later(agent, FAILED_RETRY_SECONDS)
             if writer:
                 writer.close()
@@ -233,6 +235,13 @@ def leaders(cluster):
     return out
 
 
+def leader_node(cluster):
+    try:
+        return cluster.leader()
+    except SystemExit:
+        return cluster.nodes[0]
+
+
 def pin(pid, cpus):
     subprocess.run(["taskset", "-a", "-cp", cpus, str(pid)], check=True, stdout=subprocess.DEVNULL)
 
@@ -245,7 +254,7 @@ def load_main(args):
     asyncio.run(phase.run(bodies))
     after = resource.getrusage(resource.RUSAGE_SELF)
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-    json.dump({"name": phase.name, "ok": phase.ok, "refused": phase.refused, "other": phase.other,
+    json.dump({"name": phase.name, "ok": phase.ok, "refused": phase.refused, "other": phase.other, "examples": phase.examples,
                "seconds": phase.seconds, "retry_after_p50": percentile(phase.retry_after, 50),
                "retry_after_max": max(phase.retry_after, default=0), "latency_p50": percentile(phase.latencies, 50),
                "latency_p99": percentile(phase.latencies, 99), "per_second": phase.per_second,
@@ -342,8 +351,12 @@ def main():
             if all(v == args.agents + 1 for v in instances.values()) or time.time() > deadline:
                 break
             time.sleep(0.2)
-        status, _, body = chaos.request(leader, "GET", "/v1/catalog/nodes")
-        present = {item["Node"] for item in json.loads(body)} if status == 200 else set()
+        connection = http.client.HTTPConnection("127.0.0.1", leader_node(cluster).http, timeout=60)
+        connection.request("GET", "/v1/catalog/nodes")
+        response = connection.getresponse()
+        if response.status != 200:
+            raise SystemExit(f"storm: GET /v1/catalog/nodes answered {response.status}")
+        present = {item["Node"] for item in json.loads(response.read())}
         missing = [n for n in range(1, args.agents + 1) if f"agent-{n:05d}" not in present]
 
         # ---- report
@@ -359,6 +372,8 @@ def main():
             print(f"{phase.name}: {phase.ok} registered in {phase.seconds:.1f} s = {phase.ok / phase.seconds:,.0f} registrations/s; "
                   f"429: {phase.refused} ({ra}); other: {other}; 200 latency p50 {ms(phase.latency_p50)} "
                   f"p99 {ms(phase.latency_p99)}; load generator {phase.load_cpu * 100:.0f}% of a core")
+            for what, text in sorted(phase.examples.items()):
+                print(f"  first {what}: {text!r}")
             print("  per second (s: 200s/429s): " + " ".join(f"{s}:{ok}/{r}" for s, ok, r in phase.per_second))
             if phase.ok != args.agents:
                 failures.append(f"{phase.name}: only {phase.ok} of {args.agents} registered")
