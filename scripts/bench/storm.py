@@ -41,7 +41,6 @@ DNS_CHUNK_SECONDS = 3
 DNS_IDLE_SECONDS = 10
 DNS_TIMEOUT_SECONDS = 2
 SERVICES = 200  # the agents' instances are spread over this many service names
-PHASE_DEADLINE_SECONDS = 150
 
 
 def percentile(values, p):
@@ -63,7 +62,8 @@ def agent_body(n):
 class Phase:
     """One storm: every agent registers until a 200."""
 
-    def __init__(self, name, agents, ports, connections, client_jitter):
+    def __init__(self, name, agents, ports, connections, client_jitter, seconds_max):
+        self.seconds_max = seconds_max
         self.name, self.agents, self.ports = name, agents, ports
         self.connections, self.client_jitter = connections, client_jitter
         self.ok = 0
@@ -169,7 +169,7 @@ class Phase:
         tasks = [loop.create_task(timer()), loop.create_task(sampler())]
         tasks += [loop.create_task(connection(self.ports[i % len(self.ports)])) for i in range(self.connections)]
         try:
-            await asyncio.wait_for(done.wait(), PHASE_DEADLINE_SECONDS)
+            await asyncio.wait_for(done.wait(), self.seconds_max)
         except asyncio.TimeoutError:
             self.finished = time.monotonic()
             done.set()
@@ -249,7 +249,7 @@ def pin(pid, cpus):
 def load_main(args):
     """The load generator (a child process): one phase, its figures as JSON on stdout."""
     bodies = [agent_body(n) for n in range(1, args.agents + 1)]
-    phase = Phase(args.phase, args.agents, [int(p) for p in args.load.split(",")], args.connections, args.client_jitter)
+    phase = Phase(args.phase, args.agents, [int(p) for p in args.load.split(",")], args.connections, args.client_jitter, args.phase_seconds_max)
     before = resource.getrusage(resource.RUSAGE_SELF)
     asyncio.run(phase.run(bodies))
     after = resource.getrusage(resource.RUSAGE_SELF)
@@ -270,6 +270,7 @@ def main():
     parser.add_argument("--dns-rate", type=int, default=2000, help="queries/s to each server")
     parser.add_argument("--client-jitter", type=float, default=0.0,
                         help="a 429's agent waits Retry-After x [1, 1 + this) (default 0: the server's jitter only)")
+    parser.add_argument("--phase-seconds-max", type=float, default=240, help="a phase gives up after this long")
     parser.add_argument("--pin", action="store_true", help="leader + load on CPU 1, followers + dnsperf on CPU 0")
     parser.add_argument("--keep", action="store_true", help="keep the servers' data and logs")
     parser.add_argument("--load", help=argparse.SUPPRESS)  # internal: run one phase against these HTTP ports
@@ -309,6 +310,7 @@ def main():
                     raise SystemExit(f"storm: server {node.id} does not answer web.service.disco")
                 time.sleep(0.1)
 
+        load_before = os.getloadavg()[0]
         term_before = {n.id: metric(n, "disco_raft_term") for n in cluster.nodes}
         leader_before = leaders(cluster)
 
@@ -332,7 +334,7 @@ def main():
             load = subprocess.run((["taskset", "-c", "1"] if args.pin else []) + [
                 "nice", "-n", "10", sys.executable, os.path.abspath(__file__), "--load", ports, "--phase", name,
                 "--agents", str(args.agents), "--connections", str(args.connections),
-                "--client-jitter", str(args.client_jitter)], capture_output=True, text=True)
+                "--client-jitter", str(args.client_jitter), "--phase-seconds-max", str(args.phase_seconds_max)], capture_output=True, text=True)
             if load.returncode != 0:
                 raise SystemExit(f"storm: the load generator failed:\n{load.stderr}")
             time.sleep(1)
@@ -342,6 +344,7 @@ def main():
             during[name] = probes
 
         alive = {n.id: n.process.poll() is None for n in cluster.nodes}
+        load_after = os.getloadavg()[0]
         term_after = {n.id: metric(n, "disco_raft_term") for n in cluster.nodes}
         leader_after = leaders(cluster)
         # Every server applies the last registrations within moments of the leader.
@@ -363,7 +366,8 @@ def main():
         ms = lambda v: f"{v * 1000:.2f} ms"
         print(f"registration storm: {args.agents} agents, {args.connections} connections over 3 servers, "
               f"DNS {args.dns_rate} q/s per server, client jitter {args.client_jitter}, "
-              f"{'pinned (leader + load on CPU 1)' if args.pin else 'not pinned'}; leader server {leader.id}")
+              f"{'pinned (leader + load on CPU 1)' if args.pin else 'not pinned'}; leader server {leader.id}; "
+              f"load average {load_before:.1f} before, {load_after:.1f} after (on 2 CPUs; others' builds show here)")
         for phase in results:
             phase = types.SimpleNamespace(**phase)
             other = ", ".join(f"{k}: {v}" for k, v in sorted(phase.other.items())) or "none"
