@@ -112,6 +112,9 @@ final class ClusterRuntime {
             }
             : nil
         self.health = health
+        // The checker's loop is write path too: with 41,000 checks its ownership passes on every
+        // catalog change took the CPU from the DNS workers and from Raft (elections) at nice 0.
+        if let health { lowerPriority(of: health.group, by: config.dnsBackgroundNice, logger: logger) }
         let directory = ClusterDirectory(raft: founding.mapValues(\.raft), http: founding.mapValues(\.http))
         // Joined servers' addresses are replicated; the driver tells the transport and the API.
         driver.learnServers(founding)

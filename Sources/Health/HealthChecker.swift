@@ -125,7 +125,9 @@ public final class HealthChecker: @unchecked Sendable {
     private let catalog: Catalog
     private let propose: Propose
     private let logger: Logger
-    private let group: MultiThreadedEventLoopGroup
+    /// The checker's own threads (the daemon runs them below the DNS workers, as the rest of
+    /// the write path: reconciling ownership is O(checks) per catalog change).
+    public let group: MultiThreadedEventLoopGroup
     private let loop: EventLoop
     /// Made by `start()`: AsyncHTTPClient insists on being shut down, which `stop()` does.
     private var prober: Prober?
