@@ -175,13 +175,32 @@ final class APIRouter: Sendable {
         }
     }
 
-    private func forwardToLeader(_ request: APIRequest, _ status: RaftStatus, on loop: EventLoop) -> EventLoopFuture<APIResponse> {
-        guard !request.forwarded, let leader = status.leader else {
+    private func forwardToLeader(_ request: APIRequest, _ status: RaftStatus, on loop: EventLoop,
+                                 waitedMilliseconds: Int64 = 0) -> EventLoopFuture<APIResponse> {
+        guard !request.forwarded else {
             return loop.makeSucceededFuture(.text("No cluster leader", status: .serviceUnavailable,
                                                   headers: consulLeaderHeaders(status)))
         }
+        guard let leader = status.leader else {
+            // A follower that lost sight of the leader for a moment (a missed heartbeat under
+            // load, an election) holds the request a little, as Consul's RPC hold does, instead
+            // of turning a herd away with 503s.
+            guard waitedMilliseconds < Self.leaderWaitMillisecondsMax else {
+                return loop.makeSucceededFuture(.text("No cluster leader", status: .serviceUnavailable,
+                                                      headers: consulLeaderHeaders(status)))
+            }
+            return loop.scheduleTask(in: .milliseconds(Self.leaderPollMilliseconds)) {}.futureResult.flatMap {
+                self.forwardToLeader(request, self.driver.currentStatus, on: loop,
+                                     waitedMilliseconds: waitedMilliseconds + Self.leaderPollMilliseconds)
+            }
+        }
         return forward(request, to: leader, status, on: loop)
     }
+
+    /// How long a request that needs the leader waits for one to be known before its 503
+    /// (Consul's rpc_hold_timeout is 7 s; two election timeouts here are 1-2 s).
+    static let leaderWaitMillisecondsMax: Int64 = 3000
+    static let leaderPollMilliseconds: Int64 = 50
 
     /// Sends `request` to server `target` with its client's address, from which the agent
     /// endpoints there derive the client's node (an `X-Disco-Agent-Node` goes along as sent).

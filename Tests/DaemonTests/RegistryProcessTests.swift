@@ -121,7 +121,9 @@ struct RegistryProcessTests {
         #expect(resolveA("web.service.disco.", port: lonePort) == ["10.0.0.7"])
         #expect(resolveA("db.service.disco.", port: lonePort) == ["10.0.0.8"])
         #expect(http("GET", port: lone.httpPort, "/v1/catalog/service/db?stale")?.status == 200)
-        let refused = http("PUT", port: lone.httpPort, "/v1/agent/service/register", body: #"{"Name": "late"}"#)
+        // Held a few seconds for a leader to appear (none will), then refused.
+        let refused = http("PUT", port: lone.httpPort, "/v1/agent/service/register", body: #"{"Name": "late"}"#,
+                           timeoutSeconds: 10)
         #expect(refused?.status == 503)
 
         // Restart both: the cluster converges and every server answers what was registered.
