@@ -1,3 +1,5 @@
+import DNSZone
+
 /// A per-worker cache of complete responses (PowerDNS's packet cache), keyed by the
 /// lowercased question and whether the query had EDNS. Each entry records the zones its
 /// response read (a CNAME chain may cross zones). A new View drops the entries of the zones it
@@ -9,6 +11,12 @@
 /// Only responses that are complete whatever the client's size (no TC, nothing left out of
 /// AUTHORITY or ADDITIONAL) and small are stored, so a hit is byte-for-byte what the full
 /// pipeline would write.
+///
+/// A service answer (an RRset with a `RecordSelection`) is stored when it holds every
+/// candidate record, with its records in the set's order and a reference to the selection: a hit
+/// is the response template, whose answer records the Answerer then puts in this query's order
+/// (DESIGN.md: selection happens per query, after the cache). Those records are relocatable:
+/// their owner is a pointer, their RDATA holds no pointer (A, AAAA, SRV).
 ///
 /// Memory: `entriesMax × entryBytesMax` (12 MiB), allocated once; no allocation per query.
 final class AnswerCache {
@@ -30,6 +38,14 @@ final class AnswerCache {
     private let zones: UnsafeMutablePointer<UInt64>
     /// The View the entries were computed from; held strongly so its identity cannot be reused.
     private var view: View?
+    /// For a service answer: its `RecordSelection`, unretained: an entry lives only while the
+    /// zone it read is in `view`, which holds the zone, its RRsets and their selections.
+    private let selections: UnsafeMutablePointer<UnsafeRawPointer?>
+    /// For a service answer: where its picked records start, and how many there are.
+    private let pickedStarts: UnsafeMutablePointer<UInt16>
+    private let pickedCounts: UnsafeMutablePointer<UInt16>
+    /// The slot of the last hit.
+    private var hitIndex = 0
 
     init() {
         storage = .allocate(byteCount: Self.entriesMax * Self.entryBytesMax, alignment: 64)
@@ -39,6 +55,12 @@ final class AnswerCache {
         keys.initialize(repeating: 0, count: Self.entriesMax)
         zones = .allocate(capacity: Self.entriesMax)
         zones.initialize(repeating: 0, count: Self.entriesMax)
+        selections = .allocate(capacity: Self.entriesMax)
+        selections.initialize(repeating: nil, count: Self.entriesMax)
+        pickedStarts = .allocate(capacity: Self.entriesMax)
+        pickedStarts.initialize(repeating: 0, count: Self.entriesMax)
+        pickedCounts = .allocate(capacity: Self.entriesMax)
+        pickedCounts.initialize(repeating: 0, count: Self.entriesMax)
     }
 
     deinit {
@@ -46,6 +68,9 @@ final class AnswerCache {
         lengths.deallocate()
         keys.deallocate()
         zones.deallocate()
+        selections.deallocate()
+        pickedStarts.deallocate()
+        pickedCounts.deallocate()
     }
 
     /// Drops the entries that `view` may answer differently from the View they came from.
@@ -83,6 +108,7 @@ final class AnswerCache {
             let length = Int(lengths[index])
             guard length <= limit else { return 0 }
             copy(index, length: length, query: query, questionEnd: questionEnd, dnssecOK: dnssecOK, into: output)
+            hitIndex = index
             return length
         }
         return 0
@@ -126,10 +152,21 @@ final class AnswerCache {
     /// RD (bit 8) and CD (bit 4) come from each query.
     static let copiedFlagBits: UInt16 = 0x0100 | 0x0010
 
-    /// Stores a complete response written for `name`.
+    /// The service answer of the last hit, whose records are to be put in this query's order:
+    /// its selection, where its records start and how many there are; nil for other answers.
+    @inline(__always)
+    func pickedAnswerOfLastHit() -> (selection: RecordSelection, start: Int, count: Int)? {
+        guard let selection = selections[hitIndex] else { return nil }
+        return (Unmanaged<RecordSelection>.fromOpaque(selection).takeUnretainedValue(), Int(pickedStarts[hitIndex]),
+                Int(pickedCounts[hitIndex]))
+    }
+
+    /// Stores a complete response written for `name`. `picked`: a service answer's selection,
+    /// where its records start and, for each record there, its index in the RRset; they are
+    /// stored in index order.
     @inline(__always)
     func store(name: UnsafeRawBufferPointer, response: UnsafeRawBufferPointer, questionEnd: Int, hasEDNS: Bool,
-               zones read: UInt64) {
+               zones read: UInt64, picked: (selection: RecordSelection, start: Int, order: UnsafeBufferPointer<Int32>)? = nil) {
         guard response.count <= Self.entryBytesMax, response.count >= questionEnd else { return }
         let typeAndClass = response.loadUnaligned(fromByteOffset: questionEnd - 4, as: UInt32.self)
         let set = slot(name: name, typeAndClass: typeAndClass) & ~1
@@ -150,6 +187,49 @@ final class AnswerCache {
         lengths[index] = UInt16(response.count)
         keys[index] = (keys[index] & 4) | (hasEDNS ? 1 | 2 : 0)
         zones[index] = read
+        selections[index] = nil
+        if let picked {
+            selections[index] = UnsafeRawPointer(Unmanaged.passUnretained(picked.selection).toOpaque())
+            pickedStarts[index] = UInt16(picked.start)
+            pickedCounts[index] = UInt16(picked.order.count)
+            // Record i of the set goes to place i: the place of the record that is there now.
+            Self.permuteRecords(in: UnsafeMutableRawPointer(entry), from: picked.start, count: picked.order.count) { place in
+                var position = 0
+                while Int(picked.order[position]) != place { position += 1 }
+                return position
+            }
+        }
+    }
+
+    /// Picked answers of at most this many records are cached (`RecordPicker` shuffles sets
+    /// of up to 64 whole).
+    static let pickedRecordsMax = 64
+
+    /// Rewrites the `count` records starting at `start` of `message` (each a 2-byte owner
+    /// pointer, TYPE, CLASS, TTL, RDLENGTH, RDATA) so that place i holds the record that was at
+    /// place `source(i)`; `source` is a permutation of 0..<count.
+    @inline(__always)
+    static func permuteRecords(in message: UnsafeMutableRawPointer, from start: Int, count: Int, source: (Int) -> Int) {
+        withUnsafeTemporaryAllocation(of: UInt16.self, capacity: pickedRecordsMax + 1) { offsets in
+            withUnsafeTemporaryAllocation(of: UInt8.self, capacity: entryBytesMax) { scratch in
+                var at = start
+                for i in 0..<count {
+                    offsets[i] = UInt16(at - start)
+                    at += 12 + (Int(message.load(fromByteOffset: at + 10, as: UInt8.self)) << 8
+                        | Int(message.load(fromByteOffset: at + 11, as: UInt8.self)))
+                }
+                offsets[count] = UInt16(at - start)
+                let base = scratch.baseAddress!
+                base.update(from: (message + start).assumingMemoryBound(to: UInt8.self), count: at - start)
+                var out = start
+                for i in 0..<count {
+                    let from = source(i)
+                    let length = Int(offsets[from + 1] - offsets[from])
+                    (message + out).copyMemory(from: base + Int(offsets[from]), byteCount: length)
+                    out += length
+                }
+            }
+        }
     }
 }
 

@@ -60,8 +60,12 @@ public final class Answerer {
     /// Records in one response, at most: 64 KiB of the smallest record we pick (an A record
     /// whose owner is a pointer, 16 bytes).
     public static let pickedRecordsMax = Answerer.responseBytesMax / 16 + 1
-    /// The response holds a per-query pick (shuffled or rotated): never cached.
+    /// The response holds a per-query pick (shuffled or rotated): cached only as a template
+    /// (`pickedTemplate`), whose records each hit puts in its own order.
     private var picked = false
+    /// The picked RRset's selection and where its records start, when the response holds all
+    /// of its candidates (a template the cache can re-order); nil otherwise.
+    private var pickedTemplate: (selection: Unmanaged<RecordSelection>, start: Int)?
     /// Service answers given from every instance because too few were healthy (panic).
     public private(set) var panicAnswers = 0
     /// Milliseconds on the slow-start clock (tests set it; nil: CLOCK_MONOTONIC_COARSE).
@@ -207,6 +211,7 @@ public final class Answerer {
                                    dnssecOK: edns?.dnssecOK ?? false, limit: sizeLimit, into: output)
             if hit > 0 {
                 cacheHits &+= 1
+                if let template = cache.pickedAnswerOfLastHit() { reorder(template, in: output) }
                 return hit
             }
             cacheMisses &+= 1
@@ -223,6 +228,7 @@ public final class Answerer {
         additionalCount = 0
         trimmed = false
         picked = false
+        pickedTemplate = nil
         answeredAddress = (-1, RRType(0))
         var rcode = RCode.noError
         // Set before anything is written, so a truncated response keeps it (as NSD does).
@@ -240,9 +246,15 @@ public final class Answerer {
         flags.aa = aa
         writer.capacity += optBytes
         let length = finish(flags: flags, rcode: rcode, counts: counts, edns: edns, writer: &writer)
-        if let cache, !flags.tc, !trimmed, !picked, rcode == .noError || rcode == .nxDomain {
-            cache.store(name: name, response: UnsafeRawBufferPointer(start: output.baseAddress, count: length),
-                        questionEnd: questionEnd, hasEDNS: edns != nil, zones: zonesRead)
+        if let cache, !flags.tc, !trimmed, !picked || pickedTemplate != nil, rcode == .noError || rcode == .nxDomain {
+            let response = UnsafeRawBufferPointer(start: output.baseAddress, count: length)
+            if let template = pickedTemplate {
+                cache.store(name: name, response: response, questionEnd: questionEnd, hasEDNS: edns != nil, zones: zonesRead,
+                            picked: (template.selection.takeUnretainedValue(), template.start,
+                                     UnsafeBufferPointer(start: pickedRecords, count: pickedCount)))
+            } else {
+                cache.store(name: name, response: response, questionEnd: questionEnd, hasEDNS: edns != nil, zones: zonesRead)
+            }
         }
         return length
     }
@@ -432,15 +444,9 @@ public final class Answerer {
     /// (unless not even one record fits). Returns how many were written.
     private func writePicked(_ rrset: RRSet, _ selection: RecordSelection, owner: Owner,
                              writer: inout WireWriter) throws(WireOverflow) -> UInt16 {
-        let policy = self.selection.policy
-        let warming = policy == .shuffle && selection.warmAtMilliseconds > 0
-        picker.start(selection, policy: policy, nowMilliseconds: warming ? (clock?() ?? disco_monotonic_milliseconds()) : 0)
-        if selection.panics { panicAnswers &+= 1 }
-        // With `fixed`, the same View gives the same records: cacheable unless cut by the buffer.
-        if policy != .fixed { picked = true }
-        var ttl = rrset.ttl
-        let jitter = Int(ttl) * self.selection.ttlJitterPercent / 100
-        if jitter > 0 { ttl -= UInt32(picker.next(below: jitter + 1)) }
+        let ttl = startPick(selection)
+        picked = true
+        let start = writer.count
         pickedCount = 0
         // Records are copied from the selection's wire form (no reference counting per record);
         // the generic encoder is the fallback for records with compressible names.
@@ -467,7 +473,44 @@ public final class Answerer {
         // RFC 2181 §9: an answer without a single record is not an answer (TC).
         if pickedCount == 0 { throw WireOverflow() }
         if !full { trimmed = true }
+        // Every candidate, owned by a pointer: the cache can keep it and re-order it per hit.
+        if full, pickedCount == selection.candidateCount, pickedCount <= AnswerCache.pickedRecordsMax,
+           case .offset = owner, !selection.wire.isEmpty {
+            pickedTemplate = (Unmanaged.passUnretained(selection), start)
+        }
         return UInt16(pickedCount)
+    }
+
+    /// Starts this query's pick over `selection` (counting a panic); returns the TTL to write.
+    @inline(__always)
+    private func startPick(_ selection: RecordSelection) -> UInt32 {
+        let policy = self.selection.policy
+        let warming = policy == .shuffle && selection.warmAtMilliseconds > 0
+        picker.start(selection, policy: policy, nowMilliseconds: warming ? (clock?() ?? disco_monotonic_milliseconds()) : 0)
+        if selection.panics { panicAnswers &+= 1 }
+        let jitter = Int(selection.ttl) * self.selection.ttlJitterPercent / 100
+        return jitter > 0 ? selection.ttl - UInt32(picker.next(below: jitter + 1)) : selection.ttl
+    }
+
+    /// A cached service answer holds its records in the set's order: this query's pick puts
+    /// them in its own (and patches its TTL when jittered).
+    private func reorder(_ template: (selection: RecordSelection, start: Int, count: Int),
+                         in output: UnsafeMutableRawBufferPointer) {
+        let ttl = startPick(template.selection)
+        let message = output.baseAddress!
+        // `fixed` picks the set's order: the template's.
+        if selection.policy != .fixed {
+            AnswerCache.permuteRecords(in: message, from: template.start, count: template.count) { _ in
+                picker.next(template.selection)
+            }
+        }
+        guard ttl != template.selection.ttl else { return }
+        var at = template.start
+        for _ in 0..<template.count {
+            message.storeBytes(of: ttl.bigEndian, toByteOffset: at + 6, as: UInt32.self)
+            at += 12 + (Int(message.load(fromByteOffset: at + 10, as: UInt8.self)) << 8
+                | Int(message.load(fromByteOffset: at + 11, as: UInt8.self)))
+        }
     }
 
     /// Writes picked records with `write` until the pick ends (true) or the next record does

@@ -15,6 +15,8 @@ public final class RecordSelection: Sendable {
     public let wire: [UInt8]
     /// Where each record starts in `wire` (one more entry: the end).
     public let wireOffsets: [UInt32]
+    /// The RRset's TTL.
+    public let ttl: UInt32
 
     /// Slow start begins at this share of an instance's weight (Envoy's slow start starts
     /// low and ramps linearly): 10% keeps a recovered instance in rotation from the first
@@ -71,6 +73,7 @@ public final class RecordSelection: Sendable {
         }
         self.wire = wire
         self.wireOffsets = offsets
+        self.ttl = ttl
         precondition(answerableSinceMilliseconds.isEmpty || answerableSinceMilliseconds.count >= healthyCount)
         self.healthyCount = healthyCount
         self.weights = weights

@@ -16,7 +16,10 @@ private let optimized = true
 ///
 /// Measured in optimised builds, the way discod runs: unoptimised (debug) code boxes generic
 /// values on the heap. `.ci/run` runs this suite with `swift test -c release`.
-@Suite("answer path allocations")
+/// Serialized: the counter sets Swift Testing's throw hooks aside process-wide while it counts
+/// (a throw would allocate a backtrace), so one test stopping must not put them back while
+/// another counts answers that throw internally (a full buffer).
+@Suite("answer path allocations", .serialized)
 struct AllocationTests {
     static let zone = """
         $TTL 300

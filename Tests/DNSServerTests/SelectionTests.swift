@@ -20,9 +20,9 @@ func ask(_ answerer: Answerer, _ view: View, _ name: DomainName, _ type: RRType,
 struct SelectionTests {
     /// How often each record comes first over `queries` answers.
     func firstCounts(_ fixture: ServiceFixture, queries: Int, seed: UInt64, edns: EDNS? = EDNS(),
-                     now: UInt64 = 0) throws -> [Int] {
+                     now: UInt64 = 0, cache: Bool = false) throws -> [Int] {
         let view = try fixture.view()
-        let answerer = Answerer(seed: seed)
+        let answerer = Answerer(cache: cache, seed: seed)
         answerer.clock = { now }
         var counts = [Int](repeating: 0, count: fixture.count)
         for _ in 0..<queries {
@@ -33,9 +33,10 @@ struct SelectionTests {
         return counts
     }
 
-    @Test(arguments: [1, 2, 3] as [UInt64])
-    func everyInstanceLeadsAboutEquallyOften(seed: UInt64) throws {
-        let counts = try firstCounts(ServiceFixture(count: 10), queries: 1000, seed: seed)
+    /// With the response cache too: a cached service answer is a template re-ordered per hit.
+    @Test(arguments: [1, 2, 3] as [UInt64], [false, true])
+    func everyInstanceLeadsAboutEquallyOften(seed: UInt64, cache: Bool) throws {
+        let counts = try firstCounts(ServiceFixture(count: 10), queries: 1000, seed: seed, cache: cache)
         for (i, count) in counts.enumerated() {
             #expect((50...170).contains(count), "instance \(i) first \(count) times of 1000 (seed \(seed))")
         }
@@ -53,9 +54,9 @@ struct SelectionTests {
         #expect(orders.count >= 19)
     }
 
-    @Test(arguments: [1, 2, 3] as [UInt64])
-    func aHeavierInstanceLeadsInProportion(seed: UInt64) throws {
-        let counts = try firstCounts(ServiceFixture(count: 2, weights: [9, 1]), queries: 1000, seed: seed)
+    @Test(arguments: [1, 2, 3] as [UInt64], [false, true])
+    func aHeavierInstanceLeadsInProportion(seed: UInt64, cache: Bool) throws {
+        let counts = try firstCounts(ServiceFixture(count: 2, weights: [9, 1]), queries: 1000, seed: seed, cache: cache)
         let ratio = Double(counts[0]) / Double(max(counts[1], 1))
         #expect(ratio >= 5 && ratio <= 16, "9:1 weights led \(counts) (seed \(seed))")
     }
@@ -165,7 +166,7 @@ struct SelectionTests {
         // Every fifth record is warming since t = 1,000,000 ms; the others are warm.
         fixture.since = (0..<count).map { $0 % 5 == 0 ? 1_000_000 : 0 }
         fixture.slowStartMilliseconds = 30_000
-        let counts = try firstCounts(fixture, queries: 6000, seed: 3, edns: nil, now: 1_000_000 + elapsed.0)
+        let counts = try firstCounts(fixture, queries: 6000, seed: 3, edns: nil, now: 1_000_000 + elapsed.0, cache: true)
         let warming = (0..<count).filter { $0 % 5 == 0 }.reduce(0) { $0 + counts[$1] }
         let share = elapsed.1 / (elapsed.1 + 4)
         let observed = Double(warming) / 6000
@@ -205,14 +206,37 @@ struct SelectionTests {
         #expect(ttls.count > 10)
     }
 
-    /// A shuffled service answer is not cached; a `fixed` one is, until it depends on the buffer.
-    @Test func shuffledAnswersBypassTheCache() throws {
-        let view = try ServiceFixture(count: 10).view()
-        let cached = Answerer(cache: true, seed: 2)
-        for _ in 0..<5 { _ = try ask(cached, view, ServiceFixture.name, .a) }
-        #expect(cached.cacheHits == 0)
-        let fixed = Answerer(cache: true, selection: SelectionOptions(policy: .fixed))
-        for _ in 0..<5 { _ = try ask(fixed, view, ServiceFixture.name, .a) }
-        #expect(fixed.cacheHits == 4)
+    /// A service answer holding every candidate is cached as a template: hits get their own
+    /// order, byte for byte what the pipeline writes apart from it; one cut by the buffer is not.
+    @Test(arguments: [SelectionPolicy.shuffle, .roundRobin, .fixed], [RRType.a, .srv])
+    func wholeServiceAnswersAreCachedAsTemplates(policy: SelectionPolicy, type: RRType) throws {
+        var fixture = ServiceFixture(count: 10)
+        fixture.panicThresholdPercent = 50
+        fixture.healthy = 4
+        fixture.ttl = 10
+        let view = try fixture.view()
+        let name = type == .a ? ServiceFixture.name : ServiceFixture.srvName
+        let cached = Answerer(cache: true, selection: SelectionOptions(policy: policy, ttlJitterPercent: 50), seed: 4)
+        let plain = Answerer(selection: SelectionOptions(policy: policy, ttlJitterPercent: 50), seed: 4)
+        var orders = Set<[String]>()
+        for _ in 0..<50 {
+            let hit = try ask(cached, view, name, type).message
+            let written = try ask(plain, view, name, type).message
+            #expect(hit.answers.count == 10)
+            #expect(Set(hit.answers.map { "\($0.rdata)" }) == Set(written.answers.map { "\($0.rdata)" }))
+            #expect(Set(hit.additional.map { "\($0.name) \($0.rdata)" }) == Set(written.additional.map { "\($0.name) \($0.rdata)" }))
+            #expect(Set(hit.answers.map(\.ttl)).count == 1)
+            #expect((5...10).contains(hit.answers[0].ttl))
+            orders.insert(hit.answers.map { "\($0.rdata)" })
+        }
+        #expect(cached.cacheHits == 49)
+        #expect(cached.panicAnswers == 50, "a hit in panic counts as a panic answer")
+        #expect(orders.count >= (policy == .fixed ? 1 : 10))
+        if policy == .fixed { #expect(orders.count == 1) }
+        // 300 records do not fit: the subset depends on the buffer, not cached.
+        let large = try ServiceFixture(count: 300).view()
+        let answerer = Answerer(cache: true, selection: SelectionOptions(policy: policy))
+        for _ in 0..<5 { _ = try ask(answerer, large, ServiceFixture.name, .a) }
+        #expect(answerer.cacheHits == 0)
     }
 }
