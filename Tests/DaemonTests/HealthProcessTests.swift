@@ -146,8 +146,22 @@ struct HealthProcessTests {
                 "\(failing)")
         #expect(failing.contains { ($0["Output"] as? String)?.contains(": 500 ") == true }, "\(failing)")
 
-        // They recover.
-        for i in 0..<4 { endpoints.set(i, 200) }
+        // Eight fail: 2 of 10 passing is below the 50% panic threshold, so every server answers
+        // all ten (fail open: the two survivors would take the whole load) and says so.
+        for i in 0..<8 { endpoints.set(i, 500) }
+        #expect(waitUntil(seconds: 15) { passing() == 2 }, "\(passing()) passing")
+        func inPanic(_ node: ClusterProcessTests.Node) -> Int? {
+            http("GET", port: node.httpPort, "/metrics")?.body.split(separator: "\n")
+                .first { $0.hasPrefix("disco_dns_services_in_panic ") }.flatMap { Int($0.split(separator: " ")[1]) }
+        }
+        for node in cluster.nodes {
+            #expect(waitUntil(seconds: 10) { inPanic(node) == 1 && addresses("web", node) == all.sorted() },
+                    "node \(node.id): panic \(String(describing: inPanic(node))), \(String(describing: addresses("web", node)))")
+        }
+
+        // They recover (all passing: DNS answered all ten in panic already).
+        for i in 0..<8 { endpoints.set(i, 200) }
+        #expect(waitUntil(seconds: 15) { passing() == 10 }, "\(passing()) passing")
         for node in cluster.nodes {
             #expect(waitUntil(seconds: 10) { addresses("web", node) == all.sorted() }, "node \(node.id)")
         }
