@@ -209,7 +209,9 @@ def main():
         endpoint = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Endpoint)
         threading.Thread(target=endpoint.serve_forever, daemon=True).start()
         url = f"http://127.0.0.1:{endpoint.server_address[1]}/health"
-        c.agent.service.register("api", service_id="api-1", address="10.3.0.1", port=80,
+        # A lone instance is its service's whole set: at the default panic threshold (50%) a
+        # failing one is still answered (fail open). Here it opts out, as Consul behaves.
+        c.agent.service.register("api", service_id="api-1", address="10.3.0.1", port=80, meta={"panic-threshold": "0"},
                                  check=consul.Check.http(url, interval="1s", timeout="1s"))
         check("an HTTP-checked instance is answered once its check passes",
               eventually(lambda: all(dig(n.dns, "api.service.disco.") == ["10.3.0.1"] for n in cluster.nodes)))
@@ -221,7 +223,11 @@ def main():
         Endpoint.code = 200
         check("... and back on 200", eventually(lambda: dig(follower.dns, "api.service.disco.") == ["10.3.0.1"]))
 
-        # Maintenance: Python sends enable=True; Consul accepts what Go's ParseBool does.
+        # Maintenance: Python sends enable=True; Consul accepts what Go's ParseBool does. The
+        # instance is back at the default panic threshold: maintenance is not a failure, and
+        # takes it out of DNS even when its service is in panic.
+        c.agent.service.register("api", service_id="api-1", address="10.3.0.1", port=80,
+                                 check=consul.Check.http(url, interval="1s", timeout="1s"))
         c.agent.service.maintenance("api-1", True, reason="upgrade")
         _, checks = c.health.checks("api")
         check("service maintenance adds the critical _service_maintenance check",

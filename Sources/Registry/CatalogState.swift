@@ -369,6 +369,15 @@ public struct CatalogState: Sendable {
         return own.union(node).sorted().compactMap { checks[NodeScopedID(node: instance.node, id: $0)] }
     }
 
+    /// Whether the instance or its node is in maintenance (`_service_maintenance:ID` or
+    /// `_node_maintenance` critical).
+    public func isInMaintenance(_ instance: ServiceInstance) -> Bool {
+        for id in [maintenanceCheckPrefix + instance.id, nodeMaintenanceCheckID] {
+            if checks[NodeScopedID(node: instance.node, id: id)]?.value.status == .critical { return true }
+        }
+        return false
+    }
+
     /// The worst status of an instance's checks; passing when it has none (Consul).
     public func health(of instance: ServiceInstance) -> HealthStatus {
         var worst = HealthStatus.passing

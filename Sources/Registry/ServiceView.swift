@@ -166,6 +166,9 @@ public enum ServiceView {
         let health = state.health(of: instance)
         let answerable = health == .passing || (health == .warning && !config.onlyPassing)
         guard answerable || settings.panicThresholdPercent > 0 else { return Derived() }
+        // An instance an operator put in maintenance is out of DNS, panic or not, and does not
+        // count toward its service's healthy fraction: maintenance is a decision, not a failure.
+        guard answerable || !state.isInMaintenance(instance) else { return Derived() }
         guard let ip = IPAddress(state.address(of: instance)) else { return Derived() }
         let names = Names(domain: config.domain)
         var derived = Derived(answerable: answerable)
