@@ -142,9 +142,17 @@ public final class Answerer {
                 questionOK = questionEnd - nameStart == nameLength + 4
             }
         }
+        // RFC 1035 §4.1.1: an opcode we do not implement is NOTIMP whatever the rest holds (a
+        // header-only NOTIFY or UPDATE probe is no malformed query). Its RD and CD mean nothing
+        // to us, so they are not echoed (as NSD and BIND).
+        var notImplemented = flags
+        notImplemented.rd = false
+        notImplemented.cd = false
         guard questionOK else {
-            return error(.formErr, id: id, flags: flags, query: query, questionEnd: 0, edns: nil,
-                         writer: &writer)
+            if queryFlags.opcode != .query {
+                return error(.notImp, id: id, flags: notImplemented, query: query, questionEnd: 0, edns: nil, writer: &writer)
+            }
+            return error(.formErr, id: id, flags: flags, query: query, questionEnd: 0, edns: nil, writer: &writer)
         }
 
         // EDNS: skip answer and authority, find the OPT in the additional section.
@@ -174,7 +182,7 @@ public final class Answerer {
                          writer: &writer)
         }
         guard queryFlags.opcode == .query else {
-            return error(.notImp, id: id, flags: flags, query: query, questionEnd: questionEnd, edns: edns,
+            return error(.notImp, id: id, flags: notImplemented, query: query, questionEnd: questionEnd, edns: edns,
                          writer: &writer)
         }
         if let edns, edns.version != 0 {
