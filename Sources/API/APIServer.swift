@@ -105,6 +105,13 @@ struct APIRequest {
 
     /// Whether another server forwarded this request (it is not forwarded again).
     var forwarded: Bool { headers.first(name: Forwarder.forwardedHeader) != nil }
+
+    /// The HTTP client's address: the original client's for a forwarded request (the default
+    /// address of an instance it registers, the key of its write admission bucket).
+    var clientAddress: String {
+        if forwarded, let address = headers.first(name: RegistryService.clientAddressHeader) { return address }
+        return remoteAddress
+    }
 }
 
 /// Sends each request where it belongs: forwarded to the leader if only the leader can serve it,
@@ -250,7 +257,7 @@ final class APIRouter: Sendable {
     private func metrics(_ status: RaftStatus) -> APIResponse {
         var lines: [String] = []
         func gauge(_ name: String, _ help: String, _ value: String) {
-            lines += ["# HELP \(name) \(help)", "# TYPE \(name) gauge", "\(name) \(value)"]
+            lines += Metric(name: name, help: help, kind: .gauge, value: value).lines
         }
         gauge("disco_raft_term", "Current Raft term.", "\(status.term.rawValue)")
         gauge("disco_raft_commit_index", "Highest log index known committed.", "\(status.commitIndex.rawValue)")

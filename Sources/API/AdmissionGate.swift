@@ -26,12 +26,6 @@ final class AdmissionGate: Sendable {
         self.proposalsInFlightMax = proposalsInFlightMax
     }
 
-    /// The client a write is charged to: the original client of a forwarded request.
-    static func client(of request: APIRequest) -> String {
-        if request.forwarded, let address = request.headers.first(name: RegistryService.clientAddressHeader) { return address }
-        return request.remoteAddress
-    }
-
     /// nil: go ahead and propose. Otherwise the 429 to answer.
     func refusal(for request: APIRequest) -> APIResponse? {
         let queued = driver.pendingProposals
@@ -40,7 +34,7 @@ final class AdmissionGate: Sendable {
             return .text("\(queued) writes are waiting to commit on this server; retry after \(seconds) s",
                          status: .tooManyRequests, headers: [("Retry-After", "\(seconds)")])
         }
-        switch admission.admit(client: Self.client(of: request)) {
+        switch admission.admit(client: request.clientAddress) {
         case .admit:
             return nil
         case .refuse(let seconds, let reason):
@@ -53,19 +47,18 @@ final class AdmissionGate: Sendable {
     var metricLines: [String] {
         let c = admission.counters
         return [
-            "# HELP disco_http_writes_admitted_total Writes admitted to the Raft log by write admission control.",
-            "# TYPE disco_http_writes_admitted_total counter",
-            "disco_http_writes_admitted_total \(c.admitted)",
+            Metric(name: "disco_http_writes_admitted_total", help: "Writes admitted to the Raft log by write admission control.",
+                   kind: .counter, value: "\(c.admitted)"),
+            Metric(name: "disco_http_writes_would_refuse_total",
+                   help: "Writes permissive mode admitted that enforcing would refuse.", kind: .counter, value: "\(c.wouldRefuse)"),
+            Metric(name: "disco_raft_proposals_pending", help: "Proposals waiting to commit on this server.", kind: .gauge,
+                   value: "\(driver.pendingProposals)"),
+        ].flatMap(\.lines) + [
+            // One metric, two labelled samples.
             "# HELP disco_http_writes_refused_total Writes answered 429 by write admission control, by the limit that refused them.",
             "# TYPE disco_http_writes_refused_total counter",
             "disco_http_writes_refused_total{limit=\"global\"} \(c.refusedGlobal)",
             "disco_http_writes_refused_total{limit=\"client\"} \(c.refusedClient)",
-            "# HELP disco_http_writes_would_refuse_total Writes permissive mode admitted that enforcing would refuse.",
-            "# TYPE disco_http_writes_would_refuse_total counter",
-            "disco_http_writes_would_refuse_total \(c.wouldRefuse)",
-            "# HELP disco_raft_proposals_pending Proposals waiting to commit on this server.",
-            "# TYPE disco_raft_proposals_pending gauge",
-            "disco_raft_proposals_pending \(driver.pendingProposals)",
         ]
     }
 }

@@ -243,7 +243,7 @@ final class RegistryService: @unchecked Sendable {
     /// the same address is kept as it is (its meta, from a catalog registration). Only a client
     /// whose address is unknown (not an IP) falls back on this server's own node.
     private func agentNode(_ request: APIRequest) throws(BadRequest) -> NodeRecord {
-        let address = clientAddress(request)
+        let address = request.clientAddress
         var node: NodeRecord
         if let name = request.headers.first(name: Self.agentNodeHeader) {
             guard AgentNode.isValidName(name) else {
@@ -262,10 +262,6 @@ final class RegistryService: @unchecked Sendable {
 
     /// The HTTP client's address (the default address of an instance it registers, and what
     /// its agent node is named after): the original client's for a forwarded request.
-    private func clientAddress(_ request: APIRequest) -> String {
-        if request.forwarded, let address = request.headers.first(name: Self.clientAddressHeader) { return address }
-        return request.remoteAddress
-    }
 
     /// Consul's agent self: the agent is the client's host node; `Server` says a server answered.
     private func agentSelf(_ request: APIRequest) throws(BadRequest) -> APIResponse {
@@ -331,7 +327,7 @@ final class RegistryService: @unchecked Sendable {
         let body = try JSONFields(body: request.body)
         let node = try agentNode(request)
         var service = try parseService(body, node: node.name, nameKeys: ["Name"])
-        if service.address.isEmpty { service.address = clientAddress(request) }
+        if service.address.isEmpty { service.address = request.clientAddress }
         // The server that first wrote it, kept as it is so that re-registering through another
         // server, or under another leader, stays a no-op.
         service.registeredBy = context.catalog.state.services[NodeScopedID(node: node.name, id: service.id)]?.value.registeredBy

@@ -141,7 +141,7 @@ public final class DiscoDaemon: @unchecked Sendable {
     static func metricLines(_ counters: ClientLimits.Counters) -> [String] {
         var lines: [String] = []
         func counter(_ name: String, _ help: String, _ value: Int) {
-            lines += ["# HELP \(name) \(help)", "# TYPE \(name) counter", "\(name) \(value)"]
+            lines += Metric(name: name, help: help, kind: .counter, value: "\(value)").lines
         }
         counter("disco_dns_rrl_limited_total", "UDP responses over the RRL rate (log-only mode included).", counters.rrl.limited)
         counter("disco_dns_rrl_slipped_total", "Limited UDP responses sent truncated (TC=1).", counters.rrl.slipped)

@@ -19,24 +19,7 @@ final class InstanceEndpoints: @unchecked Sendable {
 
     init(count: Int) throws {
         codes = Array(repeating: 200, count: count)
-        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var on: Int32 = 1
-        setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &on, socklen_t(MemoryLayout<Int32>.size))
-        var address = DNSClient.loopback(0)
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard bound == 0, listen(listener, 128) == 0 else {
-            close(listener)
-            throw TestFailure("cannot listen: \(errno)")
-        }
-        var actual = sockaddr_in()
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &actual) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(listener, $0, &length) }
-        }
-        fd = listener
-        port = Int(UInt16(bigEndian: actual.sin_port))
+        (fd, port) = try listenOnLoopback()
         let thread = Thread { [self] in serve() }
         self.thread = thread
         thread.start()

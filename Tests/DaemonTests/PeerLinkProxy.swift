@@ -39,21 +39,7 @@ final class PeerLinkProxy: @unchecked Sendable {
     init(upstreamPort: Int, clusterToken: String = "disco-cluster") throws {
         self.upstreamPort = upstreamPort
         self.cluster = PeerCodec.clusterID(token: clusterToken)
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var address = DNSClient.loopback(0)
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard bound == 0, listen(fd, 16) == 0 else {
-            close(fd)
-            throw TestFailure("proxy: cannot listen (errno \(errno))")
-        }
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
-        }
-        listener = fd
-        port = Int(UInt16(bigEndian: address.sin_port))
+        (listener, port) = try listenOnLoopback(backlog: 16)
         let thread = Thread { [self] in acceptLoop() }
         thread.start()
     }

@@ -137,6 +137,26 @@ final class DiscodProcess: @unchecked Sendable {
     deinit { stop() }
 }
 
+/// A TCP socket listening on 127.0.0.1 at an ephemeral port: its descriptor and port.
+func listenOnLoopback(backlog: Int32 = 128) throws -> (fd: Int32, port: Int) {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    var on: Int32 = 1
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, socklen_t(MemoryLayout<Int32>.size))
+    var address = DNSClient.loopback(0)
+    let bound = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    guard bound == 0, listen(fd, backlog) == 0 else {
+        close(fd)
+        throw TestFailure("cannot listen on 127.0.0.1: errno \(errno)")
+    }
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    _ = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+    }
+    return (fd, Int(UInt16(bigEndian: address.sin_port)))
+}
+
 /// A minimal DNS client over real sockets, for process tests.
 enum DNSClient {
     static let timeoutMilliseconds = 3000
