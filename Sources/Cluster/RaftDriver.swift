@@ -121,12 +121,12 @@ public final class RaftDriver: @unchecked Sendable {
     private var processor: ReadyProcessor
     private var lastLeader: NodeID?
     private var lastLeaderContact: NIODeadline?
-    private let published: NIOLockedValueBox<(status: RaftStatus, lastLeaderContact: NIODeadline?)>
-    private let publishedPending = NIOLockedValueBox(0)
+    /// What other threads read of this driver, published after every event.
+    private let published: NIOLockedValueBox<(status: RaftStatus, lastLeaderContact: NIODeadline?, pendingProposals: Int)>
 
     /// Proposals waiting for their outcome here, as of the last event (admission control sheds
     /// writes beyond a bound instead of queueing them).
-    public var pendingProposals: Int { publishedPending.withLockedValue { $0 } }
+    public var pendingProposals: Int { published.withLockedValue { $0.pendingProposals } }
 
     /// - Parameters:
     ///   - participants: the state machines that snapshots hold and restore.
@@ -151,7 +151,7 @@ public final class RaftDriver: @unchecked Sendable {
         let persistent = try storage.load()
         self.node = RaftNode(config: config, persistent: persistent)
         self.published = NIOLockedValueBox((RaftStatus(id: config.id, role: .follower, term: persistent.hardState.term,
-                                                       leader: nil, commitIndex: .zero, appliedIndex: .zero), nil))
+                                                       leader: nil, commitIndex: .zero, appliedIndex: .zero), nil, 0))
         self.processor = ReadyProcessor(durable: persistent.hardState)
         if let snapshot = persistent.snapshot { try restoreParticipantsBehind(snapshot) }
         loadServers(persistent)
@@ -384,8 +384,7 @@ public final class RaftDriver: @unchecked Sendable {
                                 leader: halted ? nil : node.leader, commitIndex: node.commitIndex,
                                 appliedIndex: node.appliedIndex, lastContact: !halted && node.isLeader ? .zero : nil)
         let contact = halted ? nil : lastLeaderContact
-        published.withLockedValue { $0 = (status, contact) }
-        publishedPending.withLockedValue { $0 = pending.count }
+        published.withLockedValue { $0 = (status, contact, pending.count) }
     }
 
     // MARK: - On `loop`
