@@ -47,12 +47,17 @@ final class PeerLinkProxy: @unchecked Sendable {
     /// Applies from the next frame on (frames already forwarded are gone).
     func setPolicy(_ policy: @escaping Policy) { lock.withLock { self.policy = policy } }
 
+    /// Idempotent: the fixture stops its links and deinit stops them again, and closing a
+    /// descriptor twice can close whatever reused its number (another test's SQLite file or
+    /// event loop).
     func stop() {
-        let open: [Int32] = lock.withLock {
+        let open: [Int32]? = lock.withLock {
+            guard !stopped else { return nil }
             stopped = true
             defer { connections = [] }
             return connections
         }
+        guard let open else { return }
         shutdown(listener, Int32(SHUT_RDWR))
         close(listener)
         for fd in open { shutdown(fd, Int32(SHUT_RDWR)) }
