@@ -290,6 +290,9 @@ final class APIRouter: Sendable {
                         counters.deregistrations)
                 counter("disco_health_proposal_failures_total", "Transition entries that could not be written (retried).",
                         counters.proposalFailures)
+                counter("disco_health_ownership_passes_total", "Passes deciding which checks this server runs.",
+                        counters.ownershipPasses)
+                counter("disco_health_checks_reconciled_total", "Checks looked at by those passes.", counters.checksReconciled)
             }
         }
         if let extraMetrics { lines += extraMetrics() }

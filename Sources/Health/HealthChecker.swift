@@ -61,6 +61,10 @@ public struct HealthCounters: Sendable, Equatable {
     public var dampedNow = 0
     public var deregistrations = 0
     public var proposalFailures = 0
+    /// Ownership passes run, and the checks they looked at (a pass looks only at the checks
+    /// that changed, unless the servers that run checks changed).
+    public var ownershipPasses = 0
+    public var checksReconciled = 0
 }
 
 /// What a TTL renewal came to.
@@ -130,7 +134,7 @@ public final class HealthChecker: @unchecked Sendable {
     private let propose: Propose
     private let logger: Logger
     /// The checker's own threads (the daemon runs them below the DNS workers, as the rest of
-    /// the write path: reconciling ownership is O(checks) per catalog change).
+    /// the write path).
     public let group: MultiThreadedEventLoopGroup
     private let loop: EventLoop
     /// Made by `start()`: AsyncHTTPClient insists on being shut down, which `stop()` does.
@@ -142,8 +146,12 @@ public final class HealthChecker: @unchecked Sendable {
     private var renewals: [NodeScopedID: Renewal] = [:]
     private var generation: UInt64 = 0
     private var reconcileScheduled = false
+    /// The checks to look at in the next ownership pass; nil: all of them (at start, and when
+    /// the servers that run checks or everything changed).
+    private var pendingChecks: Set<NodeScopedID>? = nil
     /// How long the last ownership pass took: the next waits `reconcileDutyFactor` times as long,
-    /// so under a registration storm the O(checks) passes take at most a tenth of this thread.
+    /// so under a registration storm the passes take at most a tenth of this thread (a full
+    /// pass, after the runners changed, is O(checks)).
     private var lastReconcileSeconds: Double = 0
     private var flushScheduled = false
     private var flushInflight = false
@@ -165,7 +173,7 @@ public final class HealthChecker: @unchecked Sendable {
         let prober = Prober(group: group, connectionsPerHostMax: settings.httpConnectionsPerHostMax,
                             outputBytesMax: min(settings.outputBytesMax, HealthSettings.outputBytesMaxLimit))
         catalog.observe { [weak self] change, _ in
-            self?.catalogChanged()
+            self?.catalogChanged(change)
         }
         loop.execute {
             self.prober = prober
@@ -223,9 +231,16 @@ public final class HealthChecker: @unchecked Sendable {
 
     // MARK: - Ownership (on `loop`)
 
-    private func catalogChanged() {
+    private func catalogChanged(_ change: CatalogChange) {
         loop.execute {
-            guard !self.reconcileScheduled, !self.stopped else { return }
+            guard !self.stopped else { return }
+            if change.checkRunnersChanged || change.checks == nil {
+                self.pendingChecks = nil
+            } else if let checks = change.checks {
+                guard !checks.isEmpty else { return }
+                self.pendingChecks?.formUnion(checks)
+            }
+            guard !self.reconcileScheduled else { return }
             self.reconcileScheduled = true
             let spaced = Int64(self.lastReconcileSeconds * HealthSettings.reconcileDutyFactor * 1000)
             self.loop.scheduleTask(in: .milliseconds(max(HealthSettings.reconcileDelayMilliseconds, spaced))) { self.reconcile() }
@@ -233,37 +248,60 @@ public final class HealthChecker: @unchecked Sendable {
     }
 
     /// Starts the checks this server owns now, stops the others, and adopts statuses that others
-    /// wrote. O(checks) per pass; passes are coalesced.
+    /// wrote. A pass looks at the checks that changed since the last one, or at every check
+    /// (O(checks)) when the servers that run checks changed; passes are coalesced.
     private func reconcile() {
         reconcileScheduled = false
         guard !stopped else { return }
         let started = Self.now()
         defer { lastReconcileSeconds = Self.now() - started }
         let state = catalog.state
-        let servers = state.checkRunners
         let now = Self.now()
-        var owned = Set<NodeScopedID>()
-        for (key, record) in state.checks where record.value.definition.isRunnable {
-            guard Rendezvous.owner(of: Rendezvous.key(node: key.node, checkID: key.id), among: servers) == selfID else { continue }
-            owned.insert(key)
-            if let runner = runners[key] {
-                if runner.check.definition != record.value.definition || runner.createIndex != record.createIndex
-                    || runner.check.serviceID != record.value.serviceID {
-                    remove(key)
-                } else {
-                    if !runner.dirty && !runner.proposing && record.modifyIndex > runner.committedIndex
-                        && record.value.status != runner.machine.published {
-                        runners[key]?.machine.adopt(record.value.status, output: record.value.output, now: now)
-                    }
-                    runners[key]?.check = record.value
-                    continue
-                }
+        let looked: Int
+        if let changed = pendingChecks {
+            pendingChecks = []
+            looked = changed.count
+            for key in changed { reconcile(key, state.checks[key], state.checkRunners, now: now) }
+        } else {
+            looked = state.checks.count
+            pendingChecks = []
+            var seen = Set<NodeScopedID>()
+            seen.reserveCapacity(state.checks.count)
+            for (key, record) in state.checks {
+                seen.insert(key)
+                reconcile(key, record, state.checkRunners, now: now)
             }
-            add(record, now: now)
+            for key in runners.keys where !seen.contains(key) { remove(key) }
         }
-        for key in runners.keys where !owned.contains(key) { remove(key) }
         let total = runners.count
-        count { $0.checksOwned = total }
+        count {
+            $0.checksOwned = total
+            $0.ownershipPasses += 1
+            $0.checksReconciled += looked
+        }
+    }
+
+    /// Runs, stops or updates `key`'s check: `record` as the catalog has it now (nil: gone).
+    private func reconcile(_ key: NodeScopedID, _ record: Indexed<CheckRecord>?, _ servers: [UInt64], now: Double) {
+        guard let record, record.value.definition.isRunnable,
+              Rendezvous.owner(of: Rendezvous.key(node: key.node, checkID: key.id), among: servers) == selfID else {
+            remove(key)
+            return
+        }
+        if let runner = runners[key] {
+            if runner.check.definition != record.value.definition || runner.createIndex != record.createIndex
+                || runner.check.serviceID != record.value.serviceID {
+                remove(key)
+            } else {
+                if !runner.dirty && !runner.proposing && record.modifyIndex > runner.committedIndex
+                    && record.value.status != runner.machine.published {
+                    runners[key]?.machine.adopt(record.value.status, output: record.value.output, now: now)
+                }
+                runners[key]?.check = record.value
+                return
+            }
+        }
+        add(record, now: now)
     }
 
     private func add(_ record: Indexed<CheckRecord>, now: Double) {

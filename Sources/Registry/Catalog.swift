@@ -213,7 +213,7 @@ public final class Catalog: @unchecked Sendable {
         try load()
         let state = self.state
         let change = CatalogChange(index: appliedIndex, services: before.union(state.serviceIndex.keys), nodesChanged: true,
-                                   instances: nil)
+                                   instances: nil, checks: nil)
         for observer in lock.withLock({ observers }) { observer(change, state) }
     }
 }

@@ -53,6 +53,9 @@ public struct CatalogChange: Sendable, Equatable {
     /// The instances whose DNS records may have changed (their record, checks or node), gone
     /// ones included; nil: any of them (a snapshot restore).
     public var instances: Set<NodeScopedID>? = []
+    /// The checks put or removed (keyed by node and check ID); nil: any of them (a snapshot
+    /// restore). The health checker reconciles only these, not every check, per entry.
+    public var checks: Set<NodeScopedID>? = []
 
     /// `instance` of service `name` changed.
     mutating func affect(_ name: String, _ instance: NodeScopedID) {
@@ -207,6 +210,7 @@ public struct CatalogState: Sendable {
         if let old = existing?.value, old.serviceID != check.serviceID { unindex(owner: old) }
         checksByOwner[Self.owner(of: check), default: []].insert(check.id)
         mutations.append(.putCheck(record))
+        change.checks?.insert(key)
         markAffected(by: check, &change)
         if let old = existing?.value, old.serviceID != check.serviceID { markAffected(by: old, &change) }
     }
@@ -216,6 +220,7 @@ public struct CatalogState: Sendable {
         checksByNode[key.node]?.remove(key.id)
         unindex(owner: existing.value)
         mutations.append(.removeCheck(key))
+        change.checks?.insert(key)
         markAffected(by: existing.value, &change)
     }
 

@@ -147,6 +147,48 @@ struct HealthCheckerTests {
         #expect(try checkers[1].renew(node: "node1", checkID: "service:web-0", status: .passing, output: "").wait() == .notOwned)
     }
 
+    /// An entry costs an ownership pass over the checks it touched, not over every check; a
+    /// change of the servers that run checks looks at them all.
+    @Test func ownershipPassesLookOnlyAtTheChecksThatChanged() throws {
+        let directory = try TemporaryDirectory()
+        let catalog = try Catalog(path: directory.path("registry.db"))
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        defer { try? group.syncShutdownGracefully() }
+        let log = FakeLog(catalog: catalog, loop: group.next())
+        try log.append(.checkRunners([1, 2]))
+        for i in 0..<200 { try log.append(instance(i, check: CheckDefinition(ttlSeconds: 60))) }
+        let checkers = (1...2).map { id in
+            HealthChecker(selfID: UInt64(id), settings: HealthSettings(), catalog: catalog, logger: Logger(label: "test"),
+                          propose: log.propose)
+        }
+        for checker in checkers { checker.start() }
+        defer { for checker in checkers { checker.stop() } }
+        #expect(waitUntil { checkers.map(\.counters.checksOwned).reduce(0, +) == 200 })
+        func reconciled() -> Int { checkers.map(\.counters.checksReconciled).reduce(0, +) }
+        func owned() -> Int { checkers.map(\.counters.checksOwned).reduce(0, +) }
+        let afterStart = reconciled()
+        #expect(afterStart == 400, "each server's first pass looks at all 200")
+
+        // Ten more instances, one at a time: each pass looks at the new checks only.
+        for i in 200..<210 { try log.append(instance(i, check: CheckDefinition(ttlSeconds: 60))) }
+        #expect(waitUntil { owned() == 210 })
+        #expect(waitUntil { reconciled() - afterStart == 20 }, "\(reconciled() - afterStart)")
+
+        // Gone, and a definition changed: the runners follow.
+        try log.append(.deregister(node: "node1", serviceID: "web-3", checkID: nil))
+        try log.append(instance(4, check: CheckDefinition(ttlSeconds: 30)))
+        #expect(waitUntil { owned() == 209 })
+        #expect(waitUntil { reconciled() - afterStart == 24 }, "\(reconciled() - afterStart)")
+        let key4 = NodeScopedID(node: "node1", id: "service:web-4")
+        #expect(catalog.state.checks[key4]?.value.definition.ttlSeconds == 30)
+
+        // Server 2 leaves: server 1 looks at every check once and runs them all.
+        let passes = reconciled()
+        try log.append(.checkRunners([1]))
+        #expect(waitUntil { checkers[0].counters.checksOwned == 209 && checkers[1].counters.checksOwned == 0 })
+        #expect(waitUntil { reconciled() - passes == 2 * 209 }, "\(reconciled() - passes)")
+    }
+
     /// A real TCP check against a listening socket, then a closed one.
     @Test func aTCPCheckFollowsTheSocket() throws {
         let directory = try TemporaryDirectory()
