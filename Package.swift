@@ -115,7 +115,7 @@ let package = Package(
         .testTarget(name: "RegistryTests", dependencies: ["Registry", "DNSServer", "DNSZone", "DNSWire"]),
         .testTarget(name: "ClusterTests", dependencies: [
             "RaftTesting",
-            "Cluster", "Raft", "Store",
+            "Cluster", "Raft", "Store", "API", "Registry",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),

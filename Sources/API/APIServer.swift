@@ -46,7 +46,8 @@ public final class APIServer: @unchecked Sendable {
         self.router = APIRouter(kv: KVService(kv: kv, driver: driver, directory: directory, hub: registry?.hub ?? WatchHub(),
                                               gate: gate, logger: logger),
                                 registry: registry.map {
-                                    RegistryService(context: $0, driver: driver, proposer: proposer, gate: gate, logger: logger)
+                                    RegistryService(context: $0, driver: driver, proposer: proposer, gate: gate, loop: group.next(),
+                                                    logger: logger)
                                 },
                                 driver: driver, directory: directory, forwarder: forwarder, extraMetrics: admissionMetrics,
                                 logger: logger)
@@ -273,6 +274,11 @@ final class APIRouter: Sendable {
             gauge("disco_catalog_services", "Service names with at least one instance.", "\(state.registeredServiceNames.count)")
             gauge("disco_catalog_instances", "Registered service instances.", "\(state.services.count)")
             gauge("disco_blocking_queries", "Blocking queries parked on this server.", "\(registry.context.hub.parkedCount)")
+            let batches = registry.batcher.batchCounters
+            lines += Metric(name: "disco_registry_write_entries_total", help: "Log entries proposed for client registry writes (a batch is one).",
+                            kind: .counter, value: "\(batches.entries)").lines
+            lines += Metric(name: "disco_registry_writes_proposed_total", help: "Client registry writes proposed, in those entries.",
+                            kind: .counter, value: "\(batches.commands)").lines
             if let health = registry.context.health {
                 let counters = health.counters
                 gauge("disco_health_checks_owned", "Checks this server runs (it owns them).", "\(counters.checksOwned)")

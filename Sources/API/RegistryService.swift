@@ -63,16 +63,20 @@ final class RegistryService: @unchecked Sendable {
     let driver: RaftDriver
     let gate: AdmissionGate
     let proposer: CatalogProposer
+    /// Writes from clients go through it: those that arrive together share a log entry.
+    let batcher: ProposalBatcher
     let logger: Logger
 
     /// Headers one check may send (Consul's `Header`), and values per header.
     static let checkHeadersMax = 64
     static let checkHeaderValuesMax = 16
 
-    init(context: RegistryContext, driver: RaftDriver, proposer: CatalogProposer, gate: AdmissionGate, logger: Logger) {
+    init(context: RegistryContext, driver: RaftDriver, proposer: CatalogProposer, gate: AdmissionGate, loop: EventLoop,
+         logger: Logger) {
         self.context = context
         self.driver = driver
         self.proposer = proposer
+        self.batcher = ProposalBatcher(loop: loop, propose: { driver.propose($0) })
         self.gate = gate
         self.logger = logger
     }
@@ -584,7 +588,7 @@ final class RegistryService: @unchecked Sendable {
     private func propose(_ command: CatalogCommand, for request: APIRequest, on loop: EventLoop,
                          _ respond: @escaping @Sendable (UInt64) -> APIResponse) -> EventLoopFuture<APIResponse> {
         if let refusal = gate.refusal(for: request) { return loop.makeSucceededFuture(refusal) }
-        return driver.propose(command.encoded).hop(to: loop).map { index in
+        return batcher.submit(command).hop(to: loop).map { index in
             var response = respond(index.rawValue)
             response.headers.append(("X-Consul-Index", "\(index.rawValue)"))
             return response
