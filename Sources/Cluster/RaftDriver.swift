@@ -17,6 +17,9 @@ public enum ProposeError: Error, Sendable, Equatable, CustomStringConvertible {
     /// No outcome within `RaftDriver.proposalTimeoutSeconds` (e.g. leadership lost and no leader
     /// since). The entry may still commit later; the client may retry.
     case timedOut
+    /// A read barrier (ReadIndex) not confirmed within its timeout: no leader, or leadership
+    /// changed while it waited. Nothing was written; the client may retry.
+    case readTimedOut
 
     public var description: String {
         switch self {
@@ -25,6 +28,7 @@ public enum ProposeError: Error, Sendable, Equatable, CustomStringConvertible {
         case .stopped: "the Raft driver stopped"
         case .outcomeUnknown: "a snapshot replaced the log past the proposal before this server saw it apply; its outcome is unknown"
         case .timedOut: "the proposal had no outcome within \(RaftDriver.proposalTimeoutSeconds) s"
+        case .readTimedOut: "the read barrier was not confirmed by a leader in time (no leader, or leadership changed)"
         }
     }
 }
@@ -262,10 +266,10 @@ public final class RaftDriver: @unchecked Sendable {
             self.readsQueued[id] = promise
             self.loop.scheduleTask(in: timeout) {
                 // Still queued, or its round never came back: the read fails (the caller retries).
-                if let waiting = self.readsQueued.removeValue(forKey: id) { waiting.fail(ProposeError.stopped) }
+                if let waiting = self.readsQueued.removeValue(forKey: id) { waiting.fail(ProposeError.readTimedOut) }
                 for (sequence, var round) in self.readsAsked {
                     guard let waiting = round.removeValue(forKey: id) else { continue }
-                    waiting.fail(ProposeError.stopped)
+                    waiting.fail(ProposeError.readTimedOut)
                     self.readsAsked[sequence] = round.isEmpty ? nil : round
                 }
             }

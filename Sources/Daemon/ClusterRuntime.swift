@@ -13,10 +13,14 @@ import Store
 /// catalog in registry.db), the peer transport, the driver and the HTTP API, started together
 /// and stopped together.
 final class ClusterRuntime {
-    /// The HTTP API, the peer transport and the apply-side work (view rebuild hooks, watchers).
+    /// The HTTP API and the apply-side work (view rebuild hooks, watchers), below the DNS workers.
     private let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
-    /// The Raft driver's own thread: nothing else is scheduled on it, so a burst of API traffic
-    /// cannot delay a heartbeat or an election timeout (issue 13.5).
+    /// The Raft driver's own thread, with the peer transport: nothing else is scheduled on it,
+    /// so a burst of API traffic cannot delay a heartbeat or an election timeout (issue 13.5).
+    /// It runs at the DNS workers' priority, not below them with the rest of the write path: the
+    /// registration storm, with Raft at nice +10 among busy API threads, had elections (a
+    /// follower's heartbeats waited behind forwarded writes), and any CPU hog at nice 0 on the
+    /// host would do the same. Its own work is small (log, fsync, messages, applies).
     private let raftGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     private let transport: PeerTransport
     let driver: RaftDriver
@@ -36,7 +40,7 @@ final class ClusterRuntime {
         let id = NodeID(rawValue: config.raftNodeID)
         self.logger = logger
         lowerPriority(of: group, by: config.dnsBackgroundNice, logger: logger)
-        lowerPriority(of: raftGroup, by: config.dnsBackgroundNice, logger: logger)
+        raftGroup.next().execute { disco_thread_set_name("disco-raft") }
         do {
             try FileManager.default.createDirectory(atPath: config.dataDirectory, withIntermediateDirectories: true)
         } catch {
@@ -64,7 +68,7 @@ final class ClusterRuntime {
         final class DriverBox: @unchecked Sendable { var driver: RaftDriver? }
         let box = DriverBox()
         transport = PeerTransport(id: id, listen: PeerAddress(host: config.raftListen.host, port: config.raftListen.port),
-                                  peers: peers, group: group, logger: logger,
+                                  peers: peers, group: raftGroup, logger: logger,
                                   cluster: PeerCodec.clusterID(token: config.raftClusterToken)) { box.driver?.receive($0) }
         do {
             driver = try RaftDriver(config: raftConfig, storage: storage, transport: transport, loop: raftGroup.next(),

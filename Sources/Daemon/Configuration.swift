@@ -71,9 +71,9 @@ public struct Configuration: Sendable, Equatable {
     public var dnsNegativeTTLSeconds: Int
     /// Answer only passing instances; by default warning instances are answered too (Consul).
     public var dnsOnlyPassing: Bool
-    /// How far below the DNS workers the rest of discod runs (Raft, the HTTP API, the catalog,
-    /// DNS view rebuilds), as a nice increment: under a registration storm the CPU goes to
-    /// answering first. 0: every thread alike.
+    /// How far below the DNS workers the rest of discod runs (the HTTP API, health checks, DNS
+    /// view rebuilds), as a nice increment: under a registration storm the CPU goes to answering
+    /// first. The Raft thread stays at the workers' priority (ClusterRuntime). 0: every thread alike.
     public var dnsBackgroundNice: Int = Configuration.dnsBackgroundNiceDefault
     /// How a service answer's records are ordered per query (shuffle, round_robin, fixed).
     public var dnsSelection: SelectionPolicy = .shuffle

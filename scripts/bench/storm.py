@@ -197,6 +197,8 @@ class DNSProbe:
             if line.startswith("> "):
                 fields = line.split()
                 self.rcodes[fields[1]] = self.rcodes.get(fields[1], 0) + 1
+                if fields[1] == "T":
+                    continue  # a timeout ("> T name type"): no latency; counted in "Queries lost"
                 if fields[1] != "NOERROR":
                     self.failed += 1
                 self.latencies.append(float(fields[-1]))
