@@ -85,6 +85,8 @@ public final class KVStore: @unchecked Sendable {
     private let upsertKey: Statement
     private let selectKey: Statement
     private let selectPrefix: Statement
+    /// Copies the WAL back off the Raft thread (an apply never runs a checkpoint's fsyncs).
+    private var checkpointer: BackgroundCheckpointer?
     private var applied: UInt64 = 0
     private var lastModify: UInt64 = 0
     private var outcomes: [UInt64: Bool] = [:]
@@ -114,6 +116,11 @@ public final class KVStore: @unchecked Sendable {
             "SELECT key, value, flags, create_index, modify_index FROM kv WHERE substr(key, 1, ?) = ? ORDER BY key")
         if case .integer(let index)? = try database.scalar("SELECT idx FROM applied WHERE id = 1") { applied = UInt64(index) }
         if case .integer(let index)? = try database.scalar("SELECT max(modify_index) FROM kv") { lastModify = UInt64(index) }
+        checkpointer = try BackgroundCheckpointer(path: path, writer: database)
+    }
+
+    deinit {
+        checkpointer?.stop()
     }
 
     /// Applies a committed entry (on the driver's loop). Entries already applied are skipped.

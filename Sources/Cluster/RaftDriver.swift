@@ -123,6 +123,8 @@ public final class RaftDriver: @unchecked Sendable {
     private var readyScheduled = false
     /// Carries out the Ready contract's order (shared with the simulator).
     private var processor: ReadyProcessor
+    private var slowReadyLogged: NIODeadline?
+    private var slowReadiesSuppressed = 0
     private var lastLeader: NodeID?
     private var lastLeaderContact: NIODeadline?
     /// What other threads read of this driver, published after every event.
@@ -200,6 +202,30 @@ public final class RaftDriver: @unchecked Sendable {
                 self.published.withLockedValue { $0.lastLeaderContact = self.lastLeaderContact }
             }
         }
+    }
+
+    /// A Ready that holds the Raft thread longer than this is logged (a heartbeat waits for it;
+    /// the election timeout is 10–20 ticks of 50 ms).
+    public static let slowReadyMilliseconds: Int64 = 100
+    /// Slow Readies are logged at most once per this interval; the count in between is reported.
+    public static let slowReadyLogIntervalSeconds: Int64 = 10
+
+    private func noteSlowReady(_ ready: Ready, started: NIODeadline, saved: NIODeadline) {
+        let now = NIODeadline.now()
+        guard now - started >= .milliseconds(Self.slowReadyMilliseconds) else { return }
+        if let last = slowReadyLogged, now - last < .seconds(Self.slowReadyLogIntervalSeconds) {
+            slowReadiesSuppressed += 1
+            return
+        }
+        logger.warning("a Raft Ready held the Raft thread", metadata: [
+            "raft.ready_ms": "\((now - started).nanoseconds / 1_000_000)",
+            "raft.save_ms": "\((saved - started).nanoseconds / 1_000_000)",
+            "raft.apply_send_ms": "\((now - saved).nanoseconds / 1_000_000)",
+            "raft.entries": "\(ready.entries.count)", "raft.committed": "\(ready.committedEntries.count)",
+            "raft.committed_bytes": "\(ready.committedEntries.reduce(0) { $0 + $1.data.count })",
+            "raft.slow_since_last_log": "\(slowReadiesSuppressed)"])
+        slowReadyLogged = now
+        slowReadiesSuppressed = 0
     }
 
     /// Refused peer messages are logged at most once per peer per this interval (a peer with a
@@ -415,6 +441,7 @@ public final class RaftDriver: @unchecked Sendable {
         defer { publishStatus() }
         while stoppedReason == nil && node.hasReady {
             let ready = node.ready()
+            let started = NIODeadline.now()
             // The contract's order is ReadyProcessor's, shared with the simulator.
             var effects = DriverEffects(driver: self)
             let later = processor.begin(ready, &effects)
@@ -427,8 +454,10 @@ public final class RaftDriver: @unchecked Sendable {
                 halt("storage failed: \(error)")
                 return
             }
+            let saved = NIODeadline.now()
             // 2-4. Send, install, apply and resolve proposals, confirmed reads.
             guard processor.finish(ready, later: later, &effects) else { return }
+            noteSlowReady(ready, started: started, saved: saved)
             // 4. Advance.
             node.advance(ready)
             releaseReads()

@@ -18,6 +18,8 @@ public final class Catalog: @unchecked Sendable {
     private var observers: [@Sendable (CatalogChange, CatalogState) -> Void] = []
     private let putNode, removeNode, putService, removeService, putCheck, removeCheck, putServiceIndex, putMeta: Statement
     private let clearCheckRunners, putCheckRunner: Statement
+    /// Copies the WAL back off the Raft thread (an apply never runs a checkpoint's fsyncs).
+    private var checkpointer: BackgroundCheckpointer?
 
     /// Tables added after the first release: created in files (and snapshot images) without them.
     private static let laterTables = """
@@ -56,6 +58,11 @@ public final class Catalog: @unchecked Sendable {
         clearCheckRunners = try database.prepare("DELETE FROM check_runners")
         putCheckRunner = try database.prepare("INSERT INTO check_runners (id) VALUES (?)")
         try load()
+        checkpointer = try BackgroundCheckpointer(path: path, writer: database)
+    }
+
+    deinit {
+        checkpointer?.stop()
     }
 
     /// Reads registry.db into memory (at start-up, and after a snapshot replaced the file).

@@ -20,6 +20,31 @@ struct StoreTests {
         #expect(try rebuildable.scalar("PRAGMA synchronous") == .integer(1))  // NORMAL
     }
 
+    /// The writer never checkpoints (below its 64 MiB backstop): the background checkpointer
+    /// does, copying the WAL back into the database file while the writer keeps committing.
+    @Test func theBackgroundCheckpointerCopiesTheWALBack() throws {
+        let directory = try Directory()
+        let path = directory.path("registry.db")
+        let writer = try Database(path: path, durability: .rebuildable)
+        try writer.execute("CREATE TABLE t (i INTEGER PRIMARY KEY, b BLOB)")
+        let checkpointer = try BackgroundCheckpointer(path: path, writer: writer)
+        defer { checkpointer.stop() }
+        #expect(try writer.scalar("PRAGMA wal_autocheckpoint") == .integer(Int64(BackgroundCheckpointer.writerCheckpointPages)))
+        func fileBytes(_ path: String) -> Int { ((try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? Int) ?? 0 }
+        let insert = try writer.prepare("INSERT INTO t (i, b) VALUES (?, ?)")
+        let rows = 2000, rowBytes = 2048
+        for row in 0..<rows {
+            try insert.run(.integer(Int64(row)), .blob([UInt8](repeating: UInt8(row & 0xFF), count: rowBytes)))
+        }
+        // Everything committed so far reaches the database file without another commit: the
+        // writer alone (backstop at 64 MiB) would have left the 4 MiB in the WAL.
+        let deadline = Date().addingTimeInterval(10)
+        while fileBytes(path) < rows * rowBytes && Date() < deadline { usleep(20_000) }
+        #expect(fileBytes(path) >= rows * rowBytes, "database file \(fileBytes(path)) bytes; last checkpoint \(checkpointer.last)")
+        #expect(checkpointer.last.result == 0 && checkpointer.last.copiedFrames == checkpointer.last.walFrames)
+        #expect(try writer.scalar("SELECT count(*) FROM t") == .integer(Int64(rows)))
+    }
+
     @Test func typedBindingRoundTrips() throws {
         let directory = try Directory()
         let db = try Database(path: directory.path("t.db"))
