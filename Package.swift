@@ -20,6 +20,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.30.0"),
+        .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
     ],
     targets: [
         .target(name: "CShims"),
@@ -48,7 +49,10 @@ let package = Package(
         .systemLibrary(name: "CSQLite", path: "Sources/CSQLite", providers: [.apt(["libsqlite3-dev"])]),
         .target(name: "Store", dependencies: ["CSQLite"]),
         .target(name: "Raft"),
-        .target(name: "Registry", dependencies: ["Store", "DNSWire", "DNSZone"]),
+        .target(name: "Registry", dependencies: [
+            "Store", "DNSWire", "DNSZone",
+            .product(name: "HashTreeCollections", package: "swift-collections"),
+        ]),
         .target(
             name: "Health",
             dependencies: [

@@ -79,6 +79,14 @@ final class ClusterRuntime {
                 do {
                     if registry {
                         try catalog.apply(index: entry.index.rawValue, data: entry.data)
+                        let times = catalog.lastApplyTimes
+                        if times.totalNanoseconds >= UInt64(RaftDriver.slowReadyMilliseconds) * 1_000_000 {
+                            logger.warning("a registry entry took long to apply", metadata: [
+                                "raft.index": "\(entry.index)", "raft.entry_bytes": "\(entry.data.count)",
+                                "catalog.memory_ms": "\(times.decodeAndMemoryNanoseconds / 1_000_000)",
+                                "catalog.database_ms": "\(times.databaseNanoseconds / 1_000_000)",
+                                "catalog.observers_ms": "\(times.observersNanoseconds / 1_000_000)"])
+                        }
                     } else {
                         try kv.apply(entry)
                         switch try? KVCommand(decoding: entry.data) {

@@ -121,6 +121,16 @@ public final class Catalog: @unchecked Sendable {
 
     public var appliedIndex: UInt64 { lock.withLock { applied } }
 
+    /// Where the last `apply` spent its time (read on the applying thread, to explain a slow one).
+    public struct ApplyTimes: Sendable {
+        public var decodeAndMemoryNanoseconds: UInt64
+        public var databaseNanoseconds: UInt64
+        public var observersNanoseconds: UInt64
+        public var totalNanoseconds: UInt64 { decodeAndMemoryNanoseconds + databaseNanoseconds + observersNanoseconds }
+    }
+    /// Set by `apply` on the applying thread only.
+    public private(set) var lastApplyTimes = ApplyTimes(decodeAndMemoryNanoseconds: 0, databaseNanoseconds: 0, observersNanoseconds: 0)
+
     /// `observer` is called after every entry that changed something, on the applying thread,
     /// with the change and the new state. It must return quickly (hand work to another thread).
     public func observe(_ observer: @escaping @Sendable (CatalogChange, CatalogState) -> Void) {
@@ -132,6 +142,7 @@ public final class Catalog: @unchecked Sendable {
     @discardableResult
     public func apply(index: UInt64, data: [UInt8]) throws(StoreError) -> CatalogChange? {
         guard index > lock.withLock({ applied }) else { return nil }
+        let started = DispatchTime.now().uptimeNanoseconds
         let command = try? CatalogCommand(decoding: data)
         // Mutated in place under the lock: a copy is made only if a reader still holds one.
         // Memory goes first: if the transaction below fails the process stops (ClusterRuntime)
@@ -143,6 +154,7 @@ public final class Catalog: @unchecked Sendable {
             return (result, current, self.observers)
         }
         let mutations = result?.0 ?? []
+        let inMemory = DispatchTime.now().uptimeNanoseconds
         do {
             try database.transaction { () throws(StoreError) in
                 for mutation in mutations { try write(mutation) }
@@ -152,6 +164,12 @@ public final class Catalog: @unchecked Sendable {
             throw error
         } catch {
             preconditionFailure("unexpected error \(error)")
+        }
+        let stored = DispatchTime.now().uptimeNanoseconds
+        defer {
+            let now = DispatchTime.now().uptimeNanoseconds
+            lastApplyTimes = ApplyTimes(decodeAndMemoryNanoseconds: inMemory - started, databaseNanoseconds: stored - inMemory,
+                                        observersNanoseconds: now - stored)
         }
         guard let change = result?.1, !mutations.isEmpty else { return nil }
         for observer in observers { observer(change, state) }
