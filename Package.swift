@@ -52,6 +52,7 @@ let package = Package(
         .target(name: "Registry", dependencies: [
             "Store", "DNSWire", "DNSZone",
             .product(name: "HashTreeCollections", package: "swift-collections"),
+            .product(name: "Atomics", package: "swift-atomics"),
         ]),
         .target(
             name: "Health",

@@ -1,3 +1,4 @@
+import Atomics
 import Foundation
 import Store
 
@@ -8,13 +9,28 @@ import Store
 /// resumes exactly: entries at or below it, replayed by the Raft core, are skipped. The database
 /// may use `synchronous=NORMAL` (DESIGN.md): it can be rebuilt from the log and a snapshot.
 public final class Catalog: @unchecked Sendable {
-    // @unchecked: `current`, `applied` and `observers` are guarded by `lock`; the database and
-    // its statements are used only by `apply` (the Raft driver's loop) and `init`.
+    // @unchecked: `current`, `applied`, the database and its statements are used only by the
+    // applying thread (the Raft driver's loop) and `init`; `observers` is guarded by `lock`.
 
     private let database: Database
+    /// Guards `observers`.
     private let lock = NSLock()
+    /// The applier's own copy (the Raft thread's, and `init`'s): mutated in place, then
+    /// published whole. Readers never take a lock the applier needs: a reader preempted while
+    /// holding one (the API's threads run at nice +10) once held the Raft thread for 2 s.
     private var current = CatalogState()
     private var applied: UInt64 = 0
+    /// What readers see: `current` and `applied` as of the last apply, swapped in atomically.
+    private let published = ManagedAtomic(Published(state: CatalogState(), applied: 0))
+
+    private final class Published: AtomicReference, Sendable {
+        let state: CatalogState
+        let applied: UInt64
+        init(state: CatalogState, applied: UInt64) {
+            self.state = state
+            self.applied = applied
+        }
+    }
     private var observers: [@Sendable (CatalogChange, CatalogState) -> Void] = []
     private let putNode, removeNode, putService, removeService, putCheck, removeCheck, putServiceIndex, putMeta: Statement
     private let clearCheckRunners, putCheckRunner: Statement
@@ -110,16 +126,15 @@ public final class Catalog: @unchecked Sendable {
             appliedIndex = int(row[0])
             state.load(index: int(row[1]), nodesIndex: int(row[2]))
         }
-        lock.withLock {
-            current = state
-            applied = appliedIndex
-        }
+        current = state
+        applied = appliedIndex
+        published.store(Published(state: state, applied: appliedIndex), ordering: .releasing)
     }
 
-    /// The catalog as of the last applied entry; a cheap copy-on-write value.
-    public var state: CatalogState { lock.withLock { current } }
+    /// The catalog as of the last applied entry; a cheap copy (its tables share structure).
+    public var state: CatalogState { published.load(ordering: .acquiring).state }
 
-    public var appliedIndex: UInt64 { lock.withLock { applied } }
+    public var appliedIndex: UInt64 { published.load(ordering: .acquiring).applied }
 
     /// Where the last `apply` spent its time (read on the applying thread, to explain a slow one).
     public struct ApplyTimes: Sendable {
@@ -141,18 +156,17 @@ public final class Catalog: @unchecked Sendable {
     /// changed, or nil if nothing did. A malformed entry is a no-op on every server alike.
     @discardableResult
     public func apply(index: UInt64, data: [UInt8]) throws(StoreError) -> CatalogChange? {
-        guard index > lock.withLock({ applied }) else { return nil }
+        guard index > applied else { return nil }
         let started = DispatchTime.now().uptimeNanoseconds
         let command = try? CatalogCommand(decoding: data)
-        // Mutated in place under the lock: a copy is made only if a reader still holds one.
+        // Mutated in place: the tables copy only the paths a reader's copy still shares.
         // Memory goes first: if the transaction below fails the process stops (ClusterRuntime)
         // and memory is rebuilt from registry.db and the log at the next start.
-        let (result, state, observers) = lock.withLock {
-            () -> (([Mutation], CatalogChange)?, CatalogState, [@Sendable (CatalogChange, CatalogState) -> Void]) in
-            let result = command.map { current.apply($0, at: index) }
-            applied = index
-            return (result, current, self.observers)
-        }
+        let result = command.map { current.apply($0, at: index) }
+        applied = index
+        let state = current
+        published.store(Published(state: state, applied: index), ordering: .releasing)
+        let observers = lock.withLock { self.observers }
         let mutations = result?.0 ?? []
         let inMemory = DispatchTime.now().uptimeNanoseconds
         do {
