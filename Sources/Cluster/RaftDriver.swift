@@ -442,12 +442,18 @@ public final class RaftDriver: @unchecked Sendable {
         while stoppedReason == nil && node.hasReady {
             let ready = node.ready()
             let started = NIODeadline.now()
+            // Only the commit index moved: nothing to make durable (etcd's MustSync). The commit
+            // index is volatile state (Raft §5, Figure 2): one stored lower than it was is safe,
+            // the leader tells it again and the state machines skip what they applied. Under
+            // load this spares an fsync per heartbeat round on every follower.
+            let mustSync = !ready.entries.isEmpty || ready.snapshot != nil
+                || ready.hardState.map { $0.term != processor.durableTerm || $0.vote != processor.durableVote } ?? false
             // The contract's order is ReadyProcessor's, shared with the simulator.
             var effects = DriverEffects(driver: self)
             let later = processor.begin(ready, &effects)
             // 1. Persist: nothing below may happen before this is durable.
             do throws(RaftStorageError) {
-                try storage.save(ready)
+                if mustSync { try storage.save(ready) }
             } catch {
                 // The environment failed; this server must not act on state it could not keep.
                 logger.critical("Raft storage failed; this server stops taking part", metadata: ["raft.error": "\(error)"])

@@ -132,6 +132,12 @@ public final class RaftStorage {
         } catch {
             throw RaftStorageError(path: path, message: "cannot read the Raft log", underlying: error as? StoreError)
         }
+        // The commit index is stored only with writes that are synced anyway (RaftDriver: a
+        // Ready that only moves it writes nothing), so it may lag what was committed; a
+        // snapshot's index was committed by definition.
+        if let snapshot = state.snapshot, state.hardState.commit < snapshot.index {
+            state.hardState.commit = snapshot.index
+        }
         let lastIndex = state.entries.last?.index ?? state.snapshot?.index ?? .zero
         guard state.hardState.commit <= lastIndex else {
             throw corrupt("commit index \(state.hardState.commit) is beyond the last entry \(lastIndex)")
