@@ -3,6 +3,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -275,6 +276,13 @@ int disco_thread_lower_priority(int increment) {
     if (target > 19) target = 19;
     pid_t tid = (pid_t)syscall(SYS_gettid);
     if (setpriority(PRIO_PROCESS, (id_t)tid, target) != 0) return -errno;
+    return 0;
+}
+
+int disco_thread_set_idle_policy(void) {
+    struct sched_param param = { .sched_priority = 0 };
+    pid_t tid = (pid_t)syscall(SYS_gettid);
+    if (sched_setscheduler(tid, SCHED_IDLE, &param) != 0) return -errno;
     return 0;
 }
 

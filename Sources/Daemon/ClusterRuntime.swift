@@ -39,7 +39,7 @@ final class ClusterRuntime {
          onCatalogChange: @escaping @Sendable (CatalogChange, CatalogState) -> Void) throws(StartError) {
         let id = NodeID(rawValue: config.raftNodeID)
         self.logger = logger
-        lowerPriority(of: group, by: config.dnsBackgroundNice, logger: logger)
+        lowerPriority(of: group, to: config.backgroundPriority, logger: logger)
         raftGroup.next().execute { disco_thread_set_name("disco-raft") }
         do {
             try FileManager.default.createDirectory(atPath: config.dataDirectory, withIntermediateDirectories: true)
@@ -126,7 +126,7 @@ final class ClusterRuntime {
         self.health = health
         // The checker's loop is write path too: with 41,000 checks its ownership passes on every
         // catalog change took the CPU from the DNS workers and from Raft (elections) at nice 0.
-        if let health { lowerPriority(of: health.group, by: config.dnsBackgroundNice, logger: logger) }
+        if let health { lowerPriority(of: health.group, to: config.backgroundPriority, logger: logger) }
         let directory = ClusterDirectory(raft: founding.mapValues(\.raft), http: founding.mapValues(\.http))
         // Joined servers' addresses are replicated; the driver tells the transport and the API.
         driver.learnServers(founding)
@@ -186,18 +186,27 @@ extension Catalog: SnapshotParticipant {
     public func restoreSnapshot(_ data: [UInt8], appliedIndex: UInt64) throws { try restore(image: data, appliedIndex: appliedIndex) }
 }
 
-/// Runs every thread of `group` `increment` nice levels below the process (the DNS workers):
-/// see `Configuration.dnsBackgroundNice`.
-func lowerPriority(of group: MultiThreadedEventLoopGroup, by increment: Int, logger: Logger) {
-    guard increment > 0 else { return }
+/// How far below the DNS workers the write path's threads run (`dns.background_nice`,
+/// `dns.background_idle`).
+struct BackgroundPriority: Sendable {
+    var nice: Int
+    var idle: Bool
+}
+
+/// Runs every thread of `group` below the process (the DNS workers): see
+/// `Configuration.dnsBackgroundNice`.
+func lowerPriority(of group: MultiThreadedEventLoopGroup, to priority: BackgroundPriority, logger: Logger) {
     for loop in group.makeIterator() {
-        loop.execute { lowerCurrentThreadPriority(by: increment, logger: logger) }
+        loop.execute { lowerCurrentThreadPriority(to: priority, logger: logger) }
     }
 }
 
-func lowerCurrentThreadPriority(by increment: Int, logger: Logger) {
-    guard increment > 0 else { return }
-    let result = disco_thread_lower_priority(Int32(increment))
+func lowerCurrentThreadPriority(to priority: BackgroundPriority, logger: Logger) {
+    if priority.idle, disco_thread_set_idle_policy() < 0 {
+        logger.warning("cannot run a write-path thread as SCHED_IDLE; it is only niced")
+    }
+    guard priority.nice > 0 else { return }
+    let result = disco_thread_lower_priority(Int32(priority.nice))
     if result < 0 {
         logger.warning("cannot lower a write-path thread's priority; it competes with DNS answering as an equal",
                        metadata: ["errno": "\(-result)"])

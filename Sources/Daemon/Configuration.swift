@@ -75,6 +75,14 @@ public struct Configuration: Sendable, Equatable {
     /// view rebuilds), as a nice increment: under a registration storm the CPU goes to answering
     /// first. The Raft thread stays at the workers' priority (ClusterRuntime). 0: every thread alike.
     public var dnsBackgroundNice: Int = Configuration.dnsBackgroundNiceDefault
+    /// The write path's threads (those `dnsBackgroundNice` lowers) also run as SCHED_IDLE: only
+    /// on CPU no normal thread wants, preempted at once when a DNS worker wakes. Off by default:
+    /// under a DNS flood that fills every CPU, the HTTP API and health checks would get almost
+    /// none (at nice +10 they keep about a tenth), while Raft's thread is never lowered.
+    public var dnsBackgroundIdle = false
+
+    /// How the write path's threads are lowered below the DNS workers.
+    var backgroundPriority: BackgroundPriority { BackgroundPriority(nice: dnsBackgroundNice, idle: dnsBackgroundIdle) }
     /// How a service answer's records are ordered per query (shuffle, round_robin, fixed).
     public var dnsSelection: SelectionPolicy = .shuffle
     /// A name with fewer healthy instances than this percentage answers with all of them.
@@ -455,6 +463,11 @@ public struct Configuration: Sendable, Equatable {
                 return "expected an integer from 0 to \(dnsBackgroundNiceMax)"
             }
             config.dnsBackgroundNice = n
+            return nil
+        },
+        Key(name: "dns.background_idle") { config, value in
+            guard case .boolean(let on) = value else { return "expected true or false" }
+            config.dnsBackgroundIdle = on
             return nil
         },
         Key(name: "health.enabled") { config, value in

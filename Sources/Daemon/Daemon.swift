@@ -120,7 +120,7 @@ public final class DiscoDaemon: @unchecked Sendable {
                     nameServerAddresses: [config.effectiveNodeAddress], panicThresholdPercent: config.dnsPanicThresholdPercent,
                     slowStartSeconds: UInt32(config.dnsSlowStartSeconds), recordsMax: config.dnsARecordLimit)
                 let publisher = ServiceViewPublisher(catalog: cluster.catalog, config: viewConfig, composer: composer,
-                                                     nice: config.dnsBackgroundNice, logger: logger)
+                                                     nice: config.backgroundPriority, logger: logger)
                 box.publisher = publisher
                 servicePublisher = publisher
                 publisher.changed()

@@ -66,10 +66,10 @@ final class ServiceViewPublisher: @unchecked Sendable {
     /// Services below their panic threshold in the last View built (any thread).
     var servicesInPanic: Int { lock.withLock { panicking } }
 
-    /// Nice increment of the rebuilding thread (`Configuration.dnsBackgroundNice`).
-    private let nice: Int
+    /// How far below the DNS workers the rebuilding thread runs (`Configuration.dnsBackgroundNice`).
+    private let nice: BackgroundPriority
 
-    init(catalog: Catalog, config: ServiceViewConfig, composer: ViewComposer, nice: Int, logger: Logger) {
+    init(catalog: Catalog, config: ServiceViewConfig, composer: ViewComposer, nice: BackgroundPriority, logger: Logger) {
         self.catalog = catalog
         self.nice = nice
         self.builder = ServiceViewBuilder(config: config)
@@ -92,7 +92,7 @@ final class ServiceViewPublisher: @unchecked Sendable {
 
     private func run() {
         // Dispatch pools its threads: lower whichever one this is, each time.
-        lowerCurrentThreadPriority(by: nice, logger: logger)
+        lowerCurrentThreadPriority(to: nice, logger: logger)
         var restNanoseconds: UInt64 = 0
         while lock.withLock({ () -> Bool in
             if !dirty { running = false }

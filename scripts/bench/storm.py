@@ -25,7 +25,8 @@ target is missed, 0 when all are met.
 Placement (2 cores): no CPU pinning. The servers run their write path `dns.background_nice`
 levels below their DNS workers; the load generator runs at the same nice +10 (the agents are
 other machines: their CPU should not be taken from the servers' DNS); dnsperf at nice 0 as a
-resolver would. `--pin` instead puts the leader and the load generator on CPU 1 and the
+resolver on the same host would (`--dnsperf-nice -10`: as resolvers on other machines, whose
+scheduling delay is not the servers'). `--pin` instead puts the leader and the load generator on CPU 1 and the
 followers and the dnsperfs on CPU 0.
 
     scripts/bench/storm.sh [--agents 41000] [--connections 256] [--dns-rate 2000]
@@ -274,6 +275,8 @@ def main():
                         help="a 429's agent waits Retry-After x [1, 1 + this) (default 0: the server's jitter only)")
     parser.add_argument("--phase-seconds-max", type=float, default=240, help="a phase gives up after this long")
     parser.add_argument("--pin", action="store_true", help="leader + load on CPU 1, followers + dnsperf on CPU 0")
+    parser.add_argument("--dnsperf-nice", type=int, default=0,
+                        help="run dnsperf at this nice (e.g. -10: as resolvers on other machines, whose CPU the servers do not share; needs root)")
     parser.add_argument("--keep", action="store_true", help="keep the servers' data and logs")
     parser.add_argument("--load", help=argparse.SUPPRESS)  # internal: run one phase against these HTTP ports
     parser.add_argument("--phase", help=argparse.SUPPRESS)
@@ -296,13 +299,13 @@ def main():
         names = os.path.join(root, "names.txt")
         with open(names, "w") as f:
             f.write("ns.chaos.test A\nweb.service.disco A\n")
-        dns_prefix = []
+        dns_prefix = ["nice", "-n", str(args.dnsperf_nice)] if args.dnsperf_nice else []
         if args.pin:
             pin(leader.process.pid, "1")
             for node in followers:
                 pin(node.process.pid, "0")
             os.sched_setaffinity(0, {1})
-            dns_prefix = ["taskset", "-c", "0"]
+            dns_prefix += ["taskset", "-c", "0"]
         # Wait until every server's DNS answers web (the registration has applied everywhere).
         for node in cluster.nodes:
             deadline = time.time() + 10

@@ -52,6 +52,9 @@ socklen_t disco_parse_address(const char *host, uint16_t port, struct sockaddr_s
 int disco_format_address(const struct sockaddr *address, char *out, size_t capacity);
 
 /// Names the calling thread for the kernel (`top -H`, /proc/.../comm): at most 15 bytes.
+/// Puts the calling thread in SCHED_IDLE: it runs when no normal thread wants the CPU, and a
+/// normal thread that wakes preempts it at once. Returns 0, or -errno.
+int disco_thread_set_idle_policy(void);
 void disco_thread_set_name(const char *name);
 
 /// Lowers the calling thread's scheduling priority: its nice value becomes the process's
