@@ -165,6 +165,9 @@ public final class RaftDriver: @unchecked Sendable {
 
     public func start() {
         loop.execute {
+            // The only voter need not wait out an election timeout to find nobody else
+            // (`discod --dev` accepted writes only after about 0.6 s; issue 15).
+            if self.node.membership.voters == [self.node.id] { self.event { $0.campaign() } }
             self.ticker = self.loop.scheduleRepeatedTask(initialDelay: self.tick, delay: self.tick) { _ in
                 self.event { $0.tick() }
                 self.startReadRound()

@@ -175,7 +175,7 @@ public struct Configuration: Sendable, Equatable {
         dnsTCPConnectionsMax: ClientLimits.TCP.connectionsMaxDefault,
         dnsTCPIdleTimeoutSeconds: ClientLimits.TCP.idleTimeoutSecondsDefault,
         dnsMinimalResponses: false,
-        zonesDirectory: "/etc/disco/zones",
+        zonesDirectory: Configuration.zonesDirectoryDefault,
         dnsDomain: "disco.",
         dnsServiceTTLSeconds: Int(ServiceViewConfig.serviceTTLSecondsDefault),
         dnsNodeTTLSeconds: Int(ServiceViewConfig.nodeTTLSecondsDefault),
@@ -210,6 +210,9 @@ public struct Configuration: Sendable, Equatable {
     /// Nice +10: CFS then gives a busy DNS worker about 90% of a core it shares with a busy
     /// write-path thread, while the write path still gets the rest (heartbeats need little).
     public static let dnsBackgroundNiceDefault = 10
+    /// Where zone files are read from unless configured; a server without it serves the
+    /// registry only.
+    public static let zonesDirectoryDefault = "/etc/disco/zones"
     /// Linux's lowest priority is nice 19; a larger increment would mean the same.
     public static let dnsBackgroundNiceMax = 19
 

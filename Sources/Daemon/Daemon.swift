@@ -60,12 +60,16 @@ public final class DiscoDaemon: @unchecked Sendable {
 
     /// Loads zones and binds every socket. Throws with an exit code and nothing left bound.
     public func start() throws(StartError) {
-        do throws(ZoneError) {
-            let result = try ZoneDirectory.load(path: config.zonesDirectory)
-            report(result)
-            zones = result.zones
-        } catch {
-            throw StartError(code: .ioError, message: error.description)
+        if servesNoZoneFiles {
+            logger.notice("no zone directory at \(config.zonesDirectory): serving the registry only (--zones or dns.zones names one)")
+        } else {
+            do throws(ZoneError) {
+                let result = try ZoneDirectory.load(path: config.zonesDirectory)
+                report(result)
+                zones = result.zones
+            } catch {
+                throw StartError(code: .ioError, message: error.description)
+            }
         }
         composer.publish(fileZones: zones)
 
@@ -167,9 +171,20 @@ public final class DiscoDaemon: @unchecked Sendable {
         }
     }
 
+    /// The default zone directory does not exist: a registry-only server needs none (issue 15:
+    /// it exited with 74 until an empty directory was made for it). A directory named by the
+    /// configuration must exist.
+    private var servesNoZoneFiles: Bool {
+        config.zonesDirectory == Configuration.zonesDirectoryDefault && !FileManager.default.fileExists(atPath: config.zonesDirectory)
+    }
+
     /// Reloads the zone directory: changed zones are swapped in whole; a zone that fails keeps
     /// its previous version and the error is logged.
     public func reload() {
+        guard !servesNoZoneFiles else {
+            logger.notice("no zone directory at \(config.zonesDirectory); nothing to reload")
+            return
+        }
         _ = disco_sd_notify("RELOADING=1")
         do throws(ZoneError) {
             let result = try ZoneDirectory.load(path: config.zonesDirectory, previous: zones)

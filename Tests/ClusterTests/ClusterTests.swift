@@ -33,7 +33,7 @@ struct ClusterTests {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("disco-cluster-\(UUID().uuidString)")
         var servers: [Server] = []
 
-        init(size: Int) throws {
+        init(size: Int, tickMilliseconds: Int64 = RaftDriver.tickMillisecondsDefault) throws {
             try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
             let ids = (1...size).map { NodeID(rawValue: UInt64($0)) }
             var logger = Logger(label: "test")
@@ -49,7 +49,7 @@ struct ClusterTests {
                 let storage = try RaftStorage(path: directory.appendingPathComponent("raft-\(id).db").path)
                 let applied = server.applied
                 server.driver = try RaftDriver(config: config, storage: storage, transport: transport, loop: group.next(),
-                                               logger: logger) { applied.append($0.data) }
+                                               tickMilliseconds: tickMilliseconds, logger: logger) { applied.append($0.data) }
                 box.driver = server.driver
                 servers.append(server)
             }
@@ -105,6 +105,15 @@ struct ClusterTests {
     /// A herd of reads shares ReadIndex rounds: a thousand reads at once on the leader and on a
     /// follower all return, in far fewer rounds than reads, and each sees every write that was
     /// acknowledged before it was asked.
+    /// The only voter campaigns as it starts: with ticks of 10 s it would otherwise wait out an
+    /// election timeout of 10 or more ticks (more than 100 s) before accepting a write.
+    @Test func aSoleVoterLeadsWithoutWaitingOutAnElectionTimeout() throws {
+        let cluster = try Cluster(size: 1, tickMilliseconds: 10_000)
+        let leader = try cluster.leader(among: cluster.servers, seconds: 5)
+        _ = try leader.driver.propose(Array("first".utf8)).wait()
+        #expect(cluster.waitApplied(cluster.servers, count: 1, seconds: 5))
+    }
+
     @Test func concurrentReadsShareReadIndexRounds() throws {
         let cluster = try Cluster(size: 3)
         let leader = try cluster.leader(among: cluster.servers)

@@ -128,6 +128,22 @@ struct ProcessTests {
         #expect(DNSClient.isClosedByPeer(third))
     }
 
+    /// Without `--zones` and without the default /etc/disco/zones, discod starts and serves no
+    /// zone files (a registry-only server); a zone directory that is named but missing is an
+    /// error (74), as before.
+    @Test func aMissingDefaultZoneDirectoryIsNotAnError() throws {
+        try #require(!FileManager.default.fileExists(atPath: "/etc/disco/zones"), "this machine has /etc/disco/zones")
+        let daemon = try DiscodProcess(arguments: ["--dns", "127.0.0.1:0", "--workers", "1"])
+        defer { daemon.stop() }
+        try daemon.waitForStart()
+        #expect(daemon.stderr.contains("serving the registry only"), "\(daemon.stderr)")
+        let answer = try DNSClient.udp(Message.query(try DomainName("www.example.test."), .a), port: daemon.port)
+        #expect(answer.rcode == .refused)
+
+        let named = try DiscodProcess(arguments: ["--zones", "/nonexistent/disco-zones", "--dns", "127.0.0.1:0"])
+        #expect(named.waitForExit() == 74)
+    }
+
     @Test func configurationErrorsNameFileLineAndKey() throws {
         let directory = try TemporaryDirectory()
         try directory.write("bad.toml", "[dns]\nworkers = 2\nlisten = [\"127.0.0.1:99999\"]\n")
