@@ -159,8 +159,11 @@ public final class Answerer {
         var edns: ClientEDNS?
         var formErr = false
         do throws(WireError) {
-            for _ in 0..<(Int(ancount) + Int(nscount)) { try skipRecord(&reader) }
-            for _ in 0..<arcount {
+            for _ in 0..<(Int(ancount) + Int(nscount)) where !formErr {
+                // RFC 6891 §6.1.1: an OPT anywhere but the additional section is malformed.
+                if try skipRecord(&reader) == RRType.opt.rawValue { formErr = true }
+            }
+            for _ in 0..<arcount where !formErr {
                 let ownerAt = reader.offset
                 try reader.skipName()
                 let ownerIsRoot = reader.offset - ownerAt == 1
@@ -168,11 +171,15 @@ public final class Answerer {
                 let rrClass = try reader.u16()
                 let ttl = try reader.u32()
                 let length = Int(try reader.u16())
-                try reader.skip(length)
-                if type == RRType.opt.rawValue {
-                    guard edns == nil, ownerIsRoot else { formErr = true; break }
-                    edns = ClientEDNS(payload: rrClass, version: UInt8((ttl >> 16) & 0xFF), dnssecOK: ttl & 0x8000 != 0)
+                guard type == RRType.opt.rawValue else {
+                    try reader.skip(length)
+                    continue
                 }
+                guard edns == nil, ownerIsRoot, try Self.skipOptions(&reader, rdataLength: length) else {
+                    formErr = true
+                    break
+                }
+                edns = ClientEDNS(payload: rrClass, version: UInt8((ttl >> 16) & 0xFF), dnssecOK: ttl & 0x8000 != 0)
             }
         } catch {
             formErr = true
@@ -780,10 +787,29 @@ public final class Answerer {
         case notSupported = 21
     }
 
-    private func skipRecord(_ reader: inout WireReader) throws(WireError) {
+    /// Skips one resource record; returns its type.
+    private func skipRecord(_ reader: inout WireReader) throws(WireError) -> UInt16 {
         try reader.skipName()
-        try reader.skip(8)
+        let type = try reader.u16()
+        try reader.skip(6)
         let length = Int(try reader.u16())
         try reader.skip(length)
+        return type
+    }
+
+    /// Skips an OPT record's options (code, length, data each); false when one runs past the
+    /// record's RDLENGTH (RFC 6891 §6.1.2: FORMERR).
+    private static func skipOptions(_ reader: inout WireReader, rdataLength: Int) throws(WireError) -> Bool {
+        var remaining = rdataLength
+        while remaining > 0 {
+            guard remaining >= 4 else { return false }
+            _ = try reader.u16()
+            let length = Int(try reader.u16())
+            remaining -= 4
+            guard length <= remaining else { return false }
+            try reader.skip(length)
+            remaining -= length
+        }
+        return true
     }
 }
