@@ -15,14 +15,14 @@ import Registry
 /// commands in order in one transaction (`CatalogCommand.batch`), each as it would alone: a
 /// command never fails because another in its batch did, and every one is answered with the
 /// batch's index.
-final class ProposalBatcher: @unchecked Sendable {
+package final class ProposalBatcher: @unchecked Sendable {
     // @unchecked: `open` and `flushScheduled` are touched only on `loop`.
 
     /// Commands in one batch entry (the decoder's and the health checker's limit).
-    static let commandsMax = CatalogCommand.batchCommandsMax
+    package static let commandsMax = CatalogCommand.batchCommandsMax
     /// Encoded bytes of the commands in one batch entry: well under the append message limit
     /// (`RaftConfig.appendMessageBytesMaxDefault`, 1 MiB), so a batch never travels alone.
-    static let bytesMax = 256 << 10
+    package static let bytesMax = 256 << 10
 
     private struct Waiting {
         var command: CatalogCommand
@@ -37,23 +37,28 @@ final class ProposalBatcher: @unchecked Sendable {
     private var flushScheduled = false
     private let counters = NIOLockedValueBox(BatchCounters())
 
-    struct BatchCounters: Sendable, Equatable {
+    package struct BatchCounters: Sendable, Equatable {
         /// Log entries proposed, and the writes they carried.
-        var entries = 0
-        var commands = 0
+        package var entries = 0
+        package var commands = 0
+
+        package init(entries: Int = 0, commands: Int = 0) {
+            self.entries = entries
+            self.commands = commands
+        }
     }
 
     /// - Parameter propose: the driver's `propose` (one entry).
-    init(loop: EventLoop, propose: @escaping @Sendable ([UInt8]) -> EventLoopFuture<LogIndex>) {
+    package init(loop: EventLoop, propose: @escaping @Sendable ([UInt8]) -> EventLoopFuture<LogIndex>) {
         self.loop = loop
         self.propose = propose
     }
 
-    var batchCounters: BatchCounters { counters.withLockedValue { $0 } }
+    package var batchCounters: BatchCounters { counters.withLockedValue { $0 } }
 
     /// Proposes `command` in the next batch entry; the future gives that entry's index once it
     /// applied, or the entry's failure.
-    func submit(_ command: CatalogCommand) -> EventLoopFuture<LogIndex> {
+    package func submit(_ command: CatalogCommand) -> EventLoopFuture<LogIndex> {
         let encoded = command.encoded
         return loop.flatSubmit {
             let promise = self.loop.makePromise(of: LogIndex.self)
