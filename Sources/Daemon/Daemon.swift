@@ -58,6 +58,10 @@ public final class DiscoDaemon: @unchecked Sendable {
     public var udpAddresses: [ListenAddress] { udp?.boundAddresses ?? [] }
     public var tcpAddresses: [ListenAddress] { tcp?.boundAddresses ?? [] }
 
+    /// How long start-up waits for the registry's first DNS view before opening DNS anyway (a
+    /// catalog of 41,000 instances builds in well under a second).
+    static let firstViewTimeoutSeconds: Double = 30
+
     /// Loads zones and binds every socket. Throws with an exit code and nothing left bound.
     public func start() throws(StartError) {
         if servesNoZoneFiles {
@@ -72,6 +76,47 @@ public final class DiscoDaemon: @unchecked Sendable {
             }
         }
         composer.publish(fileZones: zones)
+
+        // The cluster first: its registry view is published before any DNS socket opens.
+        if config.clusterEnabled {
+            do throws(StartError) {
+                final class PublisherBox: @unchecked Sendable { var publisher: ServiceViewPublisher? }
+                let box = PublisherBox()
+                let limits = clientLimits
+                let cluster = try ClusterRuntime(config: config, logger: logger, extraMetrics: { [weak self] in
+                    Self.metricLines(limits.counters) + (self?.dnsMetrics().flatMap(\.lines) ?? [])
+                }) { change, _ in
+                    box.publisher?.changed(change)
+                }
+                self.cluster = cluster
+                let domain: DomainName
+                do { domain = try DomainName(config.dnsDomain) } catch { preconditionFailure("dns.domain was validated: \(error)") }
+                if zones.contains(where: { $0.origin == domain }) {
+                    logger.warning("the zone file for \(domain) is hidden by the registry, which answers that domain")
+                }
+                let viewConfig = ServiceViewConfig(
+                    domain: domain, serviceTTLSeconds: UInt32(config.dnsServiceTTLSeconds),
+                    nodeTTLSeconds: UInt32(config.dnsNodeTTLSeconds), negativeTTLSeconds: UInt32(config.dnsNegativeTTLSeconds),
+                    onlyPassing: config.dnsOnlyPassing,
+                    nameServerAddresses: [config.effectiveNodeAddress], panicThresholdPercent: config.dnsPanicThresholdPercent,
+                    slowStartSeconds: UInt32(config.dnsSlowStartSeconds), recordsMax: config.dnsARecordLimit)
+                let publisher = ServiceViewPublisher(catalog: cluster.catalog, config: viewConfig, composer: composer,
+                                                     nice: config.backgroundPriority, logger: logger)
+                box.publisher = publisher
+                servicePublisher = publisher
+                // The registry's names are answered from the first view, never REFUSED: the
+                // DNS sockets open only once it is published (issue 15: a restarted server
+                // answered REFUSED for service names for a few milliseconds).
+                publisher.changed()
+                if !publisher.waitForFirstView(timeoutSeconds: Self.firstViewTimeoutSeconds) {
+                    logger.warning("the registry's first DNS view is not ready; serving DNS without it meanwhile")
+                }
+                logger.info("raft server \(config.raftNodeID) \(config.raftJoin.map { "joining through \($0)" } ?? "of \(config.raftServers.count)") on \(config.raftListen.host):\(cluster.raftPort); HTTP API on \(config.httpListen.host):\(cluster.httpPort); data in \(config.dataDirectory)")
+            } catch {
+                stop()
+                throw error
+            }
+        }
 
         let limits = clientLimits
         let selection = SelectionOptions(policy: config.dnsSelection, ttlJitterPercent: config.dnsTTLJitterPercent)
@@ -100,40 +145,6 @@ public final class DiscoDaemon: @unchecked Sendable {
         }
         self.udp = udp
         self.group = group
-
-        if config.clusterEnabled {
-            do throws(StartError) {
-                final class PublisherBox: @unchecked Sendable { var publisher: ServiceViewPublisher? }
-                let box = PublisherBox()
-                let limits = clientLimits
-                let cluster = try ClusterRuntime(config: config, logger: logger, extraMetrics: { [weak self] in
-                    Self.metricLines(limits.counters) + (self?.dnsMetrics().flatMap(\.lines) ?? [])
-                }) { change, _ in
-                    box.publisher?.changed(change)
-                }
-                self.cluster = cluster
-                let domain: DomainName
-                do { domain = try DomainName(config.dnsDomain) } catch { preconditionFailure("dns.domain was validated: \(error)") }
-                if zones.contains(where: { $0.origin == domain }) {
-                    logger.warning("the zone file for \(domain) is hidden by the registry, which answers that domain")
-                }
-                let viewConfig = ServiceViewConfig(
-                    domain: domain, serviceTTLSeconds: UInt32(config.dnsServiceTTLSeconds),
-                    nodeTTLSeconds: UInt32(config.dnsNodeTTLSeconds), negativeTTLSeconds: UInt32(config.dnsNegativeTTLSeconds),
-                    onlyPassing: config.dnsOnlyPassing,
-                    nameServerAddresses: [config.effectiveNodeAddress], panicThresholdPercent: config.dnsPanicThresholdPercent,
-                    slowStartSeconds: UInt32(config.dnsSlowStartSeconds), recordsMax: config.dnsARecordLimit)
-                let publisher = ServiceViewPublisher(catalog: cluster.catalog, config: viewConfig, composer: composer,
-                                                     nice: config.backgroundPriority, logger: logger)
-                box.publisher = publisher
-                servicePublisher = publisher
-                publisher.changed()
-                logger.info("raft server \(config.raftNodeID) \(config.raftJoin.map { "joining through \($0)" } ?? "of \(config.raftServers.count)") on \(config.raftListen.host):\(cluster.raftPort); HTTP API on \(config.httpListen.host):\(cluster.httpPort); data in \(config.dataDirectory)")
-            } catch {
-                stop()
-                throw error
-            }
-        }
 
         let origins = zones.map(\.origin.description).joined(separator: ", ")
         logLimits()

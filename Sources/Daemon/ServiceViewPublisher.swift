@@ -90,6 +90,17 @@ final class ServiceViewPublisher: @unchecked Sendable {
         if start { queue.async { self.run() } }
     }
 
+    private let firstView = DispatchSemaphore(value: 0)
+    private var published = false
+
+    /// Waits until the first rebuild has published a view (true), or `timeoutSeconds` passed.
+    func waitForFirstView(timeoutSeconds: Double) -> Bool {
+        if lock.withLock({ published }) { return true }
+        guard firstView.wait(timeout: .now() + timeoutSeconds) == .success else { return false }
+        firstView.signal()  // for any other waiter
+        return true
+    }
+
     private func run() {
         // Dispatch pools its threads: lower whichever one this is, each time.
         lowerCurrentThreadPriority(to: nice, logger: logger)
@@ -113,13 +124,20 @@ final class ServiceViewPublisher: @unchecked Sendable {
                 composer.publish(serviceZone: try builder.zone(from: state, changed: changed,
                                                                nowMilliseconds: disco_monotonic_milliseconds()))
                 let panicking = builder.servicesInPanic
-                lock.withLock { self.panicking = panicking }
+                let first = lock.withLock { () -> Bool in
+                    self.panicking = panicking
+                    defer { published = true }
+                    return !published
+                }
+                if first { firstView.signal() }
                 logger.debug("registry view rebuilt", metadata: [
                     "catalog.index": "\(state.index)",
                     "dns.rebuild_microseconds": "\((DispatchTime.now().uptimeNanoseconds - started) / 1000)"])
             } catch {
                 logger.error("the registry's DNS view could not be built; answering from the previous one",
                              metadata: ["dns.error": "\(error)", "catalog.index": "\(state.index)"])
+                // Start-up waits for a first attempt, not for a success.
+                if lock.withLock({ () -> Bool in defer { published = true }; return !published }) { firstView.signal() }
             }
         }
     }

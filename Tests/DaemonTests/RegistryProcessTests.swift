@@ -249,6 +249,22 @@ struct RegistryProcessTests {
         #expect(snapshot.contains { $0.name == "disco-raft" } && snapshot.contains { $0.name == "disco-udp" }, "\(snapshot)")
     }
 
+    /// A restarted server's first DNS answer for a registered service already holds it: the
+    /// DNS sockets open only once the registry's view is built (it answered REFUSED for a few
+    /// milliseconds before; issue 15).
+    @Test func aRestartedServerAnswersServiceNamesFromItsFirstQuery() throws {
+        let cluster = try Cluster(size: 1)
+        let node = try #require(cluster.leader())
+        let body = #"{"Node": "web-host", "Address": "10.1.2.3", "Service": {"ID": "web-1", "Service": "web", "Port": 80}}"#
+        #expect(http("PUT", port: node.httpPort, "/v1/catalog/register", body: body)?.status == 200)
+        #expect(waitUntil { resolveA("web.service.disco.", port: node.process!.port) == ["10.1.2.3"] })
+        cluster.kill9(node)
+        try cluster.start(node)
+        let first = try DNSClient.udp(Message.query(try DomainName("web.service.disco."), .a, id: 7), port: node.process!.port)
+        #expect(first.rcode == .noError)
+        #expect(first.answers.map { "\($0.rdata)" } == ["10.1.2.3"])
+    }
+
     /// Memory a parked blocking query may cost discod, connection included.
     static let parkedQueryKiBMax = 32
 
