@@ -197,6 +197,11 @@ public final class Answerer {
             return error(.badVers, id: id, flags: flags, query: query, questionEnd: questionEnd, edns: edns,
                          writer: &writer)
         }
+        if qclass == .chaos && (qtype == .txt || qtype == .any),
+           let record = view.identity.record(for: UnsafeRawBufferPointer(start: lowercasedName, count: nameLength)) {
+            return chaosAnswer(record, id: id, flags: flags, query: query, questionEnd: questionEnd, edns: edns,
+                               writer: &writer)
+        }
         if qclass != .in && qclass != .any {
             return error(.refused, id: id, flags: flags, query: query, questionEnd: questionEnd, edns: edns,
                          extendedError: .notSupported, writer: &writer)
@@ -779,6 +784,28 @@ public final class Answerer {
         writeHeaderAndQuestion(id: id, query: query, questionEnd: questionEnd, writer: &writer)
         return finish(flags: flags, rcode: rcode, counts: SectionCounts(), edns: edns, extendedError: extendedError,
                       writer: &writer)
+    }
+
+    /// `CH TXT id.server` and the like: one TXT record in class CH, TTL 0, authoritative (as NSD).
+    private func chaosAnswer(_ rdata: [UInt8], id: UInt16, flags: HeaderFlags, query: UnsafeRawBufferPointer,
+                             questionEnd: Int, edns: ClientEDNS?, writer: inout WireWriter) -> Int {
+        writer.reset(capacity: Message.udpMessageBytesClassic)
+        writeHeaderAndQuestion(id: id, query: query, questionEnd: questionEnd, writer: &writer)
+        var flags = flags
+        flags.aa = true
+        do throws(WireOverflow) {
+            try writer.u16(0xC000 | UInt16(Message.headerBytes))  // the question's name
+            try writer.u16(RRType.txt.rawValue)
+            try writer.u16(RRClass.chaos.rawValue)
+            try writer.u32(0)
+            try writer.u16(UInt16(rdata.count))
+            try writer.bytes(rdata)
+        } catch {
+            preconditionFailure("a 256-byte TXT fits a 512-byte response")
+        }
+        var counts = SectionCounts()
+        counts.answer = 1
+        return finish(flags: flags, rcode: .noError, counts: counts, edns: edns, writer: &writer)
     }
 
     /// RFC 8914 Extended DNS Error codes we send (only when the query had EDNS).

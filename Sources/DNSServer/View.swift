@@ -6,10 +6,13 @@ import DNSZone
 /// shares most of its zones with the last (the registry's changes, the zone files' not).
 public final class View: Sendable {
     public let zones: [Zone]
+    /// What `CH TXT id.server` and `version.bind` answer (nil: REFUSED, as any other CH query).
+    public let identity: ServerIdentity
     private let origins: NameTable
     private let originLabelsMax: Int
 
-    public init(zones: [Zone]) {
+    public init(zones: [Zone], identity: ServerIdentity = ServerIdentity()) {
+        self.identity = identity
         let unique = Dictionary(zones.map { ($0.origin.lowercased(), $0) }, uniquingKeysWith: { _, last in last })
         let sorted = unique.sorted { $0.key < $1.key }
         self.zones = sorted.map(\.value)
@@ -69,5 +72,42 @@ public final class View: Sendable {
     public func zone(named origin: DomainName) -> Zone? {
         let index = origin.lowercased().wire.withUnsafeBytes { origins.find($0) }
         return index >= 0 ? zones[Int(index)] : nil
+    }
+}
+
+/// The server's answers to the CHAOS-class names operators ask to see which server answered
+/// and what it runs (NSD, Knot, BIND): `id.server` and `hostname.bind` (RFC 4892), and
+/// `version.bind` and `version.server`. Kept as ready TXT RDATA.
+public struct ServerIdentity: Sendable, Equatable {
+    /// TXT RDATA of the identity, or nil to refuse `id.server` and `hostname.bind`.
+    public let identityRecord: [UInt8]?
+    /// TXT RDATA of the version, or nil to refuse `version.bind` and `version.server`.
+    public let versionRecord: [UInt8]?
+
+    /// Empty or nil strings hide what they would tell.
+    public init(identity: String? = nil, version: String? = nil) {
+        identityRecord = identity.flatMap(Self.txt)
+        versionRecord = version.flatMap(Self.txt)
+    }
+
+    /// One TXT character-string (at most 255 bytes; longer text is cut).
+    static func txt(_ text: String) -> [UInt8]? {
+        let bytes = Array(text.utf8.prefix(255))
+        return bytes.isEmpty ? nil : [UInt8(bytes.count)] + bytes
+    }
+
+    /// The lowercased wire names asked for, and which record answers each.
+    static let identityNames: [[UInt8]] = [Self.wire(["id", "server"]), Self.wire(["hostname", "bind"])]
+    static let versionNames: [[UInt8]] = [Self.wire(["version", "bind"]), Self.wire(["version", "server"])]
+
+    static func wire(_ labels: [String]) -> [UInt8] {
+        labels.flatMap { [UInt8($0.utf8.count)] + Array($0.utf8) } + [0]
+    }
+
+    /// The TXT RDATA answering `name` (lowercased wire form), if any.
+    func record(for name: UnsafeRawBufferPointer) -> [UInt8]? {
+        if Self.identityNames.contains(where: { $0.elementsEqual(name) }) { return identityRecord }
+        if Self.versionNames.contains(where: { $0.elementsEqual(name) }) { return versionRecord }
+        return nil
     }
 }

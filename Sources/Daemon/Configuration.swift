@@ -80,6 +80,11 @@ public struct Configuration: Sendable, Equatable {
     /// under a DNS flood that fills every CPU, the HTTP API and health checks would get almost
     /// none (at nice +10 they keep about a tenth), while Raft's thread is never lowered.
     public var dnsBackgroundIdle = false
+    /// What `CH TXT id.server` / `hostname.bind` answer; nil: this host's name; "": refused.
+    public var dnsIdentity: String?
+    /// What `CH TXT version.bind` / `version.server` answer; "": refused.
+    public var dnsVersion = Configuration.dnsVersionDefault
+    public static let dnsVersionDefault = "Disco"
 
     /// How the write path's threads are lowered below the DNS workers.
     var backgroundPriority: BackgroundPriority { BackgroundPriority(nice: dnsBackgroundNice, idle: dnsBackgroundIdle) }
@@ -433,6 +438,16 @@ public struct Configuration: Sendable, Equatable {
             if !text.hasSuffix(".") { text += "." }
             guard (try? DomainName(text)) != nil else { return "'\(text)' is not a domain name" }
             config.dnsDomain = text
+            return nil
+        },
+        Key(name: "dns.identity") { config, value in
+            guard case .string(let text) = value, text.utf8.count <= 255 else { return "expected a string of at most 255 bytes" }
+            config.dnsIdentity = text
+            return nil
+        },
+        Key(name: "dns.version") { config, value in
+            guard case .string(let text) = value, text.utf8.count <= 255 else { return "expected a string of at most 255 bytes" }
+            config.dnsVersion = text
             return nil
         },
         Key(name: "dns.service_ttl_seconds") { config, value in

@@ -31,7 +31,15 @@ public final class DiscoDaemon: @unchecked Sendable {
     private let config: Configuration
     private let logger: Logger
     private let store = ViewStore(View.empty)
-    private lazy var composer = ViewComposer(store: store)
+    private lazy var composer = ViewComposer(store: store, identity: ServerIdentity(
+        identity: config.dnsIdentity ?? Self.hostName(), version: config.dnsVersion))
+
+    /// This host's name (gethostname: no resolver lookup, unlike ProcessInfo.hostName).
+    static func hostName() -> String {
+        var buffer = [CChar](repeating: 0, count: 256)
+        guard gethostname(&buffer, buffer.count - 1) == 0 else { return "" }
+        return String(cString: buffer)
+    }
     private var servicePublisher: ServiceViewPublisher?
     private var zones: [Zone] = []
     private var udp: UDPServer?

@@ -12,12 +12,14 @@ import Registry
 final class ViewComposer: @unchecked Sendable {
     // @unchecked: `fileZones` and `serviceZone` are guarded by `lock`.
     private let store: ViewStore
+    private let identity: ServerIdentity
     private let lock = NSLock()
     private var fileZones: [Zone] = []
     private var serviceZone: Zone?
 
-    init(store: ViewStore) {
+    init(store: ViewStore, identity: ServerIdentity) {
         self.store = store
+        self.identity = identity
     }
 
     func publish(fileZones zones: [Zone]) {
@@ -36,7 +38,7 @@ final class ViewComposer: @unchecked Sendable {
 
     /// The registry's zone comes last, so it wins over a zone file with the same origin.
     private func publishLocked() {
-        store.publish(View(zones: fileZones + (serviceZone.map { [$0] } ?? [])))
+        store.publish(View(zones: fileZones + (serviceZone.map { [$0] } ?? []), identity: identity))
     }
 }
 
