@@ -203,7 +203,8 @@ private struct World {
         /// A restart found damaged storage: the server stays down for good (the daemon exits and
         /// waits for an operator) and never uses what it stored.
         var failed = false
-        /// The term in which this server, as leader, last saw its commit index advance.
+        /// The last term in which this server, as leader, advanced its commit index (the Figure 8
+        /// nemesis watches each leader's first commit).
         var firstCommitTerm: Term?
         var wasLeader = false
         /// Proposals this server accepted: index → (client, sequence, term).
@@ -280,7 +281,8 @@ private struct World {
     var leaderOfTerm: [Term: NodeID] = [:]
     /// Every (index, term) ever persisted anywhere: the entry and the term before it.
     var persisted: [IndexTerm: (entry: Entry, previousTerm: Term?)] = [:]
-    /// Every index applied anywhere: the entry and the lowest term a server applying it was in.
+    /// Every index committed or applied anywhere: the entry and the lowest term a server that
+    /// committed or applied it was in.
     var committed: [LogIndex: (entry: Entry, term: Term)] = [:]
     var highestCommitted: LogIndex = .zero
     /// Every index up to this one was checked to be on a quorum's synced storage when it committed.
@@ -398,15 +400,17 @@ private struct World {
     /// Running: up and not paused. A paused server keeps its state but does nothing.
     func isRunning(_ k: Int) -> Bool { servers[k].up && now >= servers[k].pausedUntil }
 
-    /// Whether one more server may stop (crash or pause) during the fault phase: fewer than a
-    /// majority of the founding voters are down or paused, so the cluster usually keeps a quorum.
+    /// Whether one more server may stop (crash, pause, fsync error): while fewer servers than a
+    /// quorum of the founding voters (spares included in the count) are down or paused, so at
+    /// most that many are at once. Whole-cluster crashes ignore it; liveness is asked only after
+    /// healing.
     var mayStopAnother: Bool {
         servers.indices.filter { !isRunning($0) }.count < (options.nodeCount - 1) / 2 + 1
     }
 
     mutating func injectFaults() {
         let n = servers.count
-        // Crash a running server (at most a minority of the founding voters down at once).
+        // Crash a running server (`mayStopAnother` bounds how many are down at once).
         if random.chance(1, in: 700) {
             let k = Int(random.next(below: UInt64(n)))
             if servers[k].up && mayStopAnother { crash(k) }

@@ -100,10 +100,10 @@ import Testing
     /// Every mutation must be caught by the simulator alone (no scripted schedule), with a
     /// safety violation (a liveness failure proves nothing about the checkers), within 10,000
     /// seeds of `raft-sim --nodes 5`. By default this searches seeds 0..<200, where each is
-    /// caught within the first 35 seeds (measured in release over fresh windows: the first
-    /// catch comes after about 1-150 seeds, see the issue 11 note), so a debug run takes
-    /// seconds. `DISCO_SIM_MUTATION_SEEDS=N` searches the full budget, 10,000 seeds from seed
-    /// N, to check a window never used before.
+    /// caught within the first 31 seeds, so a debug run takes seconds (over four fresh windows
+    /// of 1,000 seeds in release, the first catch came within 185 seeds; the rarest,
+    /// commit-previous-term, fails about 1.1% of seeds). `DISCO_SIM_MUTATION_SEEDS=N` searches
+    /// the full budget, 10,000 seeds from seed N, to check a window never used before.
     @Test(arguments: TestingMutation.allCases.filter { $0 != .none })
     func mutationIsCaught(_ mutation: TestingMutation) {
         let budgetSeeds: UInt64 = 10_000
