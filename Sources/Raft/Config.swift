@@ -81,13 +81,29 @@ public enum RaftConfigError: Error, Hashable, Sendable, CustomStringConvertible 
 }
 
 /// Known bugs that tests inject into the core to prove the simulator and checkers catch them.
-package enum TestingMutation: Sendable, Hashable {
+/// Each is one guarded line in `RaftNode` or `ReadyProcessor`; `name` is what `raft-sim
+/// --mutation` takes.
+package enum TestingMutation: String, Sendable, Hashable, CaseIterable {
     case none
     /// Commit by counting replicas of an entry from an earlier term: the bug that Figure 8 of
     /// the Raft paper shows and §5.4.2 forbids.
-    case commitPreviousTermEntries
+    case commitPreviousTermEntries = "commit-previous-term"
     /// Grant votes without the "candidate's log is at least as up-to-date" check of §5.4.1.
-    case grantVoteWithoutLogCheck
+    case grantVoteWithoutLogCheck = "vote-without-log-check"
+    /// Answer a ReadIndex at once with the local commit index, without the heartbeat round that
+    /// confirms a quorum still follows this leader (thesis §6.4 step 3): a deposed leader that
+    /// has not heard of its successor serves stale reads.
+    case readIndexWithoutQuorum = "read-without-quorum"
+    /// Send every message of a Ready before it is durable, not only a leader's appends (the
+    /// `Ready` contract's step 2): a follower acknowledges entries, and a voter grants a vote,
+    /// that a crash can still take back.
+    case sendBeforeDurable = "send-before-fsync"
+    /// Accept a membership change while another is uncommitted (thesis §4.1 allows one at a
+    /// time): two single-server changes in flight can make quorums that do not overlap.
+    case concurrentMembershipChanges = "two-membership-changes"
+
+    /// The mutation `raft-sim --mutation` names (nil for none).
+    package var name: String? { self == .none ? nil : rawValue }
 }
 
 /// Why a proposal, read or request was not accepted. A refused request has no effect at all;

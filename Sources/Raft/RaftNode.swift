@@ -214,7 +214,9 @@ public struct RaftNode: Sendable {
             throw .invalidMembershipChange(.removingLeader(id))
         }
         let lastChange = membershipEntries.last?.index ?? .zero
-        guard lastChange <= log.committed, log.term(at: log.committed) == term else {
+        guard lastChange <= log.committed || config.testingMutation == .concurrentMembershipChanges,
+              log.term(at: log.committed) == term
+        else {
             throw .membershipChangeInProgress
         }
         let next: Membership
@@ -676,7 +678,7 @@ public struct RaftNode: Sendable {
     // MARK: - ReadIndex (thesis §6.4)
 
     private mutating func handleReadIndex(context: [UInt8], from requester: NodeID) {
-        if membership.voters == [id] {
+        if membership.voters == [id] || config.testingMutation == .readIndexWithoutQuorum {
             respondToRead(ReadIndexRequest(sequence: 0, index: log.committed, context: context, requester: requester))
             return
         }

@@ -45,6 +45,8 @@ public struct ReadyProcessor: Sendable {
     /// rely on.
     public private(set) var durableTerm: Term
     public private(set) var durableVote: NodeID?
+    /// Test-only (`TestingMutation.sendBeforeDurable`): the simulator sets it with the core's.
+    package var testingMutation: TestingMutation = .none
 
     public init(durable: HardState) {
         durableTerm = durable.term
@@ -56,6 +58,7 @@ public struct ReadyProcessor: Sendable {
     /// toward a commit only for entries on its own disk, and no acknowledgement is stepped
     /// before `finish`. Returns the messages that must wait for the Ready to be durable.
     public func begin<Effects: ReadyEffects>(_ ready: Ready, _ effects: inout Effects) -> [Message] {
+        if testingMutation == .sendBeforeDurable { effects.sendEarly(ready.messages); return [] }
         guard ready.role == .leader else { return ready.messages }
         let appends = ready.messages.filter { if case .append = $0.kind { true } else { false } }
         guard !appends.isEmpty else { return ready.messages }

@@ -21,6 +21,11 @@ public struct SimulationOptions: Sendable {
     public var keyCount: Int = 3
     /// Record a step trace (for `raft-sim --seed N --trace`).
     public var trace: Bool = false
+    /// Every seed draws which fault kinds it runs (each of leader crashes, the Figure 8 nemesis,
+    /// fsync errors, corruption, whole-cluster crashes, pauses, membership bursts and clock skew
+    /// is off in a third to a half of the seeds, so that the others are also seen alone).
+    /// true: all of them are on in every seed, at a rate drawn as usual (`raft-sim --every-fault`).
+    public var everyFault: Bool = false
     package var mutation: TestingMutation = .none
 
     public init(seed: UInt64, nodeCount: Int) {
@@ -30,6 +35,19 @@ public struct SimulationOptions: Sendable {
 
     /// Test-only: run with a known bug in every server.
     package mutating func inject(_ mutation: TestingMutation) { self.mutation = mutation }
+
+    /// Of the seeds asked to run 5 voters, this share runs 7 instead (`raft-sim --nodes 5`), so
+    /// that long runs cover the largest supported cluster without a separate campaign.
+    public static let sevenVoterPercentDefault = 20
+
+    /// The voter count for `seed` when `nodes` are asked for: 5 becomes 7 for `sevenVoterPercent`
+    /// of the seeds (decided by a hash of the seed alone, so `--seed N --nodes 7` replays such a
+    /// seed exactly); other counts are kept.
+    public static func voterCount(seed: UInt64, nodes: Int, sevenVoterPercent: Int = sevenVoterPercentDefault) -> Int {
+        guard nodes == 5, sevenVoterPercent > 0 else { return nodes }
+        var random = SplitMix64(seed: seed ^ 0x7E7E_7E7E_7E7E_7E7E)
+        return random.chance(UInt64(sevenVoterPercent), in: 100) ? 7 : 5
+    }
 }
 
 /// A broken invariant, with the virtual time at which it was seen.
@@ -43,6 +61,9 @@ public struct Violation: Error, Hashable, Sendable, CustomStringConvertible {
         case liveness = "liveness"
         case linearizability = "linearizability"
         case invalidMessage = "a correct server's message refused"
+        /// An entry became committed while fewer than a quorum of the voters had it synced: a
+        /// crash of the others could still take it back (the `Ready` contract broken).
+        case committedNotDurable = "committed entry not on a quorum's synced storage"
     }
 
     public var kind: Kind
@@ -61,6 +82,7 @@ public struct SimulationStats: Sendable {
     public var partitions = 0
     public var asymmetricPartitions = 0
     public var crashes = 0
+    /// Unsynced records (a Ready's head, entries, commit) that crashes threw away.
     public var unsyncedWritesLost = 0
     public var restarts = 0
     public var membershipChanges = 0
@@ -73,6 +95,29 @@ public struct SimulationStats: Sendable {
     public var healMilliseconds = 0
     /// Appends a leader sent before its own write was synced (the driver's early send).
     public var earlySends = 0
+    /// Crashes that kept some but not all of the unsynced records (a torn tail, `MemoryDisk`).
+    public var tornTails = 0
+    /// fsync failures: the server stopped (as the driver halts) without the sync taking effect.
+    public var fsyncErrors = 0
+    /// Stored entries damaged under their checksum, and restarts that found the damage and kept
+    /// the server down (every injected corruption must be detected: the two are equal).
+    public var corruptionsInjected = 0
+    public var corruptionsDetected = 0
+    /// All servers crashed at once.
+    public var wholeClusterCrashes = 0
+    /// A server stopped (no ticks, no messages, no requests) and later resumed with its state.
+    public var pauses = 0
+    /// Servers whose clock ran at a rate other than the nominal one.
+    public var skewedClocks = 0
+    /// Targeted crashes of a leader right after its election.
+    public var leaderCrashes = 0
+    /// Partitions that cut a leader off right after its election, its first commit or a
+    /// proposal (the Figure 8 nemesis).
+    public var leaderIsolations = 0
+    /// Two membership changes proposed back to back (the second refused unless the core is
+    /// broken), and partitions along the new configuration's quorum right after.
+    public var membershipBursts = 0
+    public var membershipPartitions = 0
 
     public init() {}
 
@@ -86,6 +131,11 @@ public struct SimulationStats: Sendable {
         snapshotsMade += o.snapshotsMade; snapshotsInstalled += o.snapshotsInstalled
         leadersElected += o.leadersElected; operationsCompleted += o.operationsCompleted
         entriesCommitted += o.entriesCommitted; healMilliseconds = max(healMilliseconds, o.healMilliseconds)
+        tornTails += o.tornTails; fsyncErrors += o.fsyncErrors
+        corruptionsInjected += o.corruptionsInjected; corruptionsDetected += o.corruptionsDetected
+        wholeClusterCrashes += o.wholeClusterCrashes; pauses += o.pauses; skewedClocks += o.skewedClocks
+        leaderCrashes += o.leaderCrashes; leaderIsolations += o.leaderIsolations
+        membershipBursts += o.membershipBursts; membershipPartitions += o.membershipPartitions
     }
 }
 
@@ -100,11 +150,13 @@ public struct SimulationResult: Sendable {
 }
 
 /// A deterministic simulation of a whole cluster: servers over the pure core with in-memory disks,
-/// a network that drops, duplicates, delays and reorders, partitions (symmetric and one-way),
-/// crashes that lose unsynced writes, restarts, membership changes, leader transfers and
-/// compaction, all decided by one seeded generator and a virtual clock. Invariants (paper
-/// Figure 3) are checked after every event; at the end the history is checked for
-/// linearizability.
+/// a network that drops, duplicates, delays and reorders, partitions (symmetric, one-way, and
+/// along a new configuration's quorum), crashes that lose unsynced writes (keeping a torn tail),
+/// fsync errors, damaged entries that a restart must detect, whole-cluster crashes, process
+/// pauses, clock skew, targeted leader crashes (the Figure 8 nemesis), membership changes,
+/// leader transfers and compaction, all decided by one seeded generator and a virtual clock.
+/// Invariants (paper Figure 3, and every committed entry on a quorum's synced storage) are
+/// checked after every event; at the end the history is checked for linearizability.
 public struct Simulation: Sendable {
     public static func run(_ options: SimulationOptions) -> SimulationResult {
         var world = World(options)
@@ -142,7 +194,18 @@ private struct World {
         var processor = ReadyProcessor(durable: HardState())
         var readyDoneAt = 0
         var deferredTicks = 0
-        var tickPhase: Int
+        /// The server's clock, in thousandths of a virtual millisecond: it gains `clockRatePermille`
+        /// per step and ticks the core every `tickMilliseconds` of its own time (clock skew).
+        var clock: Int
+        var clockRatePermille: Int
+        /// A process pause (SIGSTOP, a long GC): until then no ticks, messages or requests.
+        var pausedUntil = 0
+        /// A restart found damaged storage: the server stays down for good (the daemon exits and
+        /// waits for an operator) and never uses what it stored.
+        var failed = false
+        /// The last term in which this server, as leader, advanced its commit index (the Figure 8
+        /// nemesis watches each leader's first commit).
+        var firstCommitTerm: Term?
         var wasLeader = false
         /// Proposals this server accepted: index → (client, sequence, term).
         var proposals: [LogIndex: (client: Int, sequence: UInt64, term: Term)] = [:]
@@ -198,13 +261,32 @@ private struct World {
     /// Chance that a newly elected leader crashes within a few milliseconds: the schedules of
     /// the paper's Figure 8 need several leaders to fail right after winning.
     let leaderCrashPercent: UInt64
+    /// The Figure 8 nemesis (`isolateLeader`): chance that a leader is cut off right after its
+    /// election or its first commit (a quarter of that after a proposal).
+    let figure8Percent: UInt64
+    /// Storage faults: one fsync in this many fails (0: none); chance per crash of damaging a
+    /// stored entry (at most one server per run, which then stays down).
+    let fsyncErrorOdds: UInt64
+    let corruptionPercent: UInt64
+    /// One step in this many crashes every server at once (0: never).
+    let wholeClusterCrashOdds: UInt64
+    /// One step in this many pauses a server (0: never).
+    let pauseOdds: UInt64
+    /// Chance that a membership change is followed at once by a second one, and then by a
+    /// partition along the new configuration's quorum.
+    let membershipBurstPercent: UInt64
+    /// Only one server per run may lose its storage to corruption.
+    var corruptionUsed = false
     // Invariant state.
     var leaderOfTerm: [Term: NodeID] = [:]
     /// Every (index, term) ever persisted anywhere: the entry and the term before it.
     var persisted: [IndexTerm: (entry: Entry, previousTerm: Term?)] = [:]
-    /// Every index applied anywhere: the entry and the lowest term a server applying it was in.
+    /// Every index committed or applied anywhere: the entry and the lowest term a server that
+    /// committed or applied it was in.
     var committed: [LogIndex: (entry: Entry, term: Term)] = [:]
     var highestCommitted: LogIndex = .zero
+    /// Every index up to this one was checked to be on a quorum's synced storage when it committed.
+    var commitChecked: LogIndex = .zero
     /// Writes acknowledged to clients, with the entry index that carried them when the server saw
     /// that entry applied (nil when a snapshot's session table decided it: an earlier attempt at
     /// another index may have been the one applied).
@@ -220,7 +302,15 @@ private struct World {
         duplicatePercent = random.next(below: 6)
         delayPercent = random.next(below: 15)
         diskLatencyMax = Int(random.next(below: 4))
-        leaderCrashPercent = random.chance(1, in: 2) ? 0 : UInt64(random.next(in: 10...50))
+        leaderCrashPercent = random.chance(1, in: 2) && !options.everyFault ? 0 : UInt64(random.next(in: 10...50))
+        figure8Percent = random.chance(1, in: 2) && !options.everyFault ? 0 : UInt64(random.next(in: 20...80))
+        fsyncErrorOdds = random.chance(1, in: 3) && !options.everyFault ? 0 : UInt64(random.next(in: 300...3000))
+        corruptionPercent = random.chance(1, in: 3) && !options.everyFault ? 0 : UInt64(random.next(in: 5...30))
+        wholeClusterCrashOdds = random.chance(1, in: 2) && !options.everyFault ? 0 : UInt64(random.next(in: 2000...8000))
+        pauseOdds = random.chance(1, in: 3) && !options.everyFault ? 0 : UInt64(random.next(in: 300...2000))
+        membershipBurstPercent = random.chance(1, in: 3) && !options.everyFault ? 0 : UInt64(random.next(in: 20...80))
+        // Clock skew: each server's clock runs within ±skew of the nominal rate.
+        let skewPermille = random.chance(1, in: 3) && !options.everyFault ? 0 : random.next(in: 50...200)
         let voters = (1...UInt64(options.nodeCount)).map { NodeID(rawValue: $0) }
         let spares = (UInt64(options.nodeCount + 1)...UInt64(options.nodeCount + 2)).map { NodeID(rawValue: $0) }
         let tinyMessages = random.chance(1, in: 3)
@@ -237,16 +327,23 @@ private struct World {
             config.appendMessageBytesMax = tinyMessages ? 1 : random.next(in: 64...4096)
             config.testingMutation = options.mutation
             let compactEvery = random.chance(1, in: 5) ? Int.max : random.next(in: 5...60)
-            servers.append(Server(id: id, config: config, raft: RaftNode(config: config),
-                                  tickPhase: random.next(in: 0...(SimulationOptions.tickMilliseconds - 1)),
-                                  compactEvery: compactEvery))
+            let rate = 1000 + (skewPermille == 0 ? 0 : random.next(in: -skewPermille...skewPermille))
+            var processor = ReadyProcessor(durable: HardState())
+            processor.testingMutation = options.mutation
+            servers.append(Server(id: id, config: config, raft: RaftNode(config: config), processor: processor,
+                                  clock: random.next(in: 0...(SimulationOptions.tickMilliseconds * 1000 - 1)),
+                                  clockRatePermille: rate, compactEvery: compactEvery))
+            if rate != 1000 { stats.skewedClocks += 1 }
         }
         clients = (0..<options.clientCount).map { Client(id: $0 + 1) }
         self.random = random
         if options.trace {
             record("seed \(options.seed): \(options.nodeCount) voters, preVote \(preVote), checkQuorum \(checkQuorum), "
                    + "drop \(dropPercent)%, duplicate \(duplicatePercent)%, delay \(delayPercent)%, disk latency <= \(diskLatencyMax) ms, "
-                   + "leader crash \(leaderCrashPercent)%, tiny messages \(tinyMessages), mutation \(options.mutation)")
+                   + "leader crash \(leaderCrashPercent)%, figure 8 nemesis \(figure8Percent)%, fsync error 1/\(fsyncErrorOdds), "
+                   + "corruption \(corruptionPercent)% of crashes, whole-cluster crash 1/\(wholeClusterCrashOdds), "
+                   + "pause 1/\(pauseOdds), membership burst \(membershipBurstPercent)%, clock skew ±\(skewPermille)‰, "
+                   + "tiny messages \(tinyMessages), mutation \(options.mutation)")
         }
     }
 
@@ -300,25 +397,52 @@ private struct World {
 
     // MARK: - Faults
 
+    /// Running: up and not paused. A paused server keeps its state but does nothing.
+    func isRunning(_ k: Int) -> Bool { servers[k].up && now >= servers[k].pausedUntil }
+
+    /// Whether one more server may stop (crash, pause, fsync error): while fewer servers than a
+    /// quorum of the founding voters (spares included in the count) are down or paused, so at
+    /// most that many are at once. Whole-cluster crashes ignore it; liveness is asked only after
+    /// healing.
+    var mayStopAnother: Bool {
+        servers.indices.filter { !isRunning($0) }.count < (options.nodeCount - 1) / 2 + 1
+    }
+
     mutating func injectFaults() {
         let n = servers.count
-        // Crash a running server (at most a minority of the founding voters down at once).
+        // Crash a running server (`mayStopAnother` bounds how many are down at once).
         if random.chance(1, in: 700) {
-            let down = servers.filter { !$0.up }.count
             let k = Int(random.next(below: UInt64(n)))
-            if servers[k].up && down < (options.nodeCount - 1) / 2 + 1 { crash(k) }
+            if servers[k].up && mayStopAnother { crash(k) }
         }
         for k in servers.indices where servers[k].up && now >= servers[k].crashAt {
             servers[k].crashAt = Int.max
-            if servers.filter({ !$0.up }).count < (options.nodeCount - 1) / 2 + 1 { crash(k) }
+            if mayStopAnother {
+                stats.leaderCrashes += 1
+                crash(k)
+            }
         }
-        for k in servers.indices where !servers[k].up && now >= servers[k].downUntil { restart(k) }
+        for k in servers.indices where !servers[k].up && !servers[k].failed && now >= servers[k].downUntil { restart(k) }
+        if wholeClusterCrashOdds > 0 && random.chance(1, in: wholeClusterCrashOdds) {
+            // Power loss in the whole rack: everyone at once, each keeping what it synced.
+            stats.wholeClusterCrashes += 1
+            if options.trace { record("whole-cluster crash") }
+            for k in servers.indices where servers[k].up { crash(k) }
+        }
+        if pauseOdds > 0 && random.chance(1, in: pauseOdds) {
+            let k = Int(random.next(below: UInt64(n)))
+            if isRunning(k) && mayStopAnother {
+                stats.pauses += 1
+                // Often longer than an election timeout, so the others move on meanwhile.
+                servers[k].pausedUntil = now + random.next(in: 10...800)
+                if options.trace { record("pause \(servers[k].id) until t=\(servers[k].pausedUntil)") }
+            }
+        }
         if random.chance(1, in: 900) {
             stats.partitions += 1
             var groups: [[NodeID]] = [[], []]
             for s in servers { groups[Int(random.next(below: 2))].append(s.id) }
-            cut = []
-            for a in groups[0] { for b in groups[1] { cut.insert(Pair(from: a, to: b)); cut.insert(Pair(from: b, to: a)) } }
+            cutBetween(groups[0], groups[1])
             if options.trace { record("partition \(groups[0]) / \(groups[1])") }
         }
         if random.chance(1, in: 1200) {
@@ -338,27 +462,54 @@ private struct World {
         if random.chance(1, in: 1000) { transferLeadership() }
     }
 
+    /// Replaces the cuts with a symmetric partition between `a` and `b`.
+    mutating func cutBetween(_ a: [NodeID], _ b: [NodeID]) {
+        cut = []
+        for x in a { for y in b { cut.insert(Pair(from: x, to: y)); cut.insert(Pair(from: y, to: x)) } }
+    }
+
     mutating func crash(_ k: Int) {
         stats.crashes += 1
-        let unsynced = servers[k].disk.unsyncedUnitCount
+        let unsynced = servers[k].disk.unsyncedRecordCount
         let keep = unsynced == 0 ? 0 : Int(random.next(below: UInt64(unsynced + 1)))
         stats.unsyncedWritesLost += unsynced - keep
+        if keep > 0 && keep < unsynced { stats.tornTails += 1 }
         servers[k].disk.crash(keeping: keep)
         servers[k].up = false
+        servers[k].pausedUntil = 0
         servers[k].pendingReady = nil
         servers[k].proposals = [:]
         servers[k].reads = [:]
         servers[k].readsWaiting = []
         servers[k].downUntil = now + (leaderCrashPercent > 0 ? random.next(in: 5...200) : random.next(in: 20...800))
         servers[k].wasLeader = false
-        if options.trace { record("crash \(servers[k].id) (kept \(keep) of \(unsynced) unsynced writes)") }
+        if options.trace { record("crash \(servers[k].id) (kept \(keep) of \(unsynced) unsynced records)") }
+        // A bad sector found on the way down: one stored entry no longer matches its checksum.
+        let stored = servers[k].disk.durable.entries.count
+        if !corruptionUsed && stored > 0 && random.chance(corruptionPercent, in: 100) {
+            corruptionUsed = true
+            stats.corruptionsInjected += 1
+            let index = servers[k].disk.corruptEntry(at: Int(random.next(below: UInt64(stored))))
+            if options.trace { record("damage \(servers[k].id)'s stored entry \(index)") }
+        }
     }
 
     mutating func restart(_ k: Int) {
+        let durable: PersistentState
+        do throws(StorageCorruption) {
+            durable = try servers[k].disk.load()
+        } catch {
+            // The daemon exits with a storage error and waits for an operator; it never serves
+            // from a damaged log.
+            servers[k].failed = true
+            stats.corruptionsDetected += 1
+            if options.trace { record("\(servers[k].id) does not start: \(error)") }
+            return
+        }
         stats.restarts += 1
-        let durable = servers[k].disk.durable
         servers[k].raft = RaftNode(config: servers[k].config, persistent: durable)
         servers[k].processor = ReadyProcessor(durable: durable.hardState)
+        servers[k].processor.testingMutation = options.mutation
         servers[k].pendingLater = []
         servers[k].store = durable.snapshot.map { KVStore(snapshot: $0.data) } ?? KVStore()
         servers[k].up = true
@@ -366,29 +517,53 @@ private struct World {
         if options.trace { record("restart \(servers[k].id): \(servers[k].raft.status.description.split(separator: "\n")[0])") }
     }
 
-    mutating func changeMembership() {
-        guard let k = servers.firstIndex(where: { $0.up && $0.raft.isLeader && $0.pendingReady == nil }) else { return }
-        let membership = servers[k].raft.membership
-        let leader = servers[k].id
-        let all = servers.map(\.id)
+    /// The changes the nemesis may ask of a leader whose membership is `membership`.
+    func membershipChoices(_ membership: Membership, leader: NodeID) -> [MembershipChange] {
         var choices: [MembershipChange] = []
-        for id in all where !membership.contains(id) { choices.append(.addLearner(id)); choices.append(.addVoter(id)) }
+        for s in servers where !membership.contains(s.id) { choices.append(.addLearner(s.id)); choices.append(.addVoter(s.id)) }
         for id in membership.learners { choices.append(.addVoter(id)); choices.append(.remove(id)) }
         if membership.voters.count > 3 { for id in membership.voters where id != leader { choices.append(.remove(id)) } }
-        guard !choices.isEmpty else { return }
-        let change = choices[Int(random.next(below: UInt64(choices.count)))]
-        do throws(ProposalError) {
-            let at = try servers[k].raft.proposeMembershipChange(change)
-            stats.membershipChanges += 1
-            if options.trace { record("\(leader) proposes \(change) at \(at.term)/\(at.index)") }
-        } catch {
-            if options.trace { record("\(leader) refuses \(change): \(error)") }
+        return choices
+    }
+
+    /// One membership change; sometimes a second at once (refused by a correct core while the
+    /// first is uncommitted), then a partition that gives the leader exactly a quorum of its
+    /// newest configuration, new voters first: if both changes were accepted, the rest may hold
+    /// a quorum of the old configuration, and two leaders commit different entries.
+    mutating func changeMembership() {
+        guard let k = servers.indices.first(where: { isRunning($0) && servers[$0].raft.isLeader && servers[$0].pendingReady == nil })
+        else { return }
+        let before = servers[k].raft.membership
+        let leader = servers[k].id
+        let burst = random.chance(membershipBurstPercent, in: 100)
+        if burst { stats.membershipBursts += 1 }
+        for _ in 0..<(burst ? 2 : 1) {
+            let choices = membershipChoices(servers[k].raft.membership, leader: leader)
+            guard !choices.isEmpty else { break }
+            let change = choices[Int(random.next(below: UInt64(choices.count)))]
+            do throws(ProposalError) {
+                let at = try servers[k].raft.proposeMembershipChange(change)
+                stats.membershipChanges += 1
+                if options.trace { record("\(leader) proposes \(change) at \(at.term)/\(at.index)") }
+            } catch {
+                if options.trace { record("\(leader) refuses \(change): \(error)") }
+            }
+        }
+        if burst && random.chance(1, in: 2) {
+            let after = servers[k].raft.membership
+            let newcomers = after.voters.filter { $0 != leader && !before.isVoter($0) }
+            let others = after.voters.filter { $0 != leader && before.isVoter($0) }
+            let side = Array(([leader] + newcomers + others).prefix(after.quorum))
+            stats.membershipPartitions += 1
+            cutBetween(side, servers.map(\.id).filter { !side.contains($0) })
+            if options.trace { record("partition along \(after): \(side) / the rest") }
         }
         afterEvent(k)
     }
 
     mutating func transferLeadership() {
-        guard let k = servers.firstIndex(where: { $0.up && $0.raft.isLeader && $0.pendingReady == nil }) else { return }
+        guard let k = servers.indices.first(where: { isRunning($0) && servers[$0].raft.isLeader && servers[$0].pendingReady == nil })
+        else { return }
         let voters = servers[k].raft.membership.voters.filter { $0 != servers[k].id }
         guard !voters.isEmpty else { return }
         let target = voters[Int(random.next(below: UInt64(voters.count)))]
@@ -402,7 +577,11 @@ private struct World {
     mutating func healEverything() {
         faultsOn = false
         cut = []
-        for k in servers.indices where !servers[k].up { restart(k) }
+        for k in servers.indices {
+            servers[k].pausedUntil = 0
+            servers[k].crashAt = Int.max
+            if !servers[k].up && !servers[k].failed { restart(k) }
+        }
         if options.trace { record("heal everything; no new client operations") }
     }
 
@@ -434,6 +613,11 @@ private struct World {
                 stats.messagesDropped += 1
                 continue
             }
+            if now < servers[k].pausedUntil {
+                // Paused: the message waits in the socket buffer, stale by the time it is read.
+                inFlight[servers[k].pausedUntil, default: []].append(message)
+                continue
+            }
             if servers[k].pendingReady != nil {
                 // The server is busy persisting: the message waits in its socket buffer.
                 inFlight[now + 1, default: []].append(message)
@@ -454,7 +638,11 @@ private struct World {
     }
 
     mutating func tickServers() {
-        for k in servers.indices where servers[k].up && (now + servers[k].tickPhase) % SimulationOptions.tickMilliseconds == 0 {
+        let tickClock = SimulationOptions.tickMilliseconds * 1000
+        for k in servers.indices where isRunning(k) {
+            servers[k].clock += servers[k].clockRatePermille
+            guard servers[k].clock >= tickClock else { continue }
+            servers[k].clock -= tickClock
             if servers[k].pendingReady != nil {
                 servers[k].deferredTicks += 1
             } else {
@@ -467,7 +655,7 @@ private struct World {
     // MARK: - Ready
 
     mutating func driveReady(_ k: Int) {
-        guard servers[k].up else { return }
+        guard isRunning(k) else { return }
         if servers[k].pendingReady == nil {
             guard servers[k].raft.hasReady else { return }
             let ready = servers[k].raft.ready()
@@ -482,6 +670,14 @@ private struct World {
             servers[k].readyDoneAt = now + (diskLatencyMax == 0 ? 0 : random.next(in: 0...diskLatencyMax))
         }
         guard let ready = servers[k].pendingReady, now >= servers[k].readyDoneAt else { return }
+        if faultsOn && fsyncErrorOdds > 0 && random.chance(1, in: fsyncErrorOdds) && mayStopAnother {
+            // fsync failed: the driver halts and the process exits without the sync taking
+            // effect (what reached the disk before the error is a random prefix, as in a crash).
+            stats.fsyncErrors += 1
+            if options.trace { record("\(servers[k].id): fsync error") }
+            crash(k)
+            return
+        }
         // Contract step 1 done (fsync), then send, install, apply and resolve, reads, advance.
         servers[k].disk.sync()
         effectsServer = k
@@ -522,18 +718,7 @@ private struct World {
 
     mutating func apply(_ k: Int, _ entry: Entry) {
         let id = servers[k].id
-        let term = servers[k].raft.term
-        if let known = committed[entry.index] {
-            if known.entry != entry {
-                fail(.stateMachineSafety, "\(id) applies \(entry) at \(entry.index), another server applied \(known.entry)")
-                return
-            }
-            if term < known.term { committed[entry.index]!.term = term }
-        } else {
-            committed[entry.index] = (entry, term)
-            stats.entriesCommitted += 1
-            if entry.index > highestCommitted { highestCommitted = entry.index }
-        }
+        guard recordCommitted(k, entry, "applies") else { return }
         lastApplied = nil
         if entry.kind == .normal {
             let command = KVStore.decode(entry.data)
@@ -564,8 +749,84 @@ private struct World {
 
     // MARK: - Invariants
 
-    /// After every event on a server: Election Safety, and Leader Completeness for a new leader.
+    /// An entry server `k` commits or applies: State Machine Safety (one entry per committed
+    /// index, whoever commits it), and the lowest term it was known committed in, for Leader
+    /// Completeness. false: a violation.
+    mutating func recordCommitted(_ k: Int, _ entry: Entry, _ verb: String) -> Bool {
+        let term = servers[k].raft.term
+        if let known = committed[entry.index] {
+            if known.entry != entry {
+                fail(.stateMachineSafety, "\(servers[k].id) \(verb) \(entry) at \(entry.index), committed there before: \(known.entry)")
+                return false
+            }
+            if term < known.term { committed[entry.index]!.term = term }
+        } else {
+            committed[entry.index] = (entry, term)
+            stats.entriesCommitted += 1
+            if entry.index > highestCommitted { highestCommitted = entry.index }
+        }
+        return true
+    }
+
+    /// Every committed entry is on a quorum of the voters' synced storage, judged when the first
+    /// server's commit index covers it (the leader that commits it), with that server's
+    /// membership: the leader counted the voters of its own membership, and single-server
+    /// changes keep the quorums of consecutive memberships overlapping, so a later membership
+    /// need not hold it on a quorum of its own. Synced storage is lost only to damage, which
+    /// keeps its server down for good (`MemoryDisk.holds`). The entry is recorded as committed
+    /// at once, so Leader Completeness holds a new leader to entries no server applied yet.
+    mutating func checkCommitted(_ k: Int) {
+        let raft = servers[k].raft
+        guard raft.commitIndex > commitChecked else { return }
+        let membership = raft.membership
+        var index = commitChecked.next
+        while index <= raft.commitIndex {
+            // Compacted (a snapshot, made or installed, holds only entries checked before).
+            if let entry = raft.entry(at: index) {
+                let holders = membership.voters.filter { servers[self.index(of: $0)].disk.holds(index: index, term: entry.term) }
+                if holders.count < membership.quorum {
+                    fail(.committedNotDurable, "\(raft.id) commits \(entry) in term \(raft.term); synced on \(holders) only, "
+                         + "a quorum of \(membership) is \(membership.quorum)")
+                    return
+                }
+                guard recordCommitted(k, entry, "commits") else { return }
+            }
+            index = index.next
+        }
+        commitChecked = raft.commitIndex
+        if raft.isLeader && servers[k].firstCommitTerm != raft.term {
+            servers[k].firstCommitTerm = raft.term
+            // A new leader's first commit: with a correct core it covers its no-op; with a
+            // broken commit rule, old-term entries its no-op has not joined on a quorum yet.
+            if faultsOn && random.chance(figure8Percent, in: 100) { isolateLeader(k, withMinority: false) }
+        }
+    }
+
+    /// The Figure 8 nemesis (paper §5.4.2): cut a leader off right after it accepted a proposal
+    /// (with a minority that may get the entry), right after its election, and right after its
+    /// first commit in its term. Each cut replaces the previous one and so heals whoever that
+    /// isolated: a leader's entries on a minority, a rival elected and cut off with its own
+    /// entries at those indexes, the first leader back and committing, cut off in turn, the
+    /// rival back: the paper's Figure 8, which random faults alone almost never produce.
+    mutating func isolateLeader(_ k: Int, withMinority: Bool) {
+        let raft = servers[k].raft
+        var others = raft.membership.members.filter { $0 != raft.id }
+        var side = [raft.id]
+        if withMinority {
+            for _ in 0..<random.next(in: 0...max(0, raft.membership.quorum - 2)) where !others.isEmpty {
+                side.append(others.remove(at: Int(random.next(below: UInt64(others.count)))))
+            }
+        }
+        stats.leaderIsolations += 1
+        cutBetween(side, servers.map(\.id).filter { !side.contains($0) })
+        if options.trace { record("cut off leader \(raft.id) of term \(raft.term) with \(side)") }
+    }
+
+    /// After every event on a server: every committed entry durable on a quorum, Election
+    /// Safety, and Leader Completeness for a new leader.
     mutating func afterEvent(_ k: Int) {
+        checkCommitted(k)
+        if violation != nil { return }
         let raft = servers[k].raft
         let isLeader = raft.isLeader
         defer { servers[k].wasLeader = isLeader }
@@ -578,6 +839,7 @@ private struct World {
         }
         leaderOfTerm[raft.term] = raft.id
         if faultsOn && random.chance(leaderCrashPercent, in: 100) { servers[k].crashAt = now + random.next(in: 0...8) }
+        if faultsOn && random.chance(figure8Percent, in: 100) { isolateLeader(k, withMinority: false) }
         // Paper §5.4.1: an entry committed in an earlier term is in every later leader's log.
         var index = raft.snapshotIndex.next
         while index <= highestCommitted {
@@ -618,7 +880,7 @@ private struct World {
         guard let leader = currentLeader else { return false }
         let commit = leader.raft.commitIndex
         guard commit == leader.raft.lastIndex else { return false }
-        for id in leader.raft.membership.members {
+        for id in leader.raft.membership.members where !servers[index(of: id)].failed {
             let s = servers[index(of: id)]
             if !s.up || s.pendingReady != nil || s.raft.appliedIndex != commit || s.raft.term != leader.raft.term { return false }
         }
@@ -647,7 +909,7 @@ private struct World {
                 return
             }
         }
-        for id in leader.raft.membership.members {
+        for id in leader.raft.membership.members where !servers[index(of: id)].failed {
             let s = servers[index(of: id)]
             if let last = acknowledged.compactMap(\.index).max(), s.raft.appliedIndex < last {
                 fail(.acknowledgedWriteLost, "\(id) applied only \(s.raft.appliedIndex) < \(last)")
@@ -708,6 +970,8 @@ private struct World {
         }
         let k = index(of: target)
         clients[c].current = request
+        // A paused server reads the request only later; the client times out first (no answer).
+        if servers[k].up && !isRunning(k) { return }
         guard servers[k].up, servers[k].pendingReady == nil else {
             clients[c].current!.retryAt = now + random.next(in: 5...30)
             clients[c].leaderHint = nil
@@ -730,6 +994,7 @@ private struct World {
                 let at = try servers[k].raft.propose(KVStore.encode(command))
                 servers[k].proposals[at.index] = (clients[c].id, request.sequence, at.term)
                 outcome = nil
+                if faultsOn && random.chance(figure8Percent, in: 400) { isolateLeader(k, withMinority: true) }
             } catch { outcome = error }
         }
         switch outcome {
