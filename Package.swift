@@ -100,6 +100,8 @@ let package = Package(
         .executableTarget(name: "FuzzZone", dependencies: ["DNSTesting"]),
         // The answer path alone, timed (scripts/bench/answer.sh).
         .executableTarget(name: "answer-bench", dependencies: ["DNSTesting", "DNSServer", "DNSZone", "DNSWire"]),
+        // A master file's load alone, timed, with its memory (scripts/bench/zoneload.sh).
+        .executableTarget(name: "zone-bench", dependencies: ["DNSZone", "DNSWire", "CShims"]),
         .testTarget(name: "DNSWireTests", dependencies: ["DNSWire"]),
         .testTarget(name: "DNSZoneTests", dependencies: ["DNSZone", "DNSWire"]),
         .testTarget(name: "RateLimitTests", dependencies: ["RateLimit", "DNSWire", "MallocCounter"]),

@@ -385,7 +385,7 @@ public final class Answerer {
                 // A referral is not authoritative, unless it follows an in-zone CNAME.
                 authoritative = chain > 0
                 try writeRRSet(ns, owner: .name(node.name), writer: &writer)
-                counts.authority &+= UInt16(ns.records.count)
+                counts.authority &+= UInt16(ns.count)
                 // RFC 9471: glue for in-domain name servers must fit, else TC.
                 try writeGlue(for: ns, zone: zone, counts: &counts, writer: &writer)
                 return .noError
@@ -455,7 +455,7 @@ public final class Answerer {
         } else {
             pickedCount = -1
             try writeRRSet(rrset, owner: owner, writer: &writer)
-            counts.answer &+= UInt16(rrset.records.count)
+            counts.answer &+= UInt16(rrset.count)
         }
     }
 
@@ -633,7 +633,7 @@ public final class Answerer {
         let mark = writer.mark
         do throws(WireOverflow) {
             try writeRRSet(ns, owner: .name(zone.origin), writer: &writer)
-            counts.authority &+= UInt16(ns.records.count)
+            counts.authority &+= UInt16(ns.count)
         } catch {
             writer.rollback(to: mark)
             trimmed = true
@@ -668,7 +668,7 @@ public final class Answerer {
         let count = picked ? max(pickedCount, 0) : compiled.count
         for position in 0..<count {
             let i = picked ? Int(pickedRecords[position]) : position
-            let target = compiled[i].additionalNode
+            let target = compiled.additionalNode(at: i)
             guard target >= 0, !alreadyAdded(target) else { continue }
             let node = zone.nodes[Int(target)]
             let isGlue = node.kind == .glue || node.kind == .delegation
@@ -679,7 +679,7 @@ public final class Answerer {
                 let mark = writer.mark
                 do throws(WireOverflow) {
                     try writeRRSet(address, owner: .name(node.name), writer: &writer)
-                    counts.additional &+= UInt16(address.records.count)
+                    counts.additional &+= UInt16(address.count)
                 } catch {
                     writer.rollback(to: mark)
                     if referral && isGlue { throw error }

@@ -37,4 +37,15 @@ public final class ViewStore: @unchecked Sendable {
         }
         _ = freed  // released here, on the publisher's thread
     }
+
+    /// Frees every retired View now. For a publisher that knows no worker still holds one (a
+    /// worker holds a View for one batch, far less than the caller's wait): after a zone reload
+    /// the previous zones would otherwise stay resident until two more publications.
+    public func freeRetired() {
+        let freed: [View] = retiredLock.withLock {
+            defer { retired.removeAll() }
+            return retired
+        }
+        _ = freed
+    }
 }

@@ -5,23 +5,47 @@ public struct IPv4Address: Hashable, Sendable, CustomStringConvertible {
     public init(_ a: UInt8, _ b: UInt8, _ c: UInt8, _ d: UInt8) { bytes = (a, b, c, d) }
 
     public init?(_ text: String) {
-        let parts = text.split(separator: ".", omittingEmptySubsequences: false)
-        guard parts.count == 4 else { return nil }
-        var values: [UInt8] = []
-        for part in parts {
-            guard !part.isEmpty, part.count <= 3, part.allSatisfy({ $0.isASCII && $0.isNumber }),
-                  let value = UInt8(part) else { return nil }
-            values.append(value)
+        var text = text
+        guard let parsed = text.withUTF8({ Self(ascii: UnsafeRawBufferPointer($0)) }) else { return nil }
+        self = parsed
+    }
+
+    /// Parses a dotted quad from ASCII bytes (four decimal fields of 1 to 3 digits, each at
+    /// most 255) without building a `String`: a zone of a million A records parses this often.
+    public init?(ascii text: UnsafeRawBufferPointer) {
+        var fields: (UInt8, UInt8, UInt8, UInt8) = (0, 0, 0, 0)
+        var field = 0
+        var value = 0
+        var digits = 0
+        for byte in text {
+            if byte == UInt8(ascii: ".") {
+                guard digits > 0, field < 3 else { return nil }
+                withUnsafeMutableBytes(of: &fields) { $0[field] = UInt8(value) }
+                field += 1
+                value = 0
+                digits = 0
+                continue
+            }
+            guard byte >= 48 && byte <= 57, digits < 3 else { return nil }
+            value = value * 10 + Int(byte - 48)
+            guard value <= 255 else { return nil }
+            digits += 1
         }
-        bytes = (values[0], values[1], values[2], values[3])
+        guard digits > 0, field == 3 else { return nil }
+        fields.3 = UInt8(value)
+        bytes = fields
     }
 
     public var array: [UInt8] { [bytes.0, bytes.1, bytes.2, bytes.3] }
 
     public var description: String { "\(bytes.0).\(bytes.1).\(bytes.2).\(bytes.3)" }
 
-    public static func == (l: Self, r: Self) -> Bool { l.array == r.array }
-    public func hash(into hasher: inout Hasher) { hasher.combine(array) }
+    public static func == (l: Self, r: Self) -> Bool {
+        l.bytes.0 == r.bytes.0 && l.bytes.1 == r.bytes.1 && l.bytes.2 == r.bytes.2 && l.bytes.3 == r.bytes.3
+    }
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(UInt32(bytes.0) << 24 | UInt32(bytes.1) << 16 | UInt32(bytes.2) << 8 | UInt32(bytes.3))
+    }
 }
 
 /// An IPv6 address as 16 bytes in network order.

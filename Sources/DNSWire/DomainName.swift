@@ -53,6 +53,10 @@ public struct DomainName: Sendable {
     /// `\X` and `\DDD` escapes. A name without a trailing dot is relative to `origin`
     /// (an error if `origin` is nil). `"."` is the root.
     public init(parsing text: some Collection<UInt8>, origin: DomainName? = nil) throws(NameError) {
+        if let fast = try Self.parsedWithoutEscapes(text, origin: origin) {
+            self = fast
+            return
+        }
         var labels: [[UInt8]] = []
         var label: [UInt8] = []
         var absolute = false
@@ -109,6 +113,49 @@ public struct DomainName: Sendable {
             guard wire.count <= Self.nameBytesMax else { throw .tooLong }
             self.init(uncheckedWire: wire)
         }
+    }
+
+    /// The common case of `init(parsing:origin:)`, in one pass into one array: a name with no
+    /// backslash. Nil when the text has one (the general parser decodes the escapes).
+    private static func parsedWithoutEscapes(_ text: some Collection<UInt8>, origin: DomainName?) throws(NameError) -> DomainName? {
+        let count = text.count
+        guard count > 0 else { throw .emptyLabel }
+        if count == 1 && text.first == UInt8(ascii: ".") { return .root }
+        var wire: [UInt8] = []
+        wire.reserveCapacity(count + 1 + (origin?.wire.count ?? 0))
+        wire.append(0)
+        var lengthAt = 0
+        var absolute = false
+        var position = 0
+        for byte in text {
+            position += 1
+            if byte == UInt8(ascii: "\\") { return nil }
+            if byte == UInt8(ascii: ".") {
+                let length = wire.count - lengthAt - 1
+                guard length > 0 else { throw .emptyLabel }
+                guard length <= labelBytesMax else { throw .labelTooLong }
+                wire[lengthAt] = UInt8(length)
+                if position == count {
+                    absolute = true
+                } else {
+                    lengthAt = wire.count
+                    wire.append(0)
+                }
+                continue
+            }
+            wire.append(byte)
+        }
+        if !absolute {
+            let length = wire.count - lengthAt - 1
+            guard length <= labelBytesMax else { throw .labelTooLong }
+            wire[lengthAt] = UInt8(length)
+            guard let origin else { throw .relativeWithoutOrigin }
+            wire.append(contentsOf: origin.wire)
+        } else {
+            wire.append(0)
+        }
+        guard wire.count <= nameBytesMax else { throw .tooLong }
+        return DomainName(uncheckedWire: wire)
     }
 
     public init(_ text: String, origin: DomainName? = nil) throws(NameError) {
@@ -217,10 +264,15 @@ private func isDigit(_ byte: UInt8) -> Bool { byte >= 48 && byte <= 57 }
 extension DomainName: Hashable {
     public static func == (lhs: DomainName, rhs: DomainName) -> Bool {
         guard lhs.wire.count == rhs.wire.count else { return false }
-        for i in 0..<lhs.wire.count where asciiLower(lhs.wire[i]) != asciiLower(rhs.wire[i]) {
-            return false
+        return lhs.wire.withUnsafeBufferPointer { l in
+            rhs.wire.withUnsafeBufferPointer { r in
+                if l.baseAddress == r.baseAddress { return true }
+                for i in 0..<l.count where l[i] != r[i] && asciiLower(l[i]) != asciiLower(r[i]) {
+                    return false
+                }
+                return true
+            }
         }
-        return true
     }
 
     /// Hashes the lowercased wire bytes in one call: a zone build hashes every name several
@@ -277,6 +329,37 @@ extension DomainName: Comparable {
     /// The labels right to left, lowercased: sort by this (with `canonicallyPrecedes`) to sort
     /// many names without recomputing it in every comparison.
     public var canonicalKey: [[UInt8]] { labels.reversed().map { $0.map(asciiLower) } }
+
+    /// The canonical order (RFC 4034 §6.1) as one flat byte string, compared with
+    /// `lexicographicallyPrecedes`: the labels right to left, lowercased, each followed by
+    /// 0 0, with a 0 byte inside a label written as 0 1 so that order is kept.
+    public var canonicalSortKey: [UInt8] {
+        var key: [UInt8] = []
+        key.reserveCapacity(wire.count * 2)
+        wire.withUnsafeBufferPointer { wire in
+            withUnsafeTemporaryAllocation(of: Int.self, capacity: Self.nameBytesMax) { starts in
+                var count = 0
+                var index = 0
+                while wire[index] != 0 {
+                    starts[count] = index
+                    count += 1
+                    index += 1 + Int(wire[index])
+                }
+                while count > 0 {
+                    count -= 1
+                    let start = starts[count]
+                    for i in (start + 1)..<(start + 1 + Int(wire[start])) {
+                        let byte = asciiLower(wire[i])
+                        key.append(byte)
+                        if byte == 0 { key.append(1) }
+                    }
+                    key.append(0)
+                    key.append(0)
+                }
+            }
+        }
+        return key
+    }
 
     public static func canonicallyPrecedes(_ left: [[UInt8]], _ right: [[UInt8]]) -> Bool {
         for (a, b) in zip(left, right) where a != b {

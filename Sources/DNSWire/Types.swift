@@ -43,6 +43,31 @@ public struct RRType: RawRepresentable, Hashable, Sendable, Comparable {
     private static let byName: [String: RRType] = Dictionary(uniqueKeysWithValues: mnemonics.map { ($0.1, $0.0) })
     private static let byValue: [UInt16: String] = Dictionary(uniqueKeysWithValues: mnemonics.map { ($0.0.rawValue, $0.1) })
 
+    /// The mnemonics of up to 8 bytes, uppercase, packed into an integer: a master file's
+    /// type field is looked up without building a `String`.
+    private static let byPackedName: [UInt64: RRType] = Dictionary(uniqueKeysWithValues: mnemonics.compactMap { entry in
+        Array(entry.1.utf8).withUnsafeBytes { packed($0) }.map { ($0, entry.0) }
+    })
+
+    private static func packed(_ bytes: UnsafeRawBufferPointer) -> UInt64? {
+        guard bytes.count <= 8 else { return nil }
+        var key: UInt64 = 0
+        for byte in bytes {
+            guard byte > 0x20, byte < 0x7F else { return nil }
+            key = key << 8 | UInt64(byte >= 97 && byte <= 122 ? byte - 32 : byte)
+        }
+        return key
+    }
+
+    /// Parses a mnemonic (case-insensitive) or `TYPEnnn` from ASCII bytes.
+    public init?(mnemonic bytes: UnsafeRawBufferPointer) {
+        if let key = Self.packed(bytes), let known = Self.byPackedName[key] {
+            self = known
+            return
+        }
+        self.init(mnemonic: String(decoding: bytes, as: UTF8.self))
+    }
+
     /// Parses a mnemonic (case-insensitive) or `TYPEnnn`.
     public init?(mnemonic: String) {
         let upper = mnemonic.uppercased()

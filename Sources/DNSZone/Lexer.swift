@@ -30,8 +30,9 @@ public struct ZoneError: Error, Sendable, Equatable, CustomStringConvertible {
 
 /// One token of a master file (RFC 1035 §5.1). `text` keeps backslash escapes as written;
 /// the consumer decides how to decode them (a name keeps `\.` inside a label, a string does not).
+/// It is a slice of the file's bytes: a token costs no allocation of its own.
 struct Token {
-    var text: [UInt8]
+    var text: ArraySlice<UInt8>
     var quoted: Bool
     var position: SourcePosition
 }
@@ -106,15 +107,13 @@ struct Lexer {
 
     private mutating func wordToken() throws(ZoneError) -> Token {
         let start = position
-        var text: [UInt8] = []
+        let first = index
         while index < bytes.count {
             let byte = bytes[index]
             if byte == UInt8(ascii: "\\") {
                 guard index + 1 < bytes.count, bytes[index + 1] != UInt8(ascii: "\n") else {
                     throw ZoneError(position, "backslash at end of line (expected an escaped character)")
                 }
-                text.append(byte)
-                text.append(bytes[index + 1])
                 index += 2
                 continue
             }
@@ -123,28 +122,22 @@ struct Lexer {
                 || byte == UInt8(ascii: ")") || byte == UInt8(ascii: "\"") {
                 break
             }
-            text.append(byte)
             index += 1
-            if text.count > Self.tokenBytesMax { throw ZoneError(start, "token too long") }
         }
-        return Token(text: text, quoted: false, position: start)
+        if index - first > Self.tokenBytesMax { throw ZoneError(start, "token too long") }
+        return Token(text: bytes[first..<index], quoted: false, position: start)
     }
 
     private mutating func quotedToken() throws(ZoneError) -> Token {
         let start = position
         index += 1
-        var text: [UInt8] = []
+        let first = index
         while true {
             guard index < bytes.count else { throw ZoneError(start, "unterminated quoted string (expected '\"')") }
             let byte = bytes[index]
-            if byte == UInt8(ascii: "\"") {
-                index += 1
-                break
-            }
+            if byte == UInt8(ascii: "\"") { break }
             if byte == UInt8(ascii: "\\") {
                 guard index + 1 < bytes.count else { throw ZoneError(position, "backslash at end of file") }
-                text.append(byte)
-                text.append(bytes[index + 1])
                 if bytes[index + 1] == UInt8(ascii: "\n") { line += 1; lineStart = index + 2 }
                 index += 2
                 continue
@@ -153,10 +146,11 @@ struct Lexer {
                 line += 1
                 lineStart = index + 1
             }
-            text.append(byte)
             index += 1
-            if text.count > Self.tokenBytesMax { throw ZoneError(start, "token too long") }
+            if index - first > Self.tokenBytesMax { throw ZoneError(start, "token too long") }
         }
+        let text = bytes[first..<index]
+        index += 1
         return Token(text: text, quoted: true, position: start)
     }
 }
@@ -166,20 +160,22 @@ extension Token {
 
     /// Decodes `\X` and `\DDD` escapes into bytes (a character-string, RFC 1035 §5.1).
     func unescaped() throws(ZoneError) -> [UInt8] {
+        guard text.contains(UInt8(ascii: "\\")) else { return Array(text) }
         var out: [UInt8] = []
         out.reserveCapacity(text.count)
-        var i = 0
-        while i < text.count {
+        var i = text.startIndex
+        let end = text.endIndex
+        while i < end {
             let byte = text[i]
             guard byte == UInt8(ascii: "\\") else {
                 out.append(byte)
                 i += 1
                 continue
             }
-            guard i + 1 < text.count else { throw ZoneError(position, "backslash at end of token") }
+            guard i + 1 < end else { throw ZoneError(position, "backslash at end of token") }
             let next = text[i + 1]
             if next >= 48 && next <= 57 {
-                guard i + 3 < text.count, (48...57).contains(text[i + 2]), (48...57).contains(text[i + 3]) else {
+                guard i + 3 < end, (48...57).contains(text[i + 2]), (48...57).contains(text[i + 3]) else {
                     throw ZoneError(position, "bad escape (expected \\DDD with three digits)")
                 }
                 let value = Int(next - 48) * 100 + Int(text[i + 2] - 48) * 10 + Int(text[i + 3] - 48)
@@ -192,5 +188,16 @@ extension Token {
             }
         }
         return out
+    }
+
+    /// True when the token is exactly `word` (ASCII, case-insensitive) and not quoted.
+    func isWord(_ word: StaticString) -> Bool {
+        guard !quoted, text.count == word.utf8CodeUnitCount else { return false }
+        var i = text.startIndex
+        for k in 0..<word.utf8CodeUnitCount {
+            if asciiLowerByte(text[i]) != asciiLowerByte(word.utf8Start[k]) { return false }
+            i += 1
+        }
+        return true
     }
 }

@@ -44,8 +44,13 @@ public struct MasterFileParser {
     private var defaultTTL: UInt32?
     private var lastTTL: UInt32?
     private var lastOwner: DomainName?
+    /// How `lastOwner` was written (empty: not reusable by its text), under the current origin.
+    private var lastOwnerText: ArraySlice<UInt8> = []
     private var errors: [ZoneError] = []
     private var records: [ParsedRecord] = []
+    private let names = NameInterner()
+    /// The files read, main file first.
+    private var files: [FileStamp] = []
 
     private init(origin: DomainName) {
         self.origin = origin
@@ -62,14 +67,22 @@ public struct MasterFileParser {
     }
 
     public static func parse(path: String, origin: DomainName) throws(ZoneLoadError) -> [ParsedRecord] {
+        try parseFiles(path: path, origin: origin).records
+    }
+
+    /// Parses a master file and what it includes; `files` are their stamps.
+    public static func parseFiles(path: String, origin: DomainName) throws(ZoneLoadError) -> (records: [ParsedRecord], files: [FileStamp]) {
+        var parser = MasterFileParser(origin: origin)
         let position = SourcePosition(file: path, line: 0, column: 0)
         let bytes: [UInt8]
         do throws(ZoneError) {
-            bytes = try readFile(path, position: position)
+            bytes = try readFile(path, position: position, stamps: &parser.files)
         } catch {
             throw ZoneLoadError([error])
         }
-        return try parse(text: bytes, file: path, origin: origin, directory: directoryOf(path))
+        parser.parseFile(bytes: bytes, file: path, directory: directoryOf(path), depth: 0)
+        guard parser.errors.isEmpty else { throw ZoneLoadError(parser.errors) }
+        return (parser.records, parser.files)
     }
 
     private var full: Bool { errors.count >= ZoneLoadError.errorsMax }
@@ -106,11 +119,18 @@ public struct MasterFileParser {
         }
         var cursor = 0
         let owner: DomainName
+        var ownerText = lastOwnerText
         if entry.startsWithBlank {
             guard let lastOwner else { throw ZoneError(entry.position, "no owner name (the first record must name its owner)") }
             owner = lastOwner
+        } else if let lastOwner, !first.quoted, first.text.count == lastOwnerText.count,
+                  first.text.withUnsafeBytes({ a in lastOwnerText.withUnsafeBytes { b in memcmp(a.baseAddress!, b.baseAddress!, a.count) == 0 } }) {
+            // The same owner as the record before, written again (the usual layout).
+            owner = lastOwner
+            cursor = 1
         } else {
             owner = try name(first)
+            ownerText = first.quoted ? [] : first.text
             cursor = 1
         }
         var ttl: UInt32?
@@ -119,17 +139,18 @@ public struct MasterFileParser {
         // [TTL] [class] type, or [class] [TTL] type (RFC 1035 §5.1).
         while cursor < entry.tokens.count, type == nil {
             let token = entry.tokens[cursor]
-            let word = token.string
-            if ttl == nil, let value = try? Self.parseTTL(token) {
+            if ttl == nil, let value = Self.ttlValue(token) {
                 ttl = value
-            } else if !sawClass, let rrClass = RRClass(mnemonic: word) {
-                guard rrClass == .in else { throw ZoneError(token.position, "class \(word) is not served (expected IN)") }
+            } else if !sawClass, token.isWord("IN") {
                 sawClass = true
-            } else if let parsed = RRType(mnemonic: word), !token.quoted {
-                guard !parsed.isMetaType else { throw ZoneError(token.position, "\(word) is a meta-type, not a record type") }
+            } else if !sawClass, let rrClass = RRClass(mnemonic: token.string) {
+                guard rrClass == .in else { throw ZoneError(token.position, "class \(token.string) is not served (expected IN)") }
+                sawClass = true
+            } else if !token.quoted, let parsed = token.text.withUnsafeBytes({ RRType(mnemonic: $0) }) {
+                guard !parsed.isMetaType else { throw ZoneError(token.position, "\(token.string) is a meta-type, not a record type") }
                 type = parsed
             } else {
-                throw ZoneError(token.position, "expected a TTL, class or record type, found '\(word)'")
+                throw ZoneError(token.position, "expected a TTL, class or record type, found '\(token.string)'")
             }
             cursor += 1
         }
@@ -148,9 +169,10 @@ public struct MasterFileParser {
             throw ZoneError(entry.position, "no TTL (expected a TTL on the record or a $TTL directive before it)")
         }
         let rdataTokens = Array(entry.tokens[cursor...])
-        var rdataParser = RDataParser(origin: origin, tokens: rdataTokens, end: entry.tokens.last!.position)
+        var rdataParser = RDataParser(origin: origin, tokens: rdataTokens, end: entry.tokens.last!.position, names: names)
         let rdata = try rdataParser.parse(type: type)
         lastOwner = owner
+        lastOwnerText = ownerText
         records.append(ParsedRecord(record: ResourceRecord(name: owner, ttl: effectiveTTL, rdata: rdata),
                                     position: entry.tokens[0].position))
     }
@@ -164,6 +186,8 @@ public struct MasterFileParser {
                 throw ZoneError(directive.position, "$ORIGIN expects one domain name")
             }
             origin = try name(token)
+            names.removeAll()
+            lastOwnerText = []
         case "$TTL":
             guard arguments.count == 1, let token = arguments.first else {
                 throw ZoneError(directive.position, "$TTL expects one TTL")
@@ -179,12 +203,16 @@ public struct MasterFileParser {
             }
             let path = String(decoding: try pathToken.unescaped(), as: UTF8.self)
             let resolved = path.hasPrefix("/") ? path : directory + "/" + path
-            let bytes = try readFile(resolved, position: pathToken.position)
+            let bytes = try readFile(resolved, position: pathToken.position, stamps: &files)
             // RFC 1035 §5.1: the origin (and our owner) return to their values after the include.
             let savedOrigin = origin
             let savedOwner = lastOwner
             if arguments.count == 2 { origin = try name(arguments[arguments.startIndex + 1]) }
+            names.removeAll()
+            lastOwnerText = []
             parseFile(bytes: bytes, file: resolved, directory: directoryOf(resolved), depth: depth + 1)
+            names.removeAll()
+            lastOwnerText = []
             origin = savedOrigin
             lastOwner = savedOwner
         default:
@@ -193,7 +221,14 @@ public struct MasterFileParser {
     }
 
     private func name(_ token: Token) throws(ZoneError) -> DomainName {
-        try parseName(token, origin: origin)
+        try names.name(token, origin: origin)
+    }
+
+    /// `parseTTL` without the error: nil for anything that is not a TTL (the field after an
+    /// owner is tried as a TTL first, and is usually a class or type).
+    static func ttlValue(_ token: Token) -> UInt32? {
+        guard let first = token.text.first, first >= 48 && first <= 57 else { return nil }
+        return try? parseTTL(token)
     }
 
     /// A TTL: seconds, or units `1w2d3h4m5s` (case-insensitive), at most 2^31-1.
@@ -232,8 +267,41 @@ public struct MasterFileParser {
     }
 }
 
+/// Names already parsed in this file under the current origin, by their text: a name written
+/// many times (an owner with several records, an SRV target that is also a host) is parsed once
+/// and its copies share one buffer, which a large zone's memory feels. The parser empties it
+/// whenever the origin changes.
+final class NameInterner {
+    /// Past this many distinct names, new ones are parsed without being remembered.
+    static let namesMax = 1 << 22
+
+    /// A token's text as a dictionary key, hashed in one call.
+    private struct Key: Hashable {
+        let text: ArraySlice<UInt8>
+        static func == (a: Key, b: Key) -> Bool {
+            a.text.count == b.text.count && a.text.withUnsafeBytes { a in
+                b.text.withUnsafeBytes { b in memcmp(a.baseAddress!, b.baseAddress!, a.count) == 0 }
+            }
+        }
+        func hash(into hasher: inout Hasher) { text.withUnsafeBytes { hasher.combine(bytes: $0) } }
+    }
+
+    private var names: [Key: DomainName] = [:]
+
+    func name(_ token: Token, origin: DomainName) throws(ZoneError) -> DomainName {
+        guard !token.quoted else { return try parseName(token, origin: origin) }
+        let key = Key(text: token.text)
+        if let known = names[key] { return known }
+        let parsed = try parseName(token, origin: origin)
+        if names.count < Self.namesMax { names[key] = parsed }
+        return parsed
+    }
+
+    func removeAll() { names.removeAll() }
+}
+
 func parseName(_ token: Token, origin: DomainName) throws(ZoneError) -> DomainName {
-    if token.text == [UInt8(ascii: "@")] && !token.quoted { return origin }
+    if token.text.count == 1 && token.text.first == UInt8(ascii: "@") && !token.quoted { return origin }
     do throws(NameError) {
         return try DomainName(parsing: token.text, origin: origin)
     } catch {
@@ -249,11 +317,42 @@ func directoryOf(_ path: String) -> String {
     return slash == path.startIndex ? "/" : String(path[..<slash])
 }
 
-func readFile(_ path: String, position: SourcePosition) throws(ZoneError) -> [UInt8] {
+/// What identifies one version of a file: a reload skips a zone whose files all still have
+/// the stamps they had when it was read (as NSD compares modification times).
+public struct FileStamp: Hashable, Sendable {
+    public var path: String
+    var device: UInt64
+    var inode: UInt64
+    var size: Int64
+    var modifiedSeconds: Int
+    var modifiedNanoseconds: Int
+
+    /// The stamp of the file at `path` now, or nil if it cannot be read.
+    public static func current(_ path: String) -> FileStamp? {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return nil }
+        return FileStamp(path: path, info)
+    }
+
+    init(path: String, _ info: stat) {
+        self.path = path
+        device = UInt64(info.st_dev)
+        inode = UInt64(info.st_ino)
+        size = Int64(info.st_size)
+        modifiedSeconds = info.st_mtim.tv_sec
+        modifiedNanoseconds = info.st_mtim.tv_nsec
+    }
+}
+
+/// Reads a whole file; `stamps` gets its stamp, taken before the read (a change during the
+/// read shows at the next reload).
+func readFile(_ path: String, position: SourcePosition, stamps: inout [FileStamp]) throws(ZoneError) -> [UInt8] {
     guard let file = fopen(path, "rb") else {
         throw ZoneError(position, "cannot open \(path): \(String(cString: strerror(errno)))")
     }
     defer { fclose(file) }
+    var info = stat()
+    if fstat(fileno(file), &info) == 0 { stamps.append(FileStamp(path: path, info)) }
     var bytes: [UInt8] = []
     var chunk = [UInt8](repeating: 0, count: 65536)
     while true {

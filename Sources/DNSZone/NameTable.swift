@@ -1,14 +1,17 @@
 /// An open-addressing hash table from lowercased wire-form names to node indices.
 ///
 /// Lookups take raw bytes (a suffix of the query name in a scratch buffer), so the answer
-/// path finds nodes without building a `DomainName` or allocating.
+/// path finds nodes without building a `DomainName` or allocating. The keys live end to end in
+/// one buffer (no array per name: a zone of a million names would pay a heap block each).
 package struct NameTable: Sendable {
     /// Slots per key at least this factor; keeps probe sequences short.
     static let slotsPerKeyMin = 2
 
     private var slots: [Int32]
     private var mask: Int
-    private var keys: [[UInt8]]
+    /// Key i is `bytes[ends[i - 1] ..< ends[i]]` (from 0 for the first).
+    private var bytes: [UInt8]
+    private var ends: [Int32]
 
     /// - Parameter keys: lowercased wire names, distinct; index i maps to value i.
     package init(keys: [[UInt8]]) {
@@ -25,21 +28,30 @@ package struct NameTable: Sendable {
         while slotCount < capacity * Self.slotsPerKeyMin { slotCount <<= 1 }
         slots = [Int32](repeating: -1, count: slotCount)
         mask = slotCount - 1
-        keys = []
-        keys.reserveCapacity(capacity)
+        bytes = []
+        ends = []
+        ends.reserveCapacity(capacity)
     }
 
-    package var count: Int { keys.count }
+    package var count: Int { ends.count }
+
+    private func range(of index: Int) -> Range<Int> {
+        (index == 0 ? 0 : Int(ends[index - 1]))..<Int(ends[index])
+    }
+
+    /// The key with index `index`.
+    package func key(at index: Int) -> [UInt8] { Array(bytes[range(of: index)]) }
 
     /// Adds `key` with the next index (`count`), unless it is already there.
     /// - Returns: the key's index, and whether it was added.
     package mutating func insert(_ key: [UInt8]) -> (index: Int32, inserted: Bool) {
         let found = key.withUnsafeBytes { find($0) }
         if found >= 0 { return (found, false) }
-        if (keys.count + 1) * Self.slotsPerKeyMin > slots.count { grow() }
-        let index = Int32(keys.count)
+        if (count + 1) * Self.slotsPerKeyMin > slots.count { grow() }
+        let index = Int32(count)
         place(index, hash: key.withUnsafeBytes { Self.hash($0) })
-        keys.append(key)
+        bytes.append(contentsOf: key)
+        ends.append(Int32(bytes.count))
         return (index, true)
     }
 
@@ -52,8 +64,9 @@ package struct NameTable: Sendable {
     private mutating func grow() {
         slots = [Int32](repeating: -1, count: slots.count * 2)
         mask = slots.count - 1
-        for (index, key) in keys.enumerated() {
-            place(Int32(index), hash: key.withUnsafeBytes { Self.hash($0) })
+        for index in 0..<count {
+            let hash = bytes.withUnsafeBytes { Self.hash(UnsafeRawBufferPointer(rebasing: $0[range(of: index)])) }
+            place(Int32(index), hash: hash)
         }
     }
 
@@ -72,15 +85,18 @@ package struct NameTable: Sendable {
     package func find(_ name: UnsafeRawBufferPointer) -> Int32 {
         var slot = Self.hash(name) & mask
         return slots.withUnsafeBufferPointer { slots in
-            keys.withUnsafeBufferPointer { keys in
-                while true {
-                    let index = slots[slot]
-                    if index < 0 { return -1 }
-                    let equal = keys[Int(index)].withUnsafeBytes { key in
-                        key.count == name.count && memcmpEqual(key.baseAddress!, name.baseAddress!, name.count)
+            ends.withUnsafeBufferPointer { ends in
+                bytes.withUnsafeBytes { bytes in
+                    while true {
+                        let index = Int(slots[slot])
+                        if index < 0 { return -1 }
+                        let start = index == 0 ? 0 : Int(ends[index - 1])
+                        let count = Int(ends[index]) - start
+                        if count == name.count && memcmpEqual(bytes.baseAddress! + start, name.baseAddress!, count) {
+                            return Int32(index)
+                        }
+                        slot = (slot + 1) & mask
                     }
-                    if equal { return index }
-                    slot = (slot + 1) & mask
                 }
             }
         }

@@ -6,23 +6,26 @@ struct RDataParser {
     let tokens: [Token]
     /// Where the record ends, for "expected more" errors.
     let end: SourcePosition
+    /// Shared with the file's other records (nil: every name is parsed afresh).
+    let names: NameInterner?
     private var cursor = 0
 
-    init(origin: DomainName, tokens: [Token], end: SourcePosition) {
+    init(origin: DomainName, tokens: [Token], end: SourcePosition, names: NameInterner? = nil) {
         self.origin = origin
         self.tokens = tokens
         self.end = end
+        self.names = names
     }
 
     mutating func parse(type: RRType) throws(ZoneError) -> RData {
-        if let first = tokens.first, first.text == Array("\\#".utf8), !first.quoted {
+        if let first = tokens.first, first.text.elementsEqual("\\#".utf8), !first.quoted {
             return try parseGeneric(type: type)
         }
         let rdata: RData
         switch type {
         case .a:
             let token = try next("an IPv4 address")
-            guard let address = IPv4Address(token.string) else {
+            guard let address = token.text.withUnsafeBytes({ IPv4Address(ascii: $0) }) else {
                 throw ZoneError(token.position, "expected an IPv4 address, found '\(token.string)'")
             }
             rdata = .a(address)
@@ -118,7 +121,9 @@ struct RDataParser {
     }
 
     private mutating func name(_ expected: String) throws(ZoneError) -> DomainName {
-        try parseName(try next(expected), origin: origin)
+        let token = try next(expected)
+        if let names { return try names.name(token, origin: origin) }
+        return try parseName(token, origin: origin)
     }
 
     private mutating func number(_ expected: String, max: UInt32) throws(ZoneError) -> UInt32 {
@@ -126,8 +131,14 @@ struct RDataParser {
     }
 
     private func number(_ token: Token, _ expected: String, max: UInt32) throws(ZoneError) -> UInt32 {
-        guard !token.quoted, !token.text.isEmpty, token.text.allSatisfy({ $0 >= 48 && $0 <= 57 }),
-              let value = UInt64(token.string), value <= UInt64(max) else {
+        var value: UInt64 = 0
+        var valid = !token.quoted && !token.text.isEmpty
+        for byte in token.text where valid {
+            valid = byte >= 48 && byte <= 57
+            value = value &* 10 &+ UInt64(byte &- 48)
+            valid = valid && value <= UInt64(max)
+        }
+        guard valid else {
             throw ZoneError(token.position, "expected \(expected) (a number up to \(max)), found '\(token.string)'")
         }
         return UInt32(value)

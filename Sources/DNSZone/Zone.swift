@@ -4,7 +4,9 @@ import DNSWire
 /// may be compressed start, and the node (in the same zone) whose A/AAAA records go into the
 /// additional section for it.
 public struct CompiledRData: Sendable {
-    public let bytes: [UInt8]
+    /// A slice of a buffer that a zone's RRset shares between its records (no heap block per
+    /// record), or of the record's own.
+    public let bytes: ArraySlice<UInt8>
     /// Offsets in `bytes` of compressible names (RFC 3597 §4), -1 when absent. SOA has two.
     public let firstNameAt: Int16
     public let secondNameAt: Int16
@@ -20,6 +22,10 @@ public struct CompiledRData: Sendable {
 
     init(_ rdata: RData, additionalNode: Int32) {
         let (bytes, names) = rdata.encoded()
+        self.init(rdata, bytes: bytes[...], names: names, additionalNode: additionalNode)
+    }
+
+    private init(_ rdata: RData, bytes: ArraySlice<UInt8>, names: [Int], additionalNode: Int32) {
         var lowercasedTarget: [UInt8] = []
         switch rdata {
         case .cname(let target), .dname(let target): lowercasedTarget = target.lowercased().wire
@@ -32,6 +38,15 @@ public struct CompiledRData: Sendable {
         self.lowercasedTarget = lowercasedTarget
     }
 
+    /// A record of a packed RRset (no copy: the bytes are a slice of the set's buffer).
+    init(bytes: ArraySlice<UInt8>, firstNameAt: Int16, secondNameAt: Int16, additionalNode: Int32, lowercasedTarget: [UInt8]) {
+        self.bytes = bytes
+        self.firstNameAt = firstNameAt
+        self.secondNameAt = secondNameAt
+        self.additionalNode = additionalNode
+        self.lowercasedTarget = lowercasedTarget
+    }
+
     /// The same RDATA with its additional-section node resolved in another zone.
     func resolving(additionalNode node: Int32) -> CompiledRData {
         var resolved = self
@@ -40,25 +55,127 @@ public struct CompiledRData: Sendable {
     }
 }
 
+/// The compiled records of an RRset, packed: their wire bytes end to end in one buffer and
+/// 12 bytes of metadata each, instead of a `CompiledRData` (48 bytes and a heap block of its
+/// own) per record. Subscripting builds a `CompiledRData` view without allocating.
+public struct CompiledRecords: RandomAccessCollection, Sendable {
+    struct Entry: Sendable {
+        /// Where the record's bytes end in `wire` (they start where the previous one's end).
+        var end: UInt32
+        var firstNameAt: Int16
+        var secondNameAt: Int16
+        var additionalNode: Int32
+    }
+
+    let wire: [UInt8]
+    let entries: [Entry]
+    /// The lowercased CNAME/DNAME targets, one per record; empty for every other type.
+    let targets: [[UInt8]]
+
+    public var startIndex: Int { 0 }
+    public var endIndex: Int { entries.count }
+
+    @inline(__always)
+    public subscript(index: Int) -> CompiledRData {
+        let entry = entries[index]
+        let start = index == 0 ? 0 : Int(entries[index - 1].end)
+        return CompiledRData(bytes: wire[start..<Int(entry.end)], firstNameAt: entry.firstNameAt,
+                             secondNameAt: entry.secondNameAt, additionalNode: entry.additionalNode,
+                             lowercasedTarget: targets.isEmpty ? [] : targets[index])
+    }
+
+    /// The additional-section node of record `index` (without building its view).
+    @inline(__always)
+    public func additionalNode(at index: Int) -> Int32 { entries[index].additionalNode }
+
+    /// Packs compiled records.
+    init(_ records: some Collection<CompiledRData>) {
+        var wire: [UInt8] = []
+        wire.reserveCapacity(records.reduce(0) { $0 + $1.bytes.count })
+        var entries: [Entry] = []
+        entries.reserveCapacity(records.count)
+        var targets: [[UInt8]] = []
+        let hasTargets = records.contains { !$0.lowercasedTarget.isEmpty }
+        for record in records {
+            wire.append(contentsOf: record.bytes)
+            entries.append(Entry(end: UInt32(wire.count), firstNameAt: record.firstNameAt,
+                                 secondNameAt: record.secondNameAt, additionalNode: record.additionalNode))
+            if hasTargets { targets.append(record.lowercasedTarget) }
+        }
+        self.wire = wire
+        self.entries = entries
+        self.targets = targets
+    }
+
+    /// Compiles and packs records, with each one's additional-section node.
+    init(compiling records: [RData], additionalNode: (RData) -> Int32) {
+        var wire: [UInt8] = []
+        var entries: [Entry] = []
+        entries.reserveCapacity(records.count)
+        var targets: [[UInt8]] = []
+        for rdata in records {
+            let (bytes, names) = rdata.encoded()
+            wire.append(contentsOf: bytes)
+            entries.append(Entry(end: UInt32(wire.count), firstNameAt: Int16(names.first ?? -1),
+                                 secondNameAt: Int16(names.count > 1 ? names[1] : -1),
+                                 additionalNode: additionalNode(rdata)))
+            switch rdata {
+            case .cname(let target), .dname(let target): targets.append(target.lowercased().wire)
+            default: break
+            }
+        }
+        self.wire = wire
+        self.entries = entries
+        self.targets = targets.count == records.count ? targets : []
+    }
+
+    /// Decodes the records back (for the few readers that want `RData`, off the answer path).
+    func decoded(type: RRType) -> [RData] {
+        indices.map { index in
+            self[index].bytes.withUnsafeBytes { buffer -> RData in
+                var reader = WireReader(buffer)
+                return (try? RData.parse(type: type, from: &reader)) ?? .unknown(type, Array(buffer))
+            }
+        }
+    }
+}
+
 /// The records of one owner and type (RFC 2181 §5).
 public struct RRSet: Sendable {
     public let type: RRType
     /// RFC 2181 §5.2: one TTL for the whole set.
     public let ttl: UInt32
-    public let records: [RData]
-    public let compiled: [CompiledRData]
+    public let compiled: CompiledRecords
     /// Set for a service's RRsets: the answer path picks their records per query (order,
     /// subset, panic); nil: every record is answered, in this order.
     public let selection: RecordSelection?
+    /// The records as `RData`, when kept: a master-file zone keeps only those of the types the
+    /// answer path decodes (SOA, CNAME, DNAME) and decodes the others when asked.
+    private let storedRecords: [RData]?
+
+    /// The records, in answer order.
+    public var records: [RData] { storedRecords ?? compiled.decoded(type: type) }
+    /// How many records (without decoding them).
+    @inline(__always)
+    public var count: Int { compiled.count }
 
     public init(type: RRType, ttl: UInt32, records: [RData], compiled: [CompiledRData], selection: RecordSelection? = nil) {
         precondition(records.count == compiled.count, "one compiled form per record")
         precondition(selection.map { $0.weights.count == records.count } ?? true, "one weight per record")
         self.type = type
         self.ttl = ttl
-        self.records = records
-        self.compiled = compiled
+        self.storedRecords = records
+        self.compiled = CompiledRecords(compiled)
         self.selection = selection
+    }
+
+    /// A master-file RRset: packed, with `RData` kept only where the answer path reads it.
+    init(type: RRType, ttl: UInt32, records: [RData], compiled: CompiledRecords) {
+        self.type = type
+        self.ttl = ttl
+        self.storedRecords = type == .soa || type == .cname || type == .dname ? records : nil
+        self.compiled = compiled
+        self.selection = nil
     }
 }
 
@@ -112,6 +229,9 @@ public final class Zone: Sendable {
     public let origin: DomainName
     /// Where it was loaded from, for logs.
     public let source: String
+    /// The files it was read from (with `$INCLUDE`s), as they were then; empty when not read
+    /// from files.
+    public let files: [FileStamp]
     public let nodes: [Node]
     public let soa: SOAData
     public let soaTTL: UInt32
@@ -125,7 +245,12 @@ public final class Zone: Sendable {
     let table: NameTable
 
     /// Builds a zone from parsed records, validating it. On any error nothing is built.
-    public convenience init(origin: DomainName, records: [ParsedRecord], source: String) throws(ZoneLoadError) {
+    ///
+    /// Linear in the records apart from one sort of the distinct names: owners are grouped in
+    /// first-appearance order (a record usually follows one of the same owner, which is then
+    /// found without a lookup), and the checks against zone cuts and DNAMEs walk each name's
+    /// ancestors instead of every cut.
+    public convenience init(origin: DomainName, records: [ParsedRecord], source: String, files: [FileStamp] = []) throws(ZoneLoadError) {
         var errors: [ZoneError] = []
         func fail(_ position: SourcePosition, _ message: String) {
             if errors.count < ZoneLoadError.errorsMax { errors.append(ZoneError(position, message)) }
@@ -133,140 +258,223 @@ public final class Zone: Sendable {
         let zonePosition = SourcePosition(file: source, line: 1, column: 1)
 
         // Group by owner, then by type, keeping the first position of each owner and type.
+        struct PendingSet {
+            var type: RRType
+            var ttl: UInt32
+            var records: [RData]
+            /// Built once a set grows past `duplicateScanRecordsMax`, to keep duplicate checks linear.
+            var seen: Set<RData>?
+            var position: SourcePosition
+
+            mutating func appendUnique(_ rdata: RData) {
+                if seen != nil {
+                    if seen?.insert(rdata).inserted == true { records.append(rdata) }
+                    return
+                }
+                guard !records.contains(rdata) else { return }
+                records.append(rdata)
+                if records.count > Zone.duplicateScanRecordsMax { seen = Set(records) }
+            }
+        }
         struct Owner {
             var name: DomainName
+            /// Lowercased wire form: the name's key in the name table.
+            var key: [UInt8]
             var position: SourcePosition
-            var sets: [RRType: (ttl: UInt32, records: [RData], position: SourcePosition, order: Int)] = [:]
+            var sets: [PendingSet] = []
+            func set(_ type: RRType) -> PendingSet? { sets.first { $0.type == type } }
         }
-        var owners: [DomainName: Owner] = [:]
-        for (order, parsed) in records.enumerated() {
+        var owners: [Owner] = []
+        var ownerIndex: [DomainName: Int] = [:]
+        var lastWire: [UInt8] = []
+        var last = -1
+        for parsed in records {
             let rr = parsed.record
-            guard rr.name.isSubdomain(of: origin) else {
-                fail(parsed.position, "\(rr.name) is outside the zone \(origin)")
-                continue
-            }
-            let key = rr.name.lowercased()
-            var owner = owners[key] ?? Owner(name: rr.name, position: parsed.position)
-            if var set = owner.sets[rr.type] {
-                // RFC 2181 §5: duplicates collapse; RFC 2181 §5.2: the first TTL holds for the set.
-                if !set.records.contains(rr.rdata) { set.records.append(rr.rdata) }
-                owner.sets[rr.type] = set
+            let index: Int
+            if last >= 0 && rr.name.wire == lastWire {
+                index = last
+            } else if let known = ownerIndex[rr.name] {
+                index = known
             } else {
-                owner.sets[rr.type] = (rr.ttl, [rr.rdata], parsed.position, order)
+                guard rr.name.isSubdomain(of: origin) else {
+                    fail(parsed.position, "\(rr.name) is outside the zone \(origin)")
+                    continue
+                }
+                index = owners.count
+                owners.append(Owner(name: rr.name, key: rr.name.lowercased().wire, position: parsed.position))
+                ownerIndex[rr.name] = index
             }
-            owners[key] = owner
+            last = index
+            lastWire = rr.name.wire
+            if let setIndex = owners[index].sets.firstIndex(where: { $0.type == rr.type }) {
+                // RFC 2181 §5: duplicates collapse; RFC 2181 §5.2: the first TTL holds for the set.
+                owners[index].sets[setIndex].appendUnique(rr.rdata)
+            } else {
+                owners[index].sets.append(PendingSet(type: rr.type, ttl: rr.ttl, records: [rr.rdata], position: parsed.position))
+            }
         }
 
-        let apexKey = origin.lowercased()
-        let apex = owners[apexKey]
+        let apexKey = origin.lowercased().wire
+        let apex = ownerIndex[origin].map { owners[$0] }
         var soaData: SOAData?
         var soaTTL: UInt32 = 0
-        if let soaSet = apex?.sets[.soa] {
+        if let soaSet = apex?.set(.soa) {
             if soaSet.records.count != 1 { fail(soaSet.position, "more than one SOA record at the apex \(origin)") }
             if case .soa(let data) = soaSet.records[0] { soaData = data }
             soaTTL = soaSet.ttl
         } else {
             fail(apex?.position ?? zonePosition, "no SOA record at the apex \(origin) (expected exactly one)")
         }
-        if apex?.sets[.ns] == nil {
+        if apex?.set(.ns) == nil {
             fail(apex?.position ?? zonePosition, "no NS records at the apex \(origin)")
         }
 
         // Zone cuts and DNAMEs, to classify what lies below them.
-        var cuts: [DomainName] = []
-        var dnames: [DomainName] = []
-        for (key, owner) in owners {
-            if key != apexKey, owner.sets[.ns] != nil { cuts.append(key) }
-            if let set = owner.sets[.dname] {
+        var cutKeys: [[UInt8]] = []
+        var dnameKeys: [[UInt8]] = []
+        for owner in owners {
+            if owner.key != apexKey, owner.set(.ns) != nil { cutKeys.append(owner.key) }
+            if let set = owner.set(.dname) {
                 if set.records.count > 1 { fail(set.position, "more than one DNAME at \(owner.name)") }
-                dnames.append(key)
+                dnameKeys.append(owner.key)
             }
         }
-        func strictlyBelow(_ name: DomainName, _ ancestors: [DomainName]) -> DomainName? {
-            for ancestor in ancestors where name != ancestor && name.isSubdomain(of: ancestor) { return ancestor }
-            return nil
+        let cuts = NameTable(keys: cutKeys)
+        let dnames = NameTable(keys: dnameKeys)
+        /// The key of the nearest strict ancestor of `key` in `table`, if any.
+        func strictlyBelow(_ key: [UInt8], _ table: NameTable) -> [UInt8]? {
+            guard table.count > 0 else { return nil }
+            return key.withUnsafeBytes { wire -> [UInt8]? in
+                var offset = 0
+                while wire[offset] != 0 {
+                    offset += 1 + Int(wire[offset])
+                    let suffix = UnsafeRawBufferPointer(rebasing: wire[offset...])
+                    if table.find(suffix) >= 0 { return Array(suffix) }
+                }
+                return nil
+            }
         }
+        func display(_ key: [UInt8]) -> DomainName { DomainName(uncheckedWire: key) }
 
-        var kinds: [DomainName: Node.Kind] = [:]
-        for (key, owner) in owners.sorted(by: { $0.value.position.line < $1.value.position.line }) {
-            let addressOnly = owner.sets.keys.allSatisfy { $0 == .a || $0 == .aaaa }
-            if let soa = owner.sets[.soa], key != apexKey {
+        var kinds = [Node.Kind?](repeating: nil, count: owners.count)
+        for (index, owner) in owners.enumerated() {
+            let key = owner.key
+            let addressOnly = owner.sets.allSatisfy { $0.type == .a || $0.type == .aaaa }
+            if let soa = owner.set(.soa), key != apexKey {
                 fail(soa.position, "SOA record at \(owner.name), not at the apex \(origin)")
             }
-            if let cname = owner.sets[.cname] {
+            if let cname = owner.set(.cname) {
                 if cname.records.count > 1 { fail(cname.position, "more than one CNAME at \(owner.name)") }
                 if owner.sets.count > 1 {
-                    let others = owner.sets.keys.filter { $0 != .cname }.sorted().map(\.description).joined(separator: ", ")
+                    let others = owner.sets.map(\.type).filter { $0 != .cname }.sorted().map(\.description).joined(separator: ", ")
                     fail(cname.position, "CNAME at \(owner.name) alongside other data (\(others)); a CNAME must be alone")
                 }
             }
             if let cut = strictlyBelow(key, cuts) {
                 if !addressOnly {
-                    fail(owner.position, "\(owner.name) is below the delegation \(cut): only A/AAAA glue may be there")
+                    fail(owner.position, "\(owner.name) is below the delegation \(display(cut)): only A/AAAA glue may be there")
                 }
-                kinds[key] = .glue
+                kinds[index] = .glue
                 continue
             }
             if let dname = strictlyBelow(key, dnames) {
-                fail(owner.position, "\(owner.name) is below the DNAME at \(dname) (occluded data)")
+                fail(owner.position, "\(owner.name) is below the DNAME at \(display(dname)) (occluded data)")
                 continue
             }
             if key == apexKey {
-                kinds[key] = .apex
-            } else if owner.sets[.ns] != nil {
+                kinds[index] = .apex
+            } else if owner.set(.ns) != nil {
                 let allowed: Set<RRType> = [.ns, .ds, .a, .aaaa]
-                if let bad = owner.sets.keys.filter({ !allowed.contains($0) }).sorted().first {
-                    fail(owner.sets[bad]!.position, "\(bad) at the delegation point \(owner.name) (only NS, DS and glue belong there)")
+                if let bad = owner.sets.filter({ !allowed.contains($0.type) }).min(by: { $0.type < $1.type }) {
+                    fail(bad.position, "\(bad.type) at the delegation point \(owner.name) (only NS, DS and glue belong there)")
                 }
-                kinds[key] = .delegation
+                kinds[index] = .delegation
             } else {
-                kinds[key] = .authoritative
+                kinds[index] = .authoritative
             }
         }
         guard errors.isEmpty, let soaData else { throw ZoneLoadError(errors) }
 
         // Every ancestor between a name and the apex exists: empty non-terminals (RFC 4592 §2.2.2).
-        var names: [DomainName: DomainName] = [:]  // lowercased → as written
-        for (key, owner) in owners where kinds[key] != nil {
-            names[key] = owner.name
-            var ancestor = owner.name.parent
-            while let current = ancestor, current.isSubdomain(of: origin), current != origin {
-                let ancestorKey = current.lowercased()
-                if names[ancestorKey] == nil { names[ancestorKey] = owners[ancestorKey]?.name ?? current }
-                ancestor = current.parent
+        // A name's slot: an owner's index, or an empty non-terminal's (past the owners).
+        var slotOfKey = NameTable(capacity: owners.count)
+        var slotNames: [DomainName] = []
+        var slotOwner: [Int32] = []
+        slotNames.reserveCapacity(owners.count)
+        slotOwner.reserveCapacity(owners.count)
+        for (index, owner) in owners.enumerated() where kinds[index] != nil {
+            let (_, inserted) = slotOfKey.insert(owner.key)
+            if inserted {
+                slotNames.append(owner.name)
+                slotOwner.append(Int32(index))
             }
         }
-        names[apexKey] = origin
-        // Canonical order, with each name's sort key computed once (a registry zone has thousands).
-        var ordered = names.keys.map { ($0, $0.canonicalKey) }
-            .sorted { DomainName.canonicallyPrecedes($0.1, $1.1) }.map(\.0)
-        ordered.removeAll { $0 == apexKey }
-        ordered.insert(apexKey, at: 0)
-        let table = NameTable(keys: ordered.map(\.wire))
+        let originBytes = origin.wire.count
+        for (index, owner) in owners.enumerated() where kinds[index] != nil {
+            owner.key.withUnsafeBytes { wire in
+                var offset = 1 + Int(wire[0])
+                while wire.count - offset > originBytes {
+                    let suffix = UnsafeRawBufferPointer(rebasing: wire[offset...])
+                    // An ancestor already there has its own ancestors there too.
+                    guard slotOfKey.find(suffix) < 0 else { break }
+                    _ = slotOfKey.insert(Array(suffix))
+                    slotNames.append(DomainName(uncheckedWire: Array(owner.name.wire[offset...])))
+                    slotOwner.append(-1)
+                    offset += 1 + Int(wire[offset])
+                }
+            }
+        }
+        if slotOfKey.find(apexKey) < 0 {
+            _ = slotOfKey.insert(apexKey)
+            slotNames.append(origin)
+            slotOwner.append(-1)
+        }
+        // Canonical order, apex first, with each name's sort key computed once.
+        let apexSlot = Int(slotOfKey.find(apexKey))
+        var sortable: [(key: [UInt8], slot: Int32)] = []
+        sortable.reserveCapacity(slotNames.count)
+        for slot in 0..<slotNames.count where slot != apexSlot {
+            sortable.append((slotNames[slot].canonicalSortKey, Int32(slot)))
+        }
+        sortable.sort { $0.key.lexicographicallyPrecedes($1.key) }
+        var ordered: [Int32] = [Int32(apexSlot)]
+        ordered.reserveCapacity(slotNames.count)
+        for entry in sortable { ordered.append(entry.slot) }
+        sortable = []
+        var table = NameTable(capacity: ordered.count)
+        for slot in ordered { _ = table.insert(slotOfKey.key(at: Int(slot))) }
 
         var nodes: [Node] = []
         nodes.reserveCapacity(ordered.count)
-        for key in ordered {
+        for slot in ordered {
+            let ownerIndex = Int(slotOwner[Int(slot)])
             let kind: Node.Kind
-            if let known = kinds[key] {
+            if ownerIndex >= 0, let known = kinds[ownerIndex] {
                 kind = known
             } else {
-                kind = strictlyBelow(key, cuts) != nil ? .glue : .authoritative
+                kind = strictlyBelow(slotOfKey.key(at: Int(slot)), cuts) != nil ? .glue : .authoritative
             }
             var rrsets: [RRSet] = []
             // File order: minimal ANY answers with the name's first RRset, as NSD does.
-            for (type, set) in (owners[key]?.sets ?? [:]).sorted(by: { $0.value.order < $1.value.order }) {
-                let compiled = set.records.map { rdata in Zone.compile(rdata, table: table) }
-                rrsets.append(RRSet(type: type, ttl: set.ttl, records: set.records, compiled: compiled))
+            if ownerIndex >= 0 {
+                for set in owners[ownerIndex].sets {
+                    let compiled = CompiledRecords(compiling: set.records) { Zone.additionalNode(of: $0, table: table) }
+                    rrsets.append(RRSet(type: set.type, ttl: set.ttl, records: set.records, compiled: compiled))
+                }
             }
-            nodes.append(Node(name: names[key]!, kind: kind, rrsets: rrsets))
+            nodes.append(Node(name: slotNames[Int(slot)], kind: kind, rrsets: rrsets))
         }
 
-        self.init(origin: origin, source: source, nodes: nodes, table: table, soa: soaData, soaTTL: soaTTL)
+        self.init(origin: origin, source: source, nodes: nodes, table: table, soa: soaData, soaTTL: soaTTL, files: files)
     }
 
+    /// An RRset is checked for duplicates by scanning it up to this size, by hashing beyond.
+    static let duplicateScanRecordsMax = 16
+
     /// Adopts checked nodes: the apex is `nodes[0]`, with exactly one SOA and an NS RRset.
-    init(origin: DomainName, source: String, nodes: [Node], table: NameTable, soa: SOAData, soaTTL: UInt32) {
+    init(origin: DomainName, source: String, nodes: [Node], table: NameTable, soa: SOAData, soaTTL: UInt32,
+         files: [FileStamp] = []) {
+        self.files = files
         self.origin = origin
         self.source = source
         self.nodes = nodes
@@ -281,10 +489,15 @@ public final class Zone: Sendable {
         self.table = table
     }
 
+    /// True when it was read from files and none of them has changed since.
+    public var filesUnchanged: Bool {
+        !files.isEmpty && files.allSatisfy { FileStamp.current($0.path) == $0 }
+    }
+
     /// Parses and validates a master file.
     public static func load(path: String, origin: DomainName) throws(ZoneLoadError) -> Zone {
-        let records = try MasterFileParser.parse(path: path, origin: origin)
-        return try Zone(origin: origin, records: records, source: path)
+        let (records, files) = try MasterFileParser.parseFiles(path: path, origin: origin)
+        return try Zone(origin: origin, records: records, source: path, files: files)
     }
 
     public static func parse(text: String, origin: DomainName, file: String = "<text>") throws(ZoneLoadError) -> Zone {
@@ -292,12 +505,9 @@ public final class Zone: Sendable {
         return try Zone(origin: origin, records: records, source: file)
     }
 
-    private static func compile(_ rdata: RData, table: NameTable) -> CompiledRData {
-        var additional: Int32 = -1
-        if let target = rdata.additionalTarget {
-            additional = table.find(target.lowercased().wire)
-        }
-        return CompiledRData(rdata, additionalNode: additional)
+    private static func additionalNode(of rdata: RData, table: NameTable) -> Int32 {
+        guard let target = rdata.additionalTarget else { return -1 }
+        return table.find(target.lowercased().wire)
     }
 
     /// The node of a lowercased wire name, or -1.

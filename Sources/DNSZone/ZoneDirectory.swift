@@ -1,5 +1,7 @@
 import DNSWire
 
+import Dispatch
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -14,6 +16,8 @@ public enum ZoneDirectory {
         public var zones: [Zone]
         /// Files that failed, with their errors.
         public var failures: [Failure]
+        /// Zones kept from `previous` without reading them again: none of their files changed.
+        public var unchanged: Int = 0
     }
 
     public struct Failure: Sendable {
@@ -47,30 +51,85 @@ public enum ZoneDirectory {
         return try DomainName(base)
     }
 
-    /// Loads every zone file. A file that fails keeps its previous version from `previous`
-    /// (by origin) if there is one; a broken zone is never served half-loaded.
+    /// Loads every zone file, several at once (one per core). A zone in `previous` whose files
+    /// (with its `$INCLUDE`s) are unchanged is kept as it is, unread. A file that fails keeps its
+    /// previous version from `previous` (by origin) if there is one; a broken zone is never
+    /// served half-loaded. The result lists zones and failures in file-name order.
     public static func load(path: String, previous: [Zone] = []) throws(ZoneError) -> LoadResult {
         let previousByOrigin = Dictionary(previous.map { ($0.origin, $0) }, uniquingKeysWith: { a, _ in a })
+        let names = try files(in: path)
+        let outcomes = Outcomes(count: names.count)
+        DispatchQueue.concurrentPerform(iterations: names.count) { index in
+            outcomes.set(index, loadFile(path + "/" + names[index], name: names[index], previous: previousByOrigin))
+        }
         var result = LoadResult(zones: [], failures: [])
-        for name in try files(in: path) {
-            let file = path + "/" + name
-            let origin: DomainName
-            do throws(NameError) {
-                origin = try Self.origin(ofFile: name)
-            } catch {
-                let position = SourcePosition(file: file, line: 0, column: 0)
-                result.failures.append(Failure(file: file, error: ZoneLoadError([ZoneError(position,
-                    "file name is not a zone origin: \(error)")]), keptPrevious: false))
-                continue
-            }
-            do throws(ZoneLoadError) {
-                result.zones.append(try Zone.load(path: file, origin: origin))
-            } catch {
+        for (index, name) in names.enumerated() {
+            switch outcomes.get(index) {
+            case .loaded(let zone):
+                result.zones.append(zone)
+            case .unchanged(let zone):
+                result.zones.append(zone)
+                result.unchanged += 1
+            case .badName(let error):
+                result.failures.append(Failure(file: path + "/" + name, error: error, keptPrevious: false))
+            case .failed(let origin, let error):
                 let old = previousByOrigin[origin]
                 if let old { result.zones.append(old) }
-                result.failures.append(Failure(file: file, error: error, keptPrevious: old != nil))
+                result.failures.append(Failure(file: path + "/" + name, error: error, keptPrevious: old != nil))
             }
         }
         return result
+    }
+
+    private enum Outcome: Sendable {
+        case loaded(Zone)
+        case unchanged(Zone)
+        case badName(ZoneLoadError)
+        case failed(DomainName, ZoneLoadError)
+    }
+
+    private static func loadFile(_ file: String, name: String, previous: [DomainName: Zone]) -> Outcome {
+        let origin: DomainName
+        do throws(NameError) {
+            origin = try Self.origin(ofFile: name)
+        } catch {
+            let position = SourcePosition(file: file, line: 0, column: 0)
+            return .badName(ZoneLoadError([ZoneError(position, "file name is not a zone origin: \(error)")]))
+        }
+        if let old = previous[origin], old.source == file, old.filesUnchanged { return .unchanged(old) }
+        do throws(ZoneLoadError) {
+            return .loaded(try Zone.load(path: file, origin: origin))
+        } catch {
+            return .failed(origin, error)
+        }
+    }
+
+    /// One slot per file, each written once by the thread that loaded it.
+    private final class Outcomes: @unchecked Sendable {
+        private var slots: [Outcome?]
+        private let lock = Lock()
+
+        init(count: Int) { slots = Array(repeating: nil, count: count) }
+
+        func set(_ index: Int, _ outcome: Outcome) { lock.withLock { slots[index] = outcome } }
+        func get(_ index: Int) -> Outcome { lock.withLock { slots[index]! } }
+    }
+}
+
+/// A pthread mutex (DNSZone does not import Foundation).
+private final class Lock: @unchecked Sendable {
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+
+    init() { pthread_mutex_init(mutex, nil) }
+
+    deinit {
+        pthread_mutex_destroy(mutex)
+        mutex.deallocate()
+    }
+
+    func withLock<T>(_ body: () throws -> T) rethrows -> T {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        return try body()
     }
 }

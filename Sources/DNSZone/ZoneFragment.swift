@@ -261,7 +261,7 @@ extension Zone {
             }
         }
 
-        func link(_ compiled: [CompiledRData], _ keys: [[UInt8]]) -> [CompiledRData] {
+        func link(_ compiled: some Collection<CompiledRData>, _ keys: [[UInt8]]) -> [CompiledRData] {
             compiled.enumerated().map { i, code in
                 i < keys.count && !keys[i].isEmpty ? code.resolving(additionalNode: table.find(keys[i])) : code
             }
@@ -321,7 +321,7 @@ private struct MergedSet {
         type = set.type
         ttl = set.ttl
         records = set.records
-        compiled = set.compiled
+        compiled = Array(set.compiled)
         self.keys = keys ?? []
         seen = Set(set.records)
         selection = set.selection

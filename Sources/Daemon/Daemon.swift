@@ -84,6 +84,7 @@ public final class DiscoDaemon: @unchecked Sendable {
             }
         }
         composer.publish(fileZones: zones)
+        disco_release_free_memory()
 
         // The cluster first: its registry view is published before any DNS socket opens.
         if config.clusterEnabled {
@@ -210,11 +211,27 @@ public final class DiscoDaemon: @unchecked Sendable {
             report(result)
             zones = result.zones
             composer.publish(fileZones: zones)
-            logger.info("zones reloaded", metadata: ["dns.zones": "\(zones.count)", "dns.failed": "\(result.failures.count)"])
+            logger.info("zones reloaded", metadata: ["dns.zones": "\(zones.count)", "dns.zones.unchanged": "\(result.unchanged)",
+                                                     "dns.failed": "\(result.failures.count)"])
+            releaseReplacedZones()
         } catch {
             logger.error("zone reload failed; keeping every zone as it was", metadata: ["dns.error": "\(error)"])
         }
         _ = disco_sd_notify("READY=1\nSTATUS=serving \(zones.count) zones")
+    }
+
+    /// How long after a reload the replaced zones are freed: no worker holds a View longer
+    /// than one batch, far below this.
+    static let replacedZonesFreeDelayMilliseconds = 1000
+
+    /// Frees the zones a reload replaced (held by retired Views) and gives the memory back to
+    /// the kernel, so that a reload of a large zone costs its memory twice only while it runs.
+    private func releaseReplacedZones() {
+        let store = self.store
+        DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(Self.replacedZonesFreeDelayMilliseconds)) {
+            store.freeRetired()
+            disco_release_free_memory()
+        }
     }
 
     private func report(_ result: ZoneDirectory.LoadResult) {

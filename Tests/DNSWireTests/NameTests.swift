@@ -63,6 +63,42 @@ struct NameTests {
         let names = try ordered.map { try DomainName($0) }
         #expect(names.shuffled().sorted() == names)
     }
+
+    /// The flat key a zone build sorts by orders names exactly as the label-by-label comparison
+    /// does, including labels holding 0 bytes and labels that are prefixes of others.
+    @Test func canonicalSortKeyOrdersAsTheLabelComparison() throws {
+        var generator = SystemRandomNumberGenerator()
+        let alphabet: [UInt8] = [0, 1, 0x2A, 0x41, 0x61, 0x62, 0xFF]
+        func randomName() throws -> DomainName {
+            let labels = (0..<Int.random(in: 0...3, using: &generator)).map { _ in
+                (0..<Int.random(in: 1...3, using: &generator)).map { _ in alphabet.randomElement(using: &generator)! }
+            }
+            return try DomainName(labels: labels)
+        }
+        for _ in 0..<2_000 {
+            let a = try randomName(), b = try randomName()
+            let byLabels = DomainName.canonicallyPrecedes(a.canonicalKey, b.canonicalKey)
+            let byFlatKey = a.canonicalSortKey.lexicographicallyPrecedes(b.canonicalSortKey)
+            #expect(byLabels == byFlatKey, "\(a) vs \(b)")
+        }
+    }
+
+    /// The escape-free fast path and the general parser agree, errors included.
+    @Test("names without escapes", arguments: ["a.b.", "a.b", "A.example", ".", "a..b", ".a", "a.b..",
+                                               String(repeating: "x", count: 64) + ".", "x"])
+    func namesWithoutEscapesParseAsBefore(_ text: String) throws {
+        let origin = try DomainName("example.com.")
+        let fast = Result { () throws(NameError) in try DomainName(text, origin: origin) }
+        // The same name with its last letter escaped takes the general path.
+        var escaped = text
+        if let last = text.lastIndex(where: { $0 != "." }) { escaped.insert("\\", at: last) }
+        let general = Result { () throws(NameError) in try DomainName(escaped, origin: origin) }
+        switch (fast, general) {
+        case (.success(let a), .success(let b)): #expect(a.wire == b.wire)
+        case (.failure(let a), .failure(let b)): #expect(a == b)
+        default: Issue.record("\(text): \(fast) vs \(general)")
+        }
+    }
 }
 
 @Suite("addresses")

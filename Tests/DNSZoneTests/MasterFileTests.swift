@@ -152,6 +152,51 @@ struct MasterFileTests {
         }
     }
 
+    /// Names are parsed once per text and origin: the same text under another origin (after
+    /// $ORIGIN or inside an $INCLUDE with its own) is another name.
+    @Test func theSameTextUnderAnotherOriginIsAnotherName() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("disco-intern-\(UInt32.random(in: 0...UInt32.max))")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        try "www A 192.0.2.9\n_s._tcp SRV 0 0 1 www\n".write(to: directory.appendingPathComponent("inc.zone"), atomically: true, encoding: .utf8)
+        let text = """
+            $TTL 60
+            www A 192.0.2.1
+            _s._tcp SRV 0 0 1 www
+            $ORIGIN sub.example.com.
+            www A 192.0.2.2
+            _s._tcp SRV 0 0 1 www
+            $INCLUDE inc.zone other.example.com.
+            www A 192.0.2.3
+            """
+        let file = directory.appendingPathComponent("example.com.zone").path
+        try text.write(toFile: file, atomically: true, encoding: .utf8)
+        let parsed = try MasterFileParser.parse(path: file, origin: origin).map(\.record.description)
+        #expect(parsed == [
+            "www.example.com.\t60\tIN\tA\t192.0.2.1",
+            "_s._tcp.example.com.\t60\tIN\tSRV\t0 0 1 www.example.com.",
+            "www.sub.example.com.\t60\tIN\tA\t192.0.2.2",
+            "_s._tcp.sub.example.com.\t60\tIN\tSRV\t0 0 1 www.sub.example.com.",
+            "www.other.example.com.\t60\tIN\tA\t192.0.2.9",
+            "_s._tcp.other.example.com.\t60\tIN\tSRV\t0 0 1 www.other.example.com.",
+            "www.sub.example.com.\t60\tIN\tA\t192.0.2.3",
+        ])
+    }
+
+    /// A large RRset collapses its duplicates too (past the size where they are found by hashing).
+    @Test func duplicatesCollapseInALargeRRset() throws {
+        var text = "$TTL 60\n@ SOA ns h 1 2 3 4 5\n NS ns\n"
+        for round in 0..<3 {
+            for i in 0..<40 { text += "big \(round == 0 ? "" : "\(round) ")A 192.0.2.\(i)\n" }
+        }
+        let zone = try Zone.parse(text: text, origin: origin)
+        let node = try #require(zone.nodes.first { $0.name.description == "big.example.com." })
+        #expect(node.rrsets.count == 1)
+        #expect(node.rrsets[0].records.count == 40)
+        #expect(node.rrsets[0].ttl == 60)
+        #expect(Set(node.rrsets[0].compiled.map { Array($0.bytes) }).count == 40)
+    }
+
     @Test func duplicatesCollapseAndTheFirstTTLHolds() throws {
         let zone = try Zone.parse(text: "$TTL 60\n@ SOA ns h 1 2 3 4 5\n NS ns\na 10 A 192.0.2.1\na 20 A 192.0.2.1\na 30 A 192.0.2.2\n",
                                   origin: origin)
@@ -159,5 +204,57 @@ struct MasterFileTests {
         #expect(node.rrsets.count == 1)
         #expect(node.rrsets[0].records.count == 2)
         #expect(node.rrsets[0].ttl == 10)
+    }
+}
+
+@Suite("zone directories")
+struct ZoneDirectoryTests {
+    private func makeDirectory() throws -> URL {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("disco-zones-\(UInt32.random(in: 0...UInt32.max))")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        return directory
+    }
+
+    private func zoneText(_ address: String) -> String {
+        "$TTL 60\n@ SOA ns h 1 2 3 4 5\n NS ns\nns A \(address)\n"
+    }
+
+    /// A reload keeps a zone whose files did not change (the same object, unread) and reads
+    /// again the one that changed, and what it includes.
+    @Test func aReloadReadsOnlyTheZonesWhoseFilesChanged() throws {
+        let directory = try makeDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        try zoneText("192.0.2.1").write(to: directory.appendingPathComponent("a.test.zone"), atomically: true, encoding: .utf8)
+        try (zoneText("192.0.2.2") + "$INCLUDE extra.inc\n").write(to: directory.appendingPathComponent("b.test.zone"),
+                                                                 atomically: true, encoding: .utf8)
+        try "x A 192.0.2.3\n".write(to: directory.appendingPathComponent("extra.inc"), atomically: true, encoding: .utf8)
+        let first = try ZoneDirectory.load(path: directory.path)
+        #expect(first.zones.count == 2 && first.failures.isEmpty && first.unchanged == 0)
+
+        let again = try ZoneDirectory.load(path: directory.path, previous: first.zones)
+        #expect(again.unchanged == 2)
+        #expect(zip(first.zones, again.zones).allSatisfy { $0 === $1 })
+
+        // Changing only the included file reads b again; a stays as it was.
+        try "x A 192.0.2.33\n".write(to: directory.appendingPathComponent("extra.inc"), atomically: true, encoding: .utf8)
+        let changed = try ZoneDirectory.load(path: directory.path, previous: again.zones)
+        #expect(changed.unchanged == 1)
+        #expect(changed.zones[0] === again.zones[0])
+        #expect(changed.zones[1] !== again.zones[1])
+        let x = try #require(changed.zones[1].nodes.first { $0.name.description == "x.b.test." })
+        #expect(x.rrsets[0].records == [.a(try #require(IPv4Address("192.0.2.33")))])
+    }
+
+    /// Zones load in parallel but come back in file-name order, failures included.
+    @Test func manyZonesLoadInFileNameOrder() throws {
+        let directory = try makeDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        for i in 0..<12 {
+            let text = i == 5 ? "broken\n" : zoneText("192.0.2.\(i)")
+            try text.write(to: directory.appendingPathComponent("z\(String(format: "%02d", i)).test.zone"), atomically: true, encoding: .utf8)
+        }
+        let result = try ZoneDirectory.load(path: directory.path)
+        #expect(result.zones.map(\.origin.description) == (0..<12).filter { $0 != 5 }.map { "z\(String(format: "%02d", $0)).test." })
+        #expect(result.failures.map { URL(fileURLWithPath: $0.file).lastPathComponent } == ["z05.test.zone"])
     }
 }

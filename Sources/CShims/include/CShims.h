@@ -70,4 +70,8 @@ uint64_t disco_monotonic_milliseconds(void);
 /// Returns 1 if sent, 0 if not under systemd, -errno on error.
 int disco_sd_notify(const char *state);
 
+/// Returns the heap's free memory to the kernel (glibc's malloc_trim): after a large zone is
+/// loaded, the parser's temporary records are free but still resident otherwise.
+void disco_release_free_memory(void);
+
 #endif

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Large-zone start-up: time from exec to the first answer, and memory, for discod and NSD
+# on the same generated zone (README "Large zones"); then discod's SIGHUP reload of it.
+#
+# Usage: scripts/bench/zoneload.sh [--services N] [--nodes N] [--runs N]
+#   defaults: 60,000 services on 30,000 nodes (about 991,000 records, 44 MB), 3 runs each
+# Environment: DISCOD (default .build/release/discod, built when missing unless SKIP_BUILD=1).
+#
+# "first answer": the first correct answer for the file's last record (owner, type, data),
+# polled every 20 ms for discod; NSD through scripts/lib.sh's start-up wait (SOA, every 0.1 s)
+# and then the same check for the last record.
+# RSS: the server's resident memory once it answers (NSD: its largest process, the one
+# holding the zone; the serving children share it copy-on-write). Reload: discod gets SIGHUP
+# with a new serial in the file; the time until the new serial is answered, and discod's
+# peak resident memory (VmHWM) over the run, which covers both versions held at once.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+
+services=60000 nodes=30000 runs=3
+while (($#)); do
+  case $1 in
+    --services) services=$2; shift ;;
+    --nodes) nodes=$2; shift ;;
+    --runs) runs=$2; shift ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    *) disco_die "unknown option $1" ;;
+  esac
+  shift
+done
+disco_need nsd nsd-checkconf dig bc
+disco_init
+DISCOD=$(disco_find_discod)
+zonedir="$DISCO_TMP/zones"
+mkdir -p "$zonedir"
+python3 "$DISCO_ROOT/scripts/bench/genzone.py" --services "$services" --nodes "$nodes" --queries 10 \
+  "$zonedir/bench.disco.zone" "$DISCO_TMP/queries.txt"
+records=$(grep -cv '^[;$]' "$zonedir/bench.disco.zone" || true)
+read -r last_owner _ last_type last_data < <(tail -1 "$zonedir/bench.disco.zone")
+last_data=${last_data##* }
+bytes=$(stat -c %s "$zonedir/bench.disco.zone")
+
+now() { date +%s.%N; }
+# wait_answer PORT PID [SERIAL]: until the last record is answered with its data (SERIAL: until
+# the SOA carries that serial instead). 60 s at most.
+wait_answer() {
+  local port=$1 pid=$2 serial=${3:-} i out
+  for ((i = 0; i < 3000; i++)); do
+    kill -0 "$pid" 2>/dev/null || return 1
+    if [[ -n $serial ]]; then
+      out=$(dig +norec +time=1 +tries=1 +short -p "$port" @127.0.0.1 bench.disco. SOA 2>&1 || true)
+      [[ $out == *" $serial 3600 "* ]] && return 0
+    else
+      out=$(dig +norec +time=1 +tries=1 +short -p "$port" @127.0.0.1 "$last_owner.bench.disco." "$last_type" 2>&1 || true)
+      [[ $out == *"$last_data"* ]] && return 0
+    fi
+    sleep 0.02
+  done
+  return 1
+}
+rss_mib() { awk '/^VmRSS:/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
+hwm_mib() { awk '/^VmHWM:/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
+largest_rss_mib() {
+  local best=0 pid r
+  for pid in $(ps -o pid= -s "$1"); do
+    r=$(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status" 2>/dev/null || echo 0)
+    ((r > best)) && best=$r
+  done
+  awk -v k="$best" 'BEGIN { printf "%.0f", k / 1024 }'
+}
+
+declare -a d_time d_rss n_time n_rss r_time r_hwm
+for ((run = 1; run <= runs; run++)); do
+  port=$(disco_free_port)
+  start=$(now)
+  DISCO_DNS_RRL_ENABLED=false disco_spawn "$DISCO_TMP/discod-$run.log" "$DISCOD" --dev --zones "$zonedir" \
+    --dns "127.0.0.1:$port" --http "127.0.0.1:$(disco_free_port)" --data-dir "$DISCO_TMP/data-$run" --workers 1
+  pid=$DISCO_LAST_PID
+  wait_answer "$port" "$pid" || { sed 's/^/  | /' "$DISCO_TMP/discod-$run.log" >&2; disco_die "discod did not answer"; }
+  d_time+=("$(echo "$(now) - $start" | bc)")
+  d_rss+=("$(rss_mib "$pid")")
+  # Reload with a new serial.
+  sed -i "0,/ ( [0-9]* 3600 / s// ( $((run + 100)) 3600 /" "$zonedir/bench.disco.zone"
+  start=$(now)
+  kill -HUP "$pid"
+  wait_answer "$port" "$pid" "$((run + 100))" || disco_die "discod did not answer the reloaded zone"
+  r_time+=("$(echo "$(now) - $start" | bc)")
+  r_hwm+=("$(hwm_mib "$pid")")
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  sed -i "0,/ ( [0-9]* 3600 / s// ( 1 3600 /" "$zonedir/bench.disco.zone"
+
+  port=$(disco_free_port)
+  start=$(now)
+  # disco_nsd_start returns once NSD answers SOA (polled every 0.1 s, so NSD's figure may be
+  # up to 0.1 s late).
+  NSD_SERVER_COUNT=1 disco_nsd_start "$zonedir" "$port" >/dev/null
+  wait_answer "$port" "$NSD_PID" || disco_die "NSD did not answer the last record"
+  n_time+=("$(echo "$(now) - $start" | bc)")
+  n_rss+=("$(largest_rss_mib "$(ps -o sid= -p "$NSD_PID" | tr -d ' ')")")
+  kill -- -"$(ps -o sid= -p "$NSD_PID" | tr -d ' ')" 2>/dev/null || true
+  sleep 0.5
+done
+
+printf '\nzone: %s records, %s bytes (genzone.py --services %s --nodes %s); %s runs each\n' \
+  "$records" "$bytes" "$services" "$nodes" "$runs"
+printf '%-28s %12s %10s\n' "server" "first answer" "RSS"
+for ((i = 0; i < runs; i++)); do
+  printf '%-28s %10.2f s %7s MiB\n' "discod (run $((i + 1)))" "${d_time[$i]}" "${d_rss[$i]}"
+  printf '%-28s %10.2f s %7s MiB\n' "NSD $(disco_nsd_version) (run $((i + 1)))" "${n_time[$i]}" "${n_rss[$i]}"
+done
+for ((i = 0; i < runs; i++)); do
+  printf 'discod SIGHUP reload (run %d): new serial answered after %.2f s, peak RSS %s MiB\n' \
+    "$((i + 1))" "${r_time[$i]}" "${r_hwm[$i]}"
+done
