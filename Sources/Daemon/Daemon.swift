@@ -72,20 +72,61 @@ public final class DiscoDaemon: @unchecked Sendable {
 
     /// Loads zones and binds every socket. Throws with an exit code and nothing left bound.
     public func start() throws(StartError) {
+        // The zone files load on other threads while the cluster starts (a zone of a million
+        // records takes seconds, as long as the registry's first view or longer).
+        let zoneLoad: PendingZoneLoad?
         if servesNoZoneFiles {
             logger.notice("no zone directory at \(config.zonesDirectory): serving the registry only (--zones or dns.zones names one)")
+            zoneLoad = nil
         } else {
-            do throws(ZoneError) {
-                let result = try ZoneDirectory.load(path: config.zonesDirectory)
+            zoneLoad = PendingZoneLoad(path: config.zonesDirectory)
+        }
+        do throws(StartError) {
+            try startCluster()
+        } catch {
+            _ = zoneLoad?.wait()
+            throw error
+        }
+        if let zoneLoad {
+            switch zoneLoad.wait() {
+            case .success(let result):
                 report(result)
                 zones = result.zones
-            } catch {
+            case .failure(let error):
+                stop()
                 throw StartError(code: .ioError, message: error.description)
             }
         }
         composer.publish(fileZones: zones)
         disco_release_free_memory()
+        if cluster != nil, let domain = try? DomainName(config.dnsDomain), zones.contains(where: { $0.origin == domain }) {
+            logger.warning("the zone file for \(domain) is hidden by the registry, which answers that domain")
+        }
+        try startDNS()
+    }
 
+    /// Loads a zone directory on another thread; `wait` returns its result.
+    private final class PendingZoneLoad: @unchecked Sendable {
+        // @unchecked: `result` is written once before `done` is signalled and read after.
+        private var result: Result<ZoneDirectory.LoadResult, ZoneError>?
+        private let done = DispatchSemaphore(value: 0)
+
+        init(path: String) {
+            DispatchQueue.global().async {
+                self.result = Result { () throws(ZoneError) in try ZoneDirectory.load(path: path) }
+                self.done.signal()
+            }
+        }
+
+        func wait() -> Result<ZoneDirectory.LoadResult, ZoneError> {
+            done.wait()
+            done.signal()
+            return result!
+        }
+    }
+
+    /// Starts the Raft cluster and the registry, and waits for the registry's first DNS view.
+    private func startCluster() throws(StartError) {
         // The cluster first: its registry view is published before any DNS socket opens.
         if config.clusterEnabled {
             do throws(StartError) {
@@ -100,9 +141,6 @@ public final class DiscoDaemon: @unchecked Sendable {
                 self.cluster = cluster
                 let domain: DomainName
                 do { domain = try DomainName(config.dnsDomain) } catch { preconditionFailure("dns.domain was validated: \(error)") }
-                if zones.contains(where: { $0.origin == domain }) {
-                    logger.warning("the zone file for \(domain) is hidden by the registry, which answers that domain")
-                }
                 let viewConfig = ServiceViewConfig(
                     domain: domain, serviceTTLSeconds: UInt32(config.dnsServiceTTLSeconds),
                     nodeTTLSeconds: UInt32(config.dnsNodeTTLSeconds), negativeTTLSeconds: UInt32(config.dnsNegativeTTLSeconds),
@@ -126,7 +164,10 @@ public final class DiscoDaemon: @unchecked Sendable {
                 throw error
             }
         }
+    }
 
+    /// Binds the DNS sockets and starts answering.
+    private func startDNS() throws(StartError) {
         let limits = clientLimits
         let selection = SelectionOptions(policy: config.dnsSelection, ttlJitterPercent: config.dnsTTLJitterPercent)
         let udp = UDPServer(addresses: config.dnsListen, workers: config.dnsWorkers, store: store,

@@ -73,7 +73,7 @@ for ((run = 1; run <= runs; run++)); do
   port=$(disco_free_port)
   start=$(now)
   DISCO_DNS_RRL_ENABLED=false disco_spawn "$DISCO_TMP/discod-$run.log" "$DISCOD" --dev --zones "$zonedir" \
-    --dns "127.0.0.1:$port" --http "127.0.0.1:$(disco_free_port)" --data-dir "$DISCO_TMP/data-$run" --workers 1
+    --dns "127.0.0.1:$port" --http "127.0.0.1:$(disco_free_port)" --raft "127.0.0.1:$(disco_free_port)" --data-dir "$DISCO_TMP/data-$run" --workers 1
   pid=$DISCO_LAST_PID
   wait_answer "$port" "$pid" || { sed 's/^/  | /' "$DISCO_TMP/discod-$run.log" >&2; disco_die "discod did not answer"; }
   d_time+=("$(echo "$(now) - $start" | bc)")
