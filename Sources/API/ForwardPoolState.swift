@@ -7,8 +7,9 @@ import NIOCore
 ///
 /// Invariants (checked by `checkInvariants`, after every event in the tests):
 /// - connections (connecting, idle or busy) ≤ `connectionsMax`;
-/// - queued requests ≤ `queuedRequestsMax` (plus requests being sent again after a broken
-///   connection: they were admitted already);
+/// - queued requests ≤ `queuedRequestsMax` + the connections not busy (requests a connection
+///   is being opened for do not wait on others; a request sent again after a broken connection
+///   was admitted already);
 /// - a request is in exactly one place: queued, or in flight on one busy connection;
 /// - a connection is idle only while the queue is empty (nothing waits while a connection could
 ///   take it);
@@ -66,6 +67,8 @@ package struct ForwardPoolState: Sendable {
     }
 
     package let connectionsMax: Int
+    /// Requests that may wait for a busy connection to be free (those a connection is being
+    /// opened for are not counted).
     package let queuedRequestsMax: Int
     private var connections: [ConnectionID: Connection] = [:]
     /// Requests waiting for a connection, oldest first.
@@ -104,7 +107,9 @@ package struct ForwardPoolState: Sendable {
             connections[idle] = .busy(request)
             return [.send(request, on: idle)]
         }
-        guard queuedCount < queuedRequestsMax else { return [.fail(request, .queueFull)] }
+        // Requests a connection is opening for, or can still be opened for, are not waiting on
+        // others: only those beyond count against `queuedRequestsMax`.
+        guard queuedCount < queuedRequestsMax + (connectionsMax - busyCount) else { return [.fail(request, .queueFull)] }
         if retriable { self.retriable.insert(request) }
         queue.append(request)
         return dispatch()

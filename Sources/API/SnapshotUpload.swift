@@ -41,7 +41,7 @@ final class SnapshotUploadFile: @unchecked Sendable {
         while true {
             let name = "\(Self.namePrefix)\(getpid())-\(String(UInt64.random(in: .min ... .max), radix: 16))\(Self.nameSuffix)"
             let path = directory + "/" + name
-            let fd = open(path, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o600)
+            let fd = open(path, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0o600)
             if fd >= 0 {
                 self.path = path
                 self.fd = fd

@@ -40,15 +40,16 @@ struct ForwardPoolStateTests {
             }
         }
         #expect(connects == 3)
-        #expect(pool.queuedCount == 5)
-        #expect(refused == (5..<20).map { R(UInt64($0)) })
+        // Three wait for the connections opened for them, five more for those to be free.
+        #expect(pool.queuedCount == 8)
+        #expect(refused == (8..<20).map { R(UInt64($0)) })
         // The connections open: the oldest three go first, in order.
         var sent: [R] = []
         for c in 0..<3 {
             for case .send(let r, _) in step(&pool, { $0.connected(C(c)) }) { sent.append(r) }
         }
         #expect(sent == [R(0), R(1), R(2)])
-        #expect(pool.queuedCount == 2)
+        #expect(pool.queuedCount == 5)
         // A response frees its connection for the next waiting request, with no new connection.
         #expect(step(&pool) { $0.responded(on: C(1), keepAlive: true) } == [.deliver(R(1), from: C(1)), .send(R(3), on: C(1))])
         #expect(pool.connectionCount == 3)
@@ -165,7 +166,12 @@ struct ForwardPoolStateTests {
 
     @Test func aZeroQueueRefusesWhenEveryConnectionIsBusy() {
         var pool = State(connectionsMax: 1, queuedRequestsMax: 0)
-        #expect(step(&pool) { $0.submit(R(1), retriable: false) } == [.fail(R(1), .queueFull)])
+        #expect(step(&pool) { $0.submit(R(1), retriable: false) } == [.connect(C(0))])
+        #expect(step(&pool) { $0.submit(R(2), retriable: false) } == [.fail(R(2), .queueFull)])
+        #expect(step(&pool) { $0.connected(C(0)) } == [.send(R(1), on: C(0))])
+        #expect(step(&pool) { $0.submit(R(3), retriable: false) } == [.fail(R(3), .queueFull)])
+        step(&pool) { $0.responded(on: C(0), keepAlive: true) }
+        #expect(step(&pool) { $0.submit(R(4), retriable: false) } == [.send(R(4), on: C(0))])
     }
 
     /// Seeded random events: the invariants hold throughout, every request ends exactly once
