@@ -167,7 +167,7 @@ for c in $CLIENTS; do
     # What forwarding cost in connections: opened by the follower so far (a build with the
     # pool reports it), and sockets to the leader's HTTP port in TIME_WAIT now (kept 60 s).
     opened=$(curl -s "http://$disco_target/metrics" | awk '$1 == "disco_http_forward_connections_opened_total" { print $2 }')
-    time_wait=$(ss -Htan state time-wait "( dport = :${disco_leader##*:} )" | wc -l)
+    time_wait=$(ss -Htan state time-wait "( dport = :${disco_leader##*:} or sport = :${disco_leader##*:} )" | wc -l)
     printf '         follower: %s forwarding connections opened in total, %s in TIME_WAIT to the leader\n' "${opened:-(not reported)}" "$time_wait"
   fi
 done
