@@ -19,7 +19,9 @@ final class Forwarder: Sendable {
     static let forwardedHeader = "X-Disco-Forwarded"
     /// Connecting to the leader must not take longer than an election would.
     static let connectTimeoutMilliseconds: Int64 = 1000
-    /// Added to a request's own wait (blocking queries) before the forward is given up.
+    /// Added to a request's own wait (blocking queries) before the forward is given up. For a
+    /// pooled request the time counts from when it is submitted (waiting for a connection
+    /// included); for a blocking query, from when its connection is open.
     static let responseTimeoutSecondsMin: Double = 10
     /// Headers that belong to one connection, not to the request (RFC 9110 §7.6.1).
     static let hopByHop: Set<String> = ["connection", "keep-alive", "content-length", "transfer-encoding", "host", "upgrade"]
@@ -350,6 +352,8 @@ final class ForwardPool: @unchecked Sendable {
                         // On the channel's loop, which is `loop`.
                         switch event {
                         case .response(let response, let keepAlive):
+                            // A connection already given up (timed out, retired) is closing.
+                            guard self.channels[id] != nil else { return }
                             self.responses[id] = response
                             self.perform(self.state.responded(on: id, keepAlive: keepAlive))
                         case .lost(let responseStarted):

@@ -69,6 +69,30 @@ struct ForwardingProcessTests {
         #expect(keys.split(separator: ",").count == 400, "\(keys.prefix(200))")
     }
 
+    @Test func afterTheLeaderIsKilledWritesThroughAFollowerReachTheNewLeader() throws {
+        let cluster = try Cluster(size: 3, environment: ["DISCO_HTTP_FORWARD_CONNECTIONS_MAX": "4"])
+        let leader = try #require(cluster.leader())
+        let followers = cluster.nodes.filter { $0 !== leader }
+        for follower in followers {
+            let statuses = writes(40, concurrency: 8, port: follower.httpPort, prefix: "old-\(follower.id)").map { $0?.status ?? -1 }
+            #expect(statuses.allSatisfy { $0 == 200 }, "\(statuses)")
+        }
+        cluster.kill9(leader)
+        let newLeader = try #require(cluster.leader())
+        let follower = try #require(followers.first { $0 !== newLeader })
+        // Its pool to the dead leader is dropped and the writes go to the new one (while the
+        // cluster elects they may be answered 503: the batch is sent again until all are 200).
+        var statuses: [Int] = []
+        let deadline = Date().addingTimeInterval(10)
+        repeat {
+            statuses = writes(40, concurrency: 8, port: follower.httpPort, prefix: "new").map { $0?.status ?? -1 }
+        } while !statuses.allSatisfy({ $0 == 200 }) && Date() < deadline
+        #expect(statuses.allSatisfy { $0 == 200 }, "\(statuses)")
+        let keys = http("GET", port: newLeader.httpPort, "/v1/kv/new?keys")?.body ?? ""
+        #expect(keys.split(separator: ",").count == 40)
+        #expect(metric("disco_http_forward_connections_open", port: follower.httpPort).map { $0 <= 4 } == true)
+    }
+
     @Test func beyondTheForwardQueueWritesGet429WithRetryAfterAndNoneFails() throws {
         let cluster = try Cluster(size: 3, environment: [
             "DISCO_HTTP_FORWARD_CONNECTIONS_MAX": "1",
