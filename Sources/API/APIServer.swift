@@ -24,23 +24,30 @@ public final class APIServer: @unchecked Sendable {
     private let group: EventLoopGroup
     private let router: APIRouter
     private let connections: ConnectionCounter
-    private let uploads = UploadSlot()
+    private let uploads: UploadSlot
+    private let logger: Logger
     private var channel: Channel?
     /// Writes a server's own catalog commands through the leader (Health, self-registration).
     public let proposer: CatalogProposer
 
     /// - Parameter extraMetrics: more Prometheus text lines for /metrics, from modules the API
     ///   does not import (the DNS servers' limits).
+    /// - Parameter uploadDirectory: where snapshot uploads are written while they arrive (the
+    ///   data directory; default the system's temporary directory).
     public init(listen: PeerAddress, group: EventLoopGroup, kv: KVStore, driver: RaftDriver, directory: ClusterDirectory,
                 registry: RegistryContext? = nil, limits: HTTPLimits = HTTPLimits(),
-                admission: WriteAdmission.Configuration = .init(),
+                admission: WriteAdmission.Configuration = .init(), uploadDirectory: String? = nil,
                 extraMetrics: (@Sendable () -> [String])? = nil, logger: Logger) {
         self.listen = listen
+        self.logger = logger
+        var uploadPath = uploadDirectory ?? FileManager.default.temporaryDirectory.path
+        while uploadPath.count > 1 && uploadPath.hasSuffix("/") { uploadPath.removeLast() }
+        self.uploads = UploadSlot(directory: uploadPath)
         self.group = group
         self.connections = ConnectionCounter(limits: limits)
         let gate = AdmissionGate(admission: WriteAdmission(admission), driver: driver)
-        let admissionMetrics = { @Sendable in gate.metricLines + (extraMetrics?() ?? []) }
-        let forwarder = Forwarder(group: group)
+        let forwarder = Forwarder(group: group, limits: limits)
+        let admissionMetrics = { @Sendable in gate.metricLines + forwarder.metricLines + (extraMetrics?() ?? []) }
         let proposer = CatalogProposer(driver: driver, directory: directory, forwarder: forwarder, group: group)
         self.proposer = proposer
         self.router = APIRouter(kv: KVService(kv: kv, driver: driver, directory: directory, hub: registry?.hub ?? WatchHub(),
@@ -54,6 +61,11 @@ public final class APIServer: @unchecked Sendable {
     }
 
     public func start() throws -> Int {
+        let leftovers = SnapshotUploadFile.removeLeftovers(in: uploads.directory)
+        if leftovers > 0 {
+            logger.info("removed snapshot uploads left by an earlier run",
+                        metadata: ["http.upload.files": "\(leftovers)", "http.upload.directory": "\(uploads.directory)"])
+        }
         let router = self.router, connections = self.connections, uploads = self.uploads
         let channel = try ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -100,6 +112,8 @@ struct APIRequest {
     /// The client's IP address ("" if unknown).
     var remoteAddress: String = ""
     var body: [UInt8]
+    /// A snapshot upload's body, on disk instead of in `body` (PUT /v1/snapshot).
+    var bodyFile: SnapshotUploadFile? = nil
 
     /// Every value of a repeatable query parameter.
     func values(_ name: String) -> [String] { queryItems.filter { $0.0 == name }.map(\.1) }
@@ -169,7 +183,7 @@ final class APIRouter: Sendable {
             // that changes nothing is no log entry (Health).
             if let registry = self.registry, registry.isTTLRenewal(request) {
                 if !request.forwarded, let owner = registry.renewalOwner(request), owner != self.driver.id {
-                    return self.forward(request, to: owner, status, on: loop)
+                    return self.forward(request, to: owner, toLeader: false, status, on: loop)
                 }
                 return registry.handle(request, status: status, on: loop)
             }
@@ -202,7 +216,7 @@ final class APIRouter: Sendable {
                                      waitedMilliseconds: waitedMilliseconds + Self.leaderPollMilliseconds)
             }
         }
-        return forward(request, to: leader, status, on: loop)
+        return forward(request, to: leader, toLeader: true, status, on: loop)
     }
 
     /// How long a request that needs the leader waits for one to be known before its 503
@@ -212,7 +226,7 @@ final class APIRouter: Sendable {
 
     /// Sends `request` to server `target` with its client's address, from which the agent
     /// endpoints there derive the client's node (an `X-Disco-Agent-Node` goes along as sent).
-    private func forward(_ request: APIRequest, to target: NodeID, _ status: RaftStatus,
+    private func forward(_ request: APIRequest, to target: NodeID, toLeader: Bool, _ status: RaftStatus,
                          on loop: EventLoop) -> EventLoopFuture<APIResponse> {
         guard !request.forwarded, let address = directory.http[target] else {
             return loop.makeSucceededFuture(.text("server \(target) is not reachable from here", status: .serviceUnavailable,
@@ -222,7 +236,8 @@ final class APIRouter: Sendable {
         let wait = request.query["wait"].flatMap { JSONFields.parseDuration($0) }
             ?? (request.query["index"] != nil ? WatchHub.waitSecondsDefault : 0)
         let timeout = min(wait, WatchHub.waitSecondsMax) * (1 + WatchHub.jitterFraction) + Forwarder.responseTimeoutSecondsMin
-        return forwarder.forward(request, to: address, extraHeaders: extra, timeoutSeconds: timeout, on: loop)
+        return forwarder.forward(request, to: address, toLeader: toLeader, blocking: wait > 0, extraHeaders: extra,
+                                 timeoutSeconds: timeout, on: loop)
             .flatMap { response in
                 // A write answered by the leader: hold the answer until this server has applied
                 // it, so that the client's next (agent or stale) read here sees its own write.
@@ -511,10 +526,16 @@ final class HTTPHandler: ChannelInboundHandler {
     private let uploads: UploadSlot
     private var head: HTTPRequestHead?
     private var body: [UInt8] = []
+    private var bodyBytes = 0
     /// The request was answered from its head (413, 429): the rest of it is discarded.
     private var answeredEarly = false
-    private var holdsUpload = false
     private var bodyBytesMax = APIServer.requestBodyBytesMax
+    /// This connection holds the upload slot, and its body goes to `upload`, not `body`.
+    private var holdsUpload = false
+    private var upload: SnapshotUploadFile?
+    /// A whole request is with the router: what it uses is released after the answer, not
+    /// when the client goes away (the restore may still be reading the upload).
+    private var serving = false
 
     init(router: APIRouter, uploads: UploadSlot) {
         self.router = router
@@ -526,6 +547,7 @@ final class HTTPHandler: ChannelInboundHandler {
         case .head(let head):
             self.head = head
             body = []
+            bodyBytes = 0
             answeredEarly = false
             bodyBytesMax = HTTPLimits.requestBodyBytesMax(method: head.method, uri: head.uri)
             // Decided from the head alone, before any of the body is buffered.
@@ -533,20 +555,22 @@ final class HTTPHandler: ChannelInboundHandler {
                 answerEarly(context, head, .text("request body of \(length) bytes is over the \(bodyBytesMax)-byte limit of "
                                                  + "\(head.method) \(head.uri.prefix { $0 != "?" })", status: .payloadTooLarge))
             } else if head.method == .PUT && HTTPLimits.isSnapshot(head.uri) {
-                if uploads.acquire() {
-                    holdsUpload = true
-                } else {
-                    answerEarly(context, head, .text("another snapshot upload is in progress; retry after it",
-                                                     status: .tooManyRequests, headers: [("Retry-After", "5")]))
-                }
+                startUpload(context, head)
             }
-        case .body(var buffer):
+        case .body(let buffer):
             guard !answeredEarly else { return }
-            if body.count + buffer.readableBytes > bodyBytesMax {
+            bodyBytes += buffer.readableBytes
+            if bodyBytes > bodyBytesMax {
                 // A body without a Content-Length (chunked) that grows past the limit.
                 if let head { answerEarly(context, head, .text("request body too large", status: .payloadTooLarge)) }
+            } else if let upload {
+                do throws(SnapshotUploadError) {
+                    try upload.append(buffer)
+                } catch {
+                    if let head { answerEarly(context, head, Self.storageFailure(error)) }
+                }
             } else {
-                body += buffer.readBytes(length: buffer.readableBytes) ?? []
+                body += buffer.readableBytesView
             }
         case .end:
             guard let head, !answeredEarly else {
@@ -559,25 +583,57 @@ final class HTTPHandler: ChannelInboundHandler {
             let (path, items) = Self.split(head.uri)
             var query: [String: String] = [:]
             for (name, value) in items { query[name] = value }
-            let request = APIRequest(method: head.method, uri: head.uri, path: path, query: query, queryItems: items,
+            var request = APIRequest(method: head.method, uri: head.uri, path: path, query: query, queryItems: items,
                                      headers: head.headers, remoteAddress: context.channel.remoteAddress?.ipAddress ?? "",
                                      body: body)
+            request.bodyFile = upload
+            body = []
+            serving = true
             let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
             router.handle(request, on: context.eventLoop).whenComplete { result in
                 let (handler, context) = loopBound.value
                 let response = (try? result.get()) ?? .text("internal error", status: .internalServerError)
+                handler.serving = false
                 handler.respond(context, response, head: head, keepAlive: keepAlive)
             }
         }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        // A client gone before its answer still gives its upload slot back.
+        // A client gone mid-body: its upload file and slot are given back now. One gone while
+        // its request is served: after the answer (`respond` still runs).
+        if !serving { endUpload() }
+        context.fireChannelInactive()
+    }
+
+    /// PUT /v1/snapshot: takes the one upload slot and opens the body's file, or answers now.
+    private func startUpload(_ context: ChannelHandlerContext, _ head: HTTPRequestHead) {
+        guard uploads.acquire() else {
+            let seconds = UploadSlot.busyRetryAfterSeconds
+            answerEarly(context, head, .text("another snapshot upload is in progress; retry after \(seconds) s",
+                                             status: .tooManyRequests, headers: [("Retry-After", "\(seconds)")]))
+            return
+        }
+        holdsUpload = true
+        do throws(SnapshotUploadError) {
+            upload = try SnapshotUploadFile(directory: uploads.directory)
+        } catch {
+            answerEarly(context, head, Self.storageFailure(error))
+        }
+    }
+
+    /// Removes the upload's file and gives the slot back (idempotent).
+    private func endUpload() {
+        upload?.remove()
+        upload = nil
         if holdsUpload {
             holdsUpload = false
             uploads.release()
         }
-        context.fireChannelInactive()
+    }
+
+    static func storageFailure(_ error: SnapshotUploadError) -> APIResponse {
+        .text("cannot store the snapshot upload: \(error)", status: error.isOutOfSpace ? .insufficientStorage : .internalServerError)
     }
 
     /// Answers from the head and closes: the rest of the request is never read into memory.
@@ -588,10 +644,7 @@ final class HTTPHandler: ChannelInboundHandler {
     }
 
     private func respond(_ context: ChannelHandlerContext, _ response: APIResponse, head: HTTPRequestHead, keepAlive: Bool) {
-        if holdsUpload {
-            holdsUpload = false
-            uploads.release()
-        }
+        endUpload()
         var headers = HTTPHeaders(response.headers)
         headers.add(name: "Content-Length", value: "\(response.body.count)")
         if !keepAlive { headers.add(name: "Connection", value: "close") }

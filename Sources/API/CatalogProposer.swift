@@ -52,7 +52,7 @@ public final class CatalogProposer: Sendable {
                 return loop.makeFailedFuture(Failure.noLeader)
             }
             let request = APIRequest(method: .PUT, uri: Self.path, path: Self.path, query: [:], body: command.encoded)
-            return forwarder.forward(request, to: address, extraHeaders: [], timeoutSeconds: Self.timeoutSeconds, on: loop)
+            return forwarder.forward(request, to: address, toLeader: true, extraHeaders: [], timeoutSeconds: Self.timeoutSeconds, on: loop)
                 .flatMapThrowing { response in
                     let text = String(decoding: response.body, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
                     guard response.status == .ok, let index = UInt64(text) else { throw Failure.refused(text) }

@@ -2,6 +2,7 @@ import Cluster
 import Foundation
 import NIOCore
 import NIOHTTP1
+import NIOPosix
 import Raft
 
 /// Cluster operations: snapshots (Consul's /v1/snapshot), the Raft configuration and
@@ -157,22 +158,40 @@ extension KVService {
         }
     }
 
-    /// PUT /v1/snapshot: the body is validated completely (container, checksum, every section a
-    /// sound database of the right state machine) before anything changes; then one log entry
-    /// replaces the state machines on every server.
+    /// PUT /v1/snapshot: the body, streamed to a file as it arrived (`SnapshotUploadFile`), is
+    /// read back and validated completely (container, checksum, every section a sound database
+    /// of the right state machine) before anything changes, off the event loop; then one log
+    /// entry replaces the state machines on every server. (The entry carries the whole
+    /// snapshot, so the restore itself holds it in memory once: one upload at a time bounds it.)
     private func restoreSnapshot(_ request: APIRequest, _ status: RaftStatus, on loop: EventLoop) -> EventLoopFuture<APIResponse> {
         guard status.role == .leader else { return loop.makeSucceededFuture(notLeader(status)) }
-        do {
-            _ = try driver.validateRestore(request.body)
-        } catch {
-            return loop.makeSucceededFuture(.text("snapshot refused, nothing was changed: \(error)", status: .badRequest))
-        }
-        return driver.proposeRestore(request.body).hop(to: loop).map { index in
-            self.logger.info("operator snapshot restored", metadata: ["raft.index": "\(index)", "snapshot.bytes": "\(request.body.count)"])
-            return APIResponse(status: .ok, headers: [("X-Consul-Index", "\(index.rawValue)")])
+        let driver = self.driver
+        let inMemory = request.body
+        let file = request.bodyFile
+        return NIOThreadPool.singleton.runIfActive(eventLoop: loop) { () throws -> Result<[UInt8], SnapshotError> in
+            let bytes = try file?.syncAndRead() ?? inMemory
+            do {
+                _ = try driver.validateRestore(bytes)
+            } catch {
+                return .failure(error as? SnapshotError ?? SnapshotError(offset: 0, message: "\(error)"))
+            }
+            return .success(bytes)
+        }.flatMap { validated -> EventLoopFuture<APIResponse> in
+            switch validated {
+            case .failure(let error):
+                return loop.makeSucceededFuture(.text("snapshot refused, nothing was changed: \(error)", status: .badRequest))
+            case .success(let bytes):
+                return driver.proposeRestore(bytes).hop(to: loop).map { index in
+                    self.logger.info("operator snapshot restored", metadata: ["raft.index": "\(index)", "snapshot.bytes": "\(bytes.count)"])
+                    return APIResponse(status: .ok, headers: [("X-Consul-Index", "\(index.rawValue)")])
+                }.flatMapErrorThrowing { error in
+                    if case ProposeError.refused(.notLeader) = error { return self.notLeader(status) }
+                    if error is SnapshotError { return .text("snapshot refused, nothing was changed: \(error)", status: .badRequest) }
+                    return .text("restore failed: \(error)", status: .serviceUnavailable)
+                }
+            }
         }.flatMapErrorThrowing { error in
-            if case ProposeError.refused(.notLeader) = error { return self.notLeader(status) }
-            if error is SnapshotError { return .text("snapshot refused, nothing was changed: \(error)", status: .badRequest) }
+            if let error = error as? SnapshotUploadError { return HTTPHandler.storageFailure(error) }
             return .text("restore failed: \(error)", status: .serviceUnavailable)
         }
     }

@@ -135,7 +135,8 @@ final class ClusterRuntime {
                         kv: kv, driver: driver, directory: directory,
                         registry: RegistryContext(catalog: catalog, hub: hub, nodeName: config.effectiveNodeName,
                                                   nodeAddress: config.effectiveNodeAddress, health: health),
-                        limits: config.httpLimits, admission: config.writeAdmission, extraMetrics: extraMetrics,
+                        limits: config.httpLimits, admission: config.writeAdmission, uploadDirectory: config.dataDirectory,
+                        extraMetrics: extraMetrics,
                         logger: logger)
         proposerBox.proposer = api.proposer
         upkeep = ServerUpkeep(loop: group.next(), driver: driver, catalog: catalog, proposer: api.proposer,

@@ -626,6 +626,8 @@ public struct Configuration: Sendable, Equatable {
         integerKey("http.connections_per_client_max", 1...httpConnectionsMax, \.httpLimits.connectionsPerClientMax),
         integerKey("http.idle_timeout_seconds", 1...httpTimeoutSecondsMax, \.httpLimits.idleTimeoutSeconds),
         integerKey("http.request_read_timeout_seconds", 1...httpTimeoutSecondsMax, \.httpLimits.requestReadTimeoutSeconds),
+        integerKey("http.forward_connections_max", 1...httpConnectionsMax, \.httpLimits.forwardConnectionsMax),
+        integerKey("http.forward_queued_requests_max", 0...httpConnectionsMax, \.httpLimits.forwardQueuedRequestsMax),
         Key(name: "http.write_limit.mode") { config, value in
             guard case .string(let text) = value, let mode = WriteAdmission.Mode(rawValue: text) else {
                 return "expected one of \(WriteAdmission.Mode.allCases.map(\.rawValue).joined(separator: ", "))"

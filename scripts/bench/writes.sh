@@ -3,29 +3,34 @@
 # etcd-server, fsync on), on loopback, in the same run, with the same client (wrk, keep-alive):
 # PUTs of 60-byte values over HTTP at 1, 16 and 64 concurrent connections.
 #
-# Usage: scripts/bench/writes.sh [-d SECONDS] [--clients "1 16 64"]
-#   env DISCOD (default .build/release/discod, built if missing), DURATION, CLIENTS, KEEP_TMP=1
+# Usage: scripts/bench/writes.sh [-d SECONDS] [--clients "1 16 64"] [--via leader|follower] [--no-etcd]
+#   env DISCOD (default .build/release/discod, built if missing), DURATION, CLIENTS, VIA, ETCD=0, KEEP_TMP=1
 # Needs: apt-get install etcd-server wrk
 #
-# Disco: PUT /v1/kv/bench/<n> on the leader (followers answer 503; the leader is found with
-# /v1/status/leader). etcd: POST /v3/kv/put {"key","value"} (base64) on any member (etcd
+# Disco: PUT /v1/kv/bench/<n> on the leader (found with /v1/status/leader), or with --via
+# follower on a follower, which forwards each write to the leader (its forwarding pool). etcd: POST /v3/kv/put {"key","value"} (base64) on any member (etcd
 # forwards to its leader). Prints writes/s, p50 and p99 for both and the ratio.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION=${DURATION:-10}
 CLIENTS=${CLIENTS:-"1 16 64"}
+VIA=${VIA:-leader}
+ETCD=${ETCD:-1}
 while (($#)); do
   case $1 in
     -d) DURATION=$2; shift ;;
     --clients) CLIENTS=$2; shift ;;
-    -h | --help) sed -n '2,12p' "$0"; exit 0 ;;
+    --via) VIA=$2; shift ;;
+    --no-etcd) ETCD=0 ;;
+    -h | --help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "writes.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
 done
 DISCOD=${DISCOD:-.build/release/discod}
 [ -x "$DISCOD" ] || swift build -c release --product discod
-for tool in etcd wrk python3; do command -v $tool >/dev/null || { echo "writes.sh: needs $tool (apt-get install etcd-server wrk)" >&2; exit 2; }; done
+case $VIA in leader | follower) ;; *) echo "writes.sh: --via leader or follower" >&2; exit 2 ;; esac
+for tool in $([ "$ETCD" = 1 ] && echo etcd) wrk python3; do command -v $tool >/dev/null || { echo "writes.sh: needs $tool (apt-get install etcd-server wrk)" >&2; exit 2; }; done
 
 tmp=$(mktemp -d /tmp/disco-writes-XXXXXX)
 pids=()
@@ -66,6 +71,7 @@ for i in 1 2 3; do
   pids+=($!)
 done
 # etcd: 3 members, fsync on (the default).
+[ "$ETCD" = 1 ] && {
 cluster=""
 for i in 1 2 3; do cluster+="${cluster:+,}e$i=http://127.0.0.1:${ports[$((i + 5))]}"; done
 for i in 1 2 3; do
@@ -75,6 +81,7 @@ for i in 1 2 3; do
     --initial-cluster-state new --initial-cluster-token disco-bench --log-level error >"$tmp/etcd$i.log" 2>&1 &
   pids+=($!)
 done
+}
 
 value=$(printf 'v%.0s' $(seq 1 60))
 deadline=$((SECONDS + 30))
@@ -88,8 +95,14 @@ while [ -z "$disco_leader" ] && ((SECONDS < deadline)); do
   sleep 0.2
 done
 [ -n "$disco_leader" ] || { echo "writes.sh: no Disco leader" >&2; exit 1; }
+disco_target=$disco_leader
+if [ "$VIA" = follower ]; then
+  for i in 1 2 3; do
+    [ "127.0.0.1:${ports[$((i + 2))]}" != "$disco_leader" ] && { disco_target="127.0.0.1:${ports[$((i + 2))]}"; break; }
+  done
+fi
 etcd_url="http://127.0.0.1:${ports[9]}"
-until curl -sf -X POST "$etcd_url/v3/kv/put" -d '{"key":"d2FybQ==","value":"d2FybQ=="}' >/dev/null; do
+[ "$ETCD" = 1 ] && until curl -sf -X POST "$etcd_url/v3/kv/put" -d '{"key":"d2FybQ==","value":"d2FybQ=="}' >/dev/null; do
   ((SECONDS < deadline)) || { echo "writes.sh: etcd did not start" >&2; tail "$tmp"/etcd1.log >&2; exit 1; }
   sleep 0.2
 done
@@ -135,15 +148,26 @@ print("%.0f %.2f %.2f %s" % (rps, pct(50), pct(99), (errors.group(1) if errors e
 PY
 }
 
-printf '\n3 servers each, loopback, %ss per run, 60-byte values, wrk keep-alive\n' "$DURATION"
+printf '\n3 servers each, loopback, %ss per run, 60-byte values, wrk keep-alive, Disco via the %s\n' "$DURATION" "$VIA"
 printf '%-8s %14s %10s %10s %8s   %14s %10s %10s %8s   %8s %s\n' clients "disco w/s" "p50 ms" "p99 ms" errors "etcd w/s" "p50 ms" "p99 ms" errors ratio "disco terms"
 term() { curl -s "http://$disco_leader/metrics" | awk '$1 == "disco_raft_term" { print $2 }'; }
 for c in $CLIENTS; do
   # A leader change during the run shows as a term that moved (PreVote: no spurious bumps).
   term_before=$(term)
-  read -r dw dp50 dp99 derr < <(run disco "http://$disco_leader" "$tmp/disco.lua" "$c")
+  read -r dw dp50 dp99 derr < <(run disco "http://$disco_target" "$tmp/disco.lua" "$c")
   term_after=$(term)
-  read -r ew ep50 ep99 eerr < <(run etcd "$etcd_url" "$tmp/etcd.lua" "$c")
-  ratio=$(python3 -c "print('%.2fx' % ($dw / $ew))")
+  if [ "$ETCD" = 1 ]; then
+    read -r ew ep50 ep99 eerr < <(run etcd "$etcd_url" "$tmp/etcd.lua" "$c")
+    ratio=$(python3 -c "print('%.2fx' % ($dw / $ew))")
+  else
+    ew=- ep50=- ep99=- eerr=- ratio=-
+  fi
   printf '%-8s %14s %10s %10s %8s   %14s %10s %10s %8s   %8s %s\n' "$c" "$dw" "$dp50" "$dp99" "$derr" "$ew" "$ep50" "$ep99" "$eerr" "$ratio" "$term_before->${term_after:-gone}"
+  if [ "$VIA" = follower ]; then
+    # What forwarding cost in connections: opened by the follower so far (a build with the
+    # pool reports it), and sockets to the leader's HTTP port in TIME_WAIT now (kept 60 s).
+    opened=$(curl -s "http://$disco_target/metrics" | awk '$1 == "disco_http_forward_connections_opened_total" { print $2 }')
+    time_wait=$(ss -Htan state time-wait "( dport = :${disco_leader##*:} or sport = :${disco_leader##*:} )" | wc -l)
+    printf '         follower: %s forwarding connections opened in total, %s in TIME_WAIT to the leader\n' "${opened:-(not reported)}" "$time_wait"
+  fi
 done
