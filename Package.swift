@@ -41,6 +41,7 @@ let package = Package(
             name: "Daemon",
             dependencies: [
                 "DNSServer", "DNSZone", "DNSWire", "RateLimit", "CShims", "Cluster", "API", "Raft", "Store", "Registry", "Health",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),

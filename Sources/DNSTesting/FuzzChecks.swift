@@ -62,17 +62,22 @@ public enum FuzzChecks {
         public init() {}
         deinit { scratch.deallocate() }
 
-        /// Errors are bounded and positioned; accepted RDATA survives a wire round trip; a zone
-        /// that validates answers lookups of its own names without trapping.
+        /// Errors are bounded and positioned; the text cut into parts parsed on their own gives
+        /// what one parse gives; accepted RDATA survives a wire round trip; a zone that validates
+        /// answers lookups of its own names without trapping.
         public func check(_ text: [UInt8]) {
             let records: [ParsedRecord]
+            let inParts = try? MasterFileParser.parse(text: text, file: "fuzz.zone", origin: FuzzChecks.origin, parts: 3,
+                                                      partBytesMin: 16, reparseOnError: false)
             do {
                 records = try MasterFileParser.parse(text: text, file: "fuzz.zone", origin: FuzzChecks.origin)
             } catch {
                 precondition(!error.errors.isEmpty && error.errors.count <= ZoneLoadError.errorsMax,
                              "error list out of bounds")
+                precondition(inParts == nil, "a text that does not parse parsed in parts")
                 return
             }
+            precondition(inParts == records, "the text parsed in parts gave other records (or errors)")
             for parsed in records {
                 let (bytes, _) = parsed.record.rdata.encoded()
                 guard bytes.count <= RData.rdataBytesMax else { continue }

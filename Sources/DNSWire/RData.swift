@@ -84,17 +84,29 @@ public enum RData: Hashable, Sendable {
     /// output (RFC 3597 §4: only the well-known types of RFC 1035 — NS, CNAME, PTR, MX, SOA).
     public func encoded() -> (bytes: [UInt8], compressibleNames: [Int]) {
         var out: [UInt8] = []
-        var names: [Int] = []
+        let (first, second) = encode(appendingTo: &out)
+        return (out, [first, second].filter { $0 >= 0 })
+    }
+
+    /// Appends the uncompressed wire form to `out` (a buffer that packs many records: no
+    /// allocation of its own); returns the offsets, from where it starts, of the first and second
+    /// names that may be compressed, -1 for none.
+    public func encode(appendingTo out: inout [UInt8]) -> (firstName: Int, secondName: Int) {
+        let start = out.count
+        var first = -1, second = -1
         func u16(_ v: UInt16) { out.append(UInt8(v >> 8)); out.append(UInt8(v & 0xFF)) }
         func u32(_ v: UInt32) { for shift in stride(from: 24, through: 0, by: -8) { out.append(UInt8((v >> UInt32(shift)) & 0xFF)) } }
         func string(_ s: [UInt8]) { out.append(UInt8(s.count)); out.append(contentsOf: s) }
         func name(_ n: DomainName, compressible: Bool) {
-            if compressible { names.append(out.count) }
+            if compressible {
+                if first < 0 { first = out.count - start } else { second = out.count - start }
+            }
             out.append(contentsOf: n.wire)
         }
         switch self {
-        case .a(let address): out = address.array
-        case .aaaa(let address): out = address.bytes
+        case .a(let address):
+            out.append(address.bytes.0); out.append(address.bytes.1); out.append(address.bytes.2); out.append(address.bytes.3)
+        case .aaaa(let address): out.append(contentsOf: address.bytes)
         case .ns(let n), .cname(let n), .ptr(let n): name(n, compressible: true)
         case .dname(let n): name(n, compressible: false)
         case .soa(let soa):
@@ -121,9 +133,9 @@ public enum RData: Hashable, Sendable {
             out.append(algorithm); out.append(type); out.append(contentsOf: fingerprint)
         case .tlsa(let usage, let selector, let matching, let data):
             out.append(usage); out.append(selector); out.append(matching); out.append(contentsOf: data)
-        case .unknown(_, let bytes): out = bytes
+        case .unknown(_, let bytes): out.append(contentsOf: bytes)
         }
-        return (out, names)
+        return (first, second)
     }
 
     /// Writes the RDATA (without RDLENGTH), compressing the names RFC 3597 §4 allows.

@@ -52,26 +52,38 @@ struct Lexer {
 
     private let bytes: [UInt8]
     private let file: String
-    private var index = 0
-    private var line = 1
-    private var lineStart = 0
+    /// Where this lexer stops: the end of the file, or of the part of it given to this lexer.
+    private let end: Int
+    private var index: Int
+    private var line: Int
+    private var lineStart: Int
 
     init(bytes: [UInt8], file: String) {
+        self.init(bytes: bytes, range: 0..<bytes.count, firstLine: 1, file: file)
+    }
+
+    /// Lexes `range` of `bytes`, which starts a logical line numbered `firstLine` (a part of a
+    /// file parsed on its own: `MasterFileSplit`).
+    init(bytes: [UInt8], range: Range<Int>, firstLine: Int, file: String) {
         self.bytes = bytes
         self.file = file
+        end = range.upperBound
+        index = range.lowerBound
+        lineStart = range.lowerBound
+        line = firstLine
     }
 
     private var position: SourcePosition { SourcePosition(file: file, line: line, column: index - lineStart + 1) }
 
     /// The next logical line with at least one token, or nil at the end of the file.
     mutating func nextEntry() throws(ZoneError) -> Entry? {
-        while index < bytes.count {
+        while index < end {
             let startPosition = position
             let startsWithBlank = bytes[index] == UInt8(ascii: " ") || bytes[index] == UInt8(ascii: "\t")
             var tokens: [Token] = []
             var depth = 0
             var openedAt = startPosition
-            lineLoop: while index < bytes.count {
+            lineLoop: while index < end {
                 let byte = bytes[index]
                 switch byte {
                 case UInt8(ascii: " "), UInt8(ascii: "\t"), UInt8(ascii: "\r"):
@@ -82,7 +94,7 @@ struct Lexer {
                     lineStart = index
                     if depth == 0 { break lineLoop }
                 case UInt8(ascii: ";"):
-                    while index < bytes.count && bytes[index] != UInt8(ascii: "\n") { index += 1 }
+                    while index < end && bytes[index] != UInt8(ascii: "\n") { index += 1 }
                 case UInt8(ascii: "("):
                     if depth == 0 { openedAt = position }
                     depth += 1
@@ -108,10 +120,10 @@ struct Lexer {
     private mutating func wordToken() throws(ZoneError) -> Token {
         let start = position
         let first = index
-        while index < bytes.count {
+        while index < end {
             let byte = bytes[index]
             if byte == UInt8(ascii: "\\") {
-                guard index + 1 < bytes.count, bytes[index + 1] != UInt8(ascii: "\n") else {
+                guard index + 1 < end, bytes[index + 1] != UInt8(ascii: "\n") else {
                     throw ZoneError(position, "backslash at end of line (expected an escaped character)")
                 }
                 index += 2
@@ -133,11 +145,11 @@ struct Lexer {
         index += 1
         let first = index
         while true {
-            guard index < bytes.count else { throw ZoneError(start, "unterminated quoted string (expected '\"')") }
+            guard index < end else { throw ZoneError(start, "unterminated quoted string (expected '\"')") }
             let byte = bytes[index]
             if byte == UInt8(ascii: "\"") { break }
             if byte == UInt8(ascii: "\\") {
-                guard index + 1 < bytes.count else { throw ZoneError(position, "backslash at end of file") }
+                guard index + 1 < end else { throw ZoneError(position, "backslash at end of file") }
                 if bytes[index + 1] == UInt8(ascii: "\n") { line += 1; lineStart = index + 2 }
                 index += 2
                 continue

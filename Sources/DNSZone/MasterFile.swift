@@ -1,4 +1,5 @@
 import DNSWire
+import Dispatch
 
 #if canImport(Glibc)
 import Glibc
@@ -57,32 +58,120 @@ public struct MasterFileParser {
     }
 
     /// Parses master-file text. `file` names it in errors; `directory` resolves relative
-    /// `$INCLUDE` paths (nil forbids `$INCLUDE`).
-    public static func parse(text: [UInt8], file: String, origin: DomainName,
-                             directory: String? = nil) throws(ZoneLoadError) -> [ParsedRecord] {
-        var parser = MasterFileParser(origin: origin)
-        parser.parseFile(bytes: text, file: file, directory: directory, depth: 0)
-        guard parser.errors.isEmpty else { throw ZoneLoadError(parser.errors) }
-        return parser.records
+    /// `$INCLUDE` paths (nil forbids `$INCLUDE`). `parts`: parse it in up to that many parts at
+    /// once (`MasterFileSplit`), each at least `partBytesMin` long.
+    public static func parse(text: [UInt8], file: String, origin: DomainName, directory: String? = nil) throws(ZoneLoadError) -> [ParsedRecord] {
+        try parse(bytes: text, file: file, origin: origin, directory: directory, files: [], parts: 1, partBytesMin: partBytesMin)
+            .parts.joined().map { $0 }
+    }
+
+    /// `parse(text:...)` in up to `parts` parts of at least `partBytesMin` bytes. Errors are
+    /// reported by a parse from the start unless `reparseOnError` is false (then each part's
+    /// own errors, in order: for tests that must see what the parts did).
+    package static func parse(text: [UInt8], file: String, origin: DomainName, parts: Int, partBytesMin: Int,
+                              reparseOnError: Bool = true) throws(ZoneLoadError) -> [ParsedRecord] {
+        Array(try parse(bytes: text, file: file, origin: origin, directory: nil, files: [], parts: parts, partBytesMin: partBytesMin,
+                        reparseOnError: reparseOnError).parts.joined())
     }
 
     public static func parse(path: String, origin: DomainName) throws(ZoneLoadError) -> [ParsedRecord] {
         try parseFiles(path: path, origin: origin).records
     }
 
-    /// Parses a master file and what it includes; `files` are their stamps.
+    /// Parses a master file and what it includes; `files` are their stamps. A large file is
+    /// parsed in parts on the machine's cores.
     public static func parseFiles(path: String, origin: DomainName) throws(ZoneLoadError) -> (records: [ParsedRecord], files: [FileStamp]) {
-        var parser = MasterFileParser(origin: origin)
+        let (parts, files) = try parseFileParts(path: path, origin: origin)
+        return (parts.count == 1 ? parts[0] : Array(parts.joined()), files)
+    }
+
+    /// `parseFiles`, with the records of each part of a large file in an array of its own (in
+    /// file order), as `Zone.init(origin:recordParts:...)` takes them.
+    public static func parseFileParts(path: String, origin: DomainName) throws(ZoneLoadError) -> (parts: [[ParsedRecord]], files: [FileStamp]) {
         let position = SourcePosition(file: path, line: 0, column: 0)
+        var files: [FileStamp] = []
         let bytes: [UInt8]
         do throws(ZoneError) {
-            bytes = try readFile(path, position: position, stamps: &parser.files)
+            bytes = try readFile(path, position: position, stamps: &files)
         } catch {
             throw ZoneLoadError([error])
         }
-        parser.parseFile(bytes: bytes, file: path, directory: directoryOf(path), depth: 0)
+        return try parse(bytes: bytes, file: path, origin: origin, directory: directoryOf(path), files: files,
+                         parts: processorCount(), partBytesMin: partBytesMin)
+    }
+
+    /// The smallest part of a file parsed on a core of its own: below this, a part's set-up
+    /// (a thread, its name interner, the merge) costs about what it saves.
+    public static let partBytesMin = 1 << 20
+    /// Parts of one file parsed at once, at most (whatever the core count).
+    static let partsMax = 16
+
+    private static func parse(bytes: [UInt8], file: String, origin: DomainName, directory: String?, files: [FileStamp],
+                              parts wanted: Int, partBytesMin: Int,
+                              reparseOnError: Bool = true) throws(ZoneLoadError) -> (parts: [[ParsedRecord]], files: [FileStamp]) {
+        let parts = MasterFileSplit.parts(of: bytes, parts: min(wanted, partsMax), partBytesMin: partBytesMin)
+        if parts.count > 1 {
+            let results = ParallelResults<MasterFileParser>(count: parts.count)
+            DispatchQueue.concurrentPerform(iterations: parts.count) { k in
+                // Every token is a slice of the bytes and carries the file's name, and relative
+                // names are read against the origin: parts sharing those buffers would contend for
+                // their reference counts on every token. The first part keeps the originals; the
+                // others work on copies of their own.
+                let ownOrigin = k == 0 ? origin : DomainName(uncheckedWire: origin.wire.withUnsafeBufferPointer { Array($0) })
+                let file = k == 0 ? file : String(decoding: Array(file.utf8), as: UTF8.self)
+                var parser = MasterFileParser(origin: ownOrigin)
+                let part = parts[k]
+                // Room for them at once, instead of growing (and faulting in) the array in steps.
+                parser.records.reserveCapacity(part.recordsEstimate)
+                if !part.preamble.isEmpty {
+                    // Its errors are the earlier part's to report.
+                    parser.parseFile(bytes: part.preamble, range: 0..<part.preamble.count, firstLine: 1, file: file,
+                                     directory: nil, depth: 0)
+                    parser.errors = []
+                }
+                if k == 0 {
+                    parser.parseFile(bytes: bytes, range: part.range, firstLine: part.firstLine, file: file,
+                                     directory: directory, depth: 0)
+                } else {
+                    let own = Array(bytes[part.range])
+                    parser.parseFile(bytes: own, range: 0..<own.count, firstLine: part.firstLine, file: file,
+                                     directory: directory, depth: 0)
+                }
+                results.set(k, parser)
+            }
+            if results.allSatisfy({ $0.errors.isEmpty }) {
+                var records: [[ParsedRecord]] = []
+                var stamps = files
+                for k in parts.indices {
+                    let parser = results.take(k)
+                    records.append(parser.records)
+                    stamps += parser.files
+                }
+                return (records, stamps)
+            }
+            if !reparseOnError {
+                let errors = parts.indices.flatMap { results.take($0).errors }
+                throw ZoneLoadError(Array(errors.prefix(ZoneLoadError.errorsMax)))
+            }
+            // An error: parse again from the start, so that what is reported is exactly what one
+            // parse reports (an error in one part may change what the next one sees).
+        }
+        var parser = MasterFileParser(origin: origin)
+        parser.files = files
+        parser.parseFile(bytes: bytes, range: 0..<bytes.count, firstLine: 1, file: file, directory: directory, depth: 0)
         guard parser.errors.isEmpty else { throw ZoneLoadError(parser.errors) }
-        return (parser.records, parser.files)
+        return ([parser.records], parser.files)
+    }
+
+    /// Parts a large file is parsed in: one per core, or `DISCO_ZONE_PARSE_PARTS` (1 parses
+    /// every file in one piece; for benchmarks).
+    static func processorCount() -> Int {
+        if let text = getenv("DISCO_ZONE_PARSE_PARTS"), let parts = Int(String(cString: text)), parts >= 1 { return parts }
+        #if canImport(Glibc)
+        return max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+        #else
+        return 1
+        #endif
     }
 
     private var full: Bool { errors.count >= ZoneLoadError.errorsMax }
@@ -91,8 +180,8 @@ public struct MasterFileParser {
         if !full { errors.append(error) }
     }
 
-    private mutating func parseFile(bytes: [UInt8], file: String, directory: String?, depth: Int) {
-        var lexer = Lexer(bytes: bytes, file: file)
+    private mutating func parseFile(bytes: [UInt8], range: Range<Int>, firstLine: Int, file: String, directory: String?, depth: Int) {
+        var lexer = Lexer(bytes: bytes, range: range, firstLine: firstLine, file: file)
         while !full {
             let entry: Entry
             do throws(ZoneError) {
@@ -210,7 +299,7 @@ public struct MasterFileParser {
             if arguments.count == 2 { origin = try name(arguments[arguments.startIndex + 1]) }
             names.removeAll()
             lastOwnerText = []
-            parseFile(bytes: bytes, file: resolved, directory: directoryOf(resolved), depth: depth + 1)
+            parseFile(bytes: bytes, range: 0..<bytes.count, firstLine: 1, file: resolved, directory: directoryOf(resolved), depth: depth + 1)
             names.removeAll()
             lastOwnerText = []
             origin = savedOrigin

@@ -1,4 +1,5 @@
 import DNSWire
+import Dispatch
 
 /// RDATA precompiled for the answer path: the uncompressed wire bytes, where the names that
 /// may be compressed start, and the node (in the same zone) whose A/AAAA records go into the
@@ -114,10 +115,8 @@ public struct CompiledRecords: RandomAccessCollection, Sendable {
         entries.reserveCapacity(records.count)
         var targets: [[UInt8]] = []
         for rdata in records {
-            let (bytes, names) = rdata.encoded()
-            wire.append(contentsOf: bytes)
-            entries.append(Entry(end: UInt32(wire.count), firstNameAt: Int16(names.first ?? -1),
-                                 secondNameAt: Int16(names.count > 1 ? names[1] : -1),
+            let (first, second) = rdata.encode(appendingTo: &wire)
+            entries.append(Entry(end: UInt32(wire.count), firstNameAt: Int16(first), secondNameAt: Int16(second),
                                  additionalNode: additionalNode(rdata)))
             switch rdata {
             case .cname(let target), .dname(let target): targets.append(target.lowercased().wire)
@@ -221,6 +220,96 @@ public enum LookupResult: Sendable, Equatable {
     case nxDomain
 }
 
+/// The records of one owner and type, while a zone is built.
+private struct PendingSet {
+    var type: RRType
+    var ttl: UInt32
+    var records: [RData]
+    /// Built once a set grows past `duplicateScanRecordsMax`, to keep duplicate checks linear.
+    var seen: Set<RData>?
+    var position: SourcePosition
+
+    mutating func appendUnique(_ rdata: RData) {
+        if seen != nil {
+            if seen?.insert(rdata).inserted == true { records.append(rdata) }
+            return
+        }
+        guard !records.contains(rdata) else { return }
+        records.append(rdata)
+        if records.count > Zone.duplicateScanRecordsMax { seen = Set(records) }
+    }
+}
+
+/// One owner's records by type, while a zone is built.
+private struct PendingOwner {
+    var name: DomainName
+    /// Lowercased wire form: the name's key in the name table.
+    var key: [UInt8]
+    var position: SourcePosition
+    var sets: [PendingSet] = []
+    func set(_ type: RRType) -> PendingSet? { sets.first { $0.type == type } }
+
+    /// Adds a record: RFC 2181 §5, duplicates collapse; §5.2, the first TTL holds for the set.
+    mutating func add(type: RRType, ttl: UInt32, rdata: RData, position: SourcePosition) {
+        if let setIndex = sets.firstIndex(where: { $0.type == type }) {
+            sets[setIndex].appendUnique(rdata)
+        } else {
+            sets.append(PendingSet(type: type, ttl: ttl, records: [rdata], position: position))
+        }
+    }
+}
+
+/// Records grouped by owner in first-appearance order (a record usually follows one of the same
+/// owner, which is then found without a lookup).
+private struct OwnerGrouping {
+    var owners: [PendingOwner] = []
+    var index: [DomainName: Int] = [:]
+    /// Records outside the zone (at most `ZoneLoadError.errorsMax`).
+    var errors: [ZoneError] = []
+    private var lastWire: [UInt8] = []
+    private var last = -1
+
+    mutating func add(_ parsed: ParsedRecord, origin: DomainName) {
+        let rr = parsed.record
+        let position: Int
+        if last >= 0 && rr.name.wire == lastWire {
+            position = last
+        } else if let known = index[rr.name] {
+            position = known
+        } else {
+            guard rr.name.isSubdomain(of: origin) else {
+                if errors.count < ZoneLoadError.errorsMax {
+                    errors.append(ZoneError(parsed.position, "\(rr.name) is outside the zone \(origin)"))
+                }
+                return
+            }
+            position = owners.count
+            owners.append(PendingOwner(name: rr.name, key: rr.name.lowercased().wire, position: parsed.position))
+            index[rr.name] = position
+        }
+        last = position
+        lastWire = rr.name.wire
+        owners[position].add(type: rr.type, ttl: rr.ttl, rdata: rr.rdata, position: parsed.position)
+    }
+
+    /// Adds the groups of the records that follow these in the file: the result is what adding
+    /// those records one by one would have given.
+    mutating func merge(_ later: OwnerGrouping) {
+        for owner in later.owners {
+            guard let known = index[owner.name] else {
+                index[owner.name] = owners.count
+                owners.append(owner)
+                continue
+            }
+            for set in owner.sets {
+                for rdata in set.records { owners[known].add(type: set.type, ttl: set.ttl, rdata: rdata, position: set.position) }
+            }
+        }
+        errors += later.errors.prefix(ZoneLoadError.errorsMax - errors.count)
+        last = -1
+    }
+}
+
 /// An immutable, validated zone, ready for lookups.
 public final class Zone: Sendable {
     /// Labels deeper than this are not walked (a name has at most 127 labels).
@@ -251,68 +340,39 @@ public final class Zone: Sendable {
     /// found without a lookup), and the checks against zone cuts and DNAMEs walk each name's
     /// ancestors instead of every cut.
     public convenience init(origin: DomainName, records: [ParsedRecord], source: String, files: [FileStamp] = []) throws(ZoneLoadError) {
+        try self.init(origin: origin, recordParts: [records], source: source, files: files)
+    }
+
+    /// The same from records in parts (in file order): a large file's parts as they were parsed
+    /// (`MasterFileParser.parseFileParts`), not copied into one array first.
+    public convenience init(origin: DomainName, recordParts: [[ParsedRecord]], source: String,
+                            files: [FileStamp] = []) throws(ZoneLoadError) {
         var errors: [ZoneError] = []
         func fail(_ position: SourcePosition, _ message: String) {
             if errors.count < ZoneLoadError.errorsMax { errors.append(ZoneError(position, message)) }
         }
         let zonePosition = SourcePosition(file: source, line: 1, column: 1)
 
-        // Group by owner, then by type, keeping the first position of each owner and type.
-        struct PendingSet {
-            var type: RRType
-            var ttl: UInt32
-            var records: [RData]
-            /// Built once a set grows past `duplicateScanRecordsMax`, to keep duplicate checks linear.
-            var seen: Set<RData>?
-            var position: SourcePosition
-
-            mutating func appendUnique(_ rdata: RData) {
-                if seen != nil {
-                    if seen?.insert(rdata).inserted == true { records.append(rdata) }
-                    return
-                }
-                guard !records.contains(rdata) else { return }
-                records.append(rdata)
-                if records.count > Zone.duplicateScanRecordsMax { seen = Set(records) }
+        // Group by owner, then by type, keeping the first position of each owner and type: each
+        // part on a core of its own, then the parts' groups merged in file order.
+        var grouping: OwnerGrouping
+        if recordParts.count > 1 {
+            let groupings = ParallelResults<OwnerGrouping>(count: recordParts.count)
+            DispatchQueue.concurrentPerform(iterations: recordParts.count) { k in
+                var grouping = OwnerGrouping()
+                for parsed in recordParts[k] { grouping.add(parsed, origin: origin) }
+                groupings.set(k, grouping)
             }
+            grouping = groupings.take(0)
+            for k in 1..<recordParts.count { grouping.merge(groupings.take(k)) }
+        } else {
+            grouping = OwnerGrouping()
+            for parsed in recordParts.first ?? [] { grouping.add(parsed, origin: origin) }
         }
-        struct Owner {
-            var name: DomainName
-            /// Lowercased wire form: the name's key in the name table.
-            var key: [UInt8]
-            var position: SourcePosition
-            var sets: [PendingSet] = []
-            func set(_ type: RRType) -> PendingSet? { sets.first { $0.type == type } }
-        }
-        var owners: [Owner] = []
-        var ownerIndex: [DomainName: Int] = [:]
-        var lastWire: [UInt8] = []
-        var last = -1
-        for parsed in records {
-            let rr = parsed.record
-            let index: Int
-            if last >= 0 && rr.name.wire == lastWire {
-                index = last
-            } else if let known = ownerIndex[rr.name] {
-                index = known
-            } else {
-                guard rr.name.isSubdomain(of: origin) else {
-                    fail(parsed.position, "\(rr.name) is outside the zone \(origin)")
-                    continue
-                }
-                index = owners.count
-                owners.append(Owner(name: rr.name, key: rr.name.lowercased().wire, position: parsed.position))
-                ownerIndex[rr.name] = index
-            }
-            last = index
-            lastWire = rr.name.wire
-            if let setIndex = owners[index].sets.firstIndex(where: { $0.type == rr.type }) {
-                // RFC 2181 §5: duplicates collapse; RFC 2181 §5.2: the first TTL holds for the set.
-                owners[index].sets[setIndex].appendUnique(rr.rdata)
-            } else {
-                owners[index].sets.append(PendingSet(type: rr.type, ttl: rr.ttl, records: [rr.rdata], position: parsed.position))
-            }
-        }
+        for error in grouping.errors { fail(error.position, error.message) }
+        let owners = grouping.owners
+        let ownerIndex = grouping.index
+        grouping = OwnerGrouping()
 
         let apexKey = origin.lowercased().wire
         let apex = ownerIndex[origin].map { owners[$0] }
@@ -342,7 +402,7 @@ public final class Zone: Sendable {
         let cuts = NameTable(keys: cutKeys)
         let dnames = NameTable(keys: dnameKeys)
         /// The key of the nearest strict ancestor of `key` in `table`, if any.
-        func strictlyBelow(_ key: [UInt8], _ table: NameTable) -> [UInt8]? {
+        @Sendable func strictlyBelow(_ key: [UInt8], _ table: NameTable) -> [UInt8]? {
             guard table.count > 0 else { return nil }
             return key.withUnsafeBytes { wire -> [UInt8]? in
                 var offset = 0
@@ -405,7 +465,10 @@ public final class Zone: Sendable {
         for (index, owner) in owners.enumerated() where kinds[index] != nil {
             let (_, inserted) = slotOfKey.insert(owner.key)
             if inserted {
-                slotNames.append(owner.name)
+                // A copy of its own: the parsed name was allocated where the file (or its part)
+                // was parsed, possibly another thread's malloc arena, where it would keep the
+                // pages of the parse's freed records from going back to the kernel.
+                slotNames.append(DomainName(uncheckedWire: owner.name.wire.withUnsafeBufferPointer { Array($0) }))
                 slotOwner.append(Int32(index))
             }
         }
@@ -444,25 +507,46 @@ public final class Zone: Sendable {
         var table = NameTable(capacity: ordered.count)
         for slot in ordered { _ = table.insert(slotOfKey.key(at: Int(slot))) }
 
-        var nodes: [Node] = []
-        nodes.reserveCapacity(ordered.count)
-        for slot in ordered {
-            let ownerIndex = Int(slotOwner[Int(slot)])
-            let kind: Node.Kind
-            if ownerIndex >= 0, let known = kinds[ownerIndex] {
-                kind = known
-            } else {
-                kind = strictlyBelow(slotOfKey.key(at: Int(slot)), cuts) != nil ? .glue : .authoritative
-            }
-            var rrsets: [RRSet] = []
-            // File order: minimal ANY answers with the name's first RRset, as NSD does.
-            if ownerIndex >= 0 {
-                for set in owners[ownerIndex].sets {
-                    let compiled = CompiledRecords(compiling: set.records) { Zone.additionalNode(of: $0, table: table) }
-                    rrsets.append(RRSet(type: set.type, ttl: set.ttl, records: set.records, compiled: compiled))
+        // The nodes, their records compiled: in slices of the canonical order on the cores when
+        // there are many.
+        let (orderedSlots, slotKinds, slotKeys, finalTable, slotOwners, names) = (ordered, kinds, slotOfKey, table, slotOwner, slotNames)
+        @Sendable func compileNodes(_ slots: ArraySlice<Int32>) -> [Node] {
+            var nodes: [Node] = []
+            nodes.reserveCapacity(slots.count)
+            for slot in slots {
+                let ownerIndex = Int(slotOwners[Int(slot)])
+                let kind: Node.Kind
+                if ownerIndex >= 0, let known = slotKinds[ownerIndex] {
+                    kind = known
+                } else {
+                    kind = strictlyBelow(slotKeys.key(at: Int(slot)), cuts) != nil ? .glue : .authoritative
                 }
+                var rrsets: [RRSet] = []
+                // File order: minimal ANY answers with the name's first RRset, as NSD does.
+                if ownerIndex >= 0 {
+                    for set in owners[ownerIndex].sets {
+                        let compiled = CompiledRecords(compiling: set.records) { Zone.additionalNode(of: $0, table: finalTable) }
+                        rrsets.append(RRSet(type: set.type, ttl: set.ttl, records: set.records, compiled: compiled))
+                    }
+                }
+                nodes.append(Node(name: names[Int(slot)], kind: kind, rrsets: rrsets))
             }
-            nodes.append(Node(name: slotNames[Int(slot)], kind: kind, rrsets: rrsets))
+            return nodes
+        }
+        let slices = min(MasterFileParser.processorCount(), orderedSlots.count / Self.compileSliceNodesMin)
+        var nodes: [Node]
+        if slices > 1 {
+            let compiled = ParallelResults<[Node]>(count: slices)
+            let sliceSize = (orderedSlots.count + slices - 1) / slices
+            DispatchQueue.concurrentPerform(iterations: slices) { k in
+                let start = k * sliceSize
+                compiled.set(k, compileNodes(orderedSlots[start..<min(orderedSlots.count, start + sliceSize)]))
+            }
+            nodes = compiled.take(0)
+            nodes.reserveCapacity(orderedSlots.count)
+            for k in 1..<slices { nodes += compiled.take(k) }
+        } else {
+            nodes = compileNodes(orderedSlots[...])
         }
 
         self.init(origin: origin, source: source, nodes: nodes, table: table, soa: soaData, soaTTL: soaTTL, files: files)
@@ -470,6 +554,8 @@ public final class Zone: Sendable {
 
     /// An RRset is checked for duplicates by scanning it up to this size, by hashing beyond.
     static let duplicateScanRecordsMax = 16
+    /// A zone's nodes are compiled on several cores when each gets at least this many.
+    static let compileSliceNodesMin = 20_000
 
     /// Adopts checked nodes: the apex is `nodes[0]`, with exactly one SOA and an NS RRset.
     init(origin: DomainName, source: String, nodes: [Node], table: NameTable, soa: SOAData, soaTTL: UInt32,
@@ -496,8 +582,8 @@ public final class Zone: Sendable {
 
     /// Parses and validates a master file.
     public static func load(path: String, origin: DomainName) throws(ZoneLoadError) -> Zone {
-        let (records, files) = try MasterFileParser.parseFiles(path: path, origin: origin)
-        return try Zone(origin: origin, records: records, source: path, files: files)
+        let (parts, files) = try MasterFileParser.parseFileParts(path: path, origin: origin)
+        return try Zone(origin: origin, recordParts: parts, source: path, files: files)
     }
 
     public static func parse(text: String, origin: DomainName, file: String = "<text>") throws(ZoneLoadError) -> Zone {

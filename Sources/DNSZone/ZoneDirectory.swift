@@ -58,13 +58,13 @@ public enum ZoneDirectory {
     public static func load(path: String, previous: [Zone] = []) throws(ZoneError) -> LoadResult {
         let previousByOrigin = Dictionary(previous.map { ($0.origin, $0) }, uniquingKeysWith: { a, _ in a })
         let names = try files(in: path)
-        let outcomes = Outcomes(count: names.count)
+        let outcomes = ParallelResults<Outcome>(count: names.count)
         DispatchQueue.concurrentPerform(iterations: names.count) { index in
             outcomes.set(index, loadFile(path + "/" + names[index], name: names[index], previous: previousByOrigin))
         }
         var result = LoadResult(zones: [], failures: [])
         for (index, name) in names.enumerated() {
-            switch outcomes.get(index) {
+            switch outcomes.take(index) {
             case .loaded(let zone):
                 result.zones.append(zone)
             case .unchanged(let zone):
@@ -105,15 +105,21 @@ public enum ZoneDirectory {
     }
 
     /// One slot per file, each written once by the thread that loaded it.
-    private final class Outcomes: @unchecked Sendable {
-        private var slots: [Outcome?]
-        private let lock = Lock()
+}
 
-        init(count: Int) { slots = Array(repeating: nil, count: count) }
+/// Results of work done on several threads at once (`DispatchQueue.concurrentPerform`), one
+/// slot per iteration, each set once.
+final class ParallelResults<Value>: @unchecked Sendable {
+    // @unchecked: the slots are only touched under `lock`.
+    private var slots: [Value?]
+    private let lock = Lock()
 
-        func set(_ index: Int, _ outcome: Outcome) { lock.withLock { slots[index] = outcome } }
-        func get(_ index: Int) -> Outcome { lock.withLock { slots[index]! } }
-    }
+    init(count: Int) { slots = Array(repeating: nil, count: count) }
+
+    func set(_ index: Int, _ value: Value) { lock.withLock { slots[index] = value } }
+    /// The value of slot `index`, which is left empty (the caller owns it now).
+    func take(_ index: Int) -> Value { lock.withLock { slots[index].take()! } }
+    func allSatisfy(_ predicate: (Value) -> Bool) -> Bool { lock.withLock { slots.allSatisfy { predicate($0!) } } }
 }
 
 /// A pthread mutex (DNSZone does not import Foundation).

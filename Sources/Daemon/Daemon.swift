@@ -92,6 +92,8 @@ public final class DiscoDaemon: @unchecked Sendable {
             case .success(let result):
                 report(result)
                 zones = result.zones
+                logger.info("zones loaded", metadata: ["dns.zones": "\(zones.count)", "dns.failed": "\(result.failures.count)",
+                                                       "dns.zones.load_seconds": "\(Self.rounded(zoneLoad.seconds))"])
             case .failure(let error):
                 stop()
                 throw StartError(code: .ioError, message: error.description)
@@ -111,9 +113,14 @@ public final class DiscoDaemon: @unchecked Sendable {
         private var result: Result<ZoneDirectory.LoadResult, ZoneError>?
         private let done = DispatchSemaphore(value: 0)
 
+        /// How long the load took.
+        private(set) var seconds = 0.0
+
         init(path: String) {
             DispatchQueue.global().async {
+                let start = DispatchTime.now().uptimeNanoseconds
                 self.result = Result { () throws(ZoneError) in try ZoneDirectory.load(path: path) }
+                self.seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
                 self.done.signal()
             }
         }
@@ -248,12 +255,15 @@ public final class DiscoDaemon: @unchecked Sendable {
         }
         _ = disco_sd_notify("RELOADING=1")
         do throws(ZoneError) {
+            let start = DispatchTime.now().uptimeNanoseconds
             let result = try ZoneDirectory.load(path: config.zonesDirectory, previous: zones)
+            let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
             report(result)
             zones = result.zones
             composer.publish(fileZones: zones)
             logger.info("zones reloaded", metadata: ["dns.zones": "\(zones.count)", "dns.zones.unchanged": "\(result.unchanged)",
-                                                     "dns.failed": "\(result.failures.count)"])
+                                                     "dns.failed": "\(result.failures.count)",
+                                                     "dns.zones.load_seconds": "\(Self.rounded(seconds))"])
             releaseReplacedZones()
         } catch {
             logger.error("zone reload failed; keeping every zone as it was", metadata: ["dns.error": "\(error)"])
@@ -274,6 +284,9 @@ public final class DiscoDaemon: @unchecked Sendable {
             disco_release_free_memory()
         }
     }
+
+    /// Seconds to the millisecond, for logs.
+    static func rounded(_ seconds: Double) -> Double { (seconds * 1000).rounded() / 1000 }
 
     private func report(_ result: ZoneDirectory.LoadResult) {
         for failure in result.failures {

@@ -1,9 +1,8 @@
 import Cluster
 import DNSServer
+import AsyncHTTPClient
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
+import NIOCore
 import Logging
 import Raft
 
@@ -76,46 +75,41 @@ extension ClusterRuntime {
         guard let url = URL(string: "http://\(target)/v1/operator/raft/join?id=\(id.rawValue)&raft=\(escape(me.raft.description))&http=\(escape(me.http.description))") else {
             return .refused("bad member address \(target)")
         }
-        var request = URLRequest(url: url, timeoutInterval: joinRequestTimeoutSeconds)
-        request.httpMethod = "PUT"
-        final class Box: @unchecked Sendable { var outcome: JoinOutcome = .retry("no answer") }
-        let box = Box()
-        let done = DispatchSemaphore(value: 0)
-        URLSession.shared.dataTask(with: request) { data, response, error in
-            defer { done.signal() }
-            guard let http = response as? HTTPURLResponse else {
-                box.outcome = .retry("cannot reach \(target): \(error?.localizedDescription ?? "no response")")
-                return
+        // AsyncHTTPClient (already the health checks'), not URLSession: FoundationNetworking
+        // would load libcurl and some twenty libraries into every discod for this one request.
+        let response: HTTPClient.Response
+        do {
+            let request = try HTTPClient.Request(url: url.absoluteString, method: .PUT)
+            response = try HTTPClient.shared.execute(request: request,
+                                                     deadline: .now() + .milliseconds(Int64(joinRequestTimeoutSeconds * 1000))).wait()
+        } catch {
+            return .retry("cannot reach \(target): \(error)")
+        }
+        let data = response.body.map { Data($0.readableBytesView) } ?? Data()
+        let text = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        switch response.status.code {
+        case 200:
+            guard let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+                  let list = object["Servers"] as? [[String: Any]] else {
+                return .retry("unreadable answer from \(target)")
             }
-            let text = String(decoding: data ?? Data(), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-            switch http.statusCode {
-            case 200:
-                guard let object = try? JSONSerialization.jsonObject(with: data ?? Data()) as? [String: Any],
-                      let list = object["Servers"] as? [[String: Any]] else {
-                    box.outcome = .retry("unreadable answer from \(target)")
-                    return
-                }
-                var servers: [NodeID: ServerAddresses] = [:]
-                for server in list {
-                    guard let idText = server["ID"] as? String, let raw = UInt64(idText),
-                          let raft = (server["Address"] as? String).flatMap({ PeerAddress(parsing: $0) }),
-                          let http = (server["HTTPAddress"] as? String).flatMap({ PeerAddress(parsing: $0) }) else { continue }
-                    servers[NodeID(rawValue: raw)] = ServerAddresses(raft: raft, http: http)
-                }
-                box.outcome = .joined(servers)
-            case 503:
-                if let leader = http.value(forHTTPHeaderField: "X-Disco-Leader"), leader != target {
-                    box.outcome = .redirect(leader)
-                } else {
-                    box.outcome = .retry("\(target) answered 503: \(text)")
-                }
-            case 400..<500:
-                box.outcome = .refused(text)
-            default:
-                box.outcome = .retry("\(target) answered \(http.statusCode): \(text)")
+            var servers: [NodeID: ServerAddresses] = [:]
+            for server in list {
+                guard let idText = server["ID"] as? String, let raw = UInt64(idText),
+                      let raft = (server["Address"] as? String).flatMap({ PeerAddress(parsing: $0) }),
+                      let http = (server["HTTPAddress"] as? String).flatMap({ PeerAddress(parsing: $0) }) else { continue }
+                servers[NodeID(rawValue: raw)] = ServerAddresses(raft: raft, http: http)
             }
-        }.resume()
-        done.wait()
-        return box.outcome
+            return .joined(servers)
+        case 503:
+            if let leader = response.headers.first(name: "X-Disco-Leader"), leader != target {
+                return .redirect(leader)
+            }
+            return .retry("\(target) answered 503: \(text)")
+        case 400..<500:
+            return .refused(text)
+        default:
+            return .retry("\(target) answered \(response.status.code): \(text)")
+        }
     }
 }

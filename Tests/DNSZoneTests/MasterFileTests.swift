@@ -183,6 +183,76 @@ struct MasterFileTests {
         ])
     }
 
+    /// A text with everything that could make a part start in the wrong state: records spread
+    /// over lines in parentheses, comments and quoted strings holding `(`, `;`, `"` and line
+    /// breaks, owners left blank, `$ORIGIN` (relative too) and `$TTL` changing on the way.
+    private static func trickyText(blocks: Int) -> String {
+        var text = "$TTL 300\n@ SOA ns1 hostmaster ( 1 ; serial (\n 2 3 4 5 )\n NS ns1\nns1 A 192.0.2.1\n"
+        for block in 0..<blocks {
+            if block % 7 == 3 { text += "$ORIGIN sub\(block).example.com.\n" }
+            if block % 7 == 5 { text += "$ORIGIN deeper\n" }
+            if block % 11 == 4 { text += "$TTL \(60 + block)\n" }
+            if block % 13 == 6 { text += "$ORIGIN example.com.\n" }
+            text += "h\(block) A 192.0.2.\(block % 250)\n"
+            text += "\tAAAA 2001:db8::\(block % 1000)\n"
+            text += "t\(block) 120 TXT \"a ; (\" \"line\\\nbreak\" ( \"more\"\n  \"x\" ) ; comment \" (\n"
+            text += "s\(block) IN SRV ( 0 0\n  80 ; a comment in the middle\n  h\(block) )\n"
+            text += "   ; only a comment (\n\n"
+            text += "m\(block) MX 10 mail\\.x\n"
+        }
+        return text
+    }
+
+    /// A large file parsed in parts gives exactly the records of one parse: same data, same
+    /// order, same positions.
+    @Test func aFileParsedInPartsGivesTheRecordsOfOneParse() throws {
+        let text = Array(Self.trickyText(blocks: 400).utf8)
+        let parts = MasterFileSplit.parts(of: text, parts: 6, partBytesMin: 1024)
+        #expect(parts.count == 6)
+        #expect(parts.first?.range.lowerBound == 0 && parts.last?.range.upperBound == text.count)
+        for (a, b) in zip(parts, parts.dropFirst()) { #expect(a.range.upperBound == b.range.lowerBound) }
+        #expect(parts.dropFirst().allSatisfy { String(decoding: $0.preamble, as: UTF8.self).contains("$TTL") })
+        let whole = try MasterFileParser.parse(text: text, file: "t.zone", origin: origin)
+        let inParts = try MasterFileParser.parse(text: text, file: "t.zone", origin: origin, parts: 6, partBytesMin: 1024,
+                                                 reparseOnError: false)
+        #expect(whole.count == 400 * 5 + 3)
+        #expect(inParts == whole)
+    }
+
+    /// A file with errors reports, parsed in parts, exactly what one parse reports.
+    @Test func errorsInALaterPartAreReportedAsByOneParse() throws {
+        var text = Self.trickyText(blocks: 300)
+        text += "bad A 192.0.2.300\n$TTL oops\n"
+        text += Self.trickyText(blocks: 10).split(separator: "\n", omittingEmptySubsequences: false).dropFirst(4)
+            .joined(separator: "\n")
+        var expected: [String] = []
+        do throws(ZoneLoadError) {
+            _ = try MasterFileParser.parse(text: Array(text.utf8), file: "t.zone", origin: origin)
+        } catch {
+            expected = error.errors.map(\.description)
+        }
+        #expect(expected.count == 2)
+        do throws(ZoneLoadError) {
+            _ = try MasterFileParser.parse(text: Array(text.utf8), file: "t.zone", origin: origin, parts: 4, partBytesMin: 1024)
+            Issue.record("a file with errors parsed")
+        } catch {
+            #expect(error.errors.map(\.description) == expected)
+        }
+    }
+
+    /// No part starts after an `$INCLUDE` (the included file may set `$TTL`), nor before the first `$TTL`.
+    @Test func aFileIsNotCutAfterAnIncludeNorBeforeItsFirstTTL() {
+        var text = Self.trickyText(blocks: 100)
+        let include = text.utf8.count
+        text += "$INCLUDE other.zone\n" + Self.trickyText(blocks: 100)
+        let parts = MasterFileSplit.parts(of: Array(text.utf8), parts: 8, partBytesMin: 512)
+        #expect(parts.count > 1)
+        #expect(parts.allSatisfy { $0.range.lowerBound <= include })
+
+        let noTTL = Self.trickyText(blocks: 100).replacingOccurrences(of: "$TTL", with: "; TTL")
+        #expect(MasterFileSplit.parts(of: Array(noTTL.utf8), parts: 8, partBytesMin: 512).count == 1)
+    }
+
     /// A large RRset collapses its duplicates too (past the size where they are found by hashing).
     @Test func duplicatesCollapseInALargeRRset() throws {
         var text = "$TTL 60\n@ SOA ns h 1 2 3 4 5\n NS ns\n"
