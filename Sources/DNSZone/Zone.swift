@@ -56,38 +56,76 @@ public struct CompiledRData: Sendable {
     }
 }
 
-/// The compiled records of an RRset, packed: their wire bytes end to end in one buffer and
-/// 12 bytes of metadata each, instead of a `CompiledRData` (48 bytes and a heap block of its
-/// own) per record. Subscripting builds a `CompiledRData` view without allocating.
+/// The compiled records of an RRset, packed in one buffer: 12 bytes of metadata per record,
+/// then their wire bytes end to end; instead of a `CompiledRData` (48 bytes and a heap block of
+/// its own) per record, one heap block per RRset. Subscripting builds a `CompiledRData` view
+/// without allocating.
 public struct CompiledRecords: RandomAccessCollection, Sendable {
     struct Entry: Sendable {
-        /// Where the record's bytes end in `wire` (they start where the previous one's end).
+        /// Where the record's bytes end among the wire bytes (they start where the previous one's end).
         var end: UInt32
         var firstNameAt: Int16
         var secondNameAt: Int16
         var additionalNode: Int32
     }
+    static let entryBytes = 12
 
-    let wire: [UInt8]
-    let entries: [Entry]
+    /// `count` entries, then the wire bytes.
+    let storage: [UInt8]
+    private let recordCount: UInt32
     /// The lowercased CNAME/DNAME targets, one per record; empty for every other type.
     let targets: [[UInt8]]
 
     public var startIndex: Int { 0 }
-    public var endIndex: Int { entries.count }
+    public var endIndex: Int { Int(recordCount) }
+
+    @inline(__always)
+    func entry(_ index: Int) -> Entry {
+        storage.withUnsafeBytes { raw in
+            let at = index * Self.entryBytes
+            return Entry(end: raw.loadUnaligned(fromByteOffset: at, as: UInt32.self),
+                         firstNameAt: raw.loadUnaligned(fromByteOffset: at + 4, as: Int16.self),
+                         secondNameAt: raw.loadUnaligned(fromByteOffset: at + 6, as: Int16.self),
+                         additionalNode: raw.loadUnaligned(fromByteOffset: at + 8, as: Int32.self))
+        }
+    }
 
     @inline(__always)
     public subscript(index: Int) -> CompiledRData {
-        let entry = entries[index]
-        let start = index == 0 ? 0 : Int(entries[index - 1].end)
-        return CompiledRData(bytes: wire[start..<Int(entry.end)], firstNameAt: entry.firstNameAt,
+        let entry = entry(index)
+        let wireStart = Int(recordCount) * Self.entryBytes
+        let start = index == 0 ? 0 : Int(self.entry(index - 1).end)
+        return CompiledRData(bytes: storage[(wireStart + start)..<(wireStart + Int(entry.end))], firstNameAt: entry.firstNameAt,
                              secondNameAt: entry.secondNameAt, additionalNode: entry.additionalNode,
                              lowercasedTarget: targets.isEmpty ? [] : targets[index])
     }
 
     /// The additional-section node of record `index` (without building its view).
     @inline(__always)
-    public func additionalNode(at index: Int) -> Int32 { entries[index].additionalNode }
+    public func additionalNode(at index: Int) -> Int32 {
+        storage.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: index * Self.entryBytes + 8, as: Int32.self) }
+    }
+
+    /// Packs entries and the wire bytes they describe into one exactly sized buffer.
+    private init(entries: [Entry], wire: [UInt8], targets: [[UInt8]]) {
+        let header = entries.count * Self.entryBytes
+        storage = [UInt8](unsafeUninitializedCapacity: header + wire.count) { buffer, initialized in
+            let raw = UnsafeMutableRawBufferPointer(buffer)
+            for (index, entry) in entries.enumerated() {
+                let at = index * Self.entryBytes
+                raw.storeBytes(of: entry.end, toByteOffset: at, as: UInt32.self)
+                raw.storeBytes(of: entry.firstNameAt, toByteOffset: at + 4, as: Int16.self)
+                raw.storeBytes(of: entry.secondNameAt, toByteOffset: at + 6, as: Int16.self)
+                raw.storeBytes(of: entry.additionalNode, toByteOffset: at + 8, as: Int32.self)
+            }
+            wire.withUnsafeBytes { bytes in
+                if !bytes.isEmpty { (raw.baseAddress! + header).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count) }
+            }
+            initialized = header + wire.count
+        }
+        recordCount = UInt32(entries.count)
+        self.targets = targets
+    }
 
     /// Packs compiled records.
     init(_ records: some Collection<CompiledRData>) {
@@ -103,29 +141,36 @@ public struct CompiledRecords: RandomAccessCollection, Sendable {
                                  secondNameAt: record.secondNameAt, additionalNode: record.additionalNode))
             if hasTargets { targets.append(record.lowercasedTarget) }
         }
-        self.wire = wire
-        self.entries = entries
-        self.targets = targets
+        self.init(entries: entries, wire: wire, targets: targets)
     }
 
     /// Compiles and packs records, with each one's additional-section node.
     init(compiling records: [RData], additionalNode: (RData) -> Int32) {
+        var scratch = CompileScratch()
+        self.init(compiling: records, scratch: &scratch, additionalNode: additionalNode)
+    }
+
+    /// Buffers reused from one RRset's compilation to the next (a zone compiles hundreds of
+    /// thousands): only the packed result is allocated per RRset.
+    struct CompileScratch {
         var wire: [UInt8] = []
         var entries: [Entry] = []
-        entries.reserveCapacity(records.count)
+    }
+
+    init(compiling records: [RData], scratch: inout CompileScratch, additionalNode: (RData) -> Int32) {
+        scratch.wire.removeAll(keepingCapacity: true)
+        scratch.entries.removeAll(keepingCapacity: true)
         var targets: [[UInt8]] = []
         for rdata in records {
-            let (first, second) = rdata.encode(appendingTo: &wire)
-            entries.append(Entry(end: UInt32(wire.count), firstNameAt: Int16(first), secondNameAt: Int16(second),
-                                 additionalNode: additionalNode(rdata)))
+            let (first, second) = rdata.encode(appendingTo: &scratch.wire)
+            scratch.entries.append(Entry(end: UInt32(scratch.wire.count), firstNameAt: Int16(first), secondNameAt: Int16(second),
+                                         additionalNode: additionalNode(rdata)))
             switch rdata {
             case .cname(let target), .dname(let target): targets.append(target.lowercased().wire)
             default: break
             }
         }
-        self.wire = wire
-        self.entries = entries
-        self.targets = targets.count == records.count ? targets : []
+        self.init(entries: scratch.entries, wire: scratch.wire, targets: targets.count == records.count ? targets : [])
     }
 
     /// Decodes the records back (for the few readers that want `RData`, off the answer path).
@@ -513,6 +558,7 @@ public final class Zone: Sendable {
         @Sendable func compileNodes(_ slots: ArraySlice<Int32>) -> [Node] {
             var nodes: [Node] = []
             nodes.reserveCapacity(slots.count)
+            var scratch = CompiledRecords.CompileScratch()
             for slot in slots {
                 let ownerIndex = Int(slotOwners[Int(slot)])
                 let kind: Node.Kind
@@ -525,7 +571,9 @@ public final class Zone: Sendable {
                 // File order: minimal ANY answers with the name's first RRset, as NSD does.
                 if ownerIndex >= 0 {
                     for set in owners[ownerIndex].sets {
-                        let compiled = CompiledRecords(compiling: set.records) { Zone.additionalNode(of: $0, table: finalTable) }
+                        let compiled = CompiledRecords(compiling: set.records, scratch: &scratch) {
+                            Zone.additionalNode(of: $0, table: finalTable)
+                        }
                         rrsets.append(RRSet(type: set.type, ttl: set.ttl, records: set.records, compiled: compiled))
                     }
                 }
