@@ -390,7 +390,7 @@ public final class Zone: Sendable {
 
     /// The same from records in parts (in file order): a large file's parts as they were parsed
     /// (`MasterFileParser.parseFileParts`), not copied into one array first.
-    public convenience init(origin: DomainName, recordParts: [[ParsedRecord]], source: String,
+    public convenience init(origin: DomainName, recordParts: consuming [[ParsedRecord]], source: String,
                             files: [FileStamp] = []) throws(ZoneLoadError) {
         var errors: [ZoneError] = []
         func fail(_ position: SourcePosition, _ message: String) {
@@ -403,9 +403,10 @@ public final class Zone: Sendable {
         var grouping: OwnerGrouping
         if recordParts.count > 1 {
             let groupings = ParallelResults<OwnerGrouping>(count: recordParts.count)
-            DispatchQueue.concurrentPerform(iterations: recordParts.count) { k in
+            let parts = recordParts
+            DispatchQueue.concurrentPerform(iterations: parts.count) { k in
                 var grouping = OwnerGrouping()
-                for parsed in recordParts[k] { grouping.add(parsed, origin: origin) }
+                for parsed in parts[k] { grouping.add(parsed, origin: origin) }
                 groupings.set(k, grouping)
             }
             grouping = groupings.take(0)
@@ -414,6 +415,10 @@ public final class Zone: Sendable {
             grouping = OwnerGrouping()
             for parsed in recordParts.first ?? [] { grouping.add(parsed, origin: origin) }
         }
+        // The parsed records are not needed any more: their memory goes before the zone's is
+        // taken (the caller gave them up: a load's peak is the groups and the zone, not also the
+        // records).
+        recordParts = []
         for error in grouping.errors { fail(error.position, error.message) }
         let owners = grouping.owners
         let ownerIndex = grouping.index

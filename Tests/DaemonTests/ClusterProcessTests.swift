@@ -156,8 +156,9 @@ struct ClusterProcessTests {
             links["\(from.id)>\(to.id)"]?.port ?? to.raftPort
         }
 
-        func start(_ node: Node, environment extra: [String: String] = [:]) throws {
-            var arguments = ["--zones", zones.path, "--dns", "127.0.0.1:0", "--workers", "1",
+        /// - Parameter dnsPort: the DNS port to bind (default: one the kernel picks).
+        func start(_ node: Node, environment extra: [String: String] = [:], dnsPort: Int = 0) throws {
+            var arguments = ["--zones", zones.path, "--dns", "127.0.0.1:\(dnsPort)", "--workers", "1",
                              "--node-id", "\(node.id)", "--raft", "127.0.0.1:\(node.raftPort)",
                              "--http", "127.0.0.1:\(node.httpPort)", "--data-dir", node.data.path, "--log-level", "info"]
             for peer in nodes {

@@ -265,6 +265,69 @@ struct RegistryProcessTests {
         #expect(first.answers.map { "\($0.rdata)" } == ["10.1.2.3"])
     }
 
+    /// Issue 15.3 under load: a cluster server restarted while a client keeps asking it for a
+    /// registered name answers nothing until its registry view is loaded, then the right
+    /// answer: never REFUSED, never an empty or a wrong answer (a resolver marks a server that
+    /// says REFUSED as bad; one that is silent it merely retries elsewhere).
+    @Test func aServerRestartedUnderQueriesIsSilentUntilItAnswersRight() throws {
+        let cluster = try Cluster(size: 3)
+        let leader = try #require(cluster.leader())
+        let body = #"{"Node": "web-host", "Address": "10.1.2.3", "Service": {"ID": "web-1", "Service": "web", "Port": 80}}"#
+        #expect(http("PUT", port: leader.httpPort, "/v1/catalog/register", body: body)?.status == 200)
+        let restarted = try #require(cluster.nodes.first { $0 !== leader })
+        #expect(waitUntil { resolveA("web.service.disco.", port: restarted.process!.port) == ["10.1.2.3"] })
+        // A fixed port, so the queries reach it from the moment it binds.
+        let dnsPort = freePorts(1)[0]
+        cluster.kill9(restarted)
+
+        final class Querier: @unchecked Sendable {
+            // @unchecked: `answers` and `stop` are guarded by `lock`.
+            let lock = NSLock()
+            var answers: [(rcode: RCode, data: [String])] = []
+            var sent = 0
+            var stop = false
+        }
+        let querier = Querier()
+        let finished = DispatchSemaphore(value: 0)
+        let thread = Thread {
+            defer { finished.signal() }
+            let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+            defer { close(fd) }
+            var tv = timeval(tv_sec: 0, tv_usec: 5_000)
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            var address = DNSClient.loopback(UInt16(dnsPort))
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            var id: UInt16 = 0
+            while !querier.lock.withLock({ querier.stop }) {
+                id &+= 1
+                guard let query = try? Message.query(DomainName("web.service.disco."), .a, id: id).serialized() else { return }
+                _ = withUnsafePointer(to: &address) {
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                        sendto(fd, query, query.count, 0, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                    }
+                }
+                querier.lock.withLock { querier.sent += 1 }
+                let received = recv(fd, &buffer, buffer.count, 0)
+                if received > 0, let reply = try? Message(parsing: Array(buffer[0..<received])) {
+                    querier.lock.withLock { querier.answers.append((reply.rcode, reply.answers.map { "\($0.rdata)" })) }
+                }
+            }
+        }
+        thread.start()
+        defer {
+            querier.lock.withLock { querier.stop = true }
+            finished.wait()
+        }
+        try cluster.start(restarted, dnsPort: dnsPort)
+        // Queries went out while it was down and while it started; it has answered a good many since.
+        #expect(waitUntil(seconds: 20) { querier.lock.withLock { querier.answers.count } >= 200 })
+        let (answers, sent) = querier.lock.withLock { (querier.answers, querier.sent) }
+        #expect(sent > answers.count, "no query went out before the server answered")
+        let wrong = answers.filter { $0.rcode != .noError || $0.data != ["10.1.2.3"] }
+        let firstWrong = wrong.prefix(3).map { "\($0.rcode) \($0.data)" }
+        #expect(wrong.count == 0, "\(wrong.count) of \(answers.count) answers wrong, the first: \(firstWrong)")
+    }
+
     /// Memory a parked blocking query may cost discod, connection included.
     static let parkedQueryKiBMax = 32
 

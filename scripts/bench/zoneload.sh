@@ -9,8 +9,9 @@
 # "first answer": the first correct answer for the file's last record (owner, type, data),
 # polled every 20 ms for discod; NSD through scripts/lib.sh's start-up wait (SOA, every 0.1 s)
 # and then the same check for the last record.
-# RSS: the server's resident memory once it answers (NSD: its largest process, the one
-# holding the zone; the serving children share it copy-on-write). Reload: discod gets SIGHUP
+# RSS: the server's resident memory a second after it answers (NSD: its largest process, the
+# one holding the zone; the serving children share it copy-on-write); peak RSS: its VmHWM then,
+# the most it held at once while loading. Reload: discod gets SIGHUP
 # with a new serial in the file; the time until the new serial is answered, and discod's
 # peak resident memory (VmHWM) over the run, which covers both versions held at once.
 set -euo pipefail
@@ -59,16 +60,17 @@ wait_answer() {
 }
 rss_mib() { awk '/^VmRSS:/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
 hwm_mib() { awk '/^VmHWM:/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
-largest_rss_mib() {
+# largest_mib SID FIELD: the largest VmRSS or VmHWM among the processes of session SID.
+largest_mib() {
   local best=0 pid r
   for pid in $(ps -o pid= -s "$1"); do
-    r=$(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status" 2>/dev/null || echo 0)
+    r=$(awk -v f="$2:" '$1 == f { print $2 }' "/proc/$pid/status" 2>/dev/null || echo 0)
     ((r > best)) && best=$r
   done
   awk -v k="$best" 'BEGIN { printf "%.0f", k / 1024 }'
 }
 
-declare -a d_time d_rss n_time n_rss r_time r_hwm
+declare -a d_time d_rss d_hwm n_time n_rss n_hwm r_time r_hwm
 for ((run = 1; run <= runs; run++)); do
   port=$(disco_free_port)
   start=$(now)
@@ -77,7 +79,10 @@ for ((run = 1; run <= runs; run++)); do
   pid=$DISCO_LAST_PID
   wait_answer "$port" "$pid" || { sed 's/^/  | /' "$DISCO_TMP/discod-$run.log" >&2; disco_die "discod did not answer"; }
   d_time+=("$(echo "$(now) - $start" | bc)")
+  # Settled: what it holds once the load's temporary memory has gone back (a second on).
+  sleep 1
   d_rss+=("$(rss_mib "$pid")")
+  d_hwm+=("$(hwm_mib "$pid")")
   # Reload with a new serial.
   sed -i "0,/ ( [0-9]* 3600 / s// ( $((run + 100)) 3600 /" "$zonedir/bench.disco.zone"
   start=$(now)
@@ -95,17 +100,19 @@ for ((run = 1; run <= runs; run++)); do
   NSD_SERVER_COUNT=1 disco_nsd_start "$zonedir" "$port" >/dev/null
   wait_answer "$port" "$NSD_PID" || disco_die "NSD did not answer the last record"
   n_time+=("$(echo "$(now) - $start" | bc)")
-  n_rss+=("$(largest_rss_mib "$(ps -o sid= -p "$NSD_PID" | tr -d ' ')")")
+  sleep 1
+  n_rss+=("$(largest_mib "$(ps -o sid= -p "$NSD_PID" | tr -d ' ')" VmRSS)")
+  n_hwm+=("$(largest_mib "$(ps -o sid= -p "$NSD_PID" | tr -d ' ')" VmHWM)")
   kill -- -"$(ps -o sid= -p "$NSD_PID" | tr -d ' ')" 2>/dev/null || true
   sleep 0.5
 done
 
 printf '\nzone: %s records, %s bytes (genzone.py --services %s --nodes %s); %s runs each\n' \
   "$records" "$bytes" "$services" "$nodes" "$runs"
-printf '%-28s %12s %10s\n' "server" "first answer" "RSS"
+printf '%-28s %12s %10s %10s\n' "server" "first answer" "RSS" "peak RSS"
 for ((i = 0; i < runs; i++)); do
-  printf '%-28s %10.2f s %7s MiB\n' "discod (run $((i + 1)))" "${d_time[$i]}" "${d_rss[$i]}"
-  printf '%-28s %10.2f s %7s MiB\n' "NSD $(disco_nsd_version) (run $((i + 1)))" "${n_time[$i]}" "${n_rss[$i]}"
+  printf '%-28s %10.2f s %6s MiB %6s MiB\n' "discod (run $((i + 1)))" "${d_time[$i]}" "${d_rss[$i]}" "${d_hwm[$i]}"
+  printf '%-28s %10.2f s %6s MiB %6s MiB\n' "NSD $(disco_nsd_version) (run $((i + 1)))" "${n_time[$i]}" "${n_rss[$i]}" "${n_hwm[$i]}"
 done
 for ((i = 0; i < runs; i++)); do
   printf 'discod SIGHUP reload (run %d): new serial answered after %.2f s, peak RSS %s MiB\n' \
