@@ -128,6 +128,24 @@ struct ProcessTests {
         #expect(DNSClient.isClosedByPeer(third))
     }
 
+    /// Issue 15.5: a single voter leads as soon as it starts: `discod --dev` takes the first
+    /// registration sent the moment its HTTP port answers (it waited out an election timeout
+    /// before and answered 503 No cluster leader). The HTTP port is polled as a script would.
+    @Test func devTakesAWriteAsSoonAsItsHTTPPortAnswers() throws {
+        let directory = try TemporaryDirectory()
+        try directory.write("example.test.zone", testZone)
+        let ports = freePorts(2)
+        let httpPort = ports[0]
+        let daemon = try DiscodProcess(arguments: ["--dev", "--dns", "127.0.0.1:0", "--workers", "1", "--zones", directory.url.path,
+                                                   "--http", "127.0.0.1:\(httpPort)", "--raft", "127.0.0.1:\(ports[1])",
+                                                   "--data-dir", directory.url.appendingPathComponent("data").path])
+        defer { daemon.stop() }
+        #expect(waitUntil(seconds: 20) { http("GET", port: httpPort, "/v1/status/peers") != nil })
+        let reply = http("PUT", port: httpPort, "/v1/agent/service/register",
+                         body: #"{"Name": "web", "ID": "web-1", "Address": "10.0.0.1", "Port": 80}"#)
+        #expect(reply?.status == 200, "\(String(describing: reply?.status)) \(reply?.body ?? "")")
+    }
+
     /// Without `--zones` and without the default /etc/disco/zones, discod starts and serves no
     /// zone files (a registry-only server); a zone directory that is named but missing is an
     /// error (74), as before.
