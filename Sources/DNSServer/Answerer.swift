@@ -216,15 +216,9 @@ public final class Answerer {
                          writer: &writer)
         }
         let name = UnsafeRawBufferPointer(start: lowercasedName, count: nameLength)
-        let zoneIndex = view.zoneIndex(containing: name)
-        guard zoneIndex >= 0 else {
-            return error(.refused, id: id, flags: flags, query: query, questionEnd: questionEnd, edns: edns,
-                         extendedError: .notAuthoritative, writer: &writer)
-        }
-        let zone = view.zones[zoneIndex]
-        zonesRead = View.zoneBit(zoneIndex)
-
         let sizeLimit = limit(transport: transport, edns: edns, output: output.count)
+        // The cache first: an entry exists only for a name of a zone in this View (the cache
+        // drops the entries of every zone a new View replaces), so a hit needs no zone lookup.
         if let cache {
             cache.use(view)
             let hit = cache.answer(name: name, query: query, questionEnd: questionEnd, hasEDNS: edns != nil,
@@ -236,6 +230,13 @@ public final class Answerer {
             }
             cacheMisses &+= 1
         }
+        let zoneIndex = view.zoneIndex(containing: name)
+        guard zoneIndex >= 0 else {
+            return error(.refused, id: id, flags: flags, query: query, questionEnd: questionEnd, edns: edns,
+                         extendedError: .notAuthoritative, writer: &writer)
+        }
+        let zone = view.zones[zoneIndex]
+        zonesRead = View.zoneBit(zoneIndex)
 
         writer.reset(capacity: sizeLimit)
         // Room for our OPT is kept back while the sections are written.
