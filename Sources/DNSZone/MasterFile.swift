@@ -49,20 +49,27 @@ public struct MasterFileParser {
     private var lastOwnerText: ArraySlice<UInt8> = []
     private var errors: [ZoneError] = []
     private var records: [ParsedRecord] = []
+    /// When set, records are grouped by owner here as they are parsed instead of kept in
+    /// `records` (a zone load: no array of a million parsed records is ever held).
+    private var grouping: OwnerGrouping?
+    /// The zone's origin, for `grouping` (`origin` follows `$ORIGIN`).
+    private let zoneOrigin: DomainName
     private let names = NameInterner()
     /// The files read, main file first.
     private var files: [FileStamp] = []
 
-    private init(origin: DomainName) {
+    private init(origin: DomainName, grouped: Bool = false) {
         self.origin = origin
+        zoneOrigin = origin
+        grouping = grouped ? OwnerGrouping() : nil
     }
 
     /// Parses master-file text. `file` names it in errors; `directory` resolves relative
     /// `$INCLUDE` paths (nil forbids `$INCLUDE`). `parts`: parse it in up to that many parts at
     /// once (`MasterFileSplit`), each at least `partBytesMin` long.
     public static func parse(text: [UInt8], file: String, origin: DomainName, directory: String? = nil) throws(ZoneLoadError) -> [ParsedRecord] {
-        try parse(bytes: text, file: file, origin: origin, directory: directory, files: [], parts: 1, partBytesMin: partBytesMin)
-            .parts.joined().map { $0 }
+        try parse(bytes: text, file: file, origin: origin, directory: directory, files: [], parts: 1, partBytesMin: partBytesMin,
+                  grouped: false).parsers[0].records
     }
 
     /// `parse(text:...)` in up to `parts` parts of at least `partBytesMin` bytes. Errors are
@@ -71,7 +78,7 @@ public struct MasterFileParser {
     package static func parse(text: [UInt8], file: String, origin: DomainName, parts: Int, partBytesMin: Int,
                               reparseOnError: Bool = true) throws(ZoneLoadError) -> [ParsedRecord] {
         Array(try parse(bytes: text, file: file, origin: origin, directory: nil, files: [], parts: parts, partBytesMin: partBytesMin,
-                        reparseOnError: reparseOnError).parts.joined())
+                        grouped: false, reparseOnError: reparseOnError).parsers.map(\.records).joined())
     }
 
     public static func parse(path: String, origin: DomainName) throws(ZoneLoadError) -> [ParsedRecord] {
@@ -81,13 +88,23 @@ public struct MasterFileParser {
     /// Parses a master file and what it includes; `files` are their stamps. A large file is
     /// parsed in parts on the machine's cores.
     public static func parseFiles(path: String, origin: DomainName) throws(ZoneLoadError) -> (records: [ParsedRecord], files: [FileStamp]) {
-        let (parts, files) = try parseFileParts(path: path, origin: origin)
-        return (parts.count == 1 ? parts[0] : Array(parts.joined()), files)
+        let (parsers, files) = try parse(path: path, origin: origin, grouped: false, parts: processorCount(), partBytesMin: partBytesMin)
+        return (parsers.count == 1 ? parsers[0].records : Array(parsers.map(\.records).joined()), files)
     }
 
-    /// `parseFiles`, with the records of each part of a large file in an array of its own (in
-    /// file order), as `Zone.init(origin:recordParts:...)` takes them.
-    public static func parseFileParts(path: String, origin: DomainName) throws(ZoneLoadError) -> (parts: [[ParsedRecord]], files: [FileStamp]) {
+    /// `parseFiles` for a zone load: the records grouped by owner as they are parsed, one
+    /// grouping per part of the file (in file order), as `Zone.init(origin:groupings:...)` takes them.
+    package static func parseFileGroups(path: String, origin: DomainName, parts: Int = processorCount(),
+                                        partBytesMin: Int = partBytesMin) throws(ZoneLoadError) -> (groups: [OwnerGrouping], files: [FileStamp]) {
+        var (parsers, files) = try parse(path: path, origin: origin, grouped: true, parts: parts, partBytesMin: partBytesMin)
+        var groups: [OwnerGrouping] = []
+        for k in parsers.indices { groups.append(parsers[k].grouping.take()!) }
+        parsers = []
+        return (groups, files)
+    }
+
+    private static func parse(path: String, origin: DomainName, grouped: Bool, parts: Int,
+                              partBytesMin: Int) throws(ZoneLoadError) -> (parsers: [MasterFileParser], files: [FileStamp]) {
         let position = SourcePosition(file: path, line: 0, column: 0)
         var files: [FileStamp] = []
         let bytes: [UInt8]
@@ -96,8 +113,8 @@ public struct MasterFileParser {
         } catch {
             throw ZoneLoadError([error])
         }
-        return try parse(bytes: bytes, file: path, origin: origin, directory: directoryOf(path), files: files,
-                         parts: processorCount(), partBytesMin: partBytesMin)
+        return try parse(bytes: consume bytes, file: path, origin: origin, directory: directoryOf(path), files: files,
+                         parts: parts, partBytesMin: partBytesMin, grouped: grouped)
     }
 
     /// The smallest part of a file parsed on a core of its own: below this, a part's set-up
@@ -106,48 +123,43 @@ public struct MasterFileParser {
     /// Parts of one file parsed at once, at most (whatever the core count).
     static let partsMax = 16
 
-    private static func parse(bytes: [UInt8], file: String, origin: DomainName, directory: String?, files: [FileStamp],
-                              parts wanted: Int, partBytesMin: Int,
-                              reparseOnError: Bool = true) throws(ZoneLoadError) -> (parts: [[ParsedRecord]], files: [FileStamp]) {
+    private static func parse(bytes: consuming [UInt8], file: String, origin: DomainName, directory: String?, files: [FileStamp],
+                              parts wanted: Int, partBytesMin: Int, grouped: Bool,
+                              reparseOnError: Bool = true) throws(ZoneLoadError) -> (parsers: [MasterFileParser], files: [FileStamp]) {
         let parts = MasterFileSplit.parts(of: bytes, parts: min(wanted, partsMax), partBytesMin: partBytesMin)
         if parts.count > 1 {
+            // Each part's bytes in an array of their own: every token is a slice of the bytes,
+            // and parts sharing one buffer would contend for its reference count on every token.
+            // The file's own array goes once they are copied (not held next to them).
+            let partBytes = parts.map { Array(bytes[$0.range]) }
+            bytes = []
             let results = ParallelResults<MasterFileParser>(count: parts.count)
             DispatchQueue.concurrentPerform(iterations: parts.count) { k in
-                // Every token is a slice of the bytes and carries the file's name, and relative
-                // names are read against the origin: parts sharing those buffers would contend for
-                // their reference counts on every token. The first part keeps the originals; the
-                // others work on copies of their own.
+                // The file's name and the origin are shared too: the first part keeps the
+                // originals, the others work on copies of their own.
                 let ownOrigin = k == 0 ? origin : DomainName(uncheckedWire: origin.wire.withUnsafeBufferPointer { Array($0) })
                 let file = k == 0 ? file : String(decoding: Array(file.utf8), as: UTF8.self)
-                var parser = MasterFileParser(origin: ownOrigin)
+                var parser = MasterFileParser(origin: ownOrigin, grouped: grouped)
                 let part = parts[k]
                 // Room for them at once, instead of growing (and faulting in) the array in steps.
-                parser.records.reserveCapacity(part.recordsEstimate)
+                if !grouped { parser.records.reserveCapacity(part.recordsEstimate) }
                 if !part.preamble.isEmpty {
                     // Its errors are the earlier part's to report.
                     parser.parseFile(bytes: part.preamble, range: 0..<part.preamble.count, firstLine: 1, file: file,
                                      directory: nil, depth: 0)
                     parser.errors = []
                 }
-                if k == 0 {
-                    parser.parseFile(bytes: bytes, range: part.range, firstLine: part.firstLine, file: file,
-                                     directory: directory, depth: 0)
-                } else {
-                    let own = Array(bytes[part.range])
-                    parser.parseFile(bytes: own, range: 0..<own.count, firstLine: part.firstLine, file: file,
-                                     directory: directory, depth: 0)
-                }
+                let own = partBytes[k]
+                parser.parseFile(bytes: own, range: 0..<own.count, firstLine: part.firstLine, file: file,
+                                 directory: directory, depth: 0)
                 results.set(k, parser)
             }
             if results.allSatisfy({ $0.errors.isEmpty }) {
-                var records: [[ParsedRecord]] = []
-                var stamps = files
-                for k in parts.indices {
-                    let parser = results.take(k)
-                    records.append(parser.records)
-                    stamps += parser.files
-                }
-                return (records, stamps)
+                var parsers = results.takeAll()
+                for k in parsers.indices.dropFirst() { parsers[0].files += parsers[k].files }
+                parsers[0].files = files + parsers[0].files
+                let stamps = parsers[0].files
+                return (parsers, stamps)
             }
             if !reparseOnError {
                 let errors = parts.indices.flatMap { results.take($0).errors }
@@ -155,17 +167,18 @@ public struct MasterFileParser {
             }
             // An error: parse again from the start, so that what is reported is exactly what one
             // parse reports (an error in one part may change what the next one sees).
+            bytes = Array(partBytes.joined())
         }
-        var parser = MasterFileParser(origin: origin)
+        var parser = MasterFileParser(origin: origin, grouped: grouped)
         parser.files = files
         parser.parseFile(bytes: bytes, range: 0..<bytes.count, firstLine: 1, file: file, directory: directory, depth: 0)
         guard parser.errors.isEmpty else { throw ZoneLoadError(parser.errors) }
-        return ([parser.records], parser.files)
+        return ([parser], parser.files)
     }
 
     /// Parts a large file is parsed in: one per core, or `DISCO_ZONE_PARSE_PARTS` (1 parses
     /// every file in one piece; for benchmarks).
-    static func processorCount() -> Int {
+    package static func processorCount() -> Int {
         if let text = getenv("DISCO_ZONE_PARSE_PARTS"), let parts = Int(String(cString: text)), parts >= 1 { return parts }
         #if canImport(Glibc)
         return max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
@@ -262,8 +275,13 @@ public struct MasterFileParser {
         let rdata = try rdataParser.parse(type: type)
         lastOwner = owner
         lastOwnerText = ownerText
-        records.append(ParsedRecord(record: ResourceRecord(name: owner, ttl: effectiveTTL, rdata: rdata),
-                                    position: entry.tokens[0].position))
+        let parsed = ParsedRecord(record: ResourceRecord(name: owner, ttl: effectiveTTL, rdata: rdata),
+                                  position: entry.tokens[0].position)
+        if grouping != nil {
+            grouping!.add(parsed, origin: zoneOrigin)
+        } else {
+            records.append(parsed)
+        }
     }
 
     private mutating func parseDirective(_ entry: Entry, directory: String?, depth: Int) throws(ZoneError) {

@@ -266,7 +266,7 @@ public enum LookupResult: Sendable, Equatable {
 }
 
 /// The records of one owner and type, while a zone is built.
-private struct PendingSet {
+struct PendingSet {
     var type: RRType
     var ttl: UInt32
     var records: [RData]
@@ -286,7 +286,7 @@ private struct PendingSet {
 }
 
 /// One owner's records by type, while a zone is built.
-private struct PendingOwner {
+struct PendingOwner {
     var name: DomainName
     /// Lowercased wire form: the name's key in the name table.
     var key: [UInt8]
@@ -306,7 +306,7 @@ private struct PendingOwner {
 
 /// Records grouped by owner in first-appearance order (a record usually follows one of the same
 /// owner, which is then found without a lookup).
-private struct OwnerGrouping {
+package struct OwnerGrouping {
     var owners: [PendingOwner] = []
     var index: [DomainName: Int] = [:]
     /// Records outside the zone (at most `ZoneLoadError.errorsMax`).
@@ -389,36 +389,39 @@ public final class Zone: Sendable {
     }
 
     /// The same from records in parts (in file order): a large file's parts as they were parsed
-    /// (`MasterFileParser.parseFileParts`), not copied into one array first.
+    /// (`MasterFileParser.parse(text:...parts:...)`), not copied into one array first.
     public convenience init(origin: DomainName, recordParts: consuming [[ParsedRecord]], source: String,
                             files: [FileStamp] = []) throws(ZoneLoadError) {
-        var errors: [ZoneError] = []
-        func fail(_ position: SourcePosition, _ message: String) {
-            if errors.count < ZoneLoadError.errorsMax { errors.append(ZoneError(position, message)) }
-        }
-        let zonePosition = SourcePosition(file: source, line: 1, column: 1)
-
-        // Group by owner, then by type, keeping the first position of each owner and type: each
-        // part on a core of its own, then the parts' groups merged in file order.
-        var grouping: OwnerGrouping
-        if recordParts.count > 1 {
-            let groupings = ParallelResults<OwnerGrouping>(count: recordParts.count)
+        // Group by owner, then by type: each part on a core of its own.
+        let groupings = ParallelResults<OwnerGrouping>(count: recordParts.count)
+        do {
             let parts = recordParts
             DispatchQueue.concurrentPerform(iterations: parts.count) { k in
                 var grouping = OwnerGrouping()
                 for parsed in parts[k] { grouping.add(parsed, origin: origin) }
                 groupings.set(k, grouping)
             }
-            grouping = groupings.take(0)
-            for k in 1..<recordParts.count { grouping.merge(groupings.take(k)) }
-        } else {
-            grouping = OwnerGrouping()
-            for parsed in recordParts.first ?? [] { grouping.add(parsed, origin: origin) }
         }
         // The parsed records are not needed any more: their memory goes before the zone's is
-        // taken (the caller gave them up: a load's peak is the groups and the zone, not also the
-        // records).
+        // taken (the caller gave them up).
         recordParts = []
+        try self.init(origin: origin, groupings: groupings.takeAll(), source: source, files: files)
+    }
+
+    /// The same from the records already grouped, part by part in file order
+    /// (`MasterFileParser.parseFileGroups` groups them as they are parsed: no array of parsed
+    /// records is ever held).
+    package convenience init(origin: DomainName, groupings parts: consuming [OwnerGrouping], source: String,
+                     files: [FileStamp] = []) throws(ZoneLoadError) {
+        var errors: [ZoneError] = []
+        func fail(_ position: SourcePosition, _ message: String) {
+            if errors.count < ZoneLoadError.errorsMax { errors.append(ZoneError(position, message)) }
+        }
+        let zonePosition = SourcePosition(file: source, line: 1, column: 1)
+
+        // The parts' groups merged in file order, keeping the first position of each owner and type.
+        var grouping = parts.isEmpty ? OwnerGrouping() : parts.removeFirst()
+        while !parts.isEmpty { grouping.merge(parts.removeFirst()) }
         for error in grouping.errors { fail(error.position, error.message) }
         let owners = grouping.owners
         let ownerIndex = grouping.index
@@ -635,8 +638,8 @@ public final class Zone: Sendable {
 
     /// Parses and validates a master file.
     public static func load(path: String, origin: DomainName) throws(ZoneLoadError) -> Zone {
-        let (parts, files) = try MasterFileParser.parseFileParts(path: path, origin: origin)
-        return try Zone(origin: origin, recordParts: parts, source: path, files: files)
+        let (groups, files) = try MasterFileParser.parseFileGroups(path: path, origin: origin)
+        return try Zone(origin: origin, groupings: groups, source: path, files: files)
     }
 
     public static func parse(text: String, origin: DomainName, file: String = "<text>") throws(ZoneLoadError) -> Zone {

@@ -119,6 +119,8 @@ final class ParallelResults<Value>: @unchecked Sendable {
     func set(_ index: Int, _ value: Value) { lock.withLock { slots[index] = value } }
     /// The value of slot `index`, which is left empty (the caller owns it now).
     func take(_ index: Int) -> Value { lock.withLock { slots[index].take()! } }
+    /// Every slot's value, in order (the caller owns them now).
+    func takeAll() -> [Value] { lock.withLock { slots.indices.map { slots[$0].take()! } } }
     func allSatisfy(_ predicate: (Value) -> Bool) -> Bool { lock.withLock { slots.allSatisfy { predicate($0!) } } }
 }
 

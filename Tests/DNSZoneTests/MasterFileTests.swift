@@ -240,6 +240,49 @@ struct MasterFileTests {
         }
     }
 
+    /// A zone loaded from a file in parts, its records grouped as they are parsed, is the zone
+    /// built from one parse's records: same names, RRsets, records and errors.
+    @Test func aZoneLoadedInPartsIsTheZoneOfOneParse() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("disco-parts-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let text = Self.trickyText(blocks: 300) + "outside.example.net. A 192.0.2.1\n$ORIGIN example.com.\n" + Self.trickyText(blocks: 300)
+        let path = directory.appendingPathComponent("example.com.zone").path
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        func summary(_ zone: Zone) -> [String] {
+            zone.nodes.map { node in "\(node.name) \(node.kind) " + node.rrsets.map { "\($0.type) \($0.ttl) \($0.records)" }.joined(separator: "; ") }
+        }
+        func errors(_ body: () throws(ZoneLoadError) -> Zone) -> [String] {
+            do throws(ZoneLoadError) {
+                _ = try body()
+                return []
+            } catch {
+                return error.errors.map(\.description)
+            }
+        }
+        let expected = errors { () throws(ZoneLoadError) in
+            try Zone(origin: origin, records: try MasterFileParser.parse(text: Array(text.utf8), file: path, origin: origin), source: path)
+        }
+        #expect(expected.count == 1 && expected[0].contains("outside the zone"), "\(expected)")
+        let inParts = errors { () throws(ZoneLoadError) in
+            let (groups, files) = try MasterFileParser.parseFileGroups(path: path, origin: origin, parts: 4, partBytesMin: 1024)
+            #expect(groups.count == 4)
+            return try Zone(origin: origin, groupings: groups, source: path, files: files)
+        }
+        #expect(inParts == expected)
+
+        // Owners of the first part written again in the last: their RRsets merge in file order.
+        let good = Self.trickyText(blocks: 600) + "$ORIGIN example.com.\nns1 A 192.0.2.99\n@ NS ns2\nh0 TXT \"late\"\nh0 MX 5 late\n"
+        try good.write(toFile: path, atomically: true, encoding: .utf8)
+        let whole = try Zone(origin: origin, records: try MasterFileParser.parse(text: Array(good.utf8), file: path, origin: origin),
+                             source: path)
+        let (groups, files) = try MasterFileParser.parseFileGroups(path: path, origin: origin, parts: 4, partBytesMin: 1024)
+        #expect(groups.count == 4)
+        let parted = try Zone(origin: origin, groupings: groups, source: path, files: files)
+        #expect(summary(parted) == summary(whole))
+        #expect(summary(whole).count > 1000)
+    }
+
     /// No part starts after an `$INCLUDE` (the included file may set `$TTL`), nor before the first `$TTL`.
     @Test func aFileIsNotCutAfterAnIncludeNorBeforeItsFirstTTL() {
         var text = Self.trickyText(blocks: 100)
