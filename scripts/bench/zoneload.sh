@@ -7,8 +7,7 @@
 # Environment: DISCOD (default .build/release/discod, built when missing unless SKIP_BUILD=1).
 #
 # "first answer": the first correct answer for the file's last record (owner, type, data),
-# polled every 20 ms for discod; NSD through scripts/lib.sh's start-up wait (SOA, every 0.1 s)
-# and then the same check for the last record.
+# from exec, polled every 20 ms by one light process for both servers, then checked with dig.
 # RSS: the server's resident memory a second after it answers (NSD: its largest process, the
 # one holding the zone; the serving children share it copy-on-write); peak RSS: its VmHWM then,
 # the most it held at once while loading. Reload: discod gets SIGHUP
@@ -41,18 +40,52 @@ last_data=${last_data##* }
 bytes=$(stat -c %s "$zonedir/bench.disco.zone")
 
 now() { date +%s.%N; }
+# poll PORT PID NAME TYPE: queries NAME TYPE every 20 ms from one light process (no dig per poll:
+# a process per poll would take CPU from the server starting) until a NOERROR answer with data
+# arrives; 60 s at most. Exit status 1 if PID exits first or time runs out.
+poll() {
+  python3 - "$@" <<'PY'
+import os, socket, struct, sys, time
+port, pid, name, qtype = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+types = {"A": 1, "NS": 2, "CNAME": 5, "SOA": 6, "TXT": 16, "AAAA": 28, "SRV": 33}
+q = b"".join(bytes([len(l)]) + l.encode() for l in name.rstrip(".").split(".")) + b"\0"
+# With EDNS (4096 bytes): the last record's RRset may not fit 512 bytes.
+packet = (struct.pack(">HHHHHH", 0x1234, 0, 1, 0, 0, 1) + q + struct.pack(">HH", types[qtype], 1)
+          + b"\0" + struct.pack(">HHIH", 41, 4096, 0, 0))
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(0.02)
+deadline = time.time() + 60
+while time.time() < deadline:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        sys.exit(1)
+    s.sendto(packet, ("127.0.0.1", port))
+    try:
+        while True:
+            reply = s.recv(65535)
+            if reply[:2] == b"\x12\x34" and reply[3] & 0x0F == 0 and struct.unpack(">H", reply[6:8])[0] > 0:
+                sys.exit(0)
+    except socket.timeout:
+        pass
+sys.exit(1)
+PY
+}
 # wait_answer PORT PID [SERIAL]: until the last record is answered with its data (SERIAL: until
-# the SOA carries that serial instead). 60 s at most.
+# the SOA carries that serial instead); then checked once with dig.
 wait_answer() {
-  local port=$1 pid=$2 serial=${3:-} i out
-  for ((i = 0; i < 3000; i++)); do
-    kill -0 "$pid" 2>/dev/null || return 1
+  local port=$1 pid=$2 serial=${3:-} out i
+  for ((i = 0; i < 50; i++)); do
     if [[ -n $serial ]]; then
+      poll "$port" "$pid" bench.disco. SOA || return 1
       out=$(dig +norec +time=1 +tries=1 +short -p "$port" @127.0.0.1 bench.disco. SOA 2>&1 || true)
       [[ $out == *" $serial 3600 "* ]] && return 0
     else
+      poll "$port" "$pid" "$last_owner.bench.disco." "$last_type" || return 1
       out=$(dig +norec +time=1 +tries=1 +short -p "$port" @127.0.0.1 "$last_owner.bench.disco." "$last_type" 2>&1 || true)
       [[ $out == *"$last_data"* ]] && return 0
+      echo "zoneload.sh: wrong answer for the last record: $out" >&2
+      return 1
     fi
     sleep 0.02
   done
@@ -94,12 +127,10 @@ for ((run = 1; run <= runs; run++)); do
   sed -i "0,/ ( [0-9]* 3600 / s// ( 1 3600 /" "$zonedir/bench.disco.zone"
 
   port=$(disco_free_port)
-  start=$(now)
-  # disco_nsd_start returns once NSD answers SOA (polled every 0.1 s, so NSD's figure may be
-  # up to 0.1 s late).
-  NSD_SERVER_COUNT=1 disco_nsd_start "$zonedir" "$port" >/dev/null
+  # Timed from NSD's exec (after its configuration is written and checked), as discod's is.
+  NSD_NO_WAIT=1 NSD_SERVER_COUNT=1 disco_nsd_start "$zonedir" "$port" >/dev/null
   wait_answer "$port" "$NSD_PID" || disco_die "NSD did not answer the last record"
-  n_time+=("$(echo "$(now) - $start" | bc)")
+  n_time+=("$(echo "$(now) - $NSD_SPAWN_TIME" | bc)")
   sleep 1
   n_rss+=("$(largest_mib "$(ps -o sid= -p "$NSD_PID" | tr -d ' ')" VmRSS)")
   n_hwm+=("$(largest_mib "$(ps -o sid= -p "$NSD_PID" | tr -d ' ')" VmHWM)")
