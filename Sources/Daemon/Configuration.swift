@@ -688,13 +688,39 @@ public struct Configuration: Sendable, Equatable {
         }
         for (name, value) in document.values.sorted(by: { $0.value.line < $1.value.line }) {
             guard let key = Self.keys.first(where: { $0.name == name }) else {
-                throw ConfigError(source: .file(file, line: value.line), key: name,
-                                  message: "unknown key (expected one of \(Self.keys.map(\.name).joined(separator: ", ")))")
+                let message = Self.nearestKey(to: name).map { "unknown key (did you mean `\($0)`?)" }
+                    ?? "unknown key (expected one of \(Self.keys.map(\.name).joined(separator: ", ")))"
+                throw ConfigError(source: .file(file, line: value.line), key: name, message: message)
             }
             if let expected = key.apply(&self, value.kind) {
                 throw ConfigError(source: .file(file, line: value.line), key: name, message: expected)
             }
         }
+    }
+
+    /// A key within a few edits of an unknown one (a typo, or a section moved: `rrl.enabled`
+    /// for `dns.rrl.enabled`), the closest; nil if none is close.
+    static func nearestKey(to name: String) -> String? {
+        let candidates = keys.map(\.name).map { ($0, editDistance(name, $0)) }
+        guard let best = candidates.min(by: { $0.1 < $1.1 }) else { return nil }
+        // Within a third of the name's length (at least 2 edits), or the name is the key's tail.
+        if best.1 <= max(2, name.count / 3) { return best.0 }
+        return keys.map(\.name).first { $0.hasSuffix("." + name) }
+    }
+
+    /// Levenshtein distance (insertions, deletions, substitutions), over bytes.
+    static func editDistance(_ a: String, _ b: String) -> Int {
+        let a = Array(a.utf8), b = Array(b.utf8)
+        var previous = Array(0...b.count)
+        var current = [Int](repeating: 0, count: b.count + 1)
+        for i in 1...max(1, a.count) where !a.isEmpty {
+            current[0] = i
+            for j in 1...max(1, b.count) where !b.isEmpty {
+                current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1))
+            }
+            swap(&previous, &current)
+        }
+        return a.isEmpty ? b.count : previous[b.count]
     }
 
     /// Applies `DISCO_*` variables. Lists are comma-separated; numbers are decimal.

@@ -14,6 +14,8 @@ import Registry
 public enum ExitCode: Int32, Sendable {
     case ok = 0
     case usage = 64
+    /// `--check-config`: a zone file does not parse or validate.
+    case dataError = 65
     case unavailable = 69
     case ioError = 74
     /// At run time the Raft log or a snapshot could not be written or installed: the server

@@ -1,5 +1,6 @@
 import ArgumentParser
 import DNSServer
+import DNSZone
 import Foundation
 import Logging
 
@@ -16,6 +17,13 @@ public struct DiscodCommand: ParsableCommand {
 
     @Flag(help: "Development defaults: serve ./Zones on 127.0.0.1:8600.")
     var dev = false
+
+    @Flag(name: .customLong("check-config"),
+          help: "Check the configuration (FILE, or --config) and every zone file, then exit: 0 when all is well, else the errors as file:line:column.")
+    var checkConfig = false
+
+    @Argument(help: ArgumentHelp("With --check-config: the configuration file to check.", valueName: "FILE"))
+    var checkedFile: String?
 
     @Option(help: "TOML configuration file (see Config/discod.toml).")
     var config: String?
@@ -79,7 +87,20 @@ public struct DiscodCommand: ParsableCommand {
         return configuration
     }
 
+    public mutating func validate() throws {
+        if checkedFile != nil && !checkConfig {
+            throw ValidationError("a file argument is only taken with --check-config (use --config FILE to run with it)")
+        }
+        if let checkedFile {
+            guard config == nil || config == checkedFile else {
+                throw ValidationError("--check-config FILE and --config name different files")
+            }
+            config = checkedFile
+        }
+    }
+
     public func run() throws {
+        if checkConfig { throw ArgumentParser.ExitCode(check(environment: ProcessInfo.processInfo.environment).rawValue) }
         let configuration: Configuration
         do throws(ConfigError) {
             configuration = try resolve(environment: ProcessInfo.processInfo.environment)
@@ -102,5 +123,42 @@ public struct DiscodCommand: ParsableCommand {
             throw ArgumentParser.ExitCode(error.code.rawValue)
         }
         daemon.runUntilSignalled()
+    }
+
+    /// `--check-config`: what nsd-checkconf and nsd-checkzone do, in one: the configuration
+    /// (file, environment and flags, as a start would resolve them) and every zone file of its
+    /// zone directory, parsed and validated without binding anything. Prints each error as
+    /// `file:line[:column]: message` on standard error, a one-line summary on standard output.
+    func check(environment: [String: String]) -> ExitCode {
+        let configuration: Configuration
+        do throws(ConfigError) {
+            configuration = try resolve(environment: environment)
+        } catch {
+            FileHandle.standardError.write(Data("\(error)\n".utf8))
+            return .config
+        }
+        let directory = configuration.zonesDirectory
+        if directory == Configuration.zonesDirectoryDefault && !FileManager.default.fileExists(atPath: directory) {
+            print("discod: configuration \(config ?? "(defaults)") is valid; no zone directory at \(directory) (registry only)")
+            return .ok
+        }
+        let result: ZoneDirectory.LoadResult
+        do throws(ZoneError) {
+            result = try ZoneDirectory.load(path: directory)
+        } catch {
+            FileHandle.standardError.write(Data("\(error)\n".utf8))
+            return .ioError
+        }
+        for failure in result.failures {
+            for error in failure.error.errors { FileHandle.standardError.write(Data("\(error)\n".utf8)) }
+        }
+        let records = result.zones.reduce(0) { total, zone in total + zone.nodes.reduce(0) { $0 + $1.rrsets.reduce(0) { $0 + $1.count } } }
+        let summary = "\(result.zones.count) zone(s) valid, \(records) records, in \(directory)"
+        guard result.failures.isEmpty else {
+            print("discod: \(result.failures.count) zone file(s) with errors; \(summary)")
+            return .dataError
+        }
+        print("discod: configuration \(config ?? "(defaults)") is valid; \(summary)")
+        return .ok
     }
 }

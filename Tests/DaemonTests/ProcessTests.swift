@@ -162,6 +162,53 @@ struct ProcessTests {
         #expect(named.waitForExit() == 74)
     }
 
+    /// `discod --check-config [FILE]` (issue 17.5): the configuration and every zone file
+    /// checked without serving, as nsd-checkconf and nsd-checkzone do.
+    @Test func checkConfigReportsEveryErrorWithItsPlace() throws {
+        func run(_ arguments: [String]) throws -> DiscoctlRun {
+            let process = Process()
+            process.executableURL = try discodBinary()
+            process.arguments = arguments
+            process.environment = ["PATH": "/usr/bin:/bin"]
+            let out = Pipe(), err = Pipe()
+            process.standardOutput = out
+            process.standardError = err
+            try process.run()
+            let stdout = out.fileHandleForReading.readDataToEndOfFile()
+            let stderr = err.fileHandleForReading.readDataToEndOfFile()
+            process.waitUntilExit()
+            return DiscoctlRun(status: process.terminationStatus, stdout: String(decoding: stdout, as: UTF8.self),
+                               stderr: String(decoding: stderr, as: UTF8.self))
+        }
+        let directory = try TemporaryDirectory()
+        try FileManager.default.createDirectory(at: directory.url.appendingPathComponent("zones"), withIntermediateDirectories: true)
+        try directory.write("zones/example.test.zone", testZone)
+        let zones = directory.url.appendingPathComponent("zones").path
+        try directory.write("good.toml", "[zones]\ndirectory = \"\(zones)\"\n[dns]\nworkers = 2\n")
+        let good = try run(["--check-config", directory.url.appendingPathComponent("good.toml").path])
+        #expect(good.status == 0, "\(good.stderr)")
+        #expect(good.stdout.contains("is valid; 1 zone(s) valid, 4 records"), "\(good.stdout)")
+
+        // A typo gets the key it was probably meant to be.
+        try directory.write("typo.toml", "[dns]\nworkers = 2\nwrokers = 3\n")
+        let typo = try run(["--check-config", directory.url.appendingPathComponent("typo.toml").path])
+        #expect(typo.status == 78)
+        #expect(typo.stderr.contains("typo.toml:3: dns.wrokers: unknown key (did you mean `dns.workers`?)"), "\(typo.stderr)")
+
+        // Every zone error, each with its file, line and column; the good zone is counted too.
+        try directory.write("zones/broken.test.zone", "$TTL 60\n@ SOA ns h 1 2 3 4 5\n NS ns\nns A 192.0.2.300\nx AAAA nope\n")
+        let broken = try run(["--check-config", "--zones", zones])
+        #expect(broken.status == 65)
+        let path = directory.url.appendingPathComponent("zones/broken.test.zone").path
+        #expect(broken.stderr.contains("\(path):4:6:"), "\(broken.stderr)")
+        #expect(broken.stderr.contains("\(path):5:8:"), "\(broken.stderr)")
+        #expect(broken.stdout.contains("1 zone file(s) with errors; 1 zone(s) valid"), "\(broken.stdout)")
+
+        // A file without --check-config is a usage error, not a silent start.
+        let stray = try run([directory.url.appendingPathComponent("good.toml").path])
+        #expect(stray.status == 64)
+    }
+
     @Test func configurationErrorsNameFileLineAndKey() throws {
         let directory = try TemporaryDirectory()
         try directory.write("bad.toml", "[dns]\nworkers = 2\nlisten = [\"127.0.0.1:99999\"]\n")
