@@ -105,6 +105,8 @@ public struct Configuration: Sendable, Equatable {
     /// else 127.0.0.1.
     public var nodeAddress: String
     public var logLevel: Logger.Level
+    /// `log.format`: text (journald-aware) or json.
+    public var logFormat: LogFormat = .text
     /// This server's Raft identity; 0 with no `raft.servers`: DNS only, no cluster.
     public var raftNodeID: UInt64
     /// Where peers reach this server's Raft transport.
@@ -656,6 +658,13 @@ public struct Configuration: Sendable, Equatable {
                 return "expected one of trace, debug, info, notice, warning, error, critical"
             }
             config.logLevel = level
+            return nil
+        },
+        Key(name: "log.format") { config, value in
+            guard case .string(let text) = value, let format = LogFormat(rawValue: text.lowercased()) else {
+                return "expected one of \(LogFormat.allCases.map(\.rawValue).joined(separator: ", "))"
+            }
+            config.logFormat = format
             return nil
         },
     ]

@@ -40,6 +40,9 @@ public struct DiscodCommand: ParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String?
 
+    @Option(help: "Log format: text (journald-aware: <N> priorities instead of timestamps under systemd's journal) or json (a JSON object a line).")
+    var logFormat: String?
+
     @Option(help: "This server's Raft id (with --server).")
     var nodeID: Int?
 
@@ -74,6 +77,7 @@ public struct DiscodCommand: ParsableCommand {
         }
         if let workers { try configuration.apply(flag: "--workers", key: "dns.workers", value: .integer(workers)) }
         if let logLevel { try configuration.apply(flag: "--log-level", key: "log.level", value: .string(logLevel)) }
+        if let logFormat { try configuration.apply(flag: "--log-format", key: "log.format", value: .string(logFormat)) }
         if let nodeID { try configuration.apply(flag: "--node-id", key: "raft.id", value: .integer(nodeID)) }
         if let raft { try configuration.apply(flag: "--raft", key: "raft.listen", value: .string(raft)) }
         if !server.isEmpty {
@@ -108,11 +112,10 @@ public struct DiscodCommand: ParsableCommand {
             FileHandle.standardError.write(Data("discod: configuration error: \(error)\n".utf8))
             throw ArgumentParser.ExitCode(ExitCode.config.rawValue)
         }
-        let level = configuration.logLevel
+        let level = configuration.logLevel, format = configuration.logFormat
+        let journal = DiscoLogHandler.stderrIsJournal(environment: ProcessInfo.processInfo.environment)
         LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
+            DiscoLogHandler(label: label, level: level, format: format, journal: journal)
         }
         let logger = Logger(label: "discod")
         let daemon = DiscoDaemon(config: configuration, logger: logger)

@@ -162,6 +162,64 @@ struct ProcessTests {
         #expect(named.waitForExit() == 74)
     }
 
+    /// Issue 17.4: under systemd's journal (JOURNAL_STREAM naming discod's standard error) each
+    /// line starts with its syslog priority and no time (journald adds its own); a stderr that
+    /// is not the one JOURNAL_STREAM names keeps the timestamps; `--log-format json` writes a
+    /// JSON object a line.
+    @Test func logsSpeakJournaldAndJSON() throws {
+        let zones = try TemporaryDirectory()
+        try zones.write("example.test.zone", testZone)
+        /// Runs discod until its serving line, with JOURNAL_STREAM set from its stderr pipe
+        /// (`matching`) or to another stream; returns what it wrote to stderr.
+        func run(_ extra: [String], journal matching: Bool?) throws -> String {
+            let process = Process()
+            process.executableURL = try discodBinary()
+            process.arguments = ["--zones", zones.url.path, "--dns", "127.0.0.1:0", "--workers", "1"] + extra
+            let pipe = Pipe()
+            var environment = ["PATH": "/usr/bin:/bin"]
+            if let matching {
+                var info = stat()
+                #expect(fstat(pipe.fileHandleForWriting.fileDescriptor, &info) == 0)
+                environment["JOURNAL_STREAM"] = "\(info.st_dev):\(UInt64(info.st_ino) + (matching ? 0 : 1))"
+            }
+            process.environment = environment
+            process.standardError = pipe
+            process.standardOutput = FileHandle.nullDevice
+            try process.run()
+            defer {
+                process.terminate()
+                process.waitUntilExit()
+            }
+            var text = ""
+            let deadline = Date().addingTimeInterval(20)
+            while Date() < deadline && !text.contains("discod serving") {
+                let data = pipe.fileHandleForReading.availableData
+                if data.isEmpty { break }
+                text += String(decoding: data, as: UTF8.self)
+            }
+            return text
+        }
+        let journal = try run([], journal: true)
+        let journalLines = journal.split(separator: "\n")
+        #expect(journalLines.contains { $0.hasPrefix("<6>discod: ") && $0.contains("discod serving") }, "\(journal)")
+        #expect(journalLines.allSatisfy { $0.hasPrefix("<") && !$0.contains("+0000 info") }, "\(journal)")
+        let warning = try run(["--zones", "/nonexistent-disco-zones"], journal: true)
+        #expect(warning.contains("<2>discod: [Daemon] cannot start"), "\(warning)")
+
+        let plain = try run([], journal: false)
+        #expect(plain.split(separator: "\n").contains { $0.contains(" info discod: ") && $0.contains("discod serving") }, "\(plain)")
+        #expect(!plain.contains("<6>"))
+
+        let json = try run(["--log-format", "json"], journal: nil)
+        let objects = json.split(separator: "\n").compactMap {
+            try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+        }
+        #expect(objects.count == json.split(separator: "\n").count && !objects.isEmpty, "\(json)")
+        #expect(objects.contains { ($0["message"] as? String)?.hasPrefix("discod serving") == true && $0["level"] as? String == "info"
+            && $0["source"] as? String == "Daemon" && $0["time"] is String })
+        #expect(objects.contains { ($0["metadata"] as? [String: Any])?["dns.zones"] as? String == "1" })
+    }
+
     /// `discod --check-config [FILE]` (issue 17.5): the configuration and every zone file
     /// checked without serving, as nsd-checkconf and nsd-checkzone do.
     @Test func checkConfigReportsEveryErrorWithItsPlace() throws {
