@@ -169,6 +169,7 @@ public final class RaftDriver: @unchecked Sendable {
             // (`discod --dev` accepted writes only after about 0.6 s; issue 15).
             if self.node.membership.voters == [self.node.id] { self.event { $0.campaign() } }
             self.ticker = self.loop.scheduleRepeatedTask(initialDelay: self.tick, delay: self.tick) { _ in
+                self.ticksHandled.withLockedValue { $0 &+= 1 }
                 self.event { $0.tick() }
                 self.startReadRound()
                 self.maybePromoteLearners()
@@ -409,6 +410,11 @@ public final class RaftDriver: @unchecked Sendable {
     }
 
     public var status: EventLoopFuture<RaftStatus> { loop.makeSucceededFuture(currentStatus) }
+
+    /// Ticks the driver's loop has run: proof of life for systemd's watchdog (a loop stuck in
+    /// a Ready, or a dead thread, stops counting).
+    public var tickCount: UInt64 { ticksHandled.withLockedValue { $0 } }
+    private let ticksHandled = NIOLockedValueBox<UInt64>(0)
 
     /// Publishes the status `currentStatus` reads (on `loop`, after every event).
     func publishStatus() {

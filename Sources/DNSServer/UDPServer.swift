@@ -42,6 +42,9 @@ public final class UDPServer: @unchecked Sendable {
 
     /// Each worker's panic answers (`Answerer.panicAnswers`), published once per batch.
     private var panicCounters: [ManagedAtomic<Int>] = []
+    /// Each worker's loop iterations (a received batch or a receive timeout): proof of life for
+    /// systemd's watchdog, which a stuck worker stops.
+    private var progressCounters: [ManagedAtomic<UInt64>] = []
 
     public init(addresses: [ListenAddress], workers: Int, store: ViewStore,
                 udpPayloadBytes: Int = Answerer.udpPayloadBytesMax, minimalResponses: Bool = false,
@@ -86,13 +89,14 @@ public final class UDPServer: @unchecked Sendable {
         boundAddresses = bound
         running.set(true)
         panicCounters = sockets.map { _ in ManagedAtomic(0) }
-        for ((fd, wildcard), panics) in zip(sockets, panicCounters) {
+        progressCounters = sockets.map { _ in ManagedAtomic(0) }
+        for (((fd, wildcard), panics), progress) in zip(zip(sockets, panicCounters), progressCounters) {
             finished.enter()
             let thread = Thread { [self] in
                 // Foundation does not name the kernel thread; `top -H` and the priority
                 // split (dns.background_nice) know the workers by this name.
                 disco_thread_set_name("disco-udp")
-                self.serve(fd: fd, packetInfo: wildcard, panics: panics)
+                self.serve(fd: fd, packetInfo: wildcard, panics: panics, progress: progress)
                 self.finished.leave()
             }
             thread.name = "disco-udp"
@@ -114,8 +118,11 @@ public final class UDPServer: @unchecked Sendable {
 
     /// Service answers given from every instance (panic threshold), summed over the workers.
     public var panicAnswers: Int { panicCounters.reduce(0) { $0 + $1.load(ordering: .relaxed) } }
+    /// Each worker's loop iterations so far; a worker whose count stands still is stuck (it
+    /// wakes at least every `receiveTimeoutMilliseconds` when idle).
+    public var workerProgress: [UInt64] { progressCounters.map { $0.load(ordering: .relaxed) } }
 
-    private func serve(fd: Int32, packetInfo: Bool, panics: ManagedAtomic<Int>) {
+    private func serve(fd: Int32, packetInfo: Bool, panics: ManagedAtomic<Int>, progress: ManagedAtomic<UInt64>) {
         guard let batch = disco_udp_batch_create(Self.batchDatagramsMax, Self.queryBytesMax, UInt32(udpPayloadBytes)) else {
             logger.critical("cannot allocate UDP buffers")
             return
@@ -132,6 +139,7 @@ public final class UDPServer: @unchecked Sendable {
         let rrl = limits.rrl.configuration.enabled ? limits.rrl.makeWorker() : nil
         var nextRRLLog: UInt32 = 0
         while running.get() {
+            progress.wrappingIncrement(ordering: .relaxed)
             if let rrl { logLimiting(rrl, nextLog: &nextRRLLog) }
             let received = disco_udp_batch_recv(fd, batch)
             if received < 0 {

@@ -48,6 +48,7 @@ public final class DiscoDaemon: @unchecked Sendable {
     private var tcp: TCPServer?
     private var group: MultiThreadedEventLoopGroup?
     private var cluster: ClusterRuntime?
+    private var watchdog: SystemdWatchdog?
     private let signalQueue = DispatchQueue(label: "disco.signals")
     private var signalSources: [DispatchSourceSignal] = []
     private let stopped = DispatchSemaphore(value: 0)
@@ -208,7 +209,27 @@ public final class DiscoDaemon: @unchecked Sendable {
         let origins = zones.map(\.origin.description).joined(separator: ", ")
         logLimits()
         logger.info("discod serving \(zones.count) zone(s) [\(origins)] from \(config.zonesDirectory) on udp+tcp \(udp.boundAddresses.map(\.description).joined(separator: ", ")) with \(config.dnsWorkers) UDP worker(s)")
-        _ = disco_sd_notify("READY=1\nSTATUS=serving \(zones.count) zones")
+        _ = disco_sd_notify("READY=1\nSTATUS=\(statusLine())")
+        watchdog = SystemdWatchdog(environment: ProcessInfo.processInfo.environment, queue: signalQueue, logger: logger,
+                                   progress: { [weak self] in self?.progress() ?? [] },
+                                   status: { [weak self] in self?.statusLine() ?? "" })
+        watchdog?.start()
+    }
+
+    /// What systemd shows in `systemctl status`: zones, and the server's part in the cluster.
+    func statusLine() -> String {
+        var line = "serving \(zones.count) zone(s)"
+        if let cluster {
+            let status = cluster.driver.currentStatus
+            let role = status.role == .leader ? "leader" : status.leader.map { "\(status.role) (leader \($0))" } ?? "\(status.role), no leader"
+            line += "; raft \(role), term \(status.term.rawValue); \(cluster.catalog.state.services.count) registry instance(s)"
+        }
+        return line
+    }
+
+    /// Counters that move while discod is alive: each DNS worker's loop, the Raft loop's ticks.
+    private func progress() -> [UInt64] {
+        (udp?.workerProgress ?? []) + (cluster.map { [$0.driver.tickCount] } ?? [])
     }
 
     /// The DNS limits' counters as Prometheus text (counters, since start-up).
@@ -255,7 +276,10 @@ public final class DiscoDaemon: @unchecked Sendable {
             logger.notice("no zone directory at \(config.zonesDirectory); nothing to reload")
             return
         }
-        _ = disco_sd_notify("RELOADING=1")
+        // MONOTONIC_USEC: systemd (Type=notify-reload, 253+) matches the reload to this message.
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        _ = disco_sd_notify("RELOADING=1\nMONOTONIC_USEC=\(UInt64(now.tv_sec) * 1_000_000 + UInt64(now.tv_nsec) / 1000)")
         do throws(ZoneError) {
             let start = DispatchTime.now().uptimeNanoseconds
             let result = try ZoneDirectory.load(path: config.zonesDirectory, previous: zones)
@@ -270,7 +294,7 @@ public final class DiscoDaemon: @unchecked Sendable {
         } catch {
             logger.error("zone reload failed; keeping every zone as it was", metadata: ["dns.error": "\(error)"])
         }
-        _ = disco_sd_notify("READY=1\nSTATUS=serving \(zones.count) zones")
+        _ = disco_sd_notify("READY=1\nSTATUS=\(statusLine())")
     }
 
     /// How long after a reload the replaced zones are freed: no worker holds a View longer
@@ -300,9 +324,25 @@ public final class DiscoDaemon: @unchecked Sendable {
     }
 
     /// Blocks until SIGTERM or SIGINT, reloading on SIGHUP; then stops the servers.
+    static let handledSignals = [SIGHUP, SIGTERM, SIGINT]
+
+    /// Blocks SIGHUP, SIGTERM and SIGINT in the calling thread and so in every thread started
+    /// after it: call first thing, before any thread exists. A signal that arrives while discod
+    /// starts is then held until `runUntilSignalled` takes it (a SIGTERM during a long zone load
+    /// stops the server cleanly once it has started).
+    public static func blockHandledSignals() {
+        var set = sigset_t()
+        sigemptyset(&set)
+        for signalNumber in handledSignals { sigaddset(&set, signalNumber) }
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+    }
+
     public func runUntilSignalled() {
-        for signalNumber in [SIGHUP, SIGTERM, SIGINT] {
-            signal(signalNumber, SIG_IGN)
+        for signalNumber in Self.handledSignals {
+            // Blocked in every thread since start-up (`blockHandledSignals`), so one sent
+            // before this point waits pending and the source (a signalfd on Linux) reads it.
+            // No SIG_IGN: setting it discards a pending signal (POSIX), which left a SIGTERM
+            // sent just after the serving line unheeded.
             let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: signalQueue)
             source.setEventHandler { [self] in
                 if signalNumber == SIGHUP {
@@ -333,6 +373,8 @@ public final class DiscoDaemon: @unchecked Sendable {
 
     public func stop() {
         _ = disco_sd_notify("STOPPING=1")
+        watchdog?.stop()
+        watchdog = nil
         cluster?.stop()
         cluster = nil
         udp?.stop()

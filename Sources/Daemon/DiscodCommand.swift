@@ -105,6 +105,7 @@ public struct DiscodCommand: ParsableCommand {
 
     public func run() throws {
         if checkConfig { throw ArgumentParser.ExitCode(check(environment: ProcessInfo.processInfo.environment).rawValue) }
+        DiscoDaemon.blockHandledSignals()
         let configuration: Configuration
         do throws(ConfigError) {
             configuration = try resolve(environment: ProcessInfo.processInfo.environment)

@@ -162,6 +162,63 @@ struct ProcessTests {
         #expect(named.waitForExit() == 74)
     }
 
+    /// Issue 17.3: the sd_notify protocol as systemd sees it, on a real notification socket:
+    /// READY=1 with a STATUS naming the zones and the Raft role, WATCHDOG=1 pings at half
+    /// WATCHDOG_USEC while the workers and the Raft loop run, RELOADING=1 (with MONOTONIC_USEC)
+    /// then READY=1 around a SIGHUP, STOPPING=1 on SIGTERM.
+    @Test func systemdHearsReadyStatusWatchdogReloadingAndStopping() throws {
+        let directory = try TemporaryDirectory()
+        try directory.write("example.test.zone", testZone)
+        let socketPath = directory.url.appendingPathComponent("notify").path
+        let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            for (i, byte) in socketPath.utf8.enumerated() { raw[i] = byte }
+        }
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        try #require(bound == 0)
+        var timeout = timeval(tv_sec: 0, tv_usec: 100_000)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var received: [String] = []
+        func receive(until condition: ([String]) -> Bool, seconds: Double = 15) -> Bool {
+            let deadline = Date().addingTimeInterval(seconds)
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            while Date() < deadline && !condition(received) {
+                let count = recv(fd, &buffer, buffer.count, 0)
+                if count > 0 { received.append(String(decoding: buffer[0..<count], as: UTF8.self)) }
+            }
+            return condition(received)
+        }
+
+        let ports = freePorts(2)
+        let daemon = try DiscodProcess(arguments: ["--dev", "--zones", directory.url.path, "--dns", "127.0.0.1:0", "--workers", "2",
+                                                   "--http", "127.0.0.1:\(ports[0])", "--raft", "127.0.0.1:\(ports[1])",
+                                                   "--data-dir", directory.url.appendingPathComponent("data").path],
+                                       environment: ["NOTIFY_SOCKET": socketPath, "WATCHDOG_USEC": "200000"])
+        defer { daemon.stop() }
+        #expect(receive { $0.contains { $0.hasPrefix("READY=1\nSTATUS=serving 1 zone(s); raft ") } }, "\(received)")
+        #expect(receive { $0.filter { $0.hasPrefix("WATCHDOG=1") }.count >= 3 }, "\(received)")
+        // The leader's STATUS: once it leads (at once, as the only voter), and registry instances.
+        #expect(received.contains { $0.contains("STATUS=serving 1 zone(s); raft leader, term ") && $0.contains("registry instance(s)") },
+                "\(received)")
+
+        received = []
+        kill(daemon.process.processIdentifier, SIGHUP)
+        #expect(receive { $0.contains { $0.hasPrefix("READY=1") } }, "\(received)")
+        let reloading = received.firstIndex { $0.hasPrefix("RELOADING=1\nMONOTONIC_USEC=") }
+        let ready = received.firstIndex { $0.hasPrefix("READY=1") }
+        #expect(reloading != nil && ready != nil && reloading! < ready!, "\(received)")
+
+        received = []
+        kill(daemon.process.processIdentifier, SIGTERM)
+        #expect(receive { $0.contains("STOPPING=1") }, "\(received)")
+        #expect(daemon.waitForExit() == 0)
+    }
+
     /// Issue 17.4: under systemd's journal (JOURNAL_STREAM naming discod's standard error) each
     /// line starts with its syslog priority and no time (journald adds its own); a stderr that
     /// is not the one JOURNAL_STREAM names keeps the timestamps; `--log-format json` writes a
