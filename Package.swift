@@ -21,6 +21,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.30.0"),
         .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
+        .package(url: "https://github.com/apple/swift-crypto", "3.12.3"..<"5.0.0"),
     ],
     targets: [
         .target(name: "CShims"),
@@ -40,7 +41,7 @@ let package = Package(
         .target(
             name: "Daemon",
             dependencies: [
-                "DNSServer", "DNSZone", "DNSWire", "RateLimit", "CShims", "Cluster", "API", "Raft", "Store", "Registry", "Health",
+                "DNSServer", "DNSZone", "DNSWire", "RateLimit", "CShims", "Cluster", "API", "Raft", "Store", "Registry", "Health", "Auth",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -49,6 +50,7 @@ let package = Package(
         ),
         .systemLibrary(name: "CSQLite", path: "Sources/CSQLite", providers: [.apt(["libsqlite3-dev"])]),
         .target(name: "Store", dependencies: ["CSQLite"]),
+        .target(name: "Auth", dependencies: ["Store", .product(name: "Crypto", package: "swift-crypto")]),
         .target(name: "Raft"),
         .target(name: "Registry", dependencies: [
             "Store", "DNSWire", "DNSZone",
@@ -70,7 +72,7 @@ let package = Package(
         .target(
             name: "API",
             dependencies: [
-                "Cluster", "Raft", "Store", "Registry", "Health",
+                "Cluster", "Raft", "Store", "Registry", "Health", "Auth",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -112,6 +114,7 @@ let package = Package(
         .testTarget(name: "DaemonTests", dependencies: ["Daemon", "DNSWire", "RateLimit", "CShims", "Cluster", "Raft", "Health"]),
         .testTarget(name: "RaftTests", dependencies: ["Raft", "RaftTesting"]),
         .testTarget(name: "StoreTests", dependencies: ["Store"]),
+        .testTarget(name: "AuthTests", dependencies: ["Auth", "Store"]),
         .testTarget(name: "HealthTests", dependencies: [
             "Health", "Registry",
             .product(name: "NIOCore", package: "swift-nio"),

@@ -11,6 +11,14 @@ public struct StoreError: Error, Sendable, Equatable, CustomStringConvertible {
     /// The SQL being run, when there was one.
     public var sql: String?
 
+    public init(code: Int32, extendedCode: Int32, message: String, path: String, sql: String? = nil) {
+        self.code = code
+        self.extendedCode = extendedCode
+        self.message = message
+        self.path = path
+        self.sql = sql
+    }
+
     public var description: String {
         var text = "\(path): \(message) (SQLite code \(extendedCode))"
         if let sql { text += " in: \(sql)" }
