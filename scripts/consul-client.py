@@ -12,6 +12,10 @@ registered.
     python3 -m venv /tmp/venv && /tmp/venv/bin/pip install py-consul
     /tmp/venv/bin/python scripts/consul-client.py --discod .build/debug/discod
 
+With --acl the servers enforce ACLs (default policy deny): the script bootstraps through the
+library, makes a policy and a token with it, checks that a client without a token is refused
+and one with the token sees itself, then runs every step above with that token.
+
 Exit status 0 when every step passed; each failure is printed with the step's name.
 """
 import argparse, http.server, json, os, subprocess, sys, tempfile, threading, time, urllib.request
@@ -64,16 +68,58 @@ class Endpoint(http.server.BaseHTTPRequestHandler):
         pass
 
 
+TOKEN = None  # with --acl, the token every request of the steps carries
+
+
 def put_json(port, path, body):
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(), method="PUT")
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(), method="PUT",
+                                     headers={"X-Consul-Token": TOKEN} if TOKEN else {})
     with urllib.request.urlopen(request, timeout=10) as response:
         return response.status
+
+
+def acl_steps(follower, leader):
+    """Bootstrap, a policy and a token through the library; returns the token's SecretID."""
+    anonymous = consul.Consul(host="127.0.0.1", port=follower.http)
+    try:
+        anonymous.kv.put("app/x", "1")
+        check("without a token a write is refused", False, "accepted")
+    except consul.ACLPermissionDenied:
+        check("without a token a write is refused", True)
+    root = anonymous.acl.bootstrap()
+    check("acl.bootstrap returns a management token",
+          [p["Name"] for p in root.get("Policies", [])] == ["global-management"] and root.get("SecretID"), root)
+    try:
+        anonymous.acl.bootstrap()
+        check("a second bootstrap is refused", False, "accepted")
+    except consul.ACLPermissionDenied:
+        check("a second bootstrap is refused", True)
+    admin = consul.Consul(host="127.0.0.1", port=leader.http, token=root["SecretID"])
+    rules = {"service_prefix": {"": {"policy": "write"}}, "node_prefix": {"": {"policy": "write"}},
+             "key_prefix": {"": {"policy": "write"}}}
+    policy = admin.acl.policy.create("acceptance", rules=rules, description="what the steps below do")
+    check("acl.policy.create", policy.get("Name") == "acceptance", policy)
+    token = admin.acl.token.create(description="acceptance steps", policies_name=["acceptance"])
+    check("acl.token.create returns a SecretID", bool(token.get("SecretID")), token)
+    scoped = consul.Consul(host="127.0.0.1", port=follower.http, token=token["SecretID"])
+    me = scoped.acl.token.read_self()
+    check("acl.token.read_self through a follower", me.get("AccessorID") == token["AccessorID"], me)
+    try:
+        scoped.acl.token.list()
+        check("the scoped token may not list tokens", False, "listed")
+    except consul.ACLPermissionDenied:
+        check("the scoped token may not list tokens", True)
+    return token["SecretID"]
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--discod", default=os.path.join(chaos.ROOT, ".build/debug/discod"))
+    parser.add_argument("--acl", action="store_true", help="servers enforce ACLs; the steps run with a token")
     args = parser.parse_args()
+    if args.acl:
+        os.environ.update({"DISCO_ACL_ENABLED": "true", "DISCO_ACL_DEFAULT_POLICY": "deny",
+                           "DISCO_RAFT_CLUSTER_TOKEN": "consul-client-acceptance-secret"})
     args.nodes = 3
     root = tempfile.mkdtemp(prefix="disco-consul-client-")
     cluster = chaos.Cluster(args, root)
@@ -82,7 +128,10 @@ def main():
             cluster.start(node)
         leader = cluster.leader()
         follower = next(n for n in cluster.nodes if n is not leader)
-        c = consul.Consul(host="127.0.0.1", port=follower.http)
+        if args.acl:
+            global TOKEN
+            TOKEN = acl_steps(follower, leader)
+        c = consul.Consul(host="127.0.0.1", port=follower.http, token=TOKEN)
 
         # Register through the agent API, with a TTL check: out of DNS until it passes.
         c.agent.service.register("web", service_id="web-1", address="10.1.0.1", port=8080, tags=["v2"],
@@ -150,7 +199,7 @@ def main():
         check("agent.services is this client's host's node", sorted(services) == ["web-1", "web-2"], services)
         # The agent is the client's host, not the server: a client that fails over to another
         # server (here the leader) sees the same agent, and re-registering is a no-op.
-        other = consul.Consul(host="127.0.0.1", port=leader.http)
+        other = consul.Consul(host="127.0.0.1", port=leader.http, token=TOKEN)
         check("... whichever server it asks", sorted(other.agent.services()) == ["web-1", "web-2"], other.agent.services())
         before, _ = c.catalog.service("web")
         other.agent.service.register("web", service_id="web-2", address="10.1.0.2", port=8080, tags=["v1"])

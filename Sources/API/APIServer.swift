@@ -1,3 +1,4 @@
+import Auth
 import Cluster
 import Foundation
 import Logging
@@ -37,7 +38,7 @@ public final class APIServer: @unchecked Sendable {
     public init(listen: PeerAddress, group: EventLoopGroup, kv: KVStore, driver: RaftDriver, directory: ClusterDirectory,
                 registry: RegistryContext? = nil, limits: HTTPLimits = HTTPLimits(),
                 admission: WriteAdmission.Configuration = .init(), uploadDirectory: String? = nil,
-                extraMetrics: (@Sendable () -> [String])? = nil, logger: Logger) {
+                acl: ACLContext? = nil, extraMetrics: (@Sendable () -> [String])? = nil, logger: Logger) {
         self.listen = listen
         self.logger = logger
         var uploadPath = uploadDirectory ?? FileManager.default.temporaryDirectory.path
@@ -48,7 +49,8 @@ public final class APIServer: @unchecked Sendable {
         let gate = AdmissionGate(admission: WriteAdmission(admission), driver: driver)
         let forwarder = Forwarder(group: group, limits: limits)
         let admissionMetrics = { @Sendable in gate.metricLines + forwarder.metricLines + (extraMetrics?() ?? []) }
-        let proposer = CatalogProposer(driver: driver, directory: directory, forwarder: forwarder, group: group)
+        let proposer = CatalogProposer(driver: driver, directory: directory, forwarder: forwarder, group: group,
+                                       serverToken: acl?.serverToken)
         self.proposer = proposer
         self.router = APIRouter(kv: KVService(kv: kv, driver: driver, directory: directory, hub: registry?.hub ?? WatchHub(),
                                               gate: gate, logger: logger),
@@ -56,6 +58,7 @@ public final class APIServer: @unchecked Sendable {
                                     RegistryService(context: $0, driver: driver, proposer: proposer, gate: gate, loop: group.next(),
                                                     logger: logger)
                                 },
+                                                acl: acl.map { ACLService(context: $0, driver: driver) },
                                 driver: driver, directory: directory, forwarder: forwarder, extraMetrics: admissionMetrics,
                                 logger: logger)
     }
@@ -114,6 +117,8 @@ struct APIRequest {
     var body: [UInt8]
     /// A snapshot upload's body, on disk instead of in `body` (PUT /v1/snapshot).
     var bodyFile: SnapshotUploadFile? = nil
+    /// What the request's token may do (set by the router; everything with ACLs off).
+    var authorizer: Authorizer = .disabled
 
     /// Every value of a repeatable query parameter.
     func values(_ name: String) -> [String] { queryItems.filter { $0.0 == name }.map(\.1) }
@@ -141,15 +146,18 @@ final class APIRouter: Sendable {
 
     let kv: KVService
     let registry: RegistryService?
+    /// nil: no ACL state at all (tests that build an API without one); ACLs are then off.
+    let acl: ACLService?
     let driver: RaftDriver
     let directory: ClusterDirectory
     let forwarder: Forwarder
     let extraMetrics: (@Sendable () -> [String])?
     let logger: Logger
 
-    init(kv: KVService, registry: RegistryService?, driver: RaftDriver, directory: ClusterDirectory, forwarder: Forwarder,
-         extraMetrics: (@Sendable () -> [String])? = nil, logger: Logger) {
+    init(kv: KVService, registry: RegistryService?, acl: ACLService? = nil, driver: RaftDriver, directory: ClusterDirectory,
+         forwarder: Forwarder, extraMetrics: (@Sendable () -> [String])? = nil, logger: Logger) {
         self.extraMetrics = extraMetrics
+        self.acl = acl
         self.kv = kv
         self.registry = registry
         self.driver = driver
@@ -163,7 +171,8 @@ final class APIRouter: Sendable {
     static func needsLeader(_ request: APIRequest) -> Bool {
         let path = request.path
         let agent = path.hasPrefix("/v1/agent/")
-        guard path.hasPrefix("/v1/kv/") || path.hasPrefix("/v1/catalog/") || path.hasPrefix("/v1/health/") || agent else {
+        guard path.hasPrefix("/v1/kv/") || path.hasPrefix("/v1/catalog/") || path.hasPrefix("/v1/health/") || agent
+                || path.hasPrefix("/v1/acl/") else {
             return false
         }
         if request.method == .GET { return !agent && request.query["stale"] == nil && request.query["consistent"] == nil }
@@ -178,6 +187,19 @@ final class APIRouter: Sendable {
             case "/metrics": return loop.makeSucceededFuture(self.metrics(status))
             default: break
             }
+            var request = request
+            if let acl = self.acl {
+                guard let authorizer = acl.context.authorizer(for: request) else {
+                    // A token this server does not know yet (made a moment ago on the leader)
+                    // may be known there: a request the leader serves is decided by the leader.
+                    if Self.needsLeader(request) && status.role != .leader && !request.forwarded {
+                        return self.forwardToLeader(request, status, on: loop)
+                    }
+                    return loop.makeSucceededFuture(.aclNotFound)
+                }
+                request.authorizer = authorizer
+            }
+            if let denied = Self.clusterEndpointDenial(request) { return loop.makeSucceededFuture(denied) }
             if request.path == CatalogProposer.path { return self.proposeFromPeer(request, status, on: loop) }
             // A TTL renewal goes to the server that runs the check, not to the leader: a renewal
             // that changes nothing is no log entry (Health).
@@ -193,8 +215,30 @@ final class APIRouter: Sendable {
             if let registry = self.registry, RegistryService.owns(request.path) {
                 return registry.handle(request, status: status, on: loop)
             }
+            if request.path.hasPrefix("/v1/acl/"), let acl = self.acl { return acl.handle(request, status: status, on: loop) }
             return self.kv.route(request, status: status, on: loop)
         }
+    }
+
+    /// The ACL check of the endpoints that act on the whole cluster: snapshots need `acl`
+    /// write (Consul: a management token), the Raft configuration `operator` read, membership
+    /// changes `operator` write, and a server's internal proposals a server's token.
+    static func clusterEndpointDenial(_ request: APIRequest) -> APIResponse? {
+        let auth = request.authorizer
+        let path = request.path
+        let needed: (ACLResource, ACLAccess)
+        if path == "/v1/snapshot" {
+            needed = (.acl, .write)
+        } else if path == "/v1/operator/raft/configuration" {
+            needed = (.operator, .read)
+        } else if path.hasPrefix("/v1/operator/") {
+            needed = (.operator, .write)
+        } else if path == CatalogProposer.path {
+            return auth.isManagement ? nil : .forbidden("Permission denied: only servers propose here")
+        } else {
+            return nil
+        }
+        return auth.allows(needed.0, "", needed.1) ? nil : .forbidden(auth.denial(needed.0, "", needed.1))
     }
 
     private func forwardToLeader(_ request: APIRequest, _ status: RaftStatus, on loop: EventLoop,
@@ -419,6 +463,7 @@ final class KVService: Sendable {
             return loop.makeSucceededFuture(.text("no such endpoint: \(request.path)", status: .notFound))
         }
         let key = String(request.path.dropFirst("/v1/kv/".count))
+        if let denied = Self.denial(request, key: key) { return loop.makeSucceededFuture(denied) }
         switch request.method {
         case .GET where request.query["consistent"] != nil:
             // ReadIndex: linearizable on any server (a follower asks the leader).
@@ -439,13 +484,31 @@ final class KVService: Sendable {
         }
     }
 
+    /// ACLs on a KV request: a single-key read needs `key` read on it, a write `key` write, a
+    /// recursive delete write on everything under its prefix; recursive reads and key listings
+    /// are filtered instead (`readable`).
+    static func denial(_ request: APIRequest, key: String) -> APIResponse? {
+        let auth = request.authorizer
+        if auth.isManagement { return nil }
+        let recurse = request.query["recurse"] != nil
+        switch request.method {
+        case .GET:
+            if recurse || request.query["keys"] != nil { return nil }
+            return auth.allows(.key, key, .read) ? nil : .forbidden(auth.denial(.key, key, .read))
+        case .DELETE where recurse:
+            return auth.allowsKeyWrite(underPrefix: key) ? nil : .forbidden(auth.denial(.key, key, .write))
+        default:
+            return auth.allows(.key, key, .write) ? nil : .forbidden(auth.denial(.key, key, .write))
+        }
+    }
+
     /// `?stale`: any server, from what it has applied. Default: the leader, from what it has
     /// applied (Consul's default mode: a deposed leader may briefly serve a stale value).
     /// `?consistent`: after a ReadIndex round (`confirmed`), any server, linearizable.
     private func read(_ key: String, _ request: APIRequest, _ status: RaftStatus, confirmed: Bool = false) -> APIResponse {
         if !confirmed && request.query["stale"] == nil && status.role != .leader { return notLeader(status) }
         let recurse = request.query["recurse"] != nil || request.query["keys"] != nil
-        let entries: [KVEntry]
+        var entries: [KVEntry]
         do throws(StoreError) {
             entries = try kv.get(key, recurse: recurse)
         } catch {
@@ -453,7 +516,13 @@ final class KVService: Sendable {
             return .text("storage error", status: .internalServerError)
         }
         let index = entries.map(\.modifyIndex).max() ?? max(kv.lastModifyIndex, 1)  // as `index(of:recurse:)`
-        let headers = [("X-Consul-Index", "\(index)")] + leaderHeaders(status)
+        var headers = [("X-Consul-Index", "\(index)")] + leaderHeaders(status)
+        let auth = request.authorizer
+        if recurse && !auth.isManagement {
+            let readable = entries.filter { auth.allows(.key, $0.key, .read) }
+            if readable.count < entries.count { headers.append(("X-Consul-Results-Filtered-By-ACLs", "true")) }
+            entries = readable
+        }
         guard !entries.isEmpty else { return APIResponse(status: .notFound, headers: headers) }
         if request.query["keys"] != nil {
             return .json(Self.keys(entries.map(\.key), prefix: key, separator: request.query["separator"] ?? ""), headers: headers)

@@ -33,8 +33,11 @@ public final class CatalogProposer: Sendable {
     private let directory: ClusterDirectory
     private let forwarder: Forwarder
     private let group: EventLoopGroup
+    /// Sent with every forwarded proposal: the leader takes it from servers only (ACLs on).
+    private let serverToken: String?
 
-    init(driver: RaftDriver, directory: ClusterDirectory, forwarder: Forwarder, group: EventLoopGroup) {
+    init(driver: RaftDriver, directory: ClusterDirectory, forwarder: Forwarder, group: EventLoopGroup, serverToken: String? = nil) {
+        self.serverToken = serverToken
         self.driver = driver
         self.directory = directory
         self.forwarder = forwarder
@@ -46,13 +49,15 @@ public final class CatalogProposer: Sendable {
         let directory = directory
         let forwarder = forwarder
         let driver = driver
+        let extraHeaders = serverToken.map { [(ACLContext.serverTokenHeader, $0)] } ?? []
         return driver.status.hop(to: loop).flatMap { status in
             if status.role == .leader { return driver.propose(command.encoded).map(\.rawValue) }
             guard let leader = status.leader, let address = directory.http[leader] else {
                 return loop.makeFailedFuture(Failure.noLeader)
             }
             let request = APIRequest(method: .PUT, uri: Self.path, path: Self.path, query: [:], body: command.encoded)
-            return forwarder.forward(request, to: address, toLeader: true, extraHeaders: [], timeoutSeconds: Self.timeoutSeconds, on: loop)
+            return forwarder.forward(request, to: address, toLeader: true, extraHeaders: extraHeaders,
+                                     timeoutSeconds: Self.timeoutSeconds, on: loop)
                 .flatMapThrowing { response in
                     let text = String(decoding: response.body, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
                     guard response.status == .ok, let index = UInt64(text) else { throw Failure.refused(text) }

@@ -1,3 +1,4 @@
+import Auth
 import Cluster
 import Foundation
 import Health
@@ -110,8 +111,11 @@ final class RegistryService: @unchecked Sendable {
                                                                              status: .methodNotAllowed))
         }
         guard s.count >= 2 else { return notFound() }
+        let auth = request.authorizer
         switch (s[0], s[1]) {
         case ("agent", "self"):
+            let node = try agentNode(request).name
+            if !auth.allows(.node, node, .read) { return loop.makeSucceededFuture(.forbidden(auth.denial(.node, node, .read))) }
             return try needs(.GET) ?? loop.makeSucceededFuture(agentSelf(request))
         case ("agent", "services"):
             return try needs(.GET) ?? loop.makeSucceededFuture(agentServices(request))
@@ -154,25 +158,28 @@ final class RegistryService: @unchecked Sendable {
             return needs(.GET) ?? loop.makeSucceededFuture(.json([context.datacenter]))
         case ("catalog", "services"):
             return needs(.GET) ?? read(request, status, topic: .catalog, index: { $0.servicesIndex }, on: loop) { state in
-                state.serviceNames
+                auth.isManagement ? state.serviceNames : state.serviceNames.filter { auth.allows(.service, $0.key, .read) }
             }
         case ("catalog", "service") where s.count >= 3:
             let name = rest(2)
             let tags = request.values("tag")
             return needs(.GET) ?? read(request, status, topic: .service(name), index: { $0.modifyIndex(ofService: name) },
                                        on: loop) { state in
-                state.instances(of: name, tags: tags).map { self.catalogServiceJSON($0, state) }
+                state.instances(of: name, tags: tags).filter { Self.readable($0.value, auth) }.map { self.catalogServiceJSON($0, state) }
             }
         case ("catalog", "nodes"):
             return needs(.GET) ?? read(request, status, topic: .catalog, index: { max($0.nodesIndex, 1) }, on: loop) { state in
-                state.nodes.values.sorted { $0.value.name < $1.value.name }.map { self.nodeJSON($0) }
+                state.nodes.values.filter { auth.allows(.node, $0.value.name, .read) }
+                    .sorted { $0.value.name < $1.value.name }.map { self.nodeJSON($0) }
             }
         case ("catalog", "node") where s.count >= 3:
             let name = rest(2)
             return needs(.GET) ?? read(request, status, topic: .catalog, index: { max($0.index, 1) }, on: loop) { state in
-                guard let node = state.nodes[name] else { return NSNull() }
+                guard let node = state.nodes[name], auth.allows(.node, name, .read) else { return NSNull() }
                 var services: [String: Any] = [:]
-                for instance in state.services(onNode: name) { services[instance.value.id] = self.healthServiceJSON(instance) }
+                for instance in state.services(onNode: name) where auth.allows(.service, instance.value.name, .read) {
+                    services[instance.value.id] = self.healthServiceJSON(instance)
+                }
                 return ["Node": self.nodeJSON(node), "Services": services] as [String: Any]
             }
         case ("health", "service") where s.count >= 3:
@@ -182,6 +189,7 @@ final class RegistryService: @unchecked Sendable {
             return needs(.GET) ?? read(request, status, topic: .service(name), index: { $0.modifyIndex(ofService: name) },
                                        on: loop) { state in
                 state.instances(of: name, tags: tags).compactMap { instance -> [String: Any]? in
+                    guard Self.readable(instance.value, auth) else { return nil }
                     let checks = state.checks(of: instance.value)
                     if passingOnly && checks.contains(where: { $0.value.status != .passing }) { return nil }
                     return ["Node": state.nodes[instance.value.node].map { self.nodeJSON($0) } ?? [:],
@@ -193,14 +201,14 @@ final class RegistryService: @unchecked Sendable {
             let name = rest(2)
             return needs(.GET) ?? read(request, status, topic: .service(name), index: { $0.modifyIndex(ofService: name) },
                                        on: loop) { state in
-                state.instances(of: name).flatMap { instance in
+                state.instances(of: name).filter { Self.readable($0.value, auth) }.flatMap { instance in
                     state.checks(onNode: instance.value.node).filter { $0.value.serviceID == instance.value.id }
                 }.map { self.checkJSON($0, state) }
             }
         case ("health", "node") where s.count >= 3:
             let name = rest(2)
             return needs(.GET) ?? read(request, status, topic: .catalog, index: { max($0.index, 1) }, on: loop) { state in
-                state.checks(onNode: name).map { self.checkJSON($0, state) }
+                state.checks(onNode: name).filter { Self.readable($0.value, state, auth) }.map { self.checkJSON($0, state) }
             }
         case ("health", "state") where s.count >= 3:
             let wanted = s[2]
@@ -209,6 +217,7 @@ final class RegistryService: @unchecked Sendable {
             }
             return needs(.GET) ?? read(request, status, topic: .catalog, index: { max($0.index, 1) }, on: loop) { state in
                 state.checks.values.filter { wanted == "any" || $0.value.status.rawValue == wanted }
+                    .filter { Self.readable($0.value, state, auth) }
                     .sorted { ($0.value.node, $0.value.id) < ($1.value.node, $1.value.id) }
                     .map { self.checkJSON($0, state) }
             }
@@ -280,7 +289,9 @@ final class RegistryService: @unchecked Sendable {
         let node = try agentNode(request).name
         let state = context.catalog.state
         var out: [String: Any] = [:]
-        for instance in state.services(onNode: node) { out[instance.value.id] = agentServiceJSON(instance.value) }
+        for instance in state.services(onNode: node) where request.authorizer.allows(.service, instance.value.name, .read) {
+            out[instance.value.id] = agentServiceJSON(instance.value)
+        }
         return .json(out, headers: [("X-Consul-Index", "\(max(state.index, 1))")])
     }
 
@@ -289,6 +300,9 @@ final class RegistryService: @unchecked Sendable {
         let state = context.catalog.state
         guard let instance = state.services[NodeScopedID(node: node, id: id)] else {
             return .text("unknown service ID: \(id)", status: .notFound)
+        }
+        guard request.authorizer.allows(.service, instance.value.name, .read) else {
+            return .forbidden(request.authorizer.denial(.service, instance.value.name, .read))
         }
         var json = agentServiceJSON(instance.value)
         json["ContentHash"] = "\(instance.modifyIndex)"
@@ -299,7 +313,9 @@ final class RegistryService: @unchecked Sendable {
         let node = try agentNode(request).name
         let state = context.catalog.state
         var out: [String: Any] = [:]
-        for check in state.checks(onNode: node) { out[check.value.id] = checkJSON(check, state) }
+        for check in state.checks(onNode: node) where Self.readable(check.value, state, request.authorizer) {
+            out[check.value.id] = checkJSON(check, state)
+        }
         return .json(out, headers: [("X-Consul-Index", "\(max(state.index, 1))")])
     }
 
@@ -307,6 +323,7 @@ final class RegistryService: @unchecked Sendable {
     private func agentHealth(_ name: String, _ request: APIRequest) throws(BadRequest) -> APIResponse {
         let node = try agentNode(request).name
         let state = context.catalog.state
+        guard request.authorizer.allows(.service, name, .read) else { return .forbidden(request.authorizer.denial(.service, name, .read)) }
         let instances = state.services(onNode: node).filter { $0.value.name == name }
         guard !instances.isEmpty else { return .text("ServiceName \(name) Not Found", status: .notFound) }
         var worst = HealthStatus.passing
@@ -469,6 +486,7 @@ final class RegistryService: @unchecked Sendable {
             return loop.makeSucceededFuture(.text("Unknown check ID \"\(id)\"", status: .notFound))
         }
         let command = CatalogCommand.updateCheck(node: node, checkID: id, status: status, output: output)
+        if let denied = Self.denial(command, context.catalog.state, request) { return loop.makeSucceededFuture(denied) }
         guard let health = context.health, check.definition.ttlSeconds != nil else {
             if context.health != nil, check.definition.http != nil || check.definition.tcp != nil {
                 // Consul refuses too: the server that runs the check sets its status.
@@ -562,6 +580,7 @@ final class RegistryService: @unchecked Sendable {
     /// (`RegistryProcessTests.aNoOpWriteOnANewLeaderWaitsForItsTerm` replays it.)
     private func commit(_ command: CatalogCommand, for request: APIRequest, on loop: EventLoop,
                         _ respond: @escaping @Sendable (UInt64) -> APIResponse) -> EventLoopFuture<APIResponse> {
+        if let denied = Self.denial(command, context.catalog.state, request) { return loop.makeSucceededFuture(denied) }
         guard !context.catalog.state.wouldChange(command) else { return propose(command, for: request, on: loop, respond) }
         return driver.linearizableRead().hop(to: loop).flatMap { () -> EventLoopFuture<APIResponse> in
             // The barrier applied everything committed before it: decide again on that state.
@@ -571,6 +590,61 @@ final class RegistryService: @unchecked Sendable {
             response.headers.append(("X-Consul-Index", "\(state.index)"))
             return loop.makeSucceededFuture(response)
         }.flatMapErrorThrowing { error in self.writeFailure(error) }
+    }
+
+    // MARK: - ACLs
+
+    /// A service instance is shown to a token that may read both the service and its node
+    /// (Consul filters catalog and health reads by both).
+    static func readable(_ instance: ServiceInstance, _ auth: Authorizer) -> Bool {
+        auth.isManagement || (auth.allows(.service, instance.name, .read) && auth.allows(.node, instance.node, .read))
+    }
+
+    /// A check is shown with its service's read permission, a node check with its node's.
+    static func readable(_ check: CheckRecord, _ state: CatalogState, _ auth: Authorizer) -> Bool {
+        if auth.isManagement { return true }
+        if !check.serviceID.isEmpty, let service = state.services[NodeScopedID(node: check.node, id: check.serviceID)] {
+            return readable(service.value, auth)
+        }
+        return auth.allows(.node, check.node, .read)
+    }
+
+    /// The 403 for a write the request's token may not make, as Consul decides it: `service`
+    /// write for a service and its checks, `node` write for a node's own record (a new or changed
+    /// node through the catalog; the agent endpoints' node is the client's own host, as Consul's
+    /// agent is) and for node checks. Server-only commands need a server (management).
+    static func denial(_ command: CatalogCommand, _ state: CatalogState, _ request: APIRequest) -> APIResponse? {
+        let auth = request.authorizer
+        if auth.isManagement { return nil }
+        func need(_ resource: ACLResource, _ name: String) -> APIResponse? {
+            auth.allows(resource, name, .write) ? nil : .forbidden(auth.denial(resource, name, .write))
+        }
+        func serviceName(_ node: String, _ id: String) -> String? { state.services[NodeScopedID(node: node, id: id)]?.value.name }
+        func check(_ node: String, _ serviceID: String, registering service: ServiceInstance? = nil) -> APIResponse? {
+            if serviceID.isEmpty { return need(.node, node) }
+            if let service, service.id == serviceID { return need(.service, service.name) }
+            return serviceName(node, serviceID).map { need(.service, $0) } ?? need(.node, node)
+        }
+        switch command {
+        case .register(let node, let service, let checks, _):
+            let agent = request.path.hasPrefix("/v1/agent/")
+            if !agent, state.nodes[node.name]?.value != node, let denied = need(.node, node.name) { return denied }
+            if let service, let denied = need(.service, service.name) { return denied }
+            for registration in checks {
+                if let denied = check(node.name, registration.check.serviceID, registering: service) { return denied }
+            }
+            return nil
+        case .deregister(let node, let serviceID?, _):
+            return serviceName(node, serviceID).map { need(.service, $0) } ?? need(.node, node)
+        case .deregister(let node, nil, let checkID?):
+            return check(node, state.checks[NodeScopedID(node: node, id: checkID)]?.value.serviceID ?? "")
+        case .deregister(let node, nil, nil):
+            return need(.node, node)
+        case .updateCheck(let node, let checkID, _, _):
+            return check(node, state.checks[NodeScopedID(node: node, id: checkID)]?.value.serviceID ?? "")
+        case .checkStatuses, .checkRunners, .batch:
+            return .forbidden("Permission denied: only servers write this")
+        }
     }
 
     /// Answers `respond(...)` when `exists` holds on the local catalog, and otherwise only once a

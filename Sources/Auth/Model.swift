@@ -108,8 +108,10 @@ public enum ACLCommand: Sendable, Codable, Equatable {
     case setToken(ACLToken, create: Bool)
     case deleteToken(accessorID: String)
 
-    /// ACL entries start with this byte: below the registry's 0x40 and above the KV commands' tags.
-    public static let entryTag: UInt8 = 0x30
+    /// ACL entries start with this byte. The first byte of a log entry says whose it is: KV
+    /// commands 0x01-0x1F, ACL 0x20, the Raft driver's own 0x30-0x3F (`ClusterCommandTag`),
+    /// the registry 0x40 and up (checked by `LogEntryTagTests`).
+    public static let entryTag: UInt8 = 0x20
 
     public var encoded: [UInt8] {
         let encoder = JSONEncoder()

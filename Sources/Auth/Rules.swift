@@ -69,7 +69,12 @@ public struct ACLRules: Sendable, Equatable {
         guard text.utf8.count <= Self.textBytesMax else {
             throw ACLRuleError(rule: "", message: "the rules are longer than \(Self.textBytesMax) bytes")
         }
-        let trimmed = text.trimmingCharacters(in: .whitespacesAndNewlines)
+        var trimmed = text.trimmingCharacters(in: .whitespacesAndNewlines)
+        // Rules sent JSON-encoded once more (py-consul's `rules="..."` is sent as a JSON string).
+        if trimmed.hasPrefix("\""),
+           let inner = try? JSONSerialization.jsonObject(with: Data(trimmed.utf8), options: [.fragmentsAllowed]) as? String {
+            trimmed = inner.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
         if trimmed.isEmpty { return }
         let blocks: [RuleBlock]
         if trimmed.hasPrefix("{") {
@@ -87,10 +92,22 @@ public struct ACLRules: Sendable, Equatable {
         var keyword: String
         var name: String?
         var policy: String?
+        /// Where the rule starts, in HCL rules.
+        var line: Int? = nil
         var where_: String { name.map { "\(keyword) \"\($0)\"" } ?? keyword }
     }
 
     private mutating func add(_ block: RuleBlock) throws(ACLRuleError) {
+        do {
+            try addChecked(block)
+        } catch {
+            var error = error
+            error.line = error.line ?? block.line
+            throw error
+        }
+    }
+
+    private mutating func addChecked(_ block: RuleBlock) throws(ACLRuleError) {
         let keyword = block.keyword
         let isPrefix = keyword.hasSuffix("_prefix")
         let base = isPrefix ? String(keyword.dropLast("_prefix".count)) : keyword
@@ -174,11 +191,12 @@ public struct ACLRuleError: Error, Sendable, Equatable, CustomStringConvertible 
         self.line = line
     }
 
+    /// `line 3: service "web": policy: expected ...` (the line in HCL rules, when known).
     public var description: String {
-        var text = "Rules"
-        if let line { text += " line \(line)" }
-        if !rule.isEmpty { text += " (\(rule))" }
-        return text + ": " + message
+        var text = ""
+        if let line { text += "line \(line): " }
+        if !rule.isEmpty { text += rule + ": " }
+        return text + message
     }
 }
 
@@ -199,6 +217,7 @@ struct HCLRuleParser {
         var blocks: [ACLRules.RuleBlock] = []
         while true {
             let token = try next()
+            let startLine = line
             guard case .word(let keyword) = token else {
                 if token == .end { return blocks }
                 throw fail("", "expected a resource such as service, key_prefix or operator")
@@ -206,10 +225,10 @@ struct HCLRuleParser {
             switch try next() {
             case .equals:
                 guard case .string(let level) = try next() else { throw fail(keyword, "expected a quoted level after =") }
-                blocks.append(.init(keyword: keyword, name: nil, policy: level))
+                blocks.append(.init(keyword: keyword, name: nil, policy: level, line: startLine))
             case .string(let name):
                 guard try next() == .open else { throw fail("\(keyword) \"\(name)\"", "expected {") }
-                var block = ACLRules.RuleBlock(keyword: keyword, name: name, policy: nil)
+                var block = ACLRules.RuleBlock(keyword: keyword, name: name, policy: nil, line: startLine)
                 while true {
                     let field = try next()
                     if field == .close { break }

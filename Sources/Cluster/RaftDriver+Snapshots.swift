@@ -87,7 +87,7 @@ extension RaftDriver {
     func check(_ container: SnapshotContainer, restorable: Bool) throws {
         for participant in participants {
             guard let data = container.section(participant.snapshotName) else {
-                if !restorable { continue }
+                if !restorable || participant.isOptionalInRestore { continue }
                 throw SnapshotError(offset: 0, message: "no section '\(participant.snapshotName)' (sections: \(container.sections.map(\.name)))")
             }
             do {
@@ -210,7 +210,9 @@ extension RaftDriver {
         }
         do {
             for participant in participants {
-                try participant.restoreSnapshot(container.section(participant.snapshotName)!, appliedIndex: entry.index.rawValue)
+                // `check` let a section be absent only where the participant allows it.
+                guard let data = container.section(participant.snapshotName) else { continue }
+                try participant.restoreSnapshot(data, appliedIndex: entry.index.rawValue)
             }
         } catch {
             logger.critical("cannot apply an operator snapshot restore; this server stops taking part",

@@ -19,9 +19,14 @@ public protocol SnapshotParticipant: AnyObject, Sendable {
     /// Replaces the whole state with `data`, atomically (a crash leaves the old state or the new),
     /// and records `appliedIndex` as the last applied index in the same step.
     func restoreSnapshot(_ data: [UInt8], appliedIndex: UInt64) throws
+    /// An operator's restore may lack this section (a snapshot taken before this state machine
+    /// existed): it is then left as it is. Default false: the section is required.
+    var isOptionalInRestore: Bool { get }
 }
 
 extension SnapshotParticipant {
+    public var isOptionalInRestore: Bool { false }
+
     /// The default check for state machines kept in SQLite (`Database.serialize`): the bytes must
     /// be a sound SQLite database.
     public func validateSnapshot(_ data: [UInt8]) throws {

@@ -1,4 +1,5 @@
 import API
+import Auth
 import CShims
 import Cluster
 import Foundation
@@ -49,14 +50,20 @@ final class ClusterRuntime {
         let storage: RaftStorage
         let kv: KVStore
         let catalog: Catalog
+        let acl: ACLStore
         do {
             storage = try RaftStorage(path: config.dataDirectory + "/raft.db")
             kv = try KVStore(path: config.dataDirectory + "/kv.db")
             catalog = try Catalog(path: config.dataDirectory + "/registry.db")
+            acl = try ACLStore(path: config.dataDirectory + "/acl.db")
         } catch {
             throw StartError(code: .ioError, message: "\(error)")
         }
         self.catalog = catalog
+        if config.aclEnabled && config.raftClusterToken == Configuration.development.raftClusterToken
+            && (config.raftServers.count > 1 || config.raftJoin != nil) {
+            logger.warning("ACLs are on but raft.cluster_token is the default: anyone who knows it can pose as a server to the HTTP API; set a secret one")
+        }
         let hub = WatchHub()
         catalog.observe { change, _ in hub.notify(change) }
         catalog.observe(onCatalogChange)
@@ -72,12 +79,14 @@ final class ClusterRuntime {
                                   cluster: PeerCodec.clusterID(token: config.raftClusterToken)) { box.driver?.receive($0) }
         do {
             driver = try RaftDriver(config: raftConfig, storage: storage, transport: transport, loop: raftGroup.next(),
-                                    logger: logger, participants: [kv, catalog],
+                                    logger: logger, participants: [kv, catalog, acl],
                                     options: options) { entry in
-                // Registry entries start with their tag byte; everything else is the KV store's.
+                // Registry and ACL entries start with their tag byte; everything else is the KV store's.
                 let registry = entry.data.first.map { $0 >= CatalogCommand.entryTag } ?? false
                 do {
-                    if registry {
+                    if entry.data.first == ACLCommand.entryTag {
+                        try acl.apply(index: entry.index.rawValue, data: entry.data)
+                    } else if registry {
                         try catalog.apply(index: entry.index.rawValue, data: entry.data)
                         let times = catalog.lastApplyTimes
                         if times.totalNanoseconds >= UInt64(RaftDriver.slowReadyMilliseconds) * 1_000_000 {
@@ -101,7 +110,8 @@ final class ClusterRuntime {
                     }
                 } catch {
                     // The state machine cannot keep up with the log: stop rather than serve divergent data.
-                    logger.critical("cannot apply entry \(entry.index) to \(registry ? "registry.db" : "kv.db"): \(error)")
+                    let file = entry.data.first == ACLCommand.entryTag ? "acl.db" : registry ? "registry.db" : "kv.db"
+                    logger.critical("cannot apply entry \(entry.index) to \(file): \(error)")
                     exit(ExitCode.ioError.rawValue)
                 }
             }
@@ -136,6 +146,8 @@ final class ClusterRuntime {
                         registry: RegistryContext(catalog: catalog, hub: hub, nodeName: config.effectiveNodeName,
                                                   nodeAddress: config.effectiveNodeAddress, health: health),
                         limits: config.httpLimits, admission: config.writeAdmission, uploadDirectory: config.dataDirectory,
+                        acl: ACLContext(store: acl, enabled: config.aclEnabled, defaultAllows: config.aclDefaultAllows,
+                                        clusterToken: config.raftClusterToken),
                         extraMetrics: extraMetrics,
                         logger: logger)
         proposerBox.proposer = api.proposer
@@ -182,6 +194,17 @@ final class ClusterRuntime {
 /// know about Cluster: DESIGN.md's module map).
 extension Catalog: SnapshotParticipant {
     public var snapshotName: String { "registry" }
+    public func snapshotData() throws -> [UInt8] { try snapshotImage() }
+    public func validateSnapshot(_ data: [UInt8]) throws { try validate(image: data) }
+    public func restoreSnapshot(_ data: [UInt8], appliedIndex: UInt64) throws { try restore(image: data, appliedIndex: appliedIndex) }
+}
+
+/// The ACL state goes into Raft snapshots as the section "acl". An operator's snapshot taken
+/// before ACLs existed has none: restoring it leaves the ACLs as they are (an operator does not
+/// lock themselves out by restoring an old backup).
+extension ACLStore: SnapshotParticipant {
+    public var snapshotName: String { "acl" }
+    public var isOptionalInRestore: Bool { true }
     public func snapshotData() throws -> [UInt8] { try snapshotImage() }
     public func validateSnapshot(_ data: [UInt8]) throws { try validate(image: data) }
     public func restoreSnapshot(_ data: [UInt8], appliedIndex: UInt64) throws { try restore(image: data, appliedIndex: appliedIndex) }

@@ -136,6 +136,12 @@ public struct Configuration: Sendable, Equatable {
     public var writeAdmission = WriteAdmission.Configuration()
     /// The `[health]` section: running the checks this server owns.
     public var health = HealthSettings()
+    /// `acl.enabled`: every HTTP request is authorised by its token (issue 14). Off by default
+    /// and in `--dev`; the shipped service configuration turns it on.
+    public var aclEnabled = false
+    /// `acl.default_policy`: what a token may do where no rule of its policies says (Consul's
+    /// `allow | deny`; the anonymous token has no policies until given some).
+    public var aclDefaultAllows = true
 
     /// One founding server: `ID=RAFT_ADDR,HTTP_ADDR`, e.g. `2=10.0.0.2:8300,10.0.0.2:8500`.
     public struct ServerSpec: Sendable, Equatable, CustomStringConvertible {
@@ -488,6 +494,16 @@ public struct Configuration: Sendable, Equatable {
         Key(name: "dns.background_idle") { config, value in
             guard case .boolean(let on) = value else { return "expected true or false" }
             config.dnsBackgroundIdle = on
+            return nil
+        },
+        Key(name: "acl.enabled") { config, value in
+            guard case .boolean(let on) = value else { return "expected true or false" }
+            config.aclEnabled = on
+            return nil
+        },
+        Key(name: "acl.default_policy") { config, value in
+            guard case .string(let text) = value, text == "allow" || text == "deny" else { return "expected allow or deny" }
+            config.aclDefaultAllows = text == "allow"
             return nil
         },
         Key(name: "health.enabled") { config, value in

@@ -208,7 +208,7 @@ public final class DiscoDaemon: @unchecked Sendable {
 
         let origins = zones.map(\.origin.description).joined(separator: ", ")
         logLimits()
-        logger.info("discod serving \(zones.count) zone(s) [\(origins)] from \(config.zonesDirectory) on udp+tcp \(udp.boundAddresses.map(\.description).joined(separator: ", ")) with \(config.dnsWorkers) UDP worker(s)")
+        logger.info("discod serving \(zones.count) zone(s) [\(origins)] from \(config.zonesDirectory) on udp+tcp \(udp.boundAddresses.map(\.description).joined(separator: ", ")) with \(config.dnsWorkers) UDP worker(s)\(cluster == nil ? "" : config.aclEnabled ? "; ACLs on, default policy \(config.aclDefaultAllows ? "allow" : "deny")" : "; ACLs off: anyone who reaches the HTTP API may change anything")")
         _ = disco_sd_notify("READY=1\nSTATUS=\(statusLine())")
         watchdog = SystemdWatchdog(environment: ProcessInfo.processInfo.environment, queue: signalQueue, logger: logger,
                                    progress: { [weak self] in self?.progress() ?? [] },

@@ -6,8 +6,11 @@ public struct GlobalOptions: ParsableArguments {
     @Option(help: "discod's HTTP API (default: $DISCO_HTTP_ADDR or 127.0.0.1:8500).")
     public var httpAddr: String?
 
-    @Option(help: "ACL token sent as X-Consul-Token (not enforced yet).")
+    @Option(help: "ACL token sent as X-Consul-Token (default: $DISCO_HTTP_TOKEN, else $CONSUL_HTTP_TOKEN).")
     public var token: String?
+
+    @Option(help: "A file whose first line is the ACL token (default: $DISCO_HTTP_TOKEN_FILE, else $CONSUL_HTTP_TOKEN_FILE).")
+    public var tokenFile: String?
 
     @Flag(help: "Print JSON instead of text.")
     public var json = false
@@ -15,8 +18,32 @@ public struct GlobalOptions: ParsableArguments {
     public init() {}
 
     var client: DiscoClient {
-        DiscoClient(address: httpAddr ?? ProcessInfo.processInfo.environment["DISCO_HTTP_ADDR"] ?? "127.0.0.1:8500",
-                    token: token)
+        get throws {
+            DiscoClient(address: httpAddr ?? ProcessInfo.processInfo.environment["DISCO_HTTP_ADDR"] ?? "127.0.0.1:8500",
+                        token: try resolvedToken(ProcessInfo.processInfo.environment))
+        }
+    }
+
+    /// The token, in Consul's order: the flag, the token file flag, then the environment
+    /// (`DISCO_*` before `CONSUL_*`, a token before a token file).
+    func resolvedToken(_ environment: [String: String]) throws -> String? {
+        if let token, !token.isEmpty { return token }
+        if let tokenFile { return try Self.readToken(tokenFile) }
+        for name in ["DISCO_HTTP_TOKEN", "CONSUL_HTTP_TOKEN"] {
+            if let token = environment[name], !token.isEmpty { return token }
+        }
+        for name in ["DISCO_HTTP_TOKEN_FILE", "CONSUL_HTTP_TOKEN_FILE"] {
+            if let path = environment[name], !path.isEmpty { return try Self.readToken(path) }
+        }
+        return nil
+    }
+
+    static func readToken(_ path: String) throws -> String {
+        guard let data = FileManager.default.contents(atPath: path) else { throw ClientError("cannot read the token file \(path)") }
+        let token = String(decoding: data, as: UTF8.self).split(whereSeparator: \.isNewline).first
+            .map { $0.trimmingCharacters(in: .whitespaces) } ?? ""
+        guard !token.isEmpty else { throw ClientError("the token file \(path) is empty") }
+        return token
     }
 
     func printJSON(_ value: Any) {
@@ -45,7 +72,7 @@ public struct DiscoctlCommand: ParsableCommand {
         commandName: "discoctl",
         abstract: "Control a Disco cluster: services, health checks, key-value store, members, snapshots.",
         subcommands: [Register.self, Deregister.self, Services.self, Instances.self, Health.self, Check.self, Watch.self,
-                      KV.self, Members.self, Leader.self, Peers.self, SnapshotCommand.self])
+                      KV.self, Members.self, Leader.self, Peers.self, SnapshotCommand.self, ACLCommand.self])
 
     public init() {}
 }

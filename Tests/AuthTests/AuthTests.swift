@@ -4,6 +4,12 @@ import Store
 import Testing
 
 @Suite struct ACLRulesTests {
+    @Test func hclErrorsFoundAfterParsingNameTheirLine() {
+        #expect(throws: ACLRuleError(rule: "service \"web\"", message: "policy: expected read, write or deny, got \"rw\"", line: 3)) {
+            try ACLRules(parsing: "operator = \"read\"\n\nservice \"web\" {\n policy = \"rw\"\n}")
+        }
+    }
+
     @Test func jsonAndHCLFormsParseToTheSameRules() throws {
         let json = """
             {"key_prefix": {"app/": {"policy": "write"}, "": {"policy": "read"}},
@@ -30,16 +36,16 @@ import Testing
     }
 
     @Test(arguments: [
-        ("{\"service\": {\"web\": {\"policy\": \"rw\"}}}", "Rules (service \"web\"): policy: expected read, write or deny, got \"rw\""),
-        ("{\"services\": {\"web\": {\"policy\": \"read\"}}}", "Rules (services): unknown resource; expected one of service, service_prefix, node, node_prefix, key, key_prefix, operator, acl"),
-        ("{\"service\": {\"web\": {\"polcy\": \"read\"}}}", "Rules (service \"web\"): unknown field \"polcy\"; expected policy"),
-        ("{\"service\": {\"web\": {}}}", "Rules (service \"web\"): policy: missing (expected read, write or deny)"),
-        ("{\"service\": {\"web\": {\"policy\": \"list\"}}}", "Rules (service \"web\"): policy: list is only valid for key and key_prefix rules"),
-        ("{\"operator\": {\"x\": {\"policy\": \"read\"}}}", "Rules (operator \"x\"): operator takes no name: operator = \"read\""),
-        ("{\"service\": ", "Rules: the rules are not valid JSON"),
-        ("service \"web\" {\n  policy = \"read\"\n", "Rules line 2 (service \"web\"): expected policy = \"read\" or }"),
-        ("service {\n policy = \"read\" }", "Rules line 1 (service): expected = or a quoted name"),
-        ("key_prefix \"a\" { policy = \"write }", "Rules line 1: a quoted string does not end"),
+        ("{\"service\": {\"web\": {\"policy\": \"rw\"}}}", "service \"web\": policy: expected read, write or deny, got \"rw\""),
+        ("{\"services\": {\"web\": {\"policy\": \"read\"}}}", "services: unknown resource; expected one of service, service_prefix, node, node_prefix, key, key_prefix, operator, acl"),
+        ("{\"service\": {\"web\": {\"polcy\": \"read\"}}}", "service \"web\": unknown field \"polcy\"; expected policy"),
+        ("{\"service\": {\"web\": {}}}", "service \"web\": policy: missing (expected read, write or deny)"),
+        ("{\"service\": {\"web\": {\"policy\": \"list\"}}}", "service \"web\": policy: list is only valid for key and key_prefix rules"),
+        ("{\"operator\": {\"x\": {\"policy\": \"read\"}}}", "operator \"x\": operator takes no name: operator = \"read\""),
+        ("{\"service\": ", "the rules are not valid JSON"),
+        ("service \"web\" {\n  policy = \"read\"\n", "line 2: service \"web\": expected policy = \"read\" or }"),
+        ("service {\n policy = \"read\" }", "line 1: service: expected = or a quoted name"),
+        ("key_prefix \"a\" { policy = \"write }", "line 1: a quoted string does not end"),
     ])
     func badRulesNameTheRuleAndField(text: String, message: String) {
         #expect(throws: ACLRuleError.self) { try ACLRules(parsing: text) }

@@ -24,6 +24,12 @@ struct ConfigurationTests {
         var defaults = Configuration.service
         defaults.dnsWorkers = config.dnsWorkers  // commented out in the file: per machine
         defaults.raftNodeID = config.raftNodeID  // commented out in the file: per server
+        // The one difference on purpose (issue 14): the shipped file enforces ACLs, default deny;
+        // the built-in default is off, as Consul's is (and --dev keeps it off).
+        #expect(config.aclEnabled && !config.aclDefaultAllows)
+        #expect(!defaults.aclEnabled && defaults.aclDefaultAllows)
+        defaults.aclEnabled = true
+        defaults.aclDefaultAllows = false
         #expect(config == defaults)
     }
 

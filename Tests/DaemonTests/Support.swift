@@ -268,12 +268,12 @@ struct DiscoctlRun {
 }
 
 /// Runs the built discoctl against the API on `http`.
-func discoctl(_ arguments: [String], http: Int) throws -> DiscoctlRun {
+func discoctl(_ arguments: [String], http: Int, environment: [String: String] = [:]) throws -> DiscoctlRun {
     let binary = try builtProduct("discoctl")
     let process = Process()
     process.executableURL = binary
     process.arguments = arguments
-    process.environment = ["DISCO_HTTP_ADDR": "127.0.0.1:\(http)", "PATH": "/usr/bin:/bin"]
+    process.environment = ["DISCO_HTTP_ADDR": "127.0.0.1:\(http)", "PATH": "/usr/bin:/bin"].merging(environment) { $1 }
     let out = Pipe(), err = Pipe()
     process.standardOutput = out
     process.standardError = err
