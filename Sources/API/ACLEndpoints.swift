@@ -28,6 +28,13 @@ public struct ACLContext: Sendable {
         serverToken = ACLSecret.hash("disco-server-token:" + clusterToken)
     }
 
+    /// Whether `request` carries the servers' token: another server sent it (a forward, a
+    /// proposal). Only then are its forwarding headers (the client's address) believed.
+    func isFromServer(_ request: APIRequest) -> Bool {
+        guard let given = request.headers.first(name: Self.serverTokenHeader) else { return false }
+        return ACLSecret.constantTimeEquals(given, serverToken)
+    }
+
     /// The secret a request presents: `X-Consul-Token`, `Authorization: Bearer`, or `?token=`
     /// (Consul's order); nil without one.
     static func secret(of request: APIRequest) -> String? {
@@ -47,9 +54,8 @@ public struct ACLContext: Sendable {
     /// (Consul's 403 "ACL not found").
     func authorizer(for request: APIRequest, now: Double = Date().timeIntervalSince1970) -> Authorizer? {
         guard enabled else { return .disabled }
-        if let server = request.headers.first(name: Self.serverTokenHeader) {
-            return ACLSecret.constantTimeEquals(server, serverToken) ? .management(accessorID: "server") : nil
-        }
+        // A server's own proposal acts as a server; a request a server forwards acts as its client.
+        if request.path == CatalogProposer.path && isFromServer(request) { return .management(accessorID: "server") }
         let state = store.state
         guard let secret = Self.secret(of: request) else {
             return state.authorizer(for: state.anonymous, defaultAllows: defaultAllows)

@@ -188,6 +188,17 @@ final class APIRouter: Sendable {
             default: break
             }
             var request = request
+            if let acl = self.acl, acl.context.enabled {
+                // With ACLs on, a client cannot pose as a server: the forwarding headers count
+                // only with the servers' token, and a wrong one is refused outright.
+                let fromServer = acl.context.isFromServer(request)
+                if request.headers.first(name: ACLContext.serverTokenHeader) != nil && !fromServer {
+                    return loop.makeSucceededFuture(.forbidden("Permission denied: not a server of this cluster"))
+                }
+                if !fromServer && request.forwarded {
+                    return loop.makeSucceededFuture(.forbidden("Permission denied: only servers forward requests"))
+                }
+            }
             if let acl = self.acl {
                 guard let authorizer = acl.context.authorizer(for: request) else {
                     // A token this server does not know yet (made a moment ago on the leader)
@@ -276,7 +287,8 @@ final class APIRouter: Sendable {
             return loop.makeSucceededFuture(.text("server \(target) is not reachable from here", status: .serviceUnavailable,
                                                   headers: consulLeaderHeaders(status)))
         }
-        let extra = [(RegistryService.clientAddressHeader, request.remoteAddress)]
+        var extra = [(RegistryService.clientAddressHeader, request.remoteAddress)]
+        if let acl, acl.context.enabled { extra.append((ACLContext.serverTokenHeader, acl.context.serverToken)) }
         let wait = request.query["wait"].flatMap { JSONFields.parseDuration($0) }
             ?? (request.query["index"] != nil ? WatchHub.waitSecondsDefault : 0)
         let timeout = min(wait, WatchHub.waitSecondsMax) * (1 + WatchHub.jitterFraction) + Forwarder.responseTimeoutSecondsMin

@@ -112,6 +112,13 @@ struct ACLProcessTests {
         #expect(call("PUT", leader, "/v1/internal/catalog/propose", token: management, body: "x")?.status != 403,
                 "management may; a client without it may not")
         #expect(call("PUT", leader, "/v1/internal/catalog/propose", token: app, body: "x")?.status == 403)
+        // A client cannot pose as a server: forwarding headers without the servers' token, or
+        // with a wrong one, are refused.
+        let posing = http("PUT", port: leader.httpPort, "/v1/kv/app/posed", body: "p",
+                          headers: [("X-Consul-Token", app), ("X-Disco-Forwarded", "1"), ("X-Disco-Client-Address", "10.9.9.9")])
+        #expect(posing?.status == 403)
+        #expect(http("PUT", port: leader.httpPort, "/v1/kv/app/posed", body: "p",
+                     headers: [("X-Consul-Token", management), ("X-Disco-Server-Token", "guess")])?.status == 403)
 
         // Every server's own node registered itself through the leader's internal endpoint,
         // with the servers' token.
