@@ -46,11 +46,14 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ]
         ),
         .systemLibrary(name: "CSQLite", path: "Sources/CSQLite", providers: [.apt(["libsqlite3-dev"])]),
         .target(name: "Store", dependencies: ["CSQLite"]),
-        .target(name: "Auth", dependencies: ["Store", .product(name: "Crypto", package: "swift-crypto")]),
+        .target(name: "Auth", dependencies: [
+            "Store", .product(name: "Crypto", package: "swift-crypto"), .product(name: "NIOSSL", package: "swift-nio-ssl"),
+        ]),
         .target(name: "Raft"),
         .target(name: "Registry", dependencies: [
             "Store", "DNSWire", "DNSZone",
@@ -73,6 +76,7 @@ let package = Package(
             name: "API",
             dependencies: [
                 "Cluster", "Raft", "Store", "Registry", "Health", "Auth",
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -85,6 +89,7 @@ let package = Package(
             name: "Cluster",
             dependencies: [
                 "Raft", "Store",
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -95,7 +100,11 @@ let package = Package(
             "RaftTesting", "Raft", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "discod", dependencies: ["Daemon"]),
-        .target(name: "DiscoClient", dependencies: [.product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        .target(name: "DiscoClient", dependencies: [
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+        ]),
         .executableTarget(name: "discoctl", dependencies: ["DiscoClient"]),
         // Test kit: the fuzzers' properties, shared by the fuzz targets and the corpus replay tests.
         .target(name: "DNSTesting", dependencies: ["DNSServer", "DNSZone", "DNSWire"]),

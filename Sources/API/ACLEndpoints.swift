@@ -19,6 +19,13 @@ public struct ACLContext: Sendable {
 
     /// A request with this header and the servers' token acts as a server (management).
     static let serverTokenHeader = "X-Disco-Server-Token"
+    /// Where a new server asks to join (`--join`): it has no ACL token, only the servers' one.
+    static let joinPath = "/v1/operator/raft/join"
+
+    /// The header a server sends with requests only servers may make (`--join`).
+    public static func serverHeader(clusterToken: String) -> (String, String) {
+        (serverTokenHeader, ACLSecret.hash("disco-server-token:" + clusterToken))
+    }
 
     public init(store: ACLStore, enabled: Bool, defaultAllows: Bool, clusterToken: String) {
         self.store = store
@@ -55,7 +62,9 @@ public struct ACLContext: Sendable {
     func authorizer(for request: APIRequest, now: Double = Date().timeIntervalSince1970) -> Authorizer? {
         guard enabled else { return .disabled }
         // A server's own proposal acts as a server; a request a server forwards acts as its client.
-        if request.path == CatalogProposer.path && isFromServer(request) { return .management(accessorID: "server") }
+        if (request.path == CatalogProposer.path || request.path == Self.joinPath) && isFromServer(request) {
+            return .management(accessorID: "server")
+        }
         let state = store.state
         guard let secret = Self.secret(of: request) else {
             return state.authorizer(for: state.anonymous, defaultAllows: defaultAllows)

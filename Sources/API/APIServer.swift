@@ -5,6 +5,7 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 import Health
 import Raft
 import RateLimit
@@ -28,6 +29,8 @@ public final class APIServer: @unchecked Sendable {
     private let uploads: UploadSlot
     private let logger: Logger
     private var channel: Channel?
+    /// HTTPS (`tls.*`): the server context in force for each new connection; nil: HTTP.
+    private let tls: ClusterTLS.Current?
     /// Writes a server's own catalog commands through the leader (Health, self-registration).
     public let proposer: CatalogProposer
 
@@ -38,7 +41,9 @@ public final class APIServer: @unchecked Sendable {
     public init(listen: PeerAddress, group: EventLoopGroup, kv: KVStore, driver: RaftDriver, directory: ClusterDirectory,
                 registry: RegistryContext? = nil, limits: HTTPLimits = HTTPLimits(),
                 admission: WriteAdmission.Configuration = .init(), uploadDirectory: String? = nil,
-                acl: ACLContext? = nil, extraMetrics: (@Sendable () -> [String])? = nil, logger: Logger) {
+                acl: ACLContext? = nil, tls: ClusterTLS.Current? = nil, extraMetrics: (@Sendable () -> [String])? = nil,
+                logger: Logger) {
+        self.tls = tls
         self.listen = listen
         self.logger = logger
         var uploadPath = uploadDirectory ?? FileManager.default.temporaryDirectory.path
@@ -47,7 +52,7 @@ public final class APIServer: @unchecked Sendable {
         self.group = group
         self.connections = ConnectionCounter(limits: limits)
         let gate = AdmissionGate(admission: WriteAdmission(admission), driver: driver)
-        let forwarder = Forwarder(group: group, limits: limits)
+        let forwarder = Forwarder(group: group, limits: limits, tls: tls)
         let admissionMetrics = { @Sendable in gate.metricLines + forwarder.metricLines + (extraMetrics?() ?? []) }
         let proposer = CatalogProposer(driver: driver, directory: directory, forwarder: forwarder, group: group,
                                        serverToken: acl?.serverToken)
@@ -69,13 +74,14 @@ public final class APIServer: @unchecked Sendable {
             logger.info("removed snapshot uploads left by an earlier run",
                         metadata: ["http.upload.files": "\(leftovers)", "http.upload.directory": "\(uploads.directory)"])
         }
-        let router = self.router, connections = self.connections, uploads = self.uploads
+        let router = self.router, connections = self.connections, uploads = self.uploads, tls = self.tls
         let channel = try ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .serverChannelOption(.backlog, value: Self.listenBacklog)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(ConnectionGuard(counter: connections))
+                    if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls.tls.httpsServer)) }
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
                     try channel.pipeline.syncOperations.addHandler(HTTPHandler(router: router, uploads: uploads))
                 }

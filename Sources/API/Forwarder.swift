@@ -1,8 +1,10 @@
+import Auth
 import Cluster
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 
 /// Forwards a request that only the leader can serve (a write, a default-consistency read) to
 /// the leader's HTTP API and relays its answer, so a client may talk to any server, as with
@@ -32,6 +34,17 @@ final class Forwarder: Sendable {
     static let idleTimeoutSecondsMax: Int64 = 30
 
     private let group: EventLoopGroup
+    /// HTTPS between servers (`tls.*`): each connection presents this server's certificate and
+    /// checks the other's against the cluster CA.
+    private let tls: ClusterTLS.Current?
+
+    /// Puts TLS first in a new connection's pipeline when the cluster speaks HTTPS.
+    static func addTLS(_ tls: ClusterTLS.Current?, to channel: Channel) -> EventLoopFuture<Void> {
+        guard let tls else { return channel.eventLoop.makeSucceededVoidFuture() }
+        return channel.eventLoop.makeCompletedFuture {
+            try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: tls.tls.httpsClient, serverHostname: nil))
+        }
+    }
     private let connectionsMax: Int
     private let queuedRequestsMax: Int
     private let idleTimeoutSeconds: Int64
@@ -44,7 +57,8 @@ final class Forwarder: Sendable {
         var leader: PeerAddress?
     }
 
-    init(group: EventLoopGroup, limits: HTTPLimits = HTTPLimits()) {
+    init(group: EventLoopGroup, limits: HTTPLimits = HTTPLimits(), tls: ClusterTLS.Current? = nil) {
+        self.tls = tls
         self.group = group
         self.connectionsMax = limits.forwardConnectionsMax
         self.queuedRequestsMax = limits.forwardQueuedRequestsMax
@@ -79,7 +93,8 @@ final class Forwarder: Sendable {
             }
             if let pool = pools.byTarget[target] { return (pool, retired) }
             let pool = ForwardPool(target: target, loop: group.next(), connectionsMax: connectionsMax,
-                                   queuedRequestsMax: queuedRequestsMax, idleTimeoutSeconds: idleTimeoutSeconds, counters: counters)
+                                   queuedRequestsMax: queuedRequestsMax, idleTimeoutSeconds: idleTimeoutSeconds, counters: counters,
+                                   tls: tls)
             pools.byTarget[target] = pool
             return (pool, retired)
         }
@@ -107,7 +122,7 @@ final class Forwarder: Sendable {
         ClientBootstrap(group: loop)
             .connectTimeout(.milliseconds(Self.connectTimeoutMilliseconds))
             .channelInitializer { channel in
-                channel.pipeline.addHTTPClientHandlers().flatMap {
+                Forwarder.addTLS(self.tls, to: channel).flatMap { channel.pipeline.addHTTPClientHandlers() }.flatMap {
                     channel.pipeline.addHandler(ResponseCollector { event in
                         switch event {
                         case .response(let response, _): promise.succeed(response)
@@ -228,6 +243,7 @@ final class ForwardPool: @unchecked Sendable {
     let loop: EventLoop
     private let idleTimeoutSeconds: Int64
     private let counters: ForwardCounters
+    private let tls: ClusterTLS.Current?
     private var state: ForwardPoolState
     private var channels: [ConnectionID: Channel] = [:]
     private var responses: [ConnectionID: APIResponse] = [:]
@@ -237,7 +253,8 @@ final class ForwardPool: @unchecked Sendable {
     private var successor: ForwardPool?
 
     init(target: PeerAddress, loop: EventLoop, connectionsMax: Int, queuedRequestsMax: Int, idleTimeoutSeconds: Int64,
-         counters: ForwardCounters) {
+         counters: ForwardCounters, tls: ClusterTLS.Current? = nil) {
+        self.tls = tls
         self.target = target
         self.loop = loop
         self.idleTimeoutSeconds = idleTimeoutSeconds
@@ -347,7 +364,7 @@ final class ForwardPool: @unchecked Sendable {
             .connectTimeout(.milliseconds(Forwarder.connectTimeoutMilliseconds))
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
-                channel.pipeline.addHTTPClientHandlers().flatMap {
+                Forwarder.addTLS(self.tls, to: channel).flatMap { channel.pipeline.addHTTPClientHandlers() }.flatMap {
                     channel.pipeline.addHandler(ResponseCollector { event in
                         // On the channel's loop, which is `loop`.
                         switch event {

@@ -1,6 +1,7 @@
 import Logging
 import NIOCore
 import NIOPosix
+import NIOSSL
 import Raft
 
 /// A peer's Raft address.
@@ -49,12 +50,26 @@ public final class PeerTransport: @unchecked Sendable {
     private var stopped = false
     /// Every frame carries it; frames from another cluster close their connection.
     public let cluster: UInt64
+    /// Mutual TLS (`tls.*`): the contexts in force, read for each new connection (a SIGHUP
+    /// reload swaps them); nil: plaintext.
+    private let tls: (@Sendable () -> PeerTLS)?
+
+    /// The TLS contexts of the Raft transport: both require the peer's certificate.
+    public struct PeerTLS: Sendable {
+        public var server: NIOSSLContext
+        public var client: NIOSSLContext
+        public init(server: NIOSSLContext, client: NIOSSLContext) {
+            self.server = server
+            self.client = client
+        }
+    }
 
     /// - Parameters:
     ///   - cluster: the cluster's identity (`PeerCodec.clusterID(token:)`).
     ///   - deliver: called (on a NIO thread) with every well-formed inbound message.
     public init(id: NodeID, listen: PeerAddress, peers: [NodeID: PeerAddress], group: EventLoopGroup, logger: Logger,
-                cluster: UInt64 = 0, deliver: @escaping @Sendable (Message) -> Void) {
+                cluster: UInt64 = 0, tls: (@Sendable () -> PeerTLS)? = nil, deliver: @escaping @Sendable (Message) -> Void) {
+        self.tls = tls
         self.id = id
         self.cluster = cluster
         self.listen = listen
@@ -70,11 +85,13 @@ public final class PeerTransport: @unchecked Sendable {
         let deliver = self.deliver
         let logger = self.logger
         let cluster = self.cluster
+        let tls = self.tls
         let channel = try ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls().server)) }
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(PeerFrameDecoder(cluster: cluster)))
                     try channel.pipeline.syncOperations.addHandler(PeerInboundHandler(deliver: deliver, logger: logger))
                 }
@@ -156,8 +173,16 @@ public final class PeerTransport: @unchecked Sendable {
     private func connect(_ peer: NodeID, _ address: PeerAddress, _ connection: Outbound) {
         guard !connection.connecting, NIODeadline.now() >= connection.retryAt else { return }
         connection.connecting = true
+        let tls = self.tls
         ClientBootstrap(group: loop)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    if let tls {
+                        try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: tls().client, serverHostname: nil))
+                    }
+                }
+            }
             .connectTimeout(.milliseconds(Self.connectTimeoutMilliseconds))
             .connect(host: address.host, port: address.port)
             .whenComplete { result in
@@ -245,7 +270,10 @@ final class PeerInboundHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        logger.warning("closing a peer connection: \(error)",
+        let what = error is NIOSSLError || error is BoringSSLError
+            ? "refused a peer connection: its TLS handshake failed (a certificate from the cluster CA is required)"
+            : "closing a peer connection"
+        logger.warning("\(what): \(error)",
                        metadata: ["raft.peer.remote": "\(context.remoteAddress.map { "\($0)" } ?? "?")"])
         context.close(promise: nil)
     }

@@ -33,6 +33,10 @@ final class ClusterRuntime {
     /// The checks this server runs (nil: `health.enabled = false`).
     let health: HealthChecker?
     private let upkeep: ServerUpkeep
+    /// The TLS material in force (`tls.*`); nil: plaintext. SIGHUP reloads it.
+    let tls: ClusterTLS.Current?
+    private let tlsFiles: TLSFiles?
+    private let verifyIncomingHTTPS: Bool
 
     /// - Parameter onCatalogChange: called on the driver's loop after each entry that changed
     ///   the catalog (the DNS view rebuild hooks in here).
@@ -60,6 +64,18 @@ final class ClusterRuntime {
             throw StartError(code: .ioError, message: "\(error)")
         }
         self.catalog = catalog
+        tlsFiles = config.tlsFiles
+        verifyIncomingHTTPS = config.tlsVerifyIncomingHTTPS
+        if let files = config.tlsFiles {
+            do {
+                tls = ClusterTLS.Current(try ClusterTLS(files: files, verifyIncomingHTTPS: config.tlsVerifyIncomingHTTPS))
+            } catch {
+                throw StartError(code: .config, message: "TLS: \(error)")
+            }
+        } else {
+            tls = nil
+        }
+        let tls = self.tls
         if config.aclEnabled && config.raftClusterToken == Configuration.development.raftClusterToken
             && (config.raftServers.count > 1 || config.raftJoin != nil) {
             logger.warning("ACLs are on but raft.cluster_token is the default: anyone who knows it can pose as a server to the HTTP API; set a secret one")
@@ -74,9 +90,16 @@ final class ClusterRuntime {
         let options = try Self.driverOptions(ProcessInfo.processInfo.environment)
         final class DriverBox: @unchecked Sendable { var driver: RaftDriver? }
         let box = DriverBox()
+        var peerTLS: (@Sendable () -> PeerTransport.PeerTLS)?
+        if let tls {
+            peerTLS = { PeerTransport.PeerTLS(server: tls.tls.peerServer, client: tls.tls.peerClient) }
+        }
         transport = PeerTransport(id: id, listen: PeerAddress(host: config.raftListen.host, port: config.raftListen.port),
                                   peers: peers, group: raftGroup, logger: logger,
-                                  cluster: PeerCodec.clusterID(token: config.raftClusterToken)) { box.driver?.receive($0) }
+                                  cluster: PeerCodec.clusterID(token: config.raftClusterToken),
+                                  tls: peerTLS) {
+            box.driver?.receive($0)
+        }
         do {
             driver = try RaftDriver(config: raftConfig, storage: storage, transport: transport, loop: raftGroup.next(),
                                     logger: logger, participants: [kv, catalog, acl],
@@ -148,6 +171,7 @@ final class ClusterRuntime {
                         limits: config.httpLimits, admission: config.writeAdmission, uploadDirectory: config.dataDirectory,
                         acl: ACLContext(store: acl, enabled: config.aclEnabled, defaultAllows: config.aclDefaultAllows,
                                         clusterToken: config.raftClusterToken),
+                        tls: tls,
                         extraMetrics: extraMetrics,
                         logger: logger)
         proposerBox.proposer = api.proposer
@@ -172,6 +196,21 @@ final class ClusterRuntime {
         upkeep.start()
         if let join = config.raftJoin {
             startJoining(through: join, config: config)
+        }
+    }
+
+    /// SIGHUP: the certificates and key are read again; new connections use them, established
+    /// ones keep theirs. A file that cannot be used leaves the old material in force.
+    func reloadTLS() {
+        guard let tls, let files = tlsFiles else { return }
+        do {
+            let fresh = try ClusterTLS(files: files, verifyIncomingHTTPS: verifyIncomingHTTPS)
+            tls.replace(with: fresh)
+            logger.info("TLS certificates reloaded", metadata: [
+                "tls.cert_file": "\(files.certFile)", "tls.not_after": "\(Date(timeIntervalSince1970: fresh.certificateNotAfter))",
+            ])
+        } catch {
+            logger.error("TLS certificates not reloaded; the previous ones stay in force: \(error)")
         }
     }
 

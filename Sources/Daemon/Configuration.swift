@@ -1,3 +1,4 @@
+import Auth
 import API
 import DNSServer
 import DNSWire
@@ -139,6 +140,15 @@ public struct Configuration: Sendable, Equatable {
     /// `acl.enabled`: every HTTP request is authorised by its token (issue 14). Off by default
     /// and in `--dev`; the shipped service configuration turns it on.
     public var aclEnabled = false
+    /// `tls.ca_file`, `tls.cert_file`, `tls.key_file`: with all three, the Raft transport is
+    /// mutual TLS and the HTTP API is HTTPS (issue 14). nil: plaintext.
+    public var tlsFiles: TLSFiles? = nil
+    /// `tls.verify_incoming_https`: HTTPS clients must present a certificate from the CA.
+    public var tlsVerifyIncomingHTTPS = false
+    /// `raft.allow_insecure`, `http.allow_insecure`: a listener off loopback without TLS is
+    /// refused unless this says it is on purpose (a private network, a test).
+    public var raftAllowInsecure = false
+    public var httpAllowInsecure = false
     /// `acl.default_policy`: what a token may do where no rule of its policies says (Consul's
     /// `allow | deny`; the anonymous token has no policies until given some).
     public var aclDefaultAllows = true
@@ -496,6 +506,24 @@ public struct Configuration: Sendable, Equatable {
             config.dnsBackgroundIdle = on
             return nil
         },
+        Key(name: "tls.ca_file") { config, value in setTLSFile(&config, value) { $0.caFile = $1 } },
+        Key(name: "tls.cert_file") { config, value in setTLSFile(&config, value) { $0.certFile = $1 } },
+        Key(name: "tls.key_file") { config, value in setTLSFile(&config, value) { $0.keyFile = $1 } },
+        Key(name: "tls.verify_incoming_https") { config, value in
+            guard case .boolean(let on) = value else { return "expected true or false" }
+            config.tlsVerifyIncomingHTTPS = on
+            return nil
+        },
+        Key(name: "raft.allow_insecure") { config, value in
+            guard case .boolean(let on) = value else { return "expected true or false" }
+            config.raftAllowInsecure = on
+            return nil
+        },
+        Key(name: "http.allow_insecure") { config, value in
+            guard case .boolean(let on) = value else { return "expected true or false" }
+            config.httpAllowInsecure = on
+            return nil
+        },
         Key(name: "acl.enabled") { config, value in
             guard case .boolean(let on) = value else { return "expected true or false" }
             config.aclEnabled = on
@@ -771,8 +799,38 @@ public struct Configuration: Sendable, Equatable {
         }
     }
 
+    /// One of the three `tls.*_file` keys: a non-empty path.
+    private static func setTLSFile(_ config: inout Configuration, _ value: TOMLValue.Kind,
+                                   _ set: (inout TLSFiles, String) -> Void) -> String? {
+        guard case .string(let path) = value, !path.isEmpty else { return "expected a file path" }
+        var files = config.tlsFiles ?? TLSFiles(caFile: "", certFile: "", keyFile: "")
+        set(&files, path)
+        config.tlsFiles = files
+        return nil
+    }
+
+    /// Whether `host` is a loopback address (only this machine can reach a listener there).
+    static func isLoopback(_ host: String) -> Bool {
+        host == "::1" || host == "localhost" || host.hasPrefix("127.")
+    }
+
     /// Checks relations between keys, after every source is applied.
     public func validate() throws(ConfigError) {
+        if let files = tlsFiles {
+            for (key, path) in [("tls.ca_file", files.caFile), ("tls.cert_file", files.certFile), ("tls.key_file", files.keyFile)]
+            where path.isEmpty {
+                throw ConfigError(source: .flag("tls"), key: key, message: "missing: TLS needs tls.ca_file, tls.cert_file and tls.key_file")
+            }
+        }
+        // Issue 14: a cluster reachable from the network authenticates its servers, or says
+        // that it does not on purpose.
+        if clusterEnabled && tlsFiles == nil {
+            for (key, address, allowed) in [("raft.listen", raftListen, raftAllowInsecure), ("http.listen", httpListen, httpAllowInsecure)]
+            where !allowed && !Self.isLoopback(address.host) {
+                let what = key == "raft.listen" ? "raft" : "http"
+                throw ConfigError(source: .flag("--\(what)"), key: key, message: "\(address) is reachable from the network without TLS: set tls.ca_file, tls.cert_file and tls.key_file (mutual TLS between servers, HTTPS for the API; `discoctl tls` makes them), or \(what).allow_insecure = true")
+            }
+        }
         if dnsRRL.responsesPerSecond * dnsRRL.windowSeconds > BucketPolicy.debtResponsesMax {
             throw ConfigError(source: .flag("dns.rrl"), key: "dns.rrl.window_seconds",
                               message: "responses_per_second × window_seconds is \(dnsRRL.responsesPerSecond * dnsRRL.windowSeconds); at most \(BucketPolicy.debtResponsesMax)")

@@ -272,6 +272,7 @@ public final class DiscoDaemon: @unchecked Sendable {
     /// Reloads the zone directory: changed zones are swapped in whole; a zone that fails keeps
     /// its previous version and the error is logged.
     public func reload() {
+        cluster?.reloadTLS()
         guard !servesNoZoneFiles else {
             logger.notice("no zone directory at \(config.zonesDirectory); nothing to reload")
             return

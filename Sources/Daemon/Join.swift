@@ -1,3 +1,6 @@
+import API
+import Auth
+import NIOSSL
 import Cluster
 import DNSServer
 import AsyncHTTPClient
@@ -37,12 +40,14 @@ extension ClusterRuntime {
                                  http: PeerAddress(host: config.httpListen.host, port: config.httpListen.port))
         let driver = self.driver
         let logger = self.logger
+        let tls = self.tls
         Thread.detachNewThread {
             var target = member.description
             var attempt = 0
             while attempt < Self.joinAttemptsMax {
                 attempt += 1
-                switch Self.requestJoin(target, id: id, me) {
+                switch Self.requestJoin(target, id: id, me, tls: tls?.tls.clientConfiguration,
+                                        serverHeader: ACLContext.serverHeader(clusterToken: config.raftClusterToken)) {
                 case .joined(let servers):
                     driver.learnServers(servers)
                     logger.info("joined the cluster as a learner", metadata: ["raft.join": "\(target)", "raft.servers": "\(servers.count)"])
@@ -70,18 +75,29 @@ extension ClusterRuntime {
         case refused(String)
     }
 
-    static func requestJoin(_ target: String, id: NodeID, _ me: ServerAddresses) -> JoinOutcome {
+    /// - Parameters:
+    ///   - tls: HTTPS with this server's certificate (the cluster speaks TLS); nil: HTTP.
+    ///   - serverHeader: the servers' token, which lets a server without an ACL token join.
+    static func requestJoin(_ target: String, id: NodeID, _ me: ServerAddresses, tls: TLSConfiguration? = nil,
+                            serverHeader: (String, String)? = nil) -> JoinOutcome {
         func escape(_ text: String) -> String { text.addingPercentEncoding(withAllowedCharacters: .urlQueryAllowed) ?? text }
-        guard let url = URL(string: "http://\(target)/v1/operator/raft/join?id=\(id.rawValue)&raft=\(escape(me.raft.description))&http=\(escape(me.http.description))") else {
+        guard let url = URL(string: "\(tls == nil ? "http" : "https")://\(target)/v1/operator/raft/join?id=\(id.rawValue)&raft=\(escape(me.raft.description))&http=\(escape(me.http.description))") else {
             return .refused("bad member address \(target)")
         }
         // AsyncHTTPClient (already the health checks'), not URLSession: FoundationNetworking
         // would load libcurl and some twenty libraries into every discod for this one request.
         let response: HTTPClient.Response
         do {
-            let request = try HTTPClient.Request(url: url.absoluteString, method: .PUT)
-            response = try HTTPClient.shared.execute(request: request,
-                                                     deadline: .now() + .milliseconds(Int64(joinRequestTimeoutSeconds * 1000))).wait()
+            var request = try HTTPClient.Request(url: url.absoluteString, method: .PUT)
+            if let serverHeader { request.headers.add(name: serverHeader.0, value: serverHeader.1) }
+            let deadline = NIODeadline.now() + .milliseconds(Int64(joinRequestTimeoutSeconds * 1000))
+            if let tls {
+                let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: HTTPClient.Configuration(tlsConfiguration: tls))
+                defer { try? client.syncShutdown() }
+                response = try client.execute(request: request, deadline: deadline).wait()
+            } else {
+                response = try HTTPClient.shared.execute(request: request, deadline: deadline).wait()
+            }
         } catch {
             return .retry("cannot reach \(target): \(error)")
         }

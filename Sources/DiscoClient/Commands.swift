@@ -12,6 +12,15 @@ public struct GlobalOptions: ParsableArguments {
     @Option(help: "A file whose first line is the ACL token (default: $DISCO_HTTP_TOKEN_FILE, else $CONSUL_HTTP_TOKEN_FILE).")
     public var tokenFile: String?
 
+    @Option(help: "CA certificate (PEM) for HTTPS: switches to HTTPS (default: $DISCO_CACERT, else $CONSUL_CACERT).")
+    public var caFile: String?
+
+    @Option(help: "Client certificate (PEM) for servers that require one (default: $DISCO_CLIENT_CERT, else $CONSUL_CLIENT_CERT).")
+    public var clientCert: String?
+
+    @Option(help: "The client certificate's key (default: $DISCO_CLIENT_KEY, else $CONSUL_CLIENT_KEY).")
+    public var clientKey: String?
+
     @Flag(help: "Print JSON instead of text.")
     public var json = false
 
@@ -19,9 +28,23 @@ public struct GlobalOptions: ParsableArguments {
 
     var client: DiscoClient {
         get throws {
-            DiscoClient(address: httpAddr ?? ProcessInfo.processInfo.environment["DISCO_HTTP_ADDR"] ?? "127.0.0.1:8500",
-                        token: try resolvedToken(ProcessInfo.processInfo.environment))
+            let environment = ProcessInfo.processInfo.environment
+            return DiscoClient(address: httpAddr ?? environment["DISCO_HTTP_ADDR"] ?? environment["CONSUL_HTTP_ADDR"] ?? "127.0.0.1:8500",
+                               token: try resolvedToken(environment), tls: resolvedTLS(environment))
         }
+    }
+
+    /// HTTPS settings: flags, then `DISCO_*`, then `CONSUL_*` (`*_HTTP_SSL=true` alone: HTTPS
+    /// with the system's roots). nil: HTTP (unless the address says https://).
+    func resolvedTLS(_ environment: [String: String]) -> ClientTLS? {
+        func pick(_ flag: String?, _ names: String...) -> String? {
+            flag ?? names.lazy.compactMap { environment[$0] }.first { !$0.isEmpty }
+        }
+        let tls = ClientTLS(caFile: pick(caFile, "DISCO_CACERT", "CONSUL_CACERT"),
+                            certFile: pick(clientCert, "DISCO_CLIENT_CERT", "CONSUL_CLIENT_CERT"),
+                            keyFile: pick(clientKey, "DISCO_CLIENT_KEY", "CONSUL_CLIENT_KEY"))
+        let ssl = ["DISCO_HTTP_SSL", "CONSUL_HTTP_SSL"].contains { ["1", "true"].contains(environment[$0]?.lowercased() ?? "") }
+        return tls == ClientTLS() && !ssl ? nil : tls
     }
 
     /// The token, in Consul's order: the flag, the token file flag, then the environment

@@ -1,7 +1,8 @@
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
+import AsyncHTTPClient
+import NIOCore
+import NIOHTTP1
+import NIOSSL
 
 /// A failure talking to discod, as one line for a CLI.
 public struct ClientError: Error, CustomStringConvertible {
@@ -28,6 +29,44 @@ public struct KVItem: Codable, Equatable, Sendable {
     }
 }
 
+/// How discoctl speaks HTTPS: the CA that signed the servers' certificates (else the system's
+/// roots), and a client certificate for servers that require one (`tls.verify_incoming_https`).
+public struct ClientTLS: Sendable, Equatable {
+    public var caFile: String?
+    public var certFile: String?
+    public var keyFile: String?
+
+    public init(caFile: String? = nil, certFile: String? = nil, keyFile: String? = nil) {
+        self.caFile = caFile
+        self.certFile = certFile
+        self.keyFile = keyFile
+    }
+
+    func configuration() throws -> TLSConfiguration {
+        var configuration = TLSConfiguration.makeClientConfiguration()
+        if let caFile {
+            do {
+                configuration.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(caFile))
+            } catch {
+                throw ClientError("cannot read the CA file \(caFile): \(error)")
+            }
+            // The servers are reached by IP and their certificates come from the cluster's own CA.
+            configuration.certificateVerification = .noHostnameVerification
+        }
+        if let certFile, let keyFile {
+            do {
+                configuration.certificateChain = try NIOSSLCertificate.fromPEMFile(certFile).map { .certificate($0) }
+                configuration.privateKey = .privateKey(try NIOSSLPrivateKey(file: keyFile, format: .pem))
+            } catch {
+                throw ClientError("cannot read the client certificate \(certFile) or key \(keyFile): \(error)")
+            }
+        } else if certFile != nil || keyFile != nil {
+            throw ClientError("a client certificate needs both --client-cert and --client-key")
+        }
+        return configuration
+    }
+}
+
 /// A small synchronous client of discod's HTTP API, for discoctl and scripts.
 ///
 /// Writes that reach a follower are retried once on the leader it names (`X-Disco-Leader`).
@@ -37,10 +76,13 @@ public struct DiscoClient: Sendable {
 
     public var address: String
     public var token: String?
+    /// HTTPS with these files; nil: HTTP, unless the address says https://.
+    public var tls: ClientTLS?
 
-    public init(address: String, token: String? = nil) {
+    public init(address: String, token: String? = nil, tls: ClientTLS? = nil) {
         self.address = address
         self.token = token
+        self.tls = tls
     }
 
     public struct Response {
@@ -60,29 +102,43 @@ public struct DiscoClient: Sendable {
     }
 
     private func send(_ method: String, address: String, _ path: String, body: Data?, timeoutSeconds: Double) throws -> Response {
-        guard let url = URL(string: "http://\(address)\(path)") else { throw ClientError("bad address \(address)") }
-        var request = URLRequest(url: url, timeoutInterval: timeoutSeconds)
-        request.httpMethod = method
-        request.httpBody = body
-        if let token { request.setValue(token, forHTTPHeaderField: "X-Consul-Token") }
+        var host = address
+        var https = tls != nil
+        for scheme in ["https://", "http://"] where host.hasPrefix(scheme) {
+            host.removeFirst(scheme.count)
+            https = scheme == "https://"
+        }
+        while host.hasSuffix("/") { host.removeLast() }
+        var request = HTTPClientRequest(url: "\(https ? "https" : "http")://\(host)\(path)")
+        request.method = HTTPMethod(rawValue: method)
+        if let body { request.body = .bytes(ByteBuffer(bytes: body)) }
+        if let token { request.headers.add(name: "X-Consul-Token", value: token) }
+        var configuration = HTTPClient.Configuration()
+        if https { configuration.tlsConfiguration = try (tls ?? ClientTLS()).configuration() }
+        configuration.timeout = .init(connect: .seconds(Int64(Self.requestTimeoutSeconds)))
         final class Box: @unchecked Sendable { var result: Result<Response, Error>? }
         let box = Box()
         let done = DispatchSemaphore(value: 0)
-        URLSession.shared.dataTask(with: request) { data, response, error in
-            if let http = response as? HTTPURLResponse {
+        let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+        Task {
+            do {
+                let response = try await client.execute(request, timeout: .milliseconds(Int64(timeoutSeconds * 1000)))
+                let bytes = try await response.body.collect(upTo: Self.responseBytesMax)
                 var headers: [String: String] = [:]
-                for (name, value) in http.allHeaderFields {
-                    if let name = name as? String, let value = value as? String { headers[name.lowercased()] = value }
-                }
-                box.result = .success(Response(status: http.statusCode, headers: headers, body: data ?? Data()))
-            } else {
-                box.result = .failure(ClientError("cannot reach discod at \(address): \(error?.localizedDescription ?? "no response")"))
+                for (name, value) in response.headers { headers[name.lowercased()] = value }
+                box.result = .success(Response(status: Int(response.status.code), headers: headers, body: Data(bytes.readableBytesView)))
+            } catch {
+                box.result = .failure(ClientError("cannot reach discod at \(address): \(error)"))
             }
+            try? await client.shutdown()
             done.signal()
-        }.resume()
+        }
         done.wait()
         return try box.result!.get()
     }
+
+    /// The largest answer read (a snapshot is the largest thing discod sends).
+    public static let responseBytesMax = 1 << 30
 
     /// GET /v1/kv/KEY; nil if the key does not exist.
     public func get(_ key: String, consistent: Bool = false) throws -> KVItem? {

@@ -181,7 +181,11 @@ struct ClusterProcessTests {
                 let running = nodes.filter { $0.process != nil }
                 // Each server names the leader by the address it reaches it at.
                 let named = running.compactMap { server -> Node? in
-                    guard let answer = http("GET", port: server.httpPort, "/v1/status/leader")?.body else { return nil }
+                    // A cluster with TLS (issue 14) answers HTTPS only.
+                    let answer = environment["DISCO_TLS_CA_FILE"].map { ca in
+                        curlHTTPS("GET", port: server.httpPort, "/v1/status/leader", ca: ca).map { $0.1 }
+                    } ?? http("GET", port: server.httpPort, "/v1/status/leader")?.body
+                    guard let answer else { return nil }
                     return nodes.first { answer == "\"127.0.0.1:\(raftPort(of: $0, seenFrom: server))\"" }
                 }
                 if named.count == running.count, let first = named.first, named.allSatisfy({ $0 === first }),

@@ -1,0 +1,166 @@
+import Foundation
+import Testing
+
+/// A CA and certificates made with the openssl command line, in `directory`.
+struct TestPKI {
+    let directory: URL
+
+    func path(_ name: String) -> String { directory.appendingPathComponent(name).path }
+
+    func run(_ arguments: [String]) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
+        process.arguments = arguments
+        process.currentDirectoryURL = directory
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else { throw TestFailure("openssl \(arguments.joined(separator: " ")) failed") }
+    }
+
+    /// `NAME.pem` and `NAME.key`: a self-signed CA.
+    func makeCA(_ name: String) throws {
+        try run(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "\(name).key",
+                 "-out", "\(name).pem", "-days", "2", "-subj", "/CN=\(name)"])
+    }
+
+    /// `NAME.pem` and `NAME.key`: a certificate for 127.0.0.1 signed by the CA `ca`.
+    func makeCertificate(_ name: String, signedBy ca: String) throws {
+        try "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n"
+            .write(toFile: path("\(name).ext"), atomically: true, encoding: .utf8)
+        try run(["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "\(name).key",
+                 "-out", "\(name).csr", "-subj", "/CN=\(name)"])
+        try run(["x509", "-req", "-in", "\(name).csr", "-CA", "\(ca).pem", "-CAkey", "\(ca).key", "-CAcreateserial",
+                 "-out", "\(name).pem", "-days", "1", "-extfile", "\(name).ext"])
+    }
+
+    func environment(ca: String, certificate: String) -> [String: String] {
+        ["DISCO_TLS_CA_FILE": path("\(ca).pem"), "DISCO_TLS_CERT_FILE": path("\(certificate).pem"),
+         "DISCO_TLS_KEY_FILE": path("\(certificate).key")]
+    }
+}
+
+/// curl over HTTPS with the cluster CA (and optionally a client certificate): status and body.
+func curlHTTPS(_ method: String, port: Int, _ path: String, body: String? = nil, ca: String, cert: (String, String)? = nil) -> (Int, String)? {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
+    var arguments = ["-s", "-m", "10", "-X", method, "--cacert", ca, "-w", "\n%{http_code}", "https://127.0.0.1:\(port)\(path)"]
+    if let body { arguments += ["--data-binary", body] }
+    if let cert { arguments += ["--cert", cert.0, "--key", cert.1] }
+    process.arguments = arguments
+    let out = Pipe()
+    process.standardOutput = out
+    process.standardError = FileHandle.nullDevice
+    guard (try? process.run()) != nil else { return nil }
+    let data = out.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    let text = String(decoding: data, as: UTF8.self)
+    guard let newline = text.lastIndex(of: "\n"), let status = Int(text[text.index(after: newline)...]), status != 0 else { return nil }
+    return (status, String(text[..<newline]))
+}
+
+/// Mutual TLS on the Raft transport and HTTPS for the API, on real discod processes (issue 14).
+@Suite("TLS on a discod cluster", .serialized)
+struct TLSProcessTests {
+    typealias Cluster = ClusterProcessTests.ClusterFixture
+
+    @Test func aClusterFormsOverMutualTLSAndRefusesAServerFromAnotherCA() throws {
+        let directory = try TemporaryDirectory()
+        let pki = TestPKI(directory: directory.url)
+        try pki.makeCA("cluster-ca")
+        try pki.makeCertificate("server", signedBy: "cluster-ca")
+        try pki.makeCA("other-ca")
+        try pki.makeCertificate("intruder", signedBy: "other-ca")
+        let ca = pki.path("cluster-ca.pem")
+
+        let cluster = try Cluster(size: 3, environment: pki.environment(ca: "cluster-ca", certificate: "server"))
+        let leader = try #require(cluster.leader(), "the servers elect a leader over mutual TLS")
+        let follower = try #require(cluster.nodes.first { $0.id != leader.id })
+
+        // A write through a follower (forwarded to the leader over HTTPS) is read on every server.
+        #expect(curlHTTPS("PUT", port: follower.httpPort, "/v1/kv/greeting", body: "hello", ca: ca)?.0 == 200)
+        for node in cluster.nodes {
+            #expect(waitUntil { curlHTTPS("GET", port: node.httpPort, "/v1/kv/greeting?stale&raw", ca: ca)?.1 == "hello" })
+        }
+        // discoctl over HTTPS: the CA from a flag or DISCO_CACERT / CONSUL_CACERT.
+        #expect(try discoctl(["kv", "get", "greeting", "--ca-file", ca], http: follower.httpPort).stdout == "hello\n")
+        #expect(try discoctl(["kv", "put", "via", "env"], http: follower.httpPort, environment: ["CONSUL_CACERT": ca]).status == 0)
+        let untrusted = try discoctl(["kv", "get", "greeting"], http: follower.httpPort, environment: ["DISCO_HTTP_SSL": "true"])
+        #expect(untrusted.status == 1, "the system's roots do not trust the cluster CA")
+        // A plaintext client to the HTTPS port gets no HTTP answer.
+        #expect(http("GET", port: leader.httpPort, "/v1/kv/greeting?raw", timeoutSeconds: 2)?.body == nil)
+
+        // Failover over TLS.
+        cluster.kill9(leader)
+        let next = try #require(cluster.leader(), "a new leader over mutual TLS")
+        #expect(next.id != leader.id)
+        #expect(curlHTTPS("PUT", port: next.httpPort, "/v1/kv/after", body: "failover", ca: ca)?.0 == 200)
+        try cluster.start(leader)
+        #expect(waitUntil { curlHTTPS("GET", port: leader.httpPort, "/v1/kv/after?stale&raw", ca: ca)?.1 == "failover" })
+
+        // A server with a certificate from another CA: its Raft frames are refused (named in the
+        // log), and it cannot join through the API.
+        let ports = freePorts(2)
+        let intruder = try DiscodProcess(arguments: [
+            "--zones", cluster.zones.path, "--dns", "127.0.0.1:0", "--workers", "1", "--node-id", "9",
+            "--raft", "127.0.0.1:\(ports[0])", "--http", "127.0.0.1:\(ports[1])",
+            "--data-dir", directory.url.appendingPathComponent("intruder").path,
+            "--join", "127.0.0.1:\(next.httpPort)", "--log-level", "info",
+        ], environment: pki.environment(ca: "other-ca", certificate: "intruder"))
+        defer { intruder.stop() }
+        try intruder.waitForStart()
+        // It is told nothing: the join never succeeds and the membership stays three.
+        usleep(2_000_000)
+        let configuration = curlHTTPS("GET", port: next.httpPort, "/v1/operator/raft/configuration", ca: ca)
+        let servers = (try? JSONSerialization.jsonObject(with: Data((configuration?.1 ?? "").utf8)) as? [String: Any])?["Servers"] as? [Any]
+        #expect(servers?.count == 3)
+        #expect(!intruder.stderr.contains("joined the cluster"))
+        // Frames sent straight to a server's Raft port with the intruder's certificate.
+        let peer = try DiscodProcess(arguments: [
+            "--zones", cluster.zones.path, "--dns", "127.0.0.1:0", "--workers", "1", "--node-id", "1",
+            "--raft", "127.0.0.1:\(freePorts(1)[0])", "--http", "127.0.0.1:\(freePorts(1)[0])",
+            "--data-dir", directory.url.appendingPathComponent("peer").path, "--log-level", "info",
+            "--server", "1=127.0.0.1:1,127.0.0.1:2", "--server", "2=127.0.0.1:\(next.raftPort),127.0.0.1:\(next.httpPort)",
+        ], environment: pki.environment(ca: "other-ca", certificate: "intruder"))
+        defer { peer.stop() }
+        try peer.waitForStart()
+        #expect(waitUntil(seconds: 10) { next.process?.stderr.contains("refused a peer connection: its TLS handshake failed") == true })
+    }
+
+    @Test func unusableTLSMaterialOrAnInsecureListenerStopsTheStart() throws {
+        let directory = try TemporaryDirectory()
+        let pki = TestPKI(directory: directory.url)
+        try pki.makeCA("ca")
+        try pki.makeCertificate("a", signedBy: "ca")
+        try pki.makeCertificate("b", signedBy: "ca")
+        let zones = directory.url.appendingPathComponent("zones")
+        try FileManager.default.createDirectory(at: zones, withIntermediateDirectories: true)
+        let ports = freePorts(2)
+        func start(_ raft: String, _ environment: [String: String]) throws -> (Int32?, String) {
+            let process = try DiscodProcess(arguments: [
+                "--zones", zones.path, "--dns", "127.0.0.1:0", "--node-id", "1", "--raft", raft,
+                "--http", "127.0.0.1:\(ports[1])", "--data-dir", directory.url.appendingPathComponent("data").path,
+                "--server", "1=\(raft),127.0.0.1:\(ports[1])",
+            ], environment: environment)
+            let status = process.waitForExit(timeoutSeconds: 10)
+            if status == nil { process.stop() }
+            return (status, process.stderr)
+        }
+        let (insecure, insecureLog) = try start("0.0.0.0:\(ports[0])", [:])
+        #expect(insecure == 78)
+        #expect(insecureLog.contains("raft.listen"))
+        #expect(insecureLog.contains("set tls.ca_file, tls.cert_file and tls.key_file"))
+        #expect(insecureLog.contains("raft.allow_insecure = true"))
+        var mismatched = pki.environment(ca: "ca", certificate: "a")
+        mismatched["DISCO_TLS_KEY_FILE"] = pki.path("b.key")
+        let (status, log) = try start("127.0.0.1:\(ports[0])", mismatched)
+        #expect(status == 78)
+        #expect(log.contains("b.key: the private key does not match the certificate"), "\(log)")
+        var missing = pki.environment(ca: "ca", certificate: "a")
+        missing["DISCO_TLS_CA_FILE"] = pki.path("nope.pem")
+        let (missingStatus, missingLog) = try start("127.0.0.1:\(ports[0])", missing)
+        #expect(missingStatus == 78)
+        #expect(missingLog.contains("nope.pem: cannot read the CA certificate"))
+    }
+}
