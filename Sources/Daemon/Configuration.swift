@@ -822,15 +822,6 @@ public struct Configuration: Sendable, Equatable {
                 throw ConfigError(source: .flag("tls"), key: key, message: "missing: TLS needs tls.ca_file, tls.cert_file and tls.key_file")
             }
         }
-        // Issue 14: a cluster reachable from the network authenticates its servers, or says
-        // that it does not on purpose.
-        if clusterEnabled && tlsFiles == nil {
-            for (key, address, allowed) in [("raft.listen", raftListen, raftAllowInsecure), ("http.listen", httpListen, httpAllowInsecure)]
-            where !allowed && !Self.isLoopback(address.host) {
-                let what = key == "raft.listen" ? "raft" : "http"
-                throw ConfigError(source: .flag("--\(what)"), key: key, message: "\(address) is reachable from the network without TLS: set tls.ca_file, tls.cert_file and tls.key_file (mutual TLS between servers, HTTPS for the API; `discoctl tls` makes them), or \(what).allow_insecure = true")
-            }
-        }
         if dnsRRL.responsesPerSecond * dnsRRL.windowSeconds > BucketPolicy.debtResponsesMax {
             throw ConfigError(source: .flag("dns.rrl"), key: "dns.rrl.window_seconds",
                               message: "responses_per_second × window_seconds is \(dnsRRL.responsesPerSecond * dnsRRL.windowSeconds); at most \(BucketPolicy.debtResponsesMax)")
@@ -853,6 +844,15 @@ public struct Configuration: Sendable, Equatable {
         if !raftServers.isEmpty && !raftServers.contains(where: { $0.id == raftNodeID }) {
             throw ConfigError(source: .flag("--node-id"), key: "raft.id",
                               message: "\(raftNodeID) is not one of raft.servers (\(raftServers.map(\.id)))")
+        }
+        // Issue 14: a cluster reachable from the network authenticates its servers, or says
+        // that it does not on purpose.
+        if clusterEnabled && tlsFiles == nil {
+            for (key, address, allowed) in [("raft.listen", raftListen, raftAllowInsecure), ("http.listen", httpListen, httpAllowInsecure)]
+            where !allowed && !Self.isLoopback(address.host) {
+                let what = key == "raft.listen" ? "raft" : "http"
+                throw ConfigError(source: .flag("--\(what)"), key: key, message: "\(address) is reachable from the network without TLS: set tls.ca_file, tls.cert_file and tls.key_file (mutual TLS between servers, HTTPS for the API; `discoctl tls` makes them), or \(what).allow_insecure = true")
+            }
         }
     }
 
