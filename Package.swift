@@ -22,6 +22,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.30.0"),
         .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
         .package(url: "https://github.com/apple/swift-crypto", "3.12.3"..<"5.0.0"),
+        .package(url: "https://github.com/apple/swift-certificates", from: "1.21.1"),
+        .package(url: "https://github.com/apple/swift-asn1", from: "1.1.0"),
     ],
     targets: [
         .target(name: "CShims"),
@@ -104,6 +106,9 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "AsyncHTTPClient", package: "async-http-client"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "X509", package: "swift-certificates"),
+            .product(name: "SwiftASN1", package: "swift-asn1"),
+            .product(name: "Crypto", package: "swift-crypto"),
         ]),
         .executableTarget(name: "discoctl", dependencies: ["DiscoClient"]),
         // Test kit: the fuzzers' properties, shared by the fuzz targets and the corpus replay tests.
@@ -123,7 +128,7 @@ let package = Package(
         .testTarget(name: "DaemonTests", dependencies: ["Daemon", "DNSWire", "RateLimit", "CShims", "Cluster", "Raft", "Health", "Auth", "Registry"]),
         .testTarget(name: "RaftTests", dependencies: ["Raft", "RaftTesting"]),
         .testTarget(name: "StoreTests", dependencies: ["Store"]),
-        .testTarget(name: "AuthTests", dependencies: ["Auth", "Store"]),
+        .testTarget(name: "AuthTests", dependencies: ["Auth", "Store", .product(name: "NIOSSL", package: "swift-nio-ssl")]),
         .testTarget(name: "HealthTests", dependencies: [
             "Health", "Registry",
             .product(name: "NIOCore", package: "swift-nio"),

@@ -183,3 +183,51 @@ import Testing
         #expect(throws: (any Error).self) { try b.validate(image: [1, 2, 3]) }
     }
 }
+
+@Suite struct ClusterTLSTests {
+    /// A CA and a certificate for 127.0.0.1 valid for one day, made with the openssl command line.
+    func material() throws -> (TLSFiles, String) {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tls-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let script = """
+            cd \(dir) && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=ca \
+            && openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout s.key -out s.csr -subj /CN=s \
+            && openssl x509 -req -in s.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out s.pem -days 1
+            """
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/sh")
+        process.arguments = ["-c", script]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        process.waitUntilExit()
+        try #require(process.terminationStatus == 0, "openssl")
+        return (TLSFiles(caFile: dir + "/ca.pem", certFile: dir + "/s.pem", keyFile: dir + "/s.key"), dir)
+    }
+
+    @Test func certificatesOutsideTheirValidityAreRefusedNamingTheFile() throws {
+        let (files, dir) = try material()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let tls = try ClusterTLS(files: files, verifyIncomingHTTPS: false)
+        #expect(tls.certificateNotAfter > Date().timeIntervalSince1970)
+        #expect(throws: TLSLoadError.self) { try ClusterTLS(files: files, verifyIncomingHTTPS: false, now: Date().addingTimeInterval(3 * 86_400)) }
+        do {
+            _ = try ClusterTLS(files: files, verifyIncomingHTTPS: false, now: Date().addingTimeInterval(3 * 86_400))
+        } catch {
+            #expect(error.description.hasPrefix(files.certFile + ": the certificate expired at "))
+        }
+        do {
+            _ = try ClusterTLS(files: files, verifyIncomingHTTPS: false, now: Date().addingTimeInterval(-3 * 86_400))
+            Issue.record("a certificate not valid yet was taken")
+        } catch {
+            #expect(error.description.hasPrefix(files.certFile + ": the certificate is not valid before "))
+        }
+        do {
+            _ = try ClusterTLS(files: TLSFiles(caFile: files.caFile, certFile: files.certFile, keyFile: files.caFile.replacingOccurrences(of: ".pem", with: ".key")),
+                               verifyIncomingHTTPS: false)
+            Issue.record("a key of another certificate was taken")
+        } catch {
+            #expect(error.description.contains("the private key does not match the certificate"))
+        }
+    }
+}

@@ -183,7 +183,9 @@ struct ClusterProcessTests {
                 let named = running.compactMap { server -> Node? in
                     // A cluster with TLS (issue 14) answers HTTPS only.
                     let answer = environment["DISCO_TLS_CA_FILE"].map { ca in
-                        curlHTTPS("GET", port: server.httpPort, "/v1/status/leader", ca: ca).map { $0.1 }
+                        // With the servers' own certificate: it serves as a client one too.
+                        curlHTTPS("GET", port: server.httpPort, "/v1/status/leader", ca: ca,
+                                  cert: environment["DISCO_TLS_CERT_FILE"].map { ($0, environment["DISCO_TLS_KEY_FILE"] ?? "") }).map { $0.1 }
                     } ?? http("GET", port: server.httpPort, "/v1/status/leader")?.body
                     guard let answer else { return nil }
                     return nodes.first { answer == "\"127.0.0.1:\(raftPort(of: $0, seenFrom: server))\"" }

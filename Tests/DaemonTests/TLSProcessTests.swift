@@ -128,6 +128,70 @@ struct TLSProcessTests {
         #expect(waitUntil(seconds: 10) { next.process?.stderr.contains("refused a peer connection: its TLS handshake failed") == true })
     }
 
+    /// From zero to a cluster with discoctl's own CA and certificates, HTTPS clients required
+    /// to present one, and a certificate rotation by SIGHUP.
+    @Test func discoctlMakesTheCertificatesAndSIGHUPRotatesThem() throws {
+        let directory = try TemporaryDirectory()
+        let dir = directory.url.path
+        func tls(_ arguments: [String]) throws {
+            let run = try discoctl(["tls"] + arguments + ["--dir", dir], http: 1)
+            try #require(run.status == 0, "discoctl tls \(arguments): \(run.stderr)")
+        }
+        try tls(["ca", "create"])
+        let ca = "--ca=\(dir)/disco-agent-ca.pem", caKey = "--key=\(dir)/disco-agent-ca-key.pem"
+        try tls(["cert", "create", "--server", ca, caKey])
+        try tls(["cert", "create", "--client", ca, caKey])
+        try tls(["cert", "create", "--server", ca, caKey])  // disco-server-1, for the rotation
+        let caFile = "\(dir)/disco-agent-ca.pem"
+        let environment = ["DISCO_TLS_CA_FILE": caFile, "DISCO_TLS_CERT_FILE": "\(dir)/live.pem",
+                           "DISCO_TLS_KEY_FILE": "\(dir)/live-key.pem", "DISCO_TLS_VERIFY_INCOMING_HTTPS": "true"]
+        try FileManager.default.copyItem(atPath: "\(dir)/disco-server-0.pem", toPath: "\(dir)/live.pem")
+        try FileManager.default.copyItem(atPath: "\(dir)/disco-server-0-key.pem", toPath: "\(dir)/live-key.pem")
+        let client = ("\(dir)/disco-client-0.pem", "\(dir)/disco-client-0-key.pem")
+
+        let cluster = try Cluster(size: 3, environment: environment)
+        let leader = try #require(cluster.leader())
+        let follower = try #require(cluster.nodes.first { $0.id != leader.id })
+        // Client certificates are required: none gets no answer, discoctl's client one does.
+        #expect(curlHTTPS("GET", port: follower.httpPort, "/v1/status/leader", ca: caFile) == nil)
+        #expect(curlHTTPS("PUT", port: follower.httpPort, "/v1/kv/k", body: "v", ca: caFile, cert: client)?.0 == 200)
+        let get = try discoctl(["kv", "get", "k", "--ca-file", caFile, "--client-cert", client.0, "--client-key", client.1],
+                               http: leader.httpPort)
+        #expect(get.stdout == "v\n", "\(get.stderr)")
+        #expect(try discoctl(["kv", "get", "k", "--ca-file", caFile], http: leader.httpPort).status == 1)
+
+        // Rotation: new files, SIGHUP; the server presents the new certificate to new connections.
+        func serial(port: Int) -> String? {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/bin/sh")
+            process.arguments = ["-c", "openssl s_client -connect 127.0.0.1:\(port) -CAfile \(caFile) -cert \(client.0) -key \(client.1) </dev/null 2>/dev/null | openssl x509 -noout -serial"]
+            let out = Pipe()
+            process.standardOutput = out
+            process.standardError = FileHandle.nullDevice
+            guard (try? process.run()) != nil else { return nil }
+            let data = out.fileHandleForReading.readDataToEndOfFile()
+            process.waitUntilExit()
+            let text = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+            return text.hasPrefix("serial=") ? text : nil
+        }
+        let before = try #require(serial(port: follower.httpPort))
+        // A bad pair first (the new certificate with the old key): refused, the old one stays.
+        try FileManager.default.removeItem(atPath: "\(dir)/live.pem")
+        try FileManager.default.copyItem(atPath: "\(dir)/disco-server-1.pem", toPath: "\(dir)/live.pem")
+        follower.process?.signal(SIGHUP)
+        #expect(follower.process?.waitForLog("TLS certificates not reloaded") == true)
+        #expect(serial(port: follower.httpPort) == before)
+        try FileManager.default.removeItem(atPath: "\(dir)/live-key.pem")
+        try FileManager.default.copyItem(atPath: "\(dir)/disco-server-1-key.pem", toPath: "\(dir)/live-key.pem")
+        follower.process?.signal(SIGHUP)
+        #expect(follower.process?.waitForLog("TLS certificates reloaded") == true)
+        let after = serial(port: follower.httpPort)
+        #expect(after != nil && after != before)
+        // Raft and forwarding still work with the rotated certificate.
+        #expect(curlHTTPS("PUT", port: follower.httpPort, "/v1/kv/k2", body: "rotated", ca: caFile, cert: client)?.0 == 200)
+        #expect(waitUntil { curlHTTPS("GET", port: follower.httpPort, "/v1/kv/k2?stale&raw", ca: caFile, cert: client)?.1 == "rotated" })
+    }
+
     @Test func unusableTLSMaterialOrAnInsecureListenerStopsTheStart() throws {
         let directory = try TemporaryDirectory()
         let pki = TestPKI(directory: directory.url)
