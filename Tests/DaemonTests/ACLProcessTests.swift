@@ -127,6 +127,16 @@ struct ACLProcessTests {
             return Set(nodes.compactMap { $0["Node"] as? String }).isSuperset(of: ["disco-1", "disco-2", "disco-3"])
         })
 
+        // The anonymous token can be given policies: requests without a token then read.
+        let readAll = try #require(object(call("GET", leader, "/v1/acl/policy/name/read-all", token: management))["ID"] as? String)
+        #expect(call("PUT", leader, "/v1/acl/token/00000000-0000-0000-0000-000000000002", token: management,
+                     body: "{\"Policies\": [{\"ID\": \"\(readAll)\"}]}")?.status == 200)
+        #expect(call("GET", leader, "/v1/kv/shared/k?raw", token: nil)?.body == "m")
+        #expect(call("PUT", leader, "/v1/kv/shared/k", token: nil, body: "x")?.status == 403)
+        #expect(call("PUT", leader, "/v1/acl/token/00000000-0000-0000-0000-000000000002", token: management,
+                     body: "{\"Policies\": []}")?.status == 200)
+        #expect(call("GET", leader, "/v1/kv/shared/k?raw", token: nil)?.status == 403)
+
         // Unknown, expired and self.
         #expect(call("GET", leader, "/v1/kv/shared/k", token: "not-a-token")?.body.contains("ACL not found") == true)
         let short = try token("key_prefix \"\" { policy = \"read\" }", named: "short", on: leader, management: management,

@@ -126,6 +126,21 @@ struct TLSProcessTests {
         defer { peer.stop() }
         try peer.waitForStart()
         #expect(waitUntil(seconds: 10) { next.process?.stderr.contains("refused a peer connection: its TLS handshake failed") == true })
+        // ... and a server with no certificate at all, speaking plaintext Raft.
+        peer.stop()
+        let refusals = { next.process?.stderr.components(separatedBy: "refused a peer connection").count ?? 0 }
+        let before = refusals()
+        let plaintext = try DiscodProcess(arguments: [
+            "--zones", cluster.zones.path, "--dns", "127.0.0.1:0", "--workers", "1", "--node-id", "1",
+            "--raft", "127.0.0.1:\(freePorts(1)[0])", "--http", "127.0.0.1:\(freePorts(1)[0])",
+            "--data-dir", directory.url.appendingPathComponent("plaintext").path, "--log-level", "info",
+            "--server", "1=127.0.0.1:1,127.0.0.1:2", "--server", "2=127.0.0.1:\(next.raftPort),127.0.0.1:\(next.httpPort)",
+        ])
+        defer { plaintext.stop() }
+        try plaintext.waitForStart()
+        #expect(waitUntil(seconds: 10) { refusals() > before })
+        #expect(try discoctl(["members", "--ca-file", ca, "--json"], http: next.httpPort).stdout.components(separatedBy: "\"ID\"").count == 4,
+                "still three members")
     }
 
     /// From zero to a cluster with discoctl's own CA and certificates, HTTPS clients required
