@@ -16,6 +16,10 @@ public struct ACLContext: Sendable {
     /// What this server's own requests to another server carry (`serverTokenHeader`): its
     /// internal proposals. Derived from the cluster token, which every server shares.
     public let serverToken: String
+    /// Servers prove themselves to each other with `serverToken` (ACLs or TLS on): forwarding
+    /// headers without it are refused. Off in a plaintext cluster without ACLs, where nothing
+    /// is protected anyway.
+    public let serversAuthenticate: Bool
 
     /// A request with this header and the servers' token acts as a server (management).
     static let serverTokenHeader = "X-Disco-Server-Token"
@@ -27,7 +31,8 @@ public struct ACLContext: Sendable {
         (serverTokenHeader, ACLSecret.hash("disco-server-token:" + clusterToken))
     }
 
-    public init(store: ACLStore, enabled: Bool, defaultAllows: Bool, clusterToken: String) {
+    public init(store: ACLStore, enabled: Bool, defaultAllows: Bool, clusterToken: String, tls: Bool = false) {
+        self.serversAuthenticate = enabled || tls
         self.store = store
         self.enabled = enabled
         self.defaultAllows = defaultAllows

@@ -194,8 +194,8 @@ final class APIRouter: Sendable {
             default: break
             }
             var request = request
-            if let acl = self.acl, acl.context.enabled {
-                // With ACLs on, a client cannot pose as a server: the forwarding headers count
+            if let acl = self.acl, acl.context.serversAuthenticate {
+                // With ACLs or TLS on, a client cannot pose as a server: the forwarding headers count
                 // only with the servers' token, and a wrong one is refused outright.
                 let fromServer = acl.context.isFromServer(request)
                 if request.headers.first(name: ACLContext.serverTokenHeader) != nil && !fromServer {
@@ -294,7 +294,7 @@ final class APIRouter: Sendable {
                                                   headers: consulLeaderHeaders(status)))
         }
         var extra = [(RegistryService.clientAddressHeader, request.remoteAddress)]
-        if let acl, acl.context.enabled { extra.append((ACLContext.serverTokenHeader, acl.context.serverToken)) }
+        if let acl, acl.context.serversAuthenticate { extra.append((ACLContext.serverTokenHeader, acl.context.serverToken)) }
         let wait = request.query["wait"].flatMap { JSONFields.parseDuration($0) }
             ?? (request.query["index"] != nil ? WatchHub.waitSecondsDefault : 0)
         let timeout = min(wait, WatchHub.waitSecondsMax) * (1 + WatchHub.jitterFraction) + Forwarder.responseTimeoutSecondsMin

@@ -76,9 +76,9 @@ final class ClusterRuntime {
             tls = nil
         }
         let tls = self.tls
-        if config.aclEnabled && config.raftClusterToken == Configuration.development.raftClusterToken
+        if (config.aclEnabled || config.tlsFiles != nil) && config.raftClusterToken == Configuration.development.raftClusterToken
             && (config.raftServers.count > 1 || config.raftJoin != nil) {
-            logger.warning("ACLs are on but raft.cluster_token is the default: anyone who knows it can pose as a server to the HTTP API; set a secret one")
+            logger.warning("ACLs or TLS are on but raft.cluster_token is the default: anyone who knows it can pose as a server to the HTTP API; set a secret one")
         }
         let hub = WatchHub()
         catalog.observe { change, _ in hub.notify(change) }
@@ -170,7 +170,7 @@ final class ClusterRuntime {
                                                   nodeAddress: config.effectiveNodeAddress, health: health),
                         limits: config.httpLimits, admission: config.writeAdmission, uploadDirectory: config.dataDirectory,
                         acl: ACLContext(store: acl, enabled: config.aclEnabled, defaultAllows: config.aclDefaultAllows,
-                                        clusterToken: config.raftClusterToken),
+                                        clusterToken: config.raftClusterToken, tls: config.tlsFiles != nil),
                         tls: tls,
                         extraMetrics: extraMetrics,
                         logger: logger)

@@ -88,6 +88,18 @@ struct TLSProcessTests {
         #expect(try discoctl(["kv", "put", "via", "env"], http: follower.httpPort, environment: ["CONSUL_CACERT": ca]).status == 0)
         let untrusted = try discoctl(["kv", "get", "greeting"], http: follower.httpPort, environment: ["DISCO_HTTP_SSL": "true"])
         #expect(untrusted.status == 1, "the system's roots do not trust the cluster CA")
+        // With TLS (and no ACLs) a client still cannot pose as a server forwarding a request.
+        #expect(try discoctl(["kv", "get", "greeting", "--ca-file", ca], http: leader.httpPort).status == 0)
+        let posing = Process()
+        posing.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
+        posing.arguments = ["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", ca, "-X", "PUT", "--data-binary", "x",
+                            "-H", "X-Disco-Forwarded: 1", "https://127.0.0.1:\(leader.httpPort)/v1/kv/posed"]
+        let out = Pipe()
+        posing.standardOutput = out
+        try posing.run()
+        let code = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        posing.waitUntilExit()
+        #expect(code == "403")
         // A plaintext client to the HTTPS port gets no HTTP answer.
         #expect(http("GET", port: leader.httpPort, "/v1/kv/greeting?raw", timeoutSeconds: 2)?.body == nil)
 
