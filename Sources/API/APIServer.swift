@@ -26,6 +26,7 @@ public final class APIServer: @unchecked Sendable {
     private let group: EventLoopGroup
     private let router: APIRouter
     private let connections: ConnectionCounter
+    private let httpMetrics = HTTPMetrics()
     private let uploads: UploadSlot
     private let logger: Logger
     private var channel: Channel?
@@ -53,7 +54,10 @@ public final class APIServer: @unchecked Sendable {
         self.connections = ConnectionCounter(limits: limits)
         let gate = AdmissionGate(admission: WriteAdmission(admission), driver: driver)
         let forwarder = Forwarder(group: group, limits: limits, tls: tls)
-        let admissionMetrics = { @Sendable in gate.metricLines + forwarder.metricLines + (extraMetrics?() ?? []) }
+        let httpMetrics = self.httpMetrics
+        let admissionMetrics = { @Sendable in
+            gate.metricLines + forwarder.metricLines + httpMetrics.lines + (extraMetrics?() ?? [])
+        }
         let proposer = CatalogProposer(driver: driver, directory: directory, forwarder: forwarder, group: group,
                                        serverToken: acl?.serverToken)
         self.proposer = proposer
@@ -75,6 +79,7 @@ public final class APIServer: @unchecked Sendable {
                         metadata: ["http.upload.files": "\(leftovers)", "http.upload.directory": "\(uploads.directory)"])
         }
         let router = self.router, connections = self.connections, uploads = self.uploads, tls = self.tls
+        let httpMetrics = self.httpMetrics
         let channel = try ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .serverChannelOption(.backlog, value: Self.listenBacklog)
@@ -83,7 +88,7 @@ public final class APIServer: @unchecked Sendable {
                     try channel.pipeline.syncOperations.addHandler(ConnectionGuard(counter: connections))
                     if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls.tls.httpsServer)) }
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-                    try channel.pipeline.syncOperations.addHandler(HTTPHandler(router: router, uploads: uploads))
+                    try channel.pipeline.syncOperations.addHandler(HTTPHandler(router: router, uploads: uploads, metrics: httpMetrics))
                 }
             }
             .bind(host: listen.host, port: listen.port).wait()
@@ -190,7 +195,10 @@ final class APIRouter: Sendable {
             switch request.path {
             case "/health": return loop.makeSucceededFuture(.text("ok", status: .ok))
             case "/ready": return loop.makeSucceededFuture(self.ready(status))
-            case "/metrics": return loop.makeSucceededFuture(self.metrics(status))
+            case "/metrics":
+                // With each follower's match index (the leader's view), read on the driver's loop.
+                return self.driver.detailedStatus.hop(to: loop).map { self.metrics(status, detail: $0) }
+                    .recover { _ in self.metrics(status, detail: nil) }
             default: break
             }
             var request = request
@@ -332,10 +340,39 @@ final class APIRouter: Sendable {
     }
 
     /// Prometheus text exposition (version 0.0.4).
-    private func metrics(_ status: RaftStatus) -> APIResponse {
+    private func metrics(_ status: RaftStatus, detail: Raft.Status?) -> APIResponse {
         var lines: [String] = []
         func gauge(_ name: String, _ help: String, _ value: String) {
             lines += Metric(name: name, help: help, kind: .gauge, value: value).lines
+        }
+        func counter(_ name: String, _ help: String, _ value: UInt64) {
+            lines += Metric(name: name, help: help, kind: .counter, value: "\(value)").lines
+        }
+        let raft = driver.counters
+        counter("disco_raft_leader_changes_total", "Leader changes this server has seen.", raft.leaderChanges)
+        counter("disco_raft_proposals_refused_total", "Proposals refused here (not the leader, a change in progress, too many).",
+                raft.proposalsRefused)
+        counter("disco_raft_snapshots_taken_total", "Snapshots taken here (the log compacted).", raft.snapshotsTaken)
+        counter("disco_raft_snapshots_installed_total", "Snapshots installed here from a leader.", raft.snapshotsInstalled)
+        gauge("disco_raft_snapshot_bytes", "Size of the last snapshot taken or installed here.", "\(raft.lastSnapshotBytes)")
+        lines += ["# HELP disco_raft_persist_duration_seconds Time to make a Ready durable (log append and fsync in raft.db).",
+                  "# TYPE disco_raft_persist_duration_seconds histogram"]
+        var cumulative: UInt64 = 0
+        for (i, bound) in RaftCounters.persistBucketsSeconds.enumerated() {
+            cumulative += raft.persistBuckets[i]
+            lines.append("disco_raft_persist_duration_seconds_bucket{le=\"\(bound)\"} \(cumulative)")
+        }
+        cumulative += raft.persistBuckets[RaftCounters.persistBucketsSeconds.count]
+        lines += ["disco_raft_persist_duration_seconds_bucket{le=\"+Inf\"} \(cumulative)",
+                  "disco_raft_persist_duration_seconds_sum \(raft.persistSumSeconds)",
+                  "disco_raft_persist_duration_seconds_count \(raft.persistCount)"]
+        if let detail, detail.role == .leader, !detail.progress.isEmpty {
+            lines += ["# HELP disco_raft_peer_lag_entries Entries a server is behind the leader's last index (on the leader).",
+                      "# TYPE disco_raft_peer_lag_entries gauge"]
+            for p in detail.progress where p.id != detail.id {
+                let lag = detail.lastIndex.rawValue - min(p.match.rawValue, detail.lastIndex.rawValue)
+                lines.append("disco_raft_peer_lag_entries{peer=\"\(p.id.rawValue)\"} \(lag)")
+            }
         }
         gauge("disco_raft_term", "Current Raft term.", "\(status.term.rawValue)")
         gauge("disco_raft_commit_index", "Highest log index known committed.", "\(status.commitIndex.rawValue)")
@@ -350,6 +387,12 @@ final class APIRouter: Sendable {
             gauge("disco_catalog_nodes", "Nodes in the catalog.", "\(state.nodes.count)")
             gauge("disco_catalog_services", "Service names with at least one instance.", "\(state.registeredServiceNames.count)")
             gauge("disco_catalog_instances", "Registered service instances.", "\(state.services.count)")
+            var checks: [HealthStatus: Int] = [.passing: 0, .warning: 0, .critical: 0]
+            for check in state.checks.values { checks[check.value.status, default: 0] += 1 }
+            lines += ["# HELP disco_catalog_checks Health checks in the catalog, by status.", "# TYPE disco_catalog_checks gauge"]
+            for status in [HealthStatus.passing, .warning, .critical] {
+                lines.append("disco_catalog_checks{status=\"\(status.rawValue)\"} \(checks[status] ?? 0)")
+            }
             gauge("disco_blocking_queries", "Blocking queries parked on this server.", "\(registry.context.hub.parkedCount)")
             let batches = registry.batcher.batchCounters
             lines += Metric(name: "disco_registry_write_entries_total", help: "Log entries proposed for client registry writes (a batch is one).",
@@ -624,15 +667,21 @@ final class HTTPHandler: ChannelInboundHandler {
     /// when the client goes away (the restore may still be reading the upload).
     private var serving = false
 
-    init(router: APIRouter, uploads: UploadSlot) {
+    private let metrics: HTTPMetrics
+    /// When the current request's head arrived (for the latency histogram).
+    private var startedNanoseconds: UInt64 = 0
+
+    init(router: APIRouter, uploads: UploadSlot, metrics: HTTPMetrics) {
         self.router = router
         self.uploads = uploads
+        self.metrics = metrics
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .head(let head):
             self.head = head
+            startedNanoseconds = DispatchTime.now().uptimeNanoseconds
             body = []
             bodyBytes = 0
             answeredEarly = false
@@ -732,6 +781,8 @@ final class HTTPHandler: ChannelInboundHandler {
 
     private func respond(_ context: ChannelHandlerContext, _ response: APIResponse, head: HTTPRequestHead, keepAlive: Bool) {
         endUpload()
+        metrics.record(uri: head.uri, method: head.method, status: response.status,
+                       seconds: Double(DispatchTime.now().uptimeNanoseconds - startedNanoseconds) / 1e9)
         var headers = HTTPHeaders(response.headers)
         headers.add(name: "Content-Length", value: "\(response.body.count)")
         if !keepAlive { headers.add(name: "Connection", value: "close") }

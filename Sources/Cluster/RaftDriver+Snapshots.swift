@@ -142,6 +142,10 @@ extension RaftDriver {
             halt("storage failed: \(error)")
             return false
         }
+        countersBox.withLockedValue {
+            $0.snapshotsTaken += 1
+            $0.lastSnapshotBytes = snapshot.data.count
+        }
         logger.info("snapshot taken, log compacted", metadata: [
             "raft.snapshot.index": "\(snapshot.index)", "raft.snapshot.bytes": "\(snapshot.data.count)",
             "raft.first_index": "\(node.firstIndex)",
@@ -154,6 +158,10 @@ extension RaftDriver {
         logger.info("installing snapshot", metadata: [
             "raft.snapshot.index": "\(snapshot.index)", "raft.snapshot.bytes": "\(snapshot.data.count)",
         ])
+        countersBox.withLockedValue {
+            $0.snapshotsInstalled += 1
+            $0.lastSnapshotBytes = snapshot.data.count
+        }
         let container = try SnapshotContainer(decoding: snapshot.data)
         try check(container, restorable: false)
         if options.snapshotInstallPauseMilliseconds > 0 {

@@ -130,6 +130,10 @@ public final class RaftDriver: @unchecked Sendable {
     /// What other threads read of this driver, published after every event.
     private let published: NIOLockedValueBox<(status: RaftStatus, lastLeaderContact: NIODeadline?, pendingProposals: Int)>
 
+    /// Counters for /metrics (updated on `loop`).
+    let countersBox = NIOLockedValueBox(RaftCounters())
+    public var counters: RaftCounters { countersBox.withLockedValue { $0 } }
+
     /// Proposals waiting for their outcome here, as of the last event (admission control sheds
     /// writes beyond a bound instead of queueing them).
     public var pendingProposals: Int { published.withLockedValue { $0.pendingProposals } }
@@ -272,6 +276,7 @@ public final class RaftDriver: @unchecked Sendable {
                 self.scheduleReady()
                 return promise.futureResult
             } catch {
+                self.countersBox.withLockedValue { $0.proposalsRefused += 1 }
                 return self.loop.makeFailedFuture(ProposeError.refused(error))
             }
         }
@@ -470,6 +475,9 @@ public final class RaftDriver: @unchecked Sendable {
                 return
             }
             let saved = NIODeadline.now()
+            if mustSync {
+                countersBox.withLockedValue { $0.recordPersist(seconds: Double((saved - started).nanoseconds) / 1e9) }
+            }
             // 2-4. Send, install, apply and resolve proposals, confirmed reads.
             guard processor.finish(ready, later: later, &effects) else { return }
             noteSlowReady(ready, started: started, saved: saved)
@@ -481,6 +489,7 @@ public final class RaftDriver: @unchecked Sendable {
             guard maybeSnapshot() else { return }
             if ready.leader != lastLeader {
                 lastLeader = ready.leader
+                countersBox.withLockedValue { $0.leaderChanges += 1 }
                 logger.info("leader changed", metadata: ["raft.term": "\(node.hardState.term)",
                                                          "raft.leader": "\(ready.leader.map(\.description) ?? "none")"])
             }

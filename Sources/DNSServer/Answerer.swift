@@ -44,6 +44,9 @@ public final class Answerer {
     /// Queries answered from / missed in the response cache (for metrics and tests).
     public private(set) var cacheHits = 0
     public private(set) var cacheMisses = 0
+    /// The query type of the last query answered (0 when it had no well-formed question), for
+    /// the per-type query counters.
+    public private(set) var lastQType = RRType(0)
     /// The address RRset in ANSWER, which ADDITIONAL leaves out.
     private var answeredAddress: (node: Int32, type: RRType) = (-1, RRType(0))
     /// Positive answers without the apex NS RRset in AUTHORITY (`dns.minimal_responses`).
@@ -142,6 +145,7 @@ public final class Answerer {
                 questionOK = questionEnd - nameStart == nameLength + 4
             }
         }
+        lastQType = qtype
         // RFC 1035 §4.1.1: an opcode we do not implement is NOTIMP whatever the rest holds (a
         // header-only NOTIFY or UPDATE probe is no malformed query). Its RD and CD mean nothing
         // to us, so they are not echoed (as NSD and BIND).

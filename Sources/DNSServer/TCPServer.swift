@@ -174,6 +174,8 @@ extension ClientAddress {
 final class TCPAnswerContext {
     let answerer: Answerer
     let output = UnsafeMutableRawBufferPointer.allocate(byteCount: Answerer.responseBytesMax, alignment: 8)
+    /// This thread's TCP counters (one writer: the event loop).
+    let counters = DNSMetrics.shared.register(.tcp)
 
     init(minimalResponses: Bool, selection: SelectionOptions) {
         answerer = Answerer(minimalResponses: minimalResponses, selection: selection)
@@ -371,9 +373,14 @@ final class DNSConnectionHandler: ChannelDuplexHandler {
         let view = store.load()
         let answering = TCPAnswerContext.current(minimalResponses: minimalResponses, selection: selection)
         let panicsBefore = answering.answerer.panicAnswers
+        let counters = answering.counters
+        let timed = counters?.shouldTime() ?? false
+        let started = timed ? DNSWorkerCounters.nowNanoseconds() : 0
         let length = query.withUnsafeReadableBytes { bytes in
             answering.answerer.answer(query: bytes, into: answering.output, view: view, transport: .tcp)
         }
+        if timed { counters?.recordLatency(nanoseconds: DNSWorkerCounters.nowNanoseconds() &- started) }
+        counters?.count(qtype: answering.answerer.lastQType, response: answering.output, length: length)
         if answering.answerer.panicAnswers != panicsBefore { panics.wrappingIncrement(ordering: .relaxed) }
         guard length > 0 else { return false }
         var response = context.channel.allocator.buffer(capacity: 2 + length)

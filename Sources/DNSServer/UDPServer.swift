@@ -138,6 +138,7 @@ public final class UDPServer: @unchecked Sendable {
         let queryDrops = limits.makeQueryDropCounter()
         let rrl = limits.rrl.configuration.enabled ? limits.rrl.makeWorker() : nil
         var nextRRLLog: UInt32 = 0
+        let counters = DNSMetrics.shared.register(.udp)
         while running.get() {
             progress.wrappingIncrement(ordering: .relaxed)
             if let rrl { logLimiting(rrl, nextLog: &nextRRLLog) }
@@ -163,7 +164,10 @@ public final class UDPServer: @unchecked Sendable {
                 let query = UnsafeRawBufferPointer(start: disco_udp_batch_in(batch, i),
                                                    count: Int(disco_udp_batch_in_length(batch, i)))
                 let output = UnsafeMutableRawBufferPointer(start: disco_udp_batch_out(batch, i), count: outBytes)
+                let timed = counters?.shouldTime() ?? false
+                let started = timed ? DNSWorkerCounters.nowNanoseconds() : 0
                 var length = answerer.answer(query: query, into: output, view: view, transport: .udp)
+                if timed { counters?.recordLatency(nanoseconds: DNSWorkerCounters.nowNanoseconds() &- started) }
                 if let rrl, length > 0 {
                     switch rrl.decide(response: output, length: length, client: client, nowMilliseconds: now) {
                     case .send: break
@@ -172,7 +176,9 @@ public final class UDPServer: @unchecked Sendable {
                     }
                 }
                 disco_udp_batch_set_out_length(batch, i, UInt32(length))
+                counters?.count(qtype: answerer.lastQType, response: output, length: length)
             }
+            counters?.setCache(hits: answerer.cacheHits, misses: answerer.cacheMisses)
             panics.store(answerer.panicAnswers, ordering: .relaxed)
             let sent = disco_udp_batch_send(fd, batch, UInt32(received))
             if sent < 0 && sent != lastErrorLogged {

@@ -60,6 +60,9 @@ public struct Configuration: Sendable, Equatable {
     public var dnsQueryLimit = QueryRateLimiter.Configuration()
     /// Positive answers without the zone's NS RRset in AUTHORITY (NSD's default is to add it).
     public var dnsMinimalResponses: Bool
+    /// `dns.metrics`: per-worker query counters and the sampled answer latency (issue 17); off
+    /// only to measure what they cost.
+    public var dnsMetrics = true
     /// The directory of `<origin>.zone` master files.
     public var zonesDirectory: String
     /// The domain the registry is answered under (`consul.` for a drop-in), with a final dot.
@@ -446,6 +449,11 @@ public struct Configuration: Sendable, Equatable {
     ] + clientNetworkKeys("dns.rrl", ipv4: \.dnsRRL.ipv4PrefixLength, ipv6: \.dnsRRL.ipv6PrefixLength, exempt: \.dnsRRL.exempt)
       + clientNetworkKeys("dns.limits", ipv4: \.dnsQueryLimit.ipv4PrefixLength, ipv6: \.dnsQueryLimit.ipv6PrefixLength,
                           exempt: \.dnsQueryLimit.exempt) + [
+        Key(name: "dns.metrics") { config, value in
+            guard case .boolean(let on) = value else { return "expected true or false" }
+            config.dnsMetrics = on
+            return nil
+        },
         Key(name: "dns.minimal_responses") { config, value in
             guard case .boolean(let on) = value else { return "expected true or false" }
             config.dnsMinimalResponses = on

@@ -144,7 +144,7 @@ public final class DiscoDaemon: @unchecked Sendable {
                 let box = PublisherBox()
                 let limits = clientLimits
                 let cluster = try ClusterRuntime(config: config, logger: logger, extraMetrics: { [weak self] in
-                    Self.metricLines(limits.counters) + (self?.dnsMetrics().flatMap(\.lines) ?? [])
+                    Self.metricLines(limits.counters) + (self?.dnsMetrics().flatMap(\.lines) ?? []) + DNSMetrics.shared.lines()
                 }) { change, _ in
                     box.publisher?.changed(change)
                 }
@@ -180,6 +180,7 @@ public final class DiscoDaemon: @unchecked Sendable {
     private func startDNS() throws(StartError) {
         let limits = clientLimits
         let selection = SelectionOptions(policy: config.dnsSelection, ttlJitterPercent: config.dnsTTLJitterPercent)
+        DNSMetrics.shared.enabled = config.dnsMetrics
         let udp = UDPServer(addresses: config.dnsListen, workers: config.dnsWorkers, store: store,
                             udpPayloadBytes: config.dnsUDPPayloadBytes, minimalResponses: config.dnsMinimalResponses,
                             limits: limits, selection: selection, logger: logger)
@@ -369,6 +370,12 @@ public final class DiscoDaemon: @unchecked Sendable {
                    kind: .counter, value: "\(answers)"),
             Metric(name: "disco_dns_services_in_panic", help: "Services whose healthy fraction is below their panic threshold in the current DNS view.",
                    kind: .gauge, value: "\(servicePublisher?.servicesInPanic ?? 0)"),
+            Metric(name: "disco_dns_view_age_seconds", help: "Seconds since the DNS view (zones and registry) was last replaced.",
+                   kind: .gauge, value: "\(composer.viewStatus.ageSeconds)"),
+            Metric(name: "disco_dns_view_publications_total", help: "DNS views published (zone reloads and registry rebuilds).",
+                   kind: .counter, value: "\(composer.viewStatus.publications)"),
+            Metric(name: "disco_dns_view_zones", help: "Zones in the DNS view, the registry's included.",
+                   kind: .gauge, value: "\(composer.viewStatus.zones)"),
         ]
     }
 

@@ -16,6 +16,16 @@ final class ViewComposer: @unchecked Sendable {
     private let lock = NSLock()
     private var fileZones: [Zone] = []
     private var serviceZone: Zone?
+    private var publishedAtNanoseconds: UInt64 = 0
+    private var publishedCount = 0
+
+    /// Seconds since the current View was published, Views published so far, zones it holds.
+    var viewStatus: (ageSeconds: Double, publications: Int, zones: Int) {
+        lock.withLock {
+            let age = publishedCount == 0 ? 0 : Double(DispatchTime.now().uptimeNanoseconds - publishedAtNanoseconds) / 1e9
+            return (age, publishedCount, fileZones.count + (serviceZone == nil ? 0 : 1))
+        }
+    }
 
     init(store: ViewStore, identity: ServerIdentity) {
         self.store = store
@@ -39,6 +49,8 @@ final class ViewComposer: @unchecked Sendable {
     /// The registry's zone comes last, so it wins over a zone file with the same origin.
     private func publishLocked() {
         store.publish(View(zones: fileZones + (serviceZone.map { [$0] } ?? []), identity: identity))
+        publishedAtNanoseconds = DispatchTime.now().uptimeNanoseconds
+        publishedCount += 1
     }
 }
 

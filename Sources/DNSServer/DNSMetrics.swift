@@ -1,0 +1,184 @@
+import Atomics
+import DNSWire
+import Foundation
+
+/// One DNS worker's counters (a UDP worker thread, or a TCP event-loop thread): written only by
+/// that thread with relaxed loads and stores (plain moves: no lock prefix, no cache line shared
+/// with another writer), read by the scrape, which sums every worker's (`DNSMetrics`). STYLE.md:
+/// the answer path takes no lock and touches no shared atomic.
+public final class DNSWorkerCounters: @unchecked Sendable {
+    // @unchecked: each slot is written by one thread only, and read with atomic loads.
+
+    /// The query types counted by name; the rest count as "other".
+    static let qtypes: [RRType] = [.a, .aaaa, .srv, .cname, .ns, .soa, .mx, .txt, .ptr, .any, RRType(65)]
+    static let qtypeNames = ["A", "AAAA", "SRV", "CNAME", "NS", "SOA", "MX", "TXT", "PTR", "ANY", "HTTPS", "other"]
+    static let rcodeNames = ["NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "YXDOMAIN", "YXRRSET",
+                             "NXRRSET", "NOTAUTH", "NOTZONE", "other"]
+    /// Upper bounds (seconds) of the answer-path latency histogram's buckets (+Inf above).
+    static let latencyBucketsSeconds: [Double] = [1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3]
+    /// One query in this many is timed (a clock read costs about a tenth of an answer).
+    public static let latencySampleEvery: UInt64 = 64
+
+    enum Slot {
+        static let queries = 0                                   // by qtype
+        static let responses = queries + qtypeNames.count        // by rcode
+        static let truncated = responses + rcodeNames.count
+        static let dropped = truncated + 1                       // no answer: malformed, a response, not ours
+        static let cacheHits = dropped + 1
+        static let cacheMisses = cacheHits + 1
+        static let latency = cacheMisses + 1                     // buckets, then +Inf
+        static let latencySumNanoseconds = latency + latencyBucketsSeconds.count + 1
+        static let latencyCount = latencySumNanoseconds + 1
+        static let count = latencyCount + 1
+    }
+
+    public let transport: Transport
+    private typealias Storage = UnsafeAtomic<UInt64>.Storage
+    private let slots: UnsafeMutablePointer<Storage>
+    private var sampled: UInt64 = 0
+
+    init(transport: Transport) {
+        self.transport = transport
+        slots = .allocate(capacity: Slot.count)
+        slots.initialize(repeating: Storage(0), count: Slot.count)
+    }
+
+    deinit {
+        slots.deinitialize(count: Slot.count)
+        slots.deallocate()
+    }
+
+    @inline(__always) private func add(_ slot: Int, _ amount: UInt64 = 1) {
+        let atomic = UnsafeAtomic<UInt64>(at: slots + slot)
+        atomic.store(atomic.load(ordering: .relaxed) &+ amount, ordering: .relaxed)
+    }
+
+    func value(_ slot: Int) -> UInt64 { UnsafeAtomic<UInt64>(at: slots + slot).load(ordering: .relaxed) }
+
+    /// Counts one query and what was done with it: `response` holds `length` bytes (0: none).
+    @inline(__always) func count(qtype: RRType, response: UnsafeMutableRawBufferPointer, length: Int) {
+        var index = Self.qtypes.count
+        for (i, type) in Self.qtypes.enumerated() where type == qtype {
+            index = i
+            break
+        }
+        add(Slot.queries + index)
+        guard length >= Message.headerBytes else {
+            add(Slot.dropped)
+            return
+        }
+        let flags = response[2]
+        let rcode = Int(response[3] & 0x0F)
+        add(Slot.responses + min(rcode, Self.rcodeNames.count - 1))
+        if flags & 0x02 != 0 { add(Slot.truncated) }
+    }
+
+    /// Whether the next query is one to time.
+    @inline(__always) func shouldTime() -> Bool {
+        sampled &+= 1
+        return sampled % Self.latencySampleEvery == 0
+    }
+
+    func recordLatency(nanoseconds: UInt64) {
+        let seconds = Double(nanoseconds) / 1e9
+        var bucket = Self.latencyBucketsSeconds.count
+        for (i, bound) in Self.latencyBucketsSeconds.enumerated() where seconds <= bound {
+            bucket = i
+            break
+        }
+        add(Slot.latency + bucket)
+        add(Slot.latencySumNanoseconds, nanoseconds)
+        add(Slot.latencyCount)
+    }
+
+    /// The answer cache's totals of this worker's Answerer (set, not added: it counts itself).
+    func setCache(hits: Int, misses: Int) {
+        UnsafeAtomic<UInt64>(at: slots + Slot.cacheHits).store(UInt64(hits), ordering: .relaxed)
+        UnsafeAtomic<UInt64>(at: slots + Slot.cacheMisses).store(UInt64(misses), ordering: .relaxed)
+    }
+
+    @inline(__always) static func nowNanoseconds() -> UInt64 {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
+    }
+}
+
+/// Every DNS worker's counters, summed into Prometheus text on scrape. Process-wide: one
+/// registry however many servers a process (a test) runs.
+public final class DNSMetrics: @unchecked Sendable {
+    // @unchecked: `workers` is guarded by `lock` (taken when a worker starts and on scrape).
+    public static let shared = DNSMetrics()
+
+    private let lock = NSLock()
+    private var workers: [DNSWorkerCounters] = []
+    private var isEnabled = true
+
+    /// Whether workers started from now on count (`dns.metrics`; read when a worker starts).
+    public var enabled: Bool {
+        get { lock.withLock { isEnabled } }
+        set { lock.withLock { isEnabled = newValue } }
+    }
+
+    /// A new worker's counters, kept for the life of the process (a stopped worker's counts
+    /// stay in the totals, as counters must).
+    func register(_ transport: Transport) -> DNSWorkerCounters? {
+        lock.withLock {
+            guard isEnabled else { return nil }
+            let counters = DNSWorkerCounters(transport: transport)
+            workers.append(counters)
+            return counters
+        }
+    }
+
+    /// The series, in Prometheus text format (without a trailing newline per line).
+    public func lines() -> [String] {
+        let workers = lock.withLock { self.workers }
+        typealias Slot = DNSWorkerCounters.Slot
+        func sum(_ transport: Transport, _ slot: Int) -> UInt64 {
+            workers.lazy.filter { $0.transport == transport }.reduce(0) { $0 &+ $1.value(slot) }
+        }
+        let transports: [(Transport, String)] = [(.udp, "udp"), (.tcp, "tcp")]
+        var out: [String] = []
+        out += ["# HELP disco_dns_queries_total DNS queries received, by transport and query type.",
+                "# TYPE disco_dns_queries_total counter"]
+        for (transport, name) in transports {
+            for (i, qtype) in DNSWorkerCounters.qtypeNames.enumerated() {
+                out.append("disco_dns_queries_total{proto=\"\(name)\",qtype=\"\(qtype)\"} \(sum(transport, Slot.queries + i))")
+            }
+        }
+        out += ["# HELP disco_dns_responses_total DNS responses sent, by transport and response code.",
+                "# TYPE disco_dns_responses_total counter"]
+        for (transport, name) in transports {
+            for (i, rcode) in DNSWorkerCounters.rcodeNames.enumerated() {
+                out.append("disco_dns_responses_total{proto=\"\(name)\",rcode=\"\(rcode)\"} \(sum(transport, Slot.responses + i))")
+            }
+        }
+        func perTransport(_ metric: String, _ help: String, _ slot: Int) {
+            out += ["# HELP \(metric) \(help)", "# TYPE \(metric) counter"]
+            for (transport, name) in transports { out.append("\(metric){proto=\"\(name)\"} \(sum(transport, slot))") }
+        }
+        perTransport("disco_dns_truncated_total", "Responses sent with TC set (the client retries over TCP).", Slot.truncated)
+        perTransport("disco_dns_unanswered_total",
+                     "Queries given no answer: malformed, a response, or refused by a client limit before answering.", Slot.dropped)
+        out += ["# HELP disco_dns_cache_hits_total UDP queries answered from the answer cache.",
+                "# TYPE disco_dns_cache_hits_total counter", "disco_dns_cache_hits_total \(sum(.udp, Slot.cacheHits))",
+                "# HELP disco_dns_cache_misses_total UDP queries the answer cache did not hold.",
+                "# TYPE disco_dns_cache_misses_total counter", "disco_dns_cache_misses_total \(sum(.udp, Slot.cacheMisses))"]
+        let metric = "disco_dns_answer_duration_seconds"
+        out += ["# HELP \(metric) Time to answer one query (parse, lookup, encode), one query in \(DNSWorkerCounters.latencySampleEvery) sampled.",
+                "# TYPE \(metric) histogram"]
+        for (transport, name) in transports {
+            var cumulative: UInt64 = 0
+            for (i, bound) in DNSWorkerCounters.latencyBucketsSeconds.enumerated() {
+                cumulative &+= sum(transport, Slot.latency + i)
+                out.append("\(metric)_bucket{proto=\"\(name)\",le=\"\(bound)\"} \(cumulative)")
+            }
+            cumulative &+= sum(transport, Slot.latency + DNSWorkerCounters.latencyBucketsSeconds.count)
+            out.append("\(metric)_bucket{proto=\"\(name)\",le=\"+Inf\"} \(cumulative)")
+            out.append("\(metric)_sum{proto=\"\(name)\"} \(Double(sum(transport, Slot.latencySumNanoseconds)) / 1e9)")
+            out.append("\(metric)_count{proto=\"\(name)\"} \(sum(transport, Slot.latencyCount))")
+        }
+        return out
+    }
+}
