@@ -95,7 +95,7 @@ public struct DiscoctlCommand: ParsableCommand {
         commandName: "discoctl",
         abstract: "Control a Disco cluster: services, health checks, key-value store, members, snapshots.",
         subcommands: [Register.self, Deregister.self, Services.self, Instances.self, Health.self, Check.self, Watch.self,
-                      KV.self, Members.self, Leader.self, Peers.self, SnapshotCommand.self, ACLCommand.self, TLSCommand.self])
+                      KV.self, Members.self, Leader.self, Peers.self, SnapshotCommand.self, ACLCommand.self, TLSCommand.self, Top.self])
 
     public init() {}
 }

@@ -1,0 +1,61 @@
+import DNSWire
+import Foundation
+import Testing
+
+/// `discoctl top` in a real terminal (tmux) against a running server: the screen shows the
+/// figures and refreshes (issue 17).
+@Suite("discoctl top", .serialized)
+struct TopProcessTests {
+    /// Runs tmux; `capture`: read what it prints (never for a command that may start the tmux
+    /// server, which would hold the pipe open for as long as it runs).
+    func tmux(_ arguments: [String], capture: Bool = true) throws -> String {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/tmux")
+        process.arguments = arguments
+        let out = Pipe()
+        process.standardOutput = capture ? out : FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        let data = capture ? out.fileHandleForReading.readDataToEndOfFile() : Data()
+        process.waitUntilExit()
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    @Test func theScreenShowsTheFiguresAndRefreshes() throws {
+        let cluster = try ClusterProcessTests.ClusterFixture(size: 1)
+        let node = cluster.nodes[0]
+        _ = try #require(cluster.leader())
+        let dns = try #require(node.process?.port)
+        let session = "disco-top-\(getpid())"
+        let binary = try builtProduct("discoctl").path
+        _ = try tmux(["new-session", "-d", "-s", session, "-x", "140", "-y", "30",
+                      "\(binary) top --interval 0.5 --http-addr 127.0.0.1:\(node.httpPort)"], capture: false)
+        defer { _ = try? tmux(["kill-session", "-t", session], capture: false) }
+        // Traffic while it watches: DNS queries and an API write.
+        let name = try DomainName("www.example.test.")
+        var screens: [String] = []
+        let deadline = Date().addingTimeInterval(15)
+        while Date() < deadline {
+            for id in 0..<20 { _ = try? DNSClient.udp(Message.query(name, .a, id: UInt16(id)), port: dns) }
+            _ = http("PUT", port: node.httpPort, "/v1/kv/top", body: "x")
+            usleep(300_000)
+            let screen = try tmux(["capture-pane", "-p", "-t", session])
+            if screen.contains("discoctl top") { screens.append(screen) }
+            if screens.count >= 6, screens.contains(where: { Self.qps($0) ?? 0 > 0 }) { break }
+        }
+        let last = try #require(screens.last, "top never drew a screen")
+        #expect(last.contains("RAFT  leader, term"), "\(last)")
+        #expect(last.contains("API ") && last.contains("req/s"), "\(last)")
+        #expect(last.contains("SERVER  ADDRESS"), "\(last)")
+        #expect(last.contains("127.0.0.1:\(node.raftPort)"), "\(last)")
+        #expect(screens.contains { Self.qps($0) ?? 0 > 0 }, "DNS q/s never moved: \(screens)")
+        // It refreshes: the header's time changes between screens.
+        #expect(Set(screens.compactMap { $0.split(separator: "\n").first }).count >= 2, "\(screens)")
+    }
+
+    /// The DNS q/s figure on a screen.
+    static func qps(_ screen: String) -> Double? {
+        guard let line = screen.split(separator: "\n").first(where: { $0.hasPrefix("DNS ") }) else { return nil }
+        return line.split(separator: " ").dropFirst().first.flatMap { Double($0) }
+    }
+}
