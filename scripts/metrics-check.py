@@ -103,6 +103,15 @@ def main():
         check("disco_dns_view_zones counts the zones and the registry", value(after, "disco_dns_view_zones") >= 3,
               value(after, "disco_dns_view_zones"))
 
+        # The Grafana dashboard shipped in Config/ only names series that exist.
+        import json, re
+        dashboard = json.load(open(os.path.join(chaos.ROOT, "Config/grafana-dashboard.json")))
+        used = {re.sub(r"_(bucket|sum|count)$", "", m) for panel in dashboard["panels"] for target in panel["targets"]
+                for m in re.findall(r"disco_[a-z_]+", target["expr"])}
+        exposed = {name for name in families} | {name + "_total" for name in families}
+        missing = sorted(name for name in used if name not in exposed and name.removesuffix("_total") not in families)
+        check("every series the Grafana dashboard queries is exposed", not missing, missing)
+
         for family in families.values():
             if family.type != "histogram":
                 continue
