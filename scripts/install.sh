@@ -43,6 +43,8 @@ else
   install -m 0644 Config/discod.toml "$DESTDIR/etc/disco/discod.toml"
 fi
 install -m 0644 README.md Config/grafana-dashboard.json "$DESTDIR/usr/share/doc/disco/"
+# The socket unit is installed but not enabled: `systemctl enable --now discod.socket` opts in.
+install -m 0644 Config/discod.socket "$DESTDIR/etc/systemd/system/discod.socket"
 
 # The installed configuration as discod will read it (zones resolved inside DESTDIR).
 DISCO_ZONES_DIRECTORY="$DESTDIR/etc/disco/zones" "$DESTDIR$PREFIX/bin/discod" --check-config "$DESTDIR/etc/disco/discod.toml"

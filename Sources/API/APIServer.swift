@@ -72,7 +72,9 @@ public final class APIServer: @unchecked Sendable {
                                 logger: logger)
     }
 
-    public func start() throws -> Int {
+    /// - Parameter inheritedSocket: a listening socket systemd passed (socket activation),
+    ///   served instead of binding `listen`.
+    public func start(inheritedSocket: Int32? = nil) throws -> Int {
         let leftovers = SnapshotUploadFile.removeLeftovers(in: uploads.directory)
         if leftovers > 0 {
             logger.info("removed snapshot uploads left by an earlier run",
@@ -80,7 +82,7 @@ public final class APIServer: @unchecked Sendable {
         }
         let router = self.router, connections = self.connections, uploads = self.uploads, tls = self.tls
         let httpMetrics = self.httpMetrics
-        let channel = try ServerBootstrap(group: group)
+        let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .serverChannelOption(.backlog, value: Self.listenBacklog)
             .childChannelInitializer { channel in
@@ -91,7 +93,7 @@ public final class APIServer: @unchecked Sendable {
                     try channel.pipeline.syncOperations.addHandler(HTTPHandler(router: router, uploads: uploads, metrics: httpMetrics))
                 }
             }
-            .bind(host: listen.host, port: listen.port).wait()
+        let channel = try (inheritedSocket.map { bootstrap.withBoundSocket($0) } ?? bootstrap.bind(host: listen.host, port: listen.port)).wait()
         self.channel = channel
         return channel.localAddress?.port ?? listen.port
     }

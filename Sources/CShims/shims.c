@@ -3,6 +3,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <malloc.h>
 #include <sched.h>
 #include <stdio.h>
@@ -207,6 +208,57 @@ fail:;
     int saved = errno;
     close(fd);
     return -saved;
+}
+
+int disco_udp_adopt(int fd, int receive_timeout_ms, int receive_buffer_bytes) {
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0) return -errno;
+    int one = 1, wildcard = 0;
+    if (ss.ss_family == AF_INET6) {
+        wildcard = IN6_IS_ADDR_UNSPECIFIED(&((struct sockaddr_in6 *)&ss)->sin6_addr);
+        if (wildcard && setsockopt(fd, IPPROTO_IPV6, IPV6_RECVPKTINFO, &one, sizeof(one)) < 0) return -errno;
+    } else if (ss.ss_family == AF_INET) {
+        wildcard = ((struct sockaddr_in *)&ss)->sin_addr.s_addr == htonl(INADDR_ANY);
+        if (wildcard && setsockopt(fd, IPPROTO_IP, IP_PKTINFO, &one, sizeof(one)) < 0) return -errno;
+    } else {
+        return -EAFNOSUPPORT;
+    }
+    if (receive_buffer_bytes > 0) {
+        (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &receive_buffer_bytes, sizeof(receive_buffer_bytes));
+    }
+    if (receive_timeout_ms > 0) {
+        struct timeval tv = { .tv_sec = receive_timeout_ms / 1000, .tv_usec = (receive_timeout_ms % 1000) * 1000 };
+        if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0) return -errno;
+    }
+    int flags = fcntl(fd, F_GETFD);
+    if (flags >= 0) (void)fcntl(fd, F_SETFD, flags | FD_CLOEXEC);
+    return wildcard;
+}
+
+int disco_socket_type(int fd) {
+    int type = 0;
+    socklen_t len = sizeof(type);
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0) return -errno;
+    return type;
+}
+
+int disco_socket_address(int fd, char *host, int host_length, int *port) {
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0) return -errno;
+    if (ss.ss_family == AF_INET) {
+        struct sockaddr_in *v4 = (struct sockaddr_in *)&ss;
+        if (!inet_ntop(AF_INET, &v4->sin_addr, host, host_length)) return -errno;
+        *port = ntohs(v4->sin_port);
+    } else if (ss.ss_family == AF_INET6) {
+        struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&ss;
+        if (!inet_ntop(AF_INET6, &v6->sin6_addr, host, host_length)) return -errno;
+        *port = ntohs(v6->sin6_port);
+    } else {
+        return -EAFNOSUPPORT;
+    }
+    return 0;
 }
 
 int disco_socket_port(int fd) {

@@ -32,6 +32,9 @@ public final class TCPServer: @unchecked Sendable {
     private let panics = ManagedAtomic<Int>(0)
     private var channels: [Channel] = []
     public private(set) var boundAddresses: [ListenAddress] = []
+    /// Listening sockets the service manager passed (socket activation): served instead of
+    /// `addresses`.
+    public var inheritedSockets: [(fd: Int32, address: ListenAddress)] = []
 
     public init(addresses: [ListenAddress], store: ViewStore, group: EventLoopGroup,
                 limits: ClientLimits = ClientLimits(), minimalResponses: Bool = false,
@@ -95,7 +98,16 @@ public final class TCPServer: @unchecked Sendable {
             }
         var started: [Channel] = []
         var bound: [ListenAddress] = []
-        for address in addresses {
+        for (fd, address) in inheritedSockets {
+            do {
+                started.append(try bootstrap.withBoundSocket(fd).wait())
+                bound.append(address)
+            } catch {
+                for channel in started { try? channel.close().wait() }
+                throw ServerError.bind(address: address.description, transport: "tcp", errno: (error as? IOError)?.errnoCode ?? 0)
+            }
+        }
+        for address in addresses where inheritedSockets.isEmpty {
             do {
                 let channel = try bootstrap.bind(host: address.host, port: address.port).wait()
                 started.append(channel)

@@ -60,11 +60,21 @@ public final class UDPServer: @unchecked Sendable {
         self.logger = logger
     }
 
+    /// Sockets the service manager passed (socket activation), with their addresses: served
+    /// instead of `addresses`, each by `workers` threads (they share the one socket).
+    public var inheritedSockets: [(fd: Int32, address: ListenAddress)] = []
+
     /// Binds every socket (throwing, with nothing left open, if any bind fails), then starts the workers.
     public func start() throws(ServerError) {
         var opened: [(fd: Int32, wildcard: Bool)] = []
         var bound: [ListenAddress] = []
-        for address in addresses {
+        for (fd, address) in inheritedSockets {
+            let wildcard = disco_udp_adopt(fd, Self.receiveTimeoutMilliseconds, Self.receiveBufferBytes)
+            guard wildcard >= 0 else { throw ServerError.bind(address: address.description, transport: "udp", errno: -wildcard) }
+            for _ in 0..<workers { opened.append((fd, wildcard == 1)) }
+            bound.append(address)
+        }
+        for address in addresses where inheritedSockets.isEmpty {
             var port = address.port
             for _ in 0..<workers {
                 var current = address
@@ -111,7 +121,8 @@ public final class UDPServer: @unchecked Sendable {
         guard running.get() else { return }
         running.set(false)
         finished.wait()
-        sockets.forEach { close($0.fd) }
+        // Workers of an inherited socket share its descriptor: each is closed once.
+        Set(sockets.map(\.fd)).forEach { close($0) }
         sockets = []
         threads = []
     }

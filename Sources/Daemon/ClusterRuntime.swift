@@ -40,7 +40,8 @@ final class ClusterRuntime {
 
     /// - Parameter onCatalogChange: called on the driver's loop after each entry that changed
     ///   the catalog (the DNS view rebuild hooks in here).
-    init(config: Configuration, logger: Logger, extraMetrics: (@Sendable () -> [String])? = nil,
+    /// - Parameter httpSocket: a listening socket systemd passed for the HTTP API (socket activation).
+    init(config: Configuration, logger: Logger, httpSocket: Int32? = nil, extraMetrics: (@Sendable () -> [String])? = nil,
          onCatalogChange: @escaping @Sendable (CatalogChange, CatalogState) -> Void) throws(StartError) {
         let id = NodeID(rawValue: config.raftNodeID)
         self.logger = logger
@@ -185,7 +186,7 @@ final class ClusterRuntime {
             throw StartError(code: .unavailable, message: "cannot bind raft \(config.raftListen): \(error)")
         }
         do {
-            httpPort = try api.start()
+            httpPort = try api.start(inheritedSocket: httpSocket)
         } catch {
             transport.stop()
             health?.stop()

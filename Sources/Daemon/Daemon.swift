@@ -48,6 +48,8 @@ public final class DiscoDaemon: @unchecked Sendable {
     private var tcp: TCPServer?
     private var group: MultiThreadedEventLoopGroup?
     private var cluster: ClusterRuntime?
+    /// Sockets systemd passed (socket activation); empty otherwise.
+    private var activation = SocketActivation()
     private var watchdog: SystemdWatchdog?
     private let signalQueue = DispatchQueue(label: "disco.signals")
     private var signalSources: [DispatchSourceSignal] = []
@@ -75,6 +77,14 @@ public final class DiscoDaemon: @unchecked Sendable {
 
     /// Loads zones and binds every socket. Throws with an exit code and nothing left bound.
     public func start() throws(StartError) {
+        activation = try SocketActivation.inherited(environment: ProcessInfo.processInfo.environment,
+                                                    httpPort: config.httpListen.port)
+        if !activation.sockets.isEmpty {
+            logger.info("socket activation: serving the sockets systemd passed", metadata: [
+                "dns.udp": "\(activation.udp.map(\.address.description))", "dns.tcp": "\(activation.tcp.map(\.address.description))",
+                "http": "\(activation.http.map(\.address.description) ?? "-")",
+            ])
+        }
         // The zone files load on other threads while the cluster starts (a zone of a million
         // records takes seconds, as long as the registry's first view or longer).
         let zoneLoad: PendingZoneLoad?
@@ -143,7 +153,7 @@ public final class DiscoDaemon: @unchecked Sendable {
                 final class PublisherBox: @unchecked Sendable { var publisher: ServiceViewPublisher? }
                 let box = PublisherBox()
                 let limits = clientLimits
-                let cluster = try ClusterRuntime(config: config, logger: logger, extraMetrics: { [weak self] in
+                let cluster = try ClusterRuntime(config: config, logger: logger, httpSocket: activation.http?.fd, extraMetrics: { [weak self] in
                     Self.metricLines(limits.counters) + (self?.dnsMetrics().flatMap(\.lines) ?? []) + DNSMetrics.shared.lines()
                 }) { change, _ in
                     box.publisher?.changed(change)
@@ -184,6 +194,12 @@ public final class DiscoDaemon: @unchecked Sendable {
         let udp = UDPServer(addresses: config.dnsListen, workers: config.dnsWorkers, store: store,
                             udpPayloadBytes: config.dnsUDPPayloadBytes, minimalResponses: config.dnsMinimalResponses,
                             limits: limits, selection: selection, logger: logger)
+        let inherited = !activation.udp.isEmpty || !activation.tcp.isEmpty
+        if inherited {
+            udp.inheritedSockets = activation.udp
+            if activation.tcp.isEmpty { logger.warning("socket activation passed no TCP socket: DNS over TCP is not served") }
+            if activation.udp.isEmpty { logger.warning("socket activation passed no UDP socket: DNS over UDP is not served") }
+        }
         // TCP is not the hot path: one event loop is plenty, and leaves the cores to UDP.
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         // With port 0 the kernel picks a free UDP port, which TCP may already use: then pick again.
@@ -192,8 +208,9 @@ public final class DiscoDaemon: @unchecked Sendable {
             do throws(ServerError) {
                 try udp.start()
                 // TCP binds the ports UDP got, so with port 0 one number serves both.
-                let tcp = TCPServer(addresses: udp.boundAddresses, store: store, group: group, limits: limits,
+                let tcp = TCPServer(addresses: inherited ? [] : udp.boundAddresses, store: store, group: group, limits: limits,
                                     minimalResponses: config.dnsMinimalResponses, selection: selection, logger: logger)
+                tcp.inheritedSockets = activation.tcp
                 try tcp.start()
                 self.tcp = tcp
                 break

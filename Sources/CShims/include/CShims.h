@@ -44,6 +44,17 @@ int disco_udp_socket(const struct sockaddr *address, socklen_t length, int recei
 /// The port a socket is bound to (host byte order), or -errno.
 int disco_socket_port(int fd);
 
+/* A UDP socket passed by the service manager (socket activation): the options
+ * disco_udp_socket sets, set on it (packet info when its address is a wildcard). Returns 1
+ * when it is bound to a wildcard address, 0 when not, -errno on failure. */
+int disco_udp_adopt(int fd, int receive_timeout_ms, int receive_buffer_bytes);
+
+/* SOCK_DGRAM, SOCK_STREAM, ... of fd, or -errno. */
+int disco_socket_type(int fd);
+
+/* The socket's bound address as text ("127.0.0.1", "::") and port; 0 or -errno. */
+int disco_socket_address(int fd, char *host, int host_length, int *port);
+
 /// Parses "a.b.c.d" or an IPv6 literal with a port into a sockaddr_storage.
 /// Returns the sockaddr length or 0 if the text is not an address.
 socklen_t disco_parse_address(const char *host, uint16_t port, struct sockaddr_storage *out);
