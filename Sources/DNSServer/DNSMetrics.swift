@@ -1,6 +1,7 @@
 import Atomics
 import DNSWire
 import Foundation
+import Logging
 
 /// One DNS worker's counters (a UDP worker thread, or a TCP event-loop thread): written only by
 /// that thread with relaxed loads and stores (plain moves: no lock prefix, no cache line shared
@@ -180,5 +181,37 @@ public final class DNSMetrics: @unchecked Sendable {
             out.append("\(metric)_count{proto=\"\(name)\"} \(sum(transport, Slot.latencyCount))")
         }
         return out
+    }
+}
+
+/// The optional sampled query log (`dns.query_log_every`): one query in `every` logged at info
+/// with its client, question, response code and size. Never every query: a log line costs
+/// microseconds, an answer a fraction of one.
+public struct QueryLog: Sendable {
+    /// One query in this many is logged; 0: none.
+    public let every: UInt64
+    let logger: Logger
+
+    public init(every: UInt64, logger: Logger) {
+        self.every = every
+        self.logger = logger
+    }
+
+    /// Logs one answered (or unanswered: `response` empty) query.
+    func log(client: String, response: UnsafeRawBufferPointer, transport: Transport) {
+        var metadata: Logger.Metadata = ["dns.client": "\(client)", "dns.proto": "\(transport == .udp ? "udp" : "tcp")",
+                                         "dns.bytes": "\(response.count)"]
+        if response.isEmpty {
+            metadata["dns.rcode"] = "none (dropped)"
+        } else if let message = try? Message.parse(response) {
+            if let question = message.questions.first {
+                metadata["dns.qname"] = "\(question.name)"
+                metadata["dns.qtype"] = "\(question.type)"
+            }
+            metadata["dns.rcode"] = "\(message.rcode)"
+            metadata["dns.answers"] = "\(message.answers.count)"
+            metadata["dns.truncated"] = "\(message.flags.tc)"
+        }
+        logger.info("query", metadata: metadata)
     }
 }

@@ -35,6 +35,8 @@ public final class TCPServer: @unchecked Sendable {
     /// Listening sockets the service manager passed (socket activation): served instead of
     /// `addresses`.
     public var inheritedSockets: [(fd: Int32, address: ListenAddress)] = []
+    /// The sampled query log (`dns.query_log_every`); nil: off.
+    public var queryLog: QueryLog?
 
     public init(addresses: [ListenAddress], store: ViewStore, group: EventLoopGroup,
                 limits: ClientLimits = ClientLimits(), minimalResponses: Bool = false,
@@ -68,6 +70,7 @@ public final class TCPServer: @unchecked Sendable {
         let outbound = limits.tcp.outboundBytesMax
         let selection = self.selection
         let panics = self.panics
+        let queryLog = self.queryLog.flatMap { $0.every > 0 ? $0 : nil }
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: Self.backlogConnections)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -93,7 +96,7 @@ public final class TCPServer: @unchecked Sendable {
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(
                         DNSConnectionHandler(store: store, limits: limits, minimalResponses: minimalResponses,
-                                             selection: selection, panics: panics))
+                                             selection: selection, panics: panics, queryLog: queryLog))
                 }
             }
         var started: [Channel] = []
@@ -188,6 +191,15 @@ final class TCPAnswerContext {
     let output = UnsafeMutableRawBufferPointer.allocate(byteCount: Answerer.responseBytesMax, alignment: 8)
     /// This thread's TCP counters (one writer: the event loop).
     let counters = DNSMetrics.shared.register(.tcp)
+    private var queriesSinceLogged: UInt64 = 0
+
+    /// Whether this query is the one in `every` to log.
+    func sampleQueryLog(every: UInt64) -> Bool {
+        queriesSinceLogged &+= 1
+        guard queriesSinceLogged >= every else { return false }
+        queriesSinceLogged = 0
+        return true
+    }
 
     init(minimalResponses: Bool, selection: SelectionOptions) {
         answerer = Answerer(minimalResponses: minimalResponses, selection: selection)
@@ -299,13 +311,15 @@ final class DNSConnectionHandler: ChannelDuplexHandler {
     private let minimalResponses: Bool
     private let selection: SelectionOptions
     private let panics: ManagedAtomic<Int>
+    private let queryLog: QueryLog?
     private var buffer = ByteBuffer()
     private var state: TCPConnectionState
     private var timer: Scheduled<Void>?
     private var timerAt: NIODeadline = .distantFuture
 
     init(store: ViewStore, limits: ClientLimits, minimalResponses: Bool, selection: SelectionOptions,
-         panics: ManagedAtomic<Int>) {
+         panics: ManagedAtomic<Int>, queryLog: QueryLog? = nil) {
+        self.queryLog = queryLog
         self.selection = selection
         self.panics = panics
         self.store = store
@@ -393,6 +407,10 @@ final class DNSConnectionHandler: ChannelDuplexHandler {
         }
         if timed { counters?.recordLatency(nanoseconds: DNSWorkerCounters.nowNanoseconds() &- started) }
         counters?.count(qtype: answering.answerer.lastQType, response: answering.output, length: length)
+        if let queryLog, answering.sampleQueryLog(every: queryLog.every) {
+            queryLog.log(client: context.remoteAddress.map { "\(ClientAddress(nioAddress: $0))" } ?? "?",
+                         response: UnsafeRawBufferPointer(rebasing: answering.output[0..<length]), transport: .tcp)
+        }
         if answering.answerer.panicAnswers != panicsBefore { panics.wrappingIncrement(ordering: .relaxed) }
         guard length > 0 else { return false }
         var response = context.channel.allocator.buffer(capacity: 2 + length)

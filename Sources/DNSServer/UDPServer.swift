@@ -63,6 +63,8 @@ public final class UDPServer: @unchecked Sendable {
     /// Sockets the service manager passed (socket activation), with their addresses: served
     /// instead of `addresses`, each by `workers` threads (they share the one socket).
     public var inheritedSockets: [(fd: Int32, address: ListenAddress)] = []
+    /// The sampled query log (`dns.query_log_every`); nil: off.
+    public var queryLog: QueryLog?
 
     /// Binds every socket (throwing, with nothing left open, if any bind fails), then starts the workers.
     public func start() throws(ServerError) {
@@ -150,6 +152,8 @@ public final class UDPServer: @unchecked Sendable {
         let rrl = limits.rrl.configuration.enabled ? limits.rrl.makeWorker() : nil
         var nextRRLLog: UInt32 = 0
         let counters = DNSMetrics.shared.register(.udp)
+        let queryLog = self.queryLog.flatMap { $0.every > 0 ? $0 : nil }
+        var queriesSinceLogged: UInt64 = 0
         while running.get() {
             progress.wrappingIncrement(ordering: .relaxed)
             if let rrl { logLimiting(rrl, nextLog: &nextRRLLog) }
@@ -188,6 +192,14 @@ public final class UDPServer: @unchecked Sendable {
                 }
                 disco_udp_batch_set_out_length(batch, i, UInt32(length))
                 counters?.count(qtype: answerer.lastQType, response: output, length: length)
+                if let queryLog {
+                    queriesSinceLogged &+= 1
+                    if queriesSinceLogged >= queryLog.every {
+                        queriesSinceLogged = 0
+                        queryLog.log(client: "\(ClientAddress(socketAddress: disco_udp_batch_peer(batch, i)))",
+                                     response: UnsafeRawBufferPointer(rebasing: output[0..<length]), transport: .udp)
+                    }
+                }
             }
             counters?.setCache(hits: answerer.cacheHits, misses: answerer.cacheMisses)
             panics.store(answerer.panicAnswers, ordering: .relaxed)

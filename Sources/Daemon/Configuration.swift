@@ -63,6 +63,10 @@ public struct Configuration: Sendable, Equatable {
     /// `dns.metrics`: per-worker query counters and the sampled answer latency (issue 17); off
     /// only to measure what they cost.
     public var dnsMetrics = true
+    /// `dns.query_log_every`: log one query in this many (client, question, rcode); 0: none.
+    public var dnsQueryLogEvery = 0
+    /// Bound of `dns.query_log_every`: one in a billion is as good as none.
+    public static let queryLogEveryMax = 1_000_000_000
     /// The directory of `<origin>.zone` master files.
     public var zonesDirectory: String
     /// The domain the registry is answered under (`consul.` for a drop-in), with a final dot.
@@ -449,6 +453,7 @@ public struct Configuration: Sendable, Equatable {
     ] + clientNetworkKeys("dns.rrl", ipv4: \.dnsRRL.ipv4PrefixLength, ipv6: \.dnsRRL.ipv6PrefixLength, exempt: \.dnsRRL.exempt)
       + clientNetworkKeys("dns.limits", ipv4: \.dnsQueryLimit.ipv4PrefixLength, ipv6: \.dnsQueryLimit.ipv6PrefixLength,
                           exempt: \.dnsQueryLimit.exempt) + [
+        integerKey("dns.query_log_every", 0...queryLogEveryMax, \.dnsQueryLogEvery, zero: "no query log"),
         Key(name: "dns.metrics") { config, value in
             guard case .boolean(let on) = value else { return "expected true or false" }
             config.dnsMetrics = on

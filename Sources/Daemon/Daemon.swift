@@ -194,6 +194,8 @@ public final class DiscoDaemon: @unchecked Sendable {
         let udp = UDPServer(addresses: config.dnsListen, workers: config.dnsWorkers, store: store,
                             udpPayloadBytes: config.dnsUDPPayloadBytes, minimalResponses: config.dnsMinimalResponses,
                             limits: limits, selection: selection, logger: logger)
+        let queryLog = config.dnsQueryLogEvery > 0 ? QueryLog(every: UInt64(config.dnsQueryLogEvery), logger: logger) : nil
+        udp.queryLog = queryLog
         let inherited = !activation.udp.isEmpty || !activation.tcp.isEmpty
         if inherited {
             udp.inheritedSockets = activation.udp
@@ -211,6 +213,7 @@ public final class DiscoDaemon: @unchecked Sendable {
                 let tcp = TCPServer(addresses: inherited ? [] : udp.boundAddresses, store: store, group: group, limits: limits,
                                     minimalResponses: config.dnsMinimalResponses, selection: selection, logger: logger)
                 tcp.inheritedSockets = activation.tcp
+                tcp.queryLog = queryLog
                 try tcp.start()
                 self.tcp = tcp
                 break

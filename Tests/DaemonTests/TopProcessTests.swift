@@ -59,3 +59,20 @@ struct TopProcessTests {
         return line.split(separator: " ").dropFirst().first.flatMap { Double($0) }
     }
 }
+
+/// The sampled query log (issue 17): one query in N, with its client, question and answer.
+@Suite("query log") struct QueryLogProcessTests {
+    @Test func oneQueryInNIsLoggedWithItsQuestionAndAnswer() throws {
+        let directory = try TemporaryDirectory()
+        try directory.write("example.test.zone", testZone)
+        let daemon = try DiscodProcess.serving(zones: directory.url, extra: ["--workers", "1"],
+                                               environment: ["DISCO_DNS_QUERY_LOG_EVERY": "3"])
+        defer { daemon.stop() }
+        let name = try DomainName("www.example.test.")
+        for id in 0..<6 { _ = try DNSClient.udp(Message.query(name, .a, id: UInt16(id)), port: daemon.port) }
+        #expect(waitUntil(seconds: 5) { daemon.stderr.components(separatedBy: "[DNSServer] query").count - 1 == 2 })
+        #expect(daemon.stderr.contains("dns.client=127.0.0.1 dns.proto=udp dns.qname=www.example.test. dns.qtype=A dns.rcode=NOERROR"))
+        usleep(300_000)
+        #expect(daemon.stderr.components(separatedBy: "[DNSServer] query").count - 1 == 2, "one in three, not more")
+    }
+}
