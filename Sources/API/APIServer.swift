@@ -52,7 +52,7 @@ public final class APIServer: @unchecked Sendable {
         self.uploads = UploadSlot(directory: uploadPath)
         self.group = group
         self.connections = ConnectionCounter(limits: limits)
-        let gate = AdmissionGate(admission: WriteAdmission(admission), driver: driver)
+        let gate = AdmissionGate(admission: WriteAdmission(admission), driver: driver, logger: logger)
         let forwarder = Forwarder(group: group, limits: limits, tls: tls)
         let httpMetrics = self.httpMetrics
         let admissionMetrics = { @Sendable in

@@ -1,4 +1,7 @@
 import Cluster
+import Dispatch
+import Logging
+import NIOConcurrencyHelpers
 import NIOHTTP1
 import RateLimit
 
@@ -19,15 +22,56 @@ final class AdmissionGate: Sendable {
     let admission: WriteAdmission
     let driver: RaftDriver
     let proposalsInFlightMax: Int
+    let logger: Logger?
+    /// Shedding is logged when it starts and when it has stopped (no refusal for this long),
+    /// never per refused write.
+    static let quietSecondsBeforeStopLog: UInt64 = 10
+    private let shedding = NIOLockedValueBox<(since: UInt64?, last: UInt64, refused: Int)>((nil, 0, 0))
 
-    init(admission: WriteAdmission, driver: RaftDriver, proposalsInFlightMax: Int = AdmissionGate.proposalsInFlightMaxDefault) {
+    init(admission: WriteAdmission, driver: RaftDriver, proposalsInFlightMax: Int = AdmissionGate.proposalsInFlightMaxDefault,
+         logger: Logger? = nil) {
         self.admission = admission
         self.driver = driver
         self.proposalsInFlightMax = proposalsInFlightMax
+        self.logger = logger
     }
 
     /// nil: go ahead and propose. Otherwise the 429 to answer.
     func refusal(for request: APIRequest) -> APIResponse? {
+        let refusal = decide(request)
+        noteShedding(refused: refusal != nil, reason: refusal.map { String(decoding: $0.body, as: UTF8.self) } ?? "")
+        return refusal
+    }
+
+    /// Logs the start of shedding (with its first reason) and, at the next write after a quiet
+    /// period, its end with how many writes it refused.
+    private func noteShedding(refused: Bool, reason: String) {
+        guard let logger else { return }
+        let now = DispatchTime.now().uptimeNanoseconds
+        let (started, stopped) = shedding.withLockedValue { state -> (Bool, Int?) in
+            var stopped: Int?
+            if let since = state.since, now - state.last > Self.quietSecondsBeforeStopLog * 1_000_000_000 {
+                _ = since
+                stopped = state.refused
+                state = (nil, state.last, 0)
+            }
+            guard refused else { return (false, stopped) }
+            let started = state.since == nil
+            if started { state.since = now }
+            state.last = now
+            state.refused += 1
+            return (started, stopped)
+        }
+        if let stopped {
+            logger.notice("write admission stopped refusing writes", metadata: ["http.writes_refused": "\(stopped)"])
+        }
+        if started {
+            logger.warning("write admission is refusing writes (429)",
+                           metadata: ["http.reason": "\(reason.trimmingCharacters(in: .whitespacesAndNewlines))"])
+        }
+    }
+
+    private func decide(_ request: APIRequest) -> APIResponse? {
         let queued = driver.pendingProposals
         if queued >= proposalsInFlightMax && admission.configuration.mode == .enforcing {
             let seconds = 1 + Int.random(in: 0...1)

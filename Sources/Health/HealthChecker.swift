@@ -408,11 +408,39 @@ public final class HealthChecker: @unchecked Sendable {
         case .publish(let status, _):
             runners[key]?.dirty = true
             count { $0.transitions += 1 }
-            logger.debug("check status changes", metadata: ["health.check": "\(key.node)/\(key.id)", "health.status": "\(status.rawValue)"])
+            logTransition(key, status)
         case .deregisterService:
             runners[key]?.deregister = true
         }
         scheduleFlush(after: settings.batchWindowMilliseconds)
+    }
+
+    /// Check transitions logged at info per second, at most: a mass failure (a rack losing power,
+    /// 41,000 checks) writes a summary, not a line per check.
+    static let transitionLogLinesPerSecondMax = 10
+    private var transitionLogSecond: UInt64 = 0
+    private var transitionLogLines = 0
+    private var transitionsNotLogged = 0
+
+    /// One line per check transition, up to `transitionLogLinesPerSecondMax` a second; the
+    /// rest are counted and reported in the next second's first line.
+    private func logTransition(_ key: NodeScopedID, _ status: HealthStatus) {
+        let second = DispatchTime.now().uptimeNanoseconds / 1_000_000_000
+        if second != transitionLogSecond {
+            if transitionsNotLogged > 0 {
+                logger.info("more check transitions, not logged one by one",
+                            metadata: ["health.transitions_not_logged": "\(transitionsNotLogged)"])
+            }
+            transitionLogSecond = second
+            transitionLogLines = 0
+            transitionsNotLogged = 0
+        }
+        guard transitionLogLines < Self.transitionLogLinesPerSecondMax else {
+            transitionsNotLogged += 1
+            return
+        }
+        transitionLogLines += 1
+        logger.info("check status changed", metadata: ["health.check": "\(key.node)/\(key.id)", "health.status": "\(status.rawValue)"])
     }
 
     // MARK: - Batching (on `loop`)

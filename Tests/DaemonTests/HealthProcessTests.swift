@@ -198,6 +198,9 @@ struct HealthProcessTests {
         let checks = json(http("GET", port: node.httpPort, "/v1/health/checks/job")) as? [[String: Any]]
         #expect(checks?.first?["Status"] as? String == "critical")
         #expect(checks?.first?["Output"] as? String == CheckMachine.ttlExpiredOutput)
+        // The server that runs the check logged the transition (issue 17: one line per event).
+        #expect(cluster.nodes.contains { ($0.process?.stderr ?? "").contains("health.check=ip-127-0-0-1/job-ttl health.status=critical [Health] check status changed") },
+                "\(cluster.nodes.map { $0.process?.stderr ?? "" })")
         // Renewed again: back.
         #expect(http("PUT", port: node.httpPort, "/v1/agent/check/pass/job-ttl")?.status == 200)
         for server in cluster.nodes {

@@ -37,5 +37,9 @@ struct WriteAdmissionProcessTests {
         let metrics = http("GET", port: leader.httpPort, "/metrics")?.body ?? ""
         #expect(metrics.contains("disco_http_writes_refused_total{limit=\"global\"} "), "\(metrics)")
         #expect(!metrics.contains("disco_http_writes_refused_total{limit=\"global\"} 0\n"))
+        // Shedding is one log line when it starts, not one per refused write (issue 17).
+        let log = leader.process?.stderr ?? ""
+        #expect(log.components(separatedBy: "write admission is refusing writes").count - 1 == 1, "\(log)")
+        #expect(metrics.contains("disco_http_requests_total{route=\"/v1/kv\",method=\"PUT\",code=\"429\"}"))
     }
 }
