@@ -409,6 +409,8 @@ final class APIRouter: Sendable {
                     lines += ["# HELP \(name) \(help)", "# TYPE \(name) counter", "\(name) \(value)"]
                 }
                 counter("disco_health_probes_total", "HTTP and TCP probes started.", counters.probes)
+                counter("disco_health_probes_failed_total", "HTTP and TCP probes whose result was warning or critical.",
+                        counters.probesFailed)
                 counter("disco_health_probes_skipped_total", "Probe rounds skipped at health.probes_inflight_max.",
                         counters.probesSkipped)
                 counter("disco_health_transitions_total", "Check status transitions decided here.", counters.transitions)

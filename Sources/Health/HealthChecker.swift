@@ -52,6 +52,8 @@ public struct HealthSettings: Sendable, Equatable {
 public struct HealthCounters: Sendable, Equatable {
     public var checksOwned = 0
     public var probes = 0
+    /// Probes whose result was not passing (warning or critical: refused, timed out, a bad status).
+    public var probesFailed = 0
     public var probesSkipped = 0
     public var transitions = 0
     public var entries = 0
@@ -369,6 +371,7 @@ public final class HealthChecker: @unchecked Sendable {
         let outputBytesMax = settings.outputBytesMax
         probe.hop(to: loop).whenSuccess { result in
             self.probesInflight -= 1
+            if result.status != .passing { self.count { $0.probesFailed += 1 } }
             guard let runner = self.runners[key], runner.generation == generation else { return }
             self.runners[key]?.probing = false
             self.event(key) { $0.probed(result.status, output: Self.bounded(result.output, outputBytesMax), now: Self.now()) }

@@ -128,6 +128,12 @@ struct HealthProcessTests {
         #expect(failing.allSatisfy { ($0["Output"] as? String).map { $0.contains(": 500 ") || $0.contains("timed out") } == true },
                 "\(failing)")
         #expect(failing.contains { ($0["Output"] as? String)?.contains(": 500 ") == true }, "\(failing)")
+        // The failed probes are counted where they ran (issue 17).
+        func failedProbes(_ node: ClusterProcessTests.Node) -> Int? {
+            http("GET", port: node.httpPort, "/metrics")?.body.split(separator: "\n")
+                .first { $0.hasPrefix("disco_health_probes_failed_total ") }.flatMap { Int($0.split(separator: " ")[1]) }
+        }
+        #expect(cluster.nodes.compactMap(failedProbes).reduce(0, +) >= 4, "\(cluster.nodes.map(failedProbes))")
 
         // Eight fail: 2 of 10 passing is below the 50% panic threshold, so every server answers
         // all ten (fail open: the two survivors would take the whole load) and says so.
