@@ -27,6 +27,10 @@ public final class Answerer {
     public static let responseBytesMax = Message.messageBytesMax
 
     private let lowercasedName: UnsafeMutableRawPointer
+    /// The name a CNAME or DNAME chain has reached. Kept apart from `lowercasedName`, which
+    /// stays the question's name: the cache stores the response under it. Writing the chain
+    /// over it once made every chained answer unreachable in the cache.
+    private let chainName: UnsafeMutableRawPointer
     private let scratch: UnsafeMutableRawPointer
     private let compressionTable: UnsafeMutablePointer<UInt16>
     private let chainNodes: UnsafeMutablePointer<Int32>
@@ -87,6 +91,7 @@ public final class Answerer {
         additionalNodes = .allocate(capacity: Self.additionalNodesMax)
         precondition(udpPayloadBytes >= EDNS.udpPayloadBytesMin && udpPayloadBytes <= Answerer.responseBytesMax)
         lowercasedName = .allocate(byteCount: DomainName.nameBytesMax + 2, alignment: 8)
+        chainName = .allocate(byteCount: DomainName.nameBytesMax + 2, alignment: 8)
         scratch = .allocate(byteCount: DomainName.nameBytesMax + 2, alignment: 8)
         compressionTable = .allocate(capacity: WireWriter.compressionEntriesMax)
         chainNodes = .allocate(capacity: Self.cnameChainLengthMax)
@@ -97,6 +102,7 @@ public final class Answerer {
 
     deinit {
         lowercasedName.deallocate()
+        chainName.deallocate()
         scratch.deallocate()
         compressionTable.deallocate()
         chainNodes.deallocate()
@@ -311,8 +317,10 @@ public final class Answerer {
         }
         nameLength += 1
         var chain = 0
+        // The question's name, then the chain's (in `chainName`).
+        var current = lowercasedName
         while true {
-            let name = UnsafeRawBufferPointer(start: lowercasedName, count: nameLength)
+            let name = UnsafeRawBufferPointer(start: current, count: nameLength)
             switch zone.lookup(name, type: qtype, scratch: scratch) {
             case .answer(let nodeIndex, let rrsetIndex, _):
                 let node = zone.nodes[Int(nodeIndex)]
@@ -347,8 +355,9 @@ public final class Answerer {
                 let target = rrset.compiled[0].lowercasedTarget
                 guard chain <= Self.cnameChainLengthMax, targetAt < 0x4000 else { return .noError }
                 nameLength = target.count
-                target.withUnsafeBytes { lowercasedName.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-                let nextIndex = view.zoneIndex(containing: UnsafeRawBufferPointer(start: lowercasedName, count: nameLength))
+                target.withUnsafeBytes { chainName.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+                current = chainName
+                let nextIndex = view.zoneIndex(containing: UnsafeRawBufferPointer(start: current, count: nameLength))
                 guard nextIndex >= 0 else {
                     return .noError  // the target is not ours: the resolver follows it
                 }
@@ -365,16 +374,18 @@ public final class Answerer {
                 guard case .dname(let target) = rrset.records[0] else { preconditionFailure("DNAME RRset without DNAME") }
                 let prefixLength = nameLength - node.name.wire.count
                 guard prefixLength + target.wire.count <= DomainName.nameBytesMax else { return .yxDomain }
-                let targetAt = try writeSynthesizedCNAME(owner: owner, prefixLength: prefixLength, target: target,
+                let targetAt = try writeSynthesizedCNAME(owner: owner, name: current, prefixLength: prefixLength, target: target,
                                                          ttl: rrset.ttl, writer: &writer)
                 counts.answer &+= 1
                 chain += 1
-                // The new name: prefix (already lowercased in place) + lowercased target.
+                // The new name: prefix (already lowercased) + lowercased target, in `chainName`.
                 let lowerTarget = rrset.compiled[0].lowercasedTarget
+                if current != chainName { chainName.copyMemory(from: current, byteCount: prefixLength) }
+                current = chainName
                 nameLength = prefixLength + lowerTarget.count
-                lowerTarget.withUnsafeBytes { (lowercasedName + prefixLength).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+                lowerTarget.withUnsafeBytes { (chainName + prefixLength).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
                 guard chain <= Self.cnameChainLengthMax, targetAt < 0x4000 else { return .noError }
-                let nextIndex = view.zoneIndex(containing: UnsafeRawBufferPointer(start: lowercasedName, count: nameLength))
+                let nextIndex = view.zoneIndex(containing: UnsafeRawBufferPointer(start: current, count: nameLength))
                 guard nextIndex >= 0 else { return .noError }
                 // A CNAME query is answered by the synthesized CNAME itself.
                 if qtype == .cname { return .noError }
@@ -610,8 +621,9 @@ public final class Answerer {
         return end
     }
 
-    private func writeSynthesizedCNAME(owner: Owner, prefixLength: Int, target: DomainName, ttl: UInt32,
-                                       writer: inout WireWriter) throws(WireOverflow) -> Int {
+    /// - Parameter name: the name the chain has reached (its first `prefixLength` bytes are the prefix).
+    private func writeSynthesizedCNAME(owner: Owner, name: UnsafeMutableRawPointer, prefixLength: Int, target: DomainName,
+                                       ttl: UInt32, writer: inout WireWriter) throws(WireOverflow) -> Int {
         switch owner {
         case .offset(let offset): try writer.u16(0xC000 | UInt16(offset))
         case .name(let name): try writer.name(name)
@@ -622,7 +634,7 @@ public final class Answerer {
         let lengthAt = writer.count
         try writer.u16(0)
         let rdataAt = writer.count
-        try writer.bytes(UnsafeRawBufferPointer(start: lowercasedName, count: prefixLength))
+        try writer.bytes(UnsafeRawBufferPointer(start: name, count: prefixLength))
         try writer.name(target)
         writer.patchU16(UInt16(writer.count - lengthAt - 2), at: lengthAt)
         return rdataAt

@@ -52,6 +52,40 @@ struct AnswerCacheTests {
         #expect(cached.cacheHits >= queries.count)
     }
 
+    /// Answers that follow a CNAME or DNAME chain are cached under the question's name. The
+    /// chain once overwrote the question's name before the answer was stored, so these were
+    /// stored where no lookup finds them: every chained query missed.
+    @Test func chainedAnswersAreHitsAndByteForByteWhatThePipelineWrites() throws {
+        let zone = try Zone.parse(text: Self.zoneText + """
+
+            alias  CNAME web
+            web    CNAME www
+            out    CNAME www.disco.
+            old    DNAME new.example.test.
+            www.new A   192.0.2.99
+            into   CNAME www.old
+            """, origin: try DomainName("example.test."))
+        let registry = try Zone.parse(text: Self.zoneText, origin: try DomainName("disco."))
+        let view = View(zones: [zone, registry])
+        let cached = Answerer(cache: true)
+        let plain = Answerer()
+        let names = ["alias.example.test.", "ALIAS.Example.test.", "out.example.test.", "www.old.example.test.",
+                     "into.example.test."]
+        for name in names {
+            let query = Message.query(try DomainName(name), .a, id: 9)
+            let first = try answer(cached, query, view: view)
+            let hits = cached.cacheHits
+            let second = try answer(cached, query, view: view)
+            #expect(cached.cacheHits == hits + 1, "\(name) is answered from the cache the second time")
+            let uncached = try answer(plain, query, view: view)
+            #expect(first == second && second == uncached, "\(name)")
+            #expect(try Message(parsing: second).answers.count >= 2, "\(name) is a chain")
+        }
+        // A DNAME reached through a CNAME synthesizes from the name the chain reached.
+        let into = try Message(parsing: try answer(cached, Message.query(try DomainName("into.example.test."), .a), view: view))
+        #expect(into.answers.map { "\($0.rdata)" }.suffix(2) == ["www.new.example.test.", "192.0.2.99"], "\(into.answers)")
+    }
+
     @Test func aNewViewEmptiesTheCache() throws {
         let origin = try DomainName("example.test.")
         let first = View(zones: [try Zone.parse(text: Self.zoneText, origin: origin)])
