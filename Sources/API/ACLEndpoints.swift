@@ -37,7 +37,7 @@ public struct ACLContext: Sendable {
         self.enabled = enabled
         self.defaultAllows = defaultAllows
         // A hash under its own label: the Raft handshake's hash of the same token says nothing about it.
-        serverToken = ACLSecret.hash("disco-server-token:" + clusterToken)
+        serverToken = Self.serverHeader(clusterToken: clusterToken).1
     }
 
     /// Whether `request` carries the servers' token: another server sent it (a forward, a
@@ -45,6 +45,18 @@ public struct ACLContext: Sendable {
     func isFromServer(_ request: APIRequest) -> Bool {
         guard let given = request.headers.first(name: Self.serverTokenHeader) else { return false }
         return ACLSecret.constantTimeEquals(given, serverToken)
+    }
+
+    /// Why `request` is refused as a client posing as a server (ACLs or TLS on): a wrong
+    /// servers' token, or forwarding headers without one. nil: it is not.
+    func posingAsServer(_ request: APIRequest) -> String? {
+        guard serversAuthenticate else { return nil }
+        let fromServer = isFromServer(request)
+        if request.headers.first(name: Self.serverTokenHeader) != nil && !fromServer {
+            return "Permission denied: not a server of this cluster"
+        }
+        if !fromServer && request.forwarded { return "Permission denied: only servers forward requests" }
+        return nil
     }
 
     /// The secret a request presents: `X-Consul-Token`, `Authorization: Bearer`, or `?token=`

@@ -204,18 +204,8 @@ final class APIRouter: Sendable {
             default: break
             }
             var request = request
-            if let acl = self.acl, acl.context.serversAuthenticate {
-                // With ACLs or TLS on, a client cannot pose as a server: the forwarding headers count
-                // only with the servers' token, and a wrong one is refused outright.
-                let fromServer = acl.context.isFromServer(request)
-                if request.headers.first(name: ACLContext.serverTokenHeader) != nil && !fromServer {
-                    return loop.makeSucceededFuture(.forbidden("Permission denied: not a server of this cluster"))
-                }
-                if !fromServer && request.forwarded {
-                    return loop.makeSucceededFuture(.forbidden("Permission denied: only servers forward requests"))
-                }
-            }
             if let acl = self.acl {
+                if let refusal = acl.context.posingAsServer(request) { return loop.makeSucceededFuture(.forbidden(refusal)) }
                 guard let authorizer = acl.context.authorizer(for: request) else {
                     // A token this server does not know yet (made a moment ago on the leader)
                     // may be known there: a request the leader serves is decided by the leader.
@@ -357,24 +347,15 @@ final class APIRouter: Sendable {
         counter("disco_raft_snapshots_taken_total", "Snapshots taken here (the log compacted).", raft.snapshotsTaken)
         counter("disco_raft_snapshots_installed_total", "Snapshots installed here from a leader.", raft.snapshotsInstalled)
         gauge("disco_raft_snapshot_bytes", "Size of the last snapshot taken or installed here.", "\(raft.lastSnapshotBytes)")
-        lines += ["# HELP disco_raft_persist_duration_seconds Time to make a Ready durable (log append and fsync in raft.db).",
-                  "# TYPE disco_raft_persist_duration_seconds histogram"]
-        var cumulative: UInt64 = 0
-        for (i, bound) in RaftCounters.persistBucketsSeconds.enumerated() {
-            cumulative += raft.persistBuckets[i]
-            lines.append("disco_raft_persist_duration_seconds_bucket{le=\"\(bound)\"} \(cumulative)")
-        }
-        cumulative += raft.persistBuckets[RaftCounters.persistBucketsSeconds.count]
-        lines += ["disco_raft_persist_duration_seconds_bucket{le=\"+Inf\"} \(cumulative)",
-                  "disco_raft_persist_duration_seconds_sum \(raft.persistSumSeconds)",
-                  "disco_raft_persist_duration_seconds_count \(raft.persistCount)"]
+        lines += Metric.histogram("disco_raft_persist_duration_seconds",
+                                  help: "Time to make a Ready durable (log append and fsync in raft.db).",
+                                  [("", Metric.Histogram(bounds: RaftCounters.persistBucketsSeconds, counts: raft.persistBuckets,
+                                                         sum: raft.persistSumSeconds))])
         if let detail, detail.role == .leader, !detail.progress.isEmpty {
-            lines += ["# HELP disco_raft_peer_lag_entries Entries a server is behind the leader's last index (on the leader).",
-                      "# TYPE disco_raft_peer_lag_entries gauge"]
-            for p in detail.progress where p.id != detail.id {
-                let lag = detail.lastIndex.rawValue - min(p.match.rawValue, detail.lastIndex.rawValue)
-                lines.append("disco_raft_peer_lag_entries{peer=\"\(p.id.rawValue)\"} \(lag)")
-            }
+            lines += Metric.family("disco_raft_peer_lag_entries", help: "Entries a server is behind the leader's last index (on the leader).",
+                                   kind: .gauge, detail.progress.filter { $0.id != detail.id }.map { p in
+                ("peer=\"\(p.id.rawValue)\"", "\(detail.lastIndex.rawValue - min(p.match.rawValue, detail.lastIndex.rawValue))")
+            })
         }
         gauge("disco_raft_term", "Current Raft term.", "\(status.term.rawValue)")
         gauge("disco_raft_commit_index", "Highest log index known committed.", "\(status.commitIndex.rawValue)")
@@ -389,12 +370,10 @@ final class APIRouter: Sendable {
             gauge("disco_catalog_nodes", "Nodes in the catalog.", "\(state.nodes.count)")
             gauge("disco_catalog_services", "Service names with at least one instance.", "\(state.registeredServiceNames.count)")
             gauge("disco_catalog_instances", "Registered service instances.", "\(state.services.count)")
-            var checks: [HealthStatus: Int] = [.passing: 0, .warning: 0, .critical: 0]
+            var checks: [HealthStatus: Int] = [:]
             for check in state.checks.values { checks[check.value.status, default: 0] += 1 }
-            lines += ["# HELP disco_catalog_checks Health checks in the catalog, by status.", "# TYPE disco_catalog_checks gauge"]
-            for status in [HealthStatus.passing, .warning, .critical] {
-                lines.append("disco_catalog_checks{status=\"\(status.rawValue)\"} \(checks[status] ?? 0)")
-            }
+            lines += Metric.family("disco_catalog_checks", help: "Health checks in the catalog, by status.", kind: .gauge,
+                                   [HealthStatus.passing, .warning, .critical].map { ("status=\"\($0.rawValue)\"", "\(checks[$0] ?? 0)") })
             gauge("disco_blocking_queries", "Blocking queries parked on this server.", "\(registry.context.hub.parkedCount)")
             let batches = registry.batcher.batchCounters
             lines += Metric(name: "disco_registry_write_entries_total", help: "Log entries proposed for client registry writes (a batch is one).",
@@ -451,6 +430,50 @@ public struct Metric: Sendable {
 
     /// The sample in Prometheus text exposition (HELP, TYPE, value).
     public var lines: [String] { ["# HELP \(name) \(help)", "# TYPE \(name) \(kind.rawValue)", "\(name) \(value)"] }
+
+    /// A family of labelled samples: HELP and TYPE once, then one line per sample. `labels`
+    /// is the inside of the braces (`proto="udp",qtype="A"`).
+    public static func family(_ name: String, help: String, kind: Kind, _ samples: [(labels: String, value: String)]) -> [String] {
+        ["# HELP \(name) \(help)", "# TYPE \(name) \(kind.rawValue)"]
+            + samples.map { $0.labels.isEmpty ? "\(name) \($0.value)" : "\(name){\($0.labels)} \($0.value)" }
+    }
+
+    /// A histogram family: per series its buckets (cumulative, +Inf last), sum and count.
+    public static func histogram(_ name: String, help: String, _ series: [(labels: String, histogram: Histogram)]) -> [String] {
+        var out = ["# HELP \(name) \(help)", "# TYPE \(name) histogram"]
+        for (labels, histogram) in series {
+            let prefix = labels.isEmpty ? "" : labels + ","
+            var cumulative: UInt64 = 0
+            for (i, count) in histogram.counts.enumerated() {
+                cumulative &+= count
+                let bound = i < histogram.bounds.count ? "\(histogram.bounds[i])" : "+Inf"
+                out.append("\(name)_bucket{\(prefix)le=\"\(bound)\"} \(cumulative)")
+            }
+            let braces = labels.isEmpty ? "" : "{\(labels)}"
+            out.append("\(name)_sum\(braces) \(histogram.sum)")
+            out.append("\(name)_count\(braces) \(cumulative)")
+        }
+        return out
+    }
+
+    /// Observations by bucket (not cumulative): `counts[i]` for values up to `bounds[i]`, the
+    /// last for values above every bound; and their sum.
+    public struct Histogram: Sendable {
+        public var bounds: [Double]
+        public var counts: [UInt64]
+        public var sum: Double
+
+        public init(bounds: [Double], counts: [UInt64]? = nil, sum: Double = 0) {
+            self.bounds = bounds
+            self.counts = counts ?? Array(repeating: 0, count: bounds.count + 1)
+            self.sum = sum
+        }
+
+        public mutating func record(_ value: Double) {
+            counts[bounds.firstIndex { value <= $0 } ?? bounds.count] += 1
+            sum += value
+        }
+    }
 }
 
 struct APIResponse {

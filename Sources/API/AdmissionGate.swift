@@ -50,8 +50,7 @@ final class AdmissionGate: Sendable {
         let now = DispatchTime.now().uptimeNanoseconds
         let (started, stopped) = shedding.withLockedValue { state -> (Bool, Int?) in
             var stopped: Int?
-            if let since = state.since, now - state.last > Self.quietSecondsBeforeStopLog * 1_000_000_000 {
-                _ = since
+            if state.since != nil, now - state.last > Self.quietSecondsBeforeStopLog * 1_000_000_000 {
                 stopped = state.refused
                 state = (nil, state.last, 0)
             }

@@ -27,8 +27,7 @@ final class HTTPMetrics: Sendable {
 
     private struct State {
         var requests: [Key: UInt64] = [:]
-        /// Per route: bucket counts (then +Inf), sum, count.
-        var latency: [String: (buckets: [UInt64], sum: Double, count: UInt64)] = [:]
+        var latency: [String: Metric.Histogram] = [:]
     }
 
     private let state = NIOLockedValueBox(State())
@@ -49,36 +48,17 @@ final class HTTPMetrics: Sendable {
         let methodLabel = Self.methods.contains(method) ? "\(method)" : "other"
         state.withLockedValue { state in
             state.requests[Key(route: route, method: methodLabel, code: status.code), default: 0] += 1
-            var entry = state.latency[route] ?? (Array(repeating: 0, count: Self.latencyBucketsSeconds.count + 1), 0, 0)
-            let bucket = Self.latencyBucketsSeconds.firstIndex { seconds <= $0 } ?? Self.latencyBucketsSeconds.count
-            entry.buckets[bucket] += 1
-            entry.sum += seconds
-            entry.count += 1
-            state.latency[route] = entry
+            state.latency[route, default: Metric.Histogram(bounds: Self.latencyBucketsSeconds)].record(seconds)
         }
     }
 
     var lines: [String] {
         let state = state.withLockedValue { $0 }
-        var out = ["# HELP disco_http_requests_total HTTP API requests answered, by route, method and status code.",
-                   "# TYPE disco_http_requests_total counter"]
-        for (key, count) in state.requests.sorted(by: { ($0.key.route, $0.key.method, $0.key.code) < ($1.key.route, $1.key.method, $1.key.code) }) {
-            out.append("disco_http_requests_total{route=\"\(key.route)\",method=\"\(key.method)\",code=\"\(key.code)\"} \(count)")
-        }
-        let metric = "disco_http_request_duration_seconds"
-        out += ["# HELP \(metric) Time from a request's head to its answer, by route (blocking queries included).",
-                "# TYPE \(metric) histogram"]
-        for (route, entry) in state.latency.sorted(by: { $0.key < $1.key }) {
-            var cumulative: UInt64 = 0
-            for (i, bound) in Self.latencyBucketsSeconds.enumerated() {
-                cumulative += entry.buckets[i]
-                out.append("\(metric)_bucket{route=\"\(route)\",le=\"\(bound)\"} \(cumulative)")
-            }
-            cumulative += entry.buckets[Self.latencyBucketsSeconds.count]
-            out.append("\(metric)_bucket{route=\"\(route)\",le=\"+Inf\"} \(cumulative)")
-            out.append("\(metric)_sum{route=\"\(route)\"} \(entry.sum)")
-            out.append("\(metric)_count{route=\"\(route)\"} \(entry.count)")
-        }
-        return out
+        let requests = state.requests.sorted { ($0.key.route, $0.key.method, $0.key.code) < ($1.key.route, $1.key.method, $1.key.code) }
+        return Metric.family("disco_http_requests_total", help: "HTTP API requests answered, by route, method and status code.",
+                             kind: .counter, requests.map { ("route=\"\($0.key.route)\",method=\"\($0.key.method)\",code=\"\($0.key.code)\"", "\($0.value)") })
+            + Metric.histogram("disco_http_request_duration_seconds",
+                               help: "Time from a request's head to its answer, by route (blocking queries included).",
+                               state.latency.sorted { $0.key < $1.key }.map { ("route=\"\($0.key)\"", $0.value) })
     }
 }

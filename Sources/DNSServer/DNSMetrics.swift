@@ -27,10 +27,9 @@ public final class DNSWorkerCounters: @unchecked Sendable {
         static let dropped = truncated + 1                       // no answer: malformed, a response, not ours
         static let cacheHits = dropped + 1
         static let cacheMisses = cacheHits + 1
-        static let latency = cacheMisses + 1                     // buckets, then +Inf
+        static let latency = cacheMisses + 1                     // buckets, then +Inf (their sum is the count)
         static let latencySumNanoseconds = latency + latencyBucketsSeconds.count + 1
-        static let latencyCount = latencySumNanoseconds + 1
-        static let count = latencyCount + 1
+        static let count = latencySumNanoseconds + 1
     }
 
     public let transport: Transport
@@ -89,7 +88,6 @@ public final class DNSWorkerCounters: @unchecked Sendable {
         }
         add(Slot.latency + bucket)
         add(Slot.latencySumNanoseconds, nanoseconds)
-        add(Slot.latencyCount)
     }
 
     /// The answer cache's totals of this worker's Answerer (set, not added: it counts itself).
@@ -132,55 +130,36 @@ public final class DNSMetrics: @unchecked Sendable {
         }
     }
 
-    /// The series, in Prometheus text format (without a trailing newline per line).
-    public func lines() -> [String] {
-        let workers = lock.withLock { self.workers }
+    /// One transport's counts, summed over its workers.
+    public struct Totals: Sendable {
+        /// By `DNSWorkerCounters.qtypeNames`, by `rcodeNames`.
+        public var queries: [UInt64]
+        public var responses: [UInt64]
+        public var truncated: UInt64
+        public var unanswered: UInt64
+        public var cacheHits: UInt64
+        public var cacheMisses: UInt64
+        /// Sampled answer latency by `latencyBucketsSeconds` (then +Inf), and its sum.
+        public var latencyBuckets: [UInt64]
+        public var latencySumSeconds: Double
+    }
+
+    public static let qtypeNames = DNSWorkerCounters.qtypeNames
+    public static let rcodeNames = DNSWorkerCounters.rcodeNames
+    public static let latencyBucketsSeconds = DNSWorkerCounters.latencyBucketsSeconds
+    public static let latencySampleEvery = DNSWorkerCounters.latencySampleEvery
+
+    /// Every worker's counts for `transport`, summed (Daemon turns them into /metrics).
+    public func totals(_ transport: Transport) -> Totals {
+        let workers = lock.withLock { self.workers }.filter { $0.transport == transport }
         typealias Slot = DNSWorkerCounters.Slot
-        func sum(_ transport: Transport, _ slot: Int) -> UInt64 {
-            workers.lazy.filter { $0.transport == transport }.reduce(0) { $0 &+ $1.value(slot) }
-        }
-        let transports: [(Transport, String)] = [(.udp, "udp"), (.tcp, "tcp")]
-        var out: [String] = []
-        out += ["# HELP disco_dns_queries_total DNS queries received, by transport and query type.",
-                "# TYPE disco_dns_queries_total counter"]
-        for (transport, name) in transports {
-            for (i, qtype) in DNSWorkerCounters.qtypeNames.enumerated() {
-                out.append("disco_dns_queries_total{proto=\"\(name)\",qtype=\"\(qtype)\"} \(sum(transport, Slot.queries + i))")
-            }
-        }
-        out += ["# HELP disco_dns_responses_total DNS responses sent, by transport and response code.",
-                "# TYPE disco_dns_responses_total counter"]
-        for (transport, name) in transports {
-            for (i, rcode) in DNSWorkerCounters.rcodeNames.enumerated() {
-                out.append("disco_dns_responses_total{proto=\"\(name)\",rcode=\"\(rcode)\"} \(sum(transport, Slot.responses + i))")
-            }
-        }
-        func perTransport(_ metric: String, _ help: String, _ slot: Int) {
-            out += ["# HELP \(metric) \(help)", "# TYPE \(metric) counter"]
-            for (transport, name) in transports { out.append("\(metric){proto=\"\(name)\"} \(sum(transport, slot))") }
-        }
-        perTransport("disco_dns_truncated_total", "Responses sent with TC set (the client retries over TCP).", Slot.truncated)
-        perTransport("disco_dns_unanswered_total",
-                     "Queries given no answer: malformed, a response, or refused by a client limit before answering.", Slot.dropped)
-        out += ["# HELP disco_dns_cache_hits_total UDP queries answered from the answer cache.",
-                "# TYPE disco_dns_cache_hits_total counter", "disco_dns_cache_hits_total \(sum(.udp, Slot.cacheHits))",
-                "# HELP disco_dns_cache_misses_total UDP queries the answer cache did not hold.",
-                "# TYPE disco_dns_cache_misses_total counter", "disco_dns_cache_misses_total \(sum(.udp, Slot.cacheMisses))"]
-        let metric = "disco_dns_answer_duration_seconds"
-        out += ["# HELP \(metric) Time to answer one query (parse, lookup, encode), one query in \(DNSWorkerCounters.latencySampleEvery) sampled.",
-                "# TYPE \(metric) histogram"]
-        for (transport, name) in transports {
-            var cumulative: UInt64 = 0
-            for (i, bound) in DNSWorkerCounters.latencyBucketsSeconds.enumerated() {
-                cumulative &+= sum(transport, Slot.latency + i)
-                out.append("\(metric)_bucket{proto=\"\(name)\",le=\"\(bound)\"} \(cumulative)")
-            }
-            cumulative &+= sum(transport, Slot.latency + DNSWorkerCounters.latencyBucketsSeconds.count)
-            out.append("\(metric)_bucket{proto=\"\(name)\",le=\"+Inf\"} \(cumulative)")
-            out.append("\(metric)_sum{proto=\"\(name)\"} \(Double(sum(transport, Slot.latencySumNanoseconds)) / 1e9)")
-            out.append("\(metric)_count{proto=\"\(name)\"} \(sum(transport, Slot.latencyCount))")
-        }
-        return out
+        func sum(_ slot: Int) -> UInt64 { workers.reduce(0) { $0 &+ $1.value(slot) } }
+        return Totals(queries: Self.qtypeNames.indices.map { sum(Slot.queries + $0) },
+                      responses: Self.rcodeNames.indices.map { sum(Slot.responses + $0) },
+                      truncated: sum(Slot.truncated), unanswered: sum(Slot.dropped),
+                      cacheHits: sum(Slot.cacheHits), cacheMisses: sum(Slot.cacheMisses),
+                      latencyBuckets: (0...Self.latencyBucketsSeconds.count).map { sum(Slot.latency + $0) },
+                      latencySumSeconds: Double(sum(Slot.latencySumNanoseconds)) / 1e9)
     }
 }
 

@@ -154,7 +154,7 @@ public final class DiscoDaemon: @unchecked Sendable {
                 let box = PublisherBox()
                 let limits = clientLimits
                 let cluster = try ClusterRuntime(config: config, logger: logger, httpSocket: activation.http?.fd, extraMetrics: { [weak self] in
-                    Self.metricLines(limits.counters) + (self?.dnsMetrics().flatMap(\.lines) ?? []) + DNSMetrics.shared.lines()
+                    Self.metricLines(limits.counters) + (self?.dnsMetrics().flatMap(\.lines) ?? []) + Self.metricLines(DNSMetrics.shared)
                 }) { change, _ in
                     box.publisher?.changed(change)
                 }
@@ -269,6 +269,37 @@ public final class DiscoDaemon: @unchecked Sendable {
         counter("disco_dns_tcp_timed_out_total", "TCP connections closed for a slow query or unread answers.", counters.tcpTimedOut)
         counter("disco_dns_tcp_query_cap_total", "TCP connections closed after their query cap.", counters.tcpQueryCapReached)
         return lines
+    }
+
+    /// The DNS workers' counters (`DNSMetrics`) as Prometheus families, by transport.
+    static func metricLines(_ metrics: DNSMetrics) -> [String] {
+        let transports = [("udp", metrics.totals(.udp)), ("tcp", metrics.totals(.tcp))]
+        func perTransport(_ value: (DNSMetrics.Totals) -> UInt64) -> [(labels: String, value: String)] {
+            transports.map { ("proto=\"\($0.0)\"", "\(value($0.1))") }
+        }
+        func byName(_ names: [String], _ label: String, _ values: (DNSMetrics.Totals) -> [UInt64]) -> [(labels: String, value: String)] {
+            transports.flatMap { proto, totals in
+                zip(names, values(totals)).map { ("proto=\"\(proto)\",\(label)=\"\($0)\"", "\($1)") }
+            }
+        }
+        let udp = transports[0].1
+        return Metric.family("disco_dns_queries_total", help: "DNS queries received, by transport and query type.", kind: .counter,
+                             byName(DNSMetrics.qtypeNames, "qtype", \.queries))
+            + Metric.family("disco_dns_responses_total", help: "DNS responses sent, by transport and response code.", kind: .counter,
+                            byName(DNSMetrics.rcodeNames, "rcode", \.responses))
+            + Metric.family("disco_dns_truncated_total", help: "Responses sent with TC set (the client retries over TCP).",
+                            kind: .counter, perTransport(\.truncated))
+            + Metric.family("disco_dns_unanswered_total",
+                            help: "Queries given no answer: malformed, a response, or refused by a client limit before answering.",
+                            kind: .counter, perTransport(\.unanswered))
+            + Metric(name: "disco_dns_cache_hits_total", help: "UDP queries answered from the answer cache.", kind: .counter,
+                     value: "\(udp.cacheHits)").lines
+            + Metric(name: "disco_dns_cache_misses_total", help: "UDP queries the answer cache did not hold.", kind: .counter,
+                     value: "\(udp.cacheMisses)").lines
+            + Metric.histogram("disco_dns_answer_duration_seconds",
+                               help: "Time to answer one query (parse, lookup, encode), one query in \(DNSMetrics.latencySampleEvery) sampled.",
+                               transports.map { ("proto=\"\($0.0)\"", Metric.Histogram(bounds: DNSMetrics.latencyBucketsSeconds,
+                                                                                       counts: $0.1.latencyBuckets, sum: $0.1.latencySumSeconds)) })
     }
 
     private func logLimits() {
