@@ -285,3 +285,57 @@ func discoctl(_ arguments: [String], http: Int, environment: [String: String] = 
                stderr: String(decoding: stderr, as: UTF8.self))
 }
 
+
+/// Runs a program that may leave a daemon behind (tmux starts its server on first use) and waits
+/// at most `timeoutSeconds` for it, returning its exit status and what it wrote to stdout.
+///
+/// Not Foundation's `Process`: on Linux it learns that a child exited only when every holder of a
+/// socket the child inherits has closed it, so a daemon forked by the child keeps `waitUntilExit`
+/// (and the whole test run) waiting for as long as the daemon lives. Here the child gets
+/// /dev/null for stdin and stderr, a file for stdout, and no other descriptor of this process.
+func runLeavingNoDescriptors(_ path: String, _ arguments: [String], timeoutSeconds: Double = 10) throws
+    -> (status: Int32, stdout: String)
+{
+    typealias CloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
+    guard let symbol = dlsym(nil, "posix_spawn_file_actions_addclosefrom_np") else {
+        throw TestFailure("this libc has no posix_spawn_file_actions_addclosefrom_np (glibc 2.34 or later)")
+    }
+    let closeFrom = unsafeBitCast(symbol, to: CloseFrom.self)
+    let directory = try TemporaryDirectory()
+    let output = directory.url.appendingPathComponent("stdout").path
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+    posix_spawn_file_actions_addopen(&actions, 1, output, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+    posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+    guard closeFrom(&actions, 3) == 0 else { throw TestFailure("posix_spawn_file_actions_addclosefrom_np failed") }
+    // The child starts with no signal blocked or ignored, whatever this process's threads set.
+    var attributes = posix_spawnattr_t()
+    posix_spawnattr_init(&attributes)
+    defer { posix_spawnattr_destroy(&attributes) }
+    var noSignals = sigset_t(), allSignals = sigset_t()
+    sigemptyset(&noSignals)
+    sigfillset(&allSignals)
+    posix_spawnattr_setsigmask(&attributes, &noSignals)
+    posix_spawnattr_setsigdefault(&attributes, &allSignals)
+    posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+    let argv: [UnsafeMutablePointer<CChar>?] = ([path] + arguments).map { strdup($0) } + [nil]
+    defer { argv.forEach { free($0) } }
+    var pid: pid_t = 0
+    let spawned = posix_spawn(&pid, path, &actions, &attributes, argv, environ)
+    guard spawned == 0 else { throw TestFailure("posix_spawn \(path): \(String(cString: strerror(spawned)))") }
+    var status: Int32 = 0
+    let deadline = Date().addingTimeInterval(timeoutSeconds)
+    while waitpid(pid, &status, WNOHANG) == 0 {
+        guard Date() < deadline else {
+            kill(pid, SIGKILL)
+            waitpid(pid, &status, 0)
+            throw TestFailure("\(path) \(arguments.joined(separator: " ")) did not exit within \(timeoutSeconds) s")
+        }
+        usleep(10_000)
+    }
+    let exit = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+    let text = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
+    return (exit, text)
+}

@@ -6,19 +6,12 @@ import Testing
 /// figures and refreshes (issue 17).
 @Suite("discoctl top", .serialized)
 struct TopProcessTests {
-    /// Runs tmux; `capture`: read what it prints (never for a command that may start the tmux
-    /// server, which would hold the pipe open for as long as it runs).
-    func tmux(_ arguments: [String], capture: Bool = true) throws -> String {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/tmux")
-        process.arguments = arguments
-        let out = Pipe()
-        process.standardOutput = capture ? out : FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        let data = capture ? out.fileHandleForReading.readDataToEndOfFile() : Data()
-        process.waitUntilExit()
-        return String(decoding: data, as: UTF8.self)
+    /// Runs tmux on a server of this test's own (`-L`), so that neither a user's tmux nor another
+    /// run shares it; the first command starts that server, which the child leaves behind.
+    func tmux(_ socket: String, _ arguments: [String]) throws -> String {
+        let run = try runLeavingNoDescriptors("/usr/bin/tmux", ["-L", socket, "-f", "/dev/null"] + arguments)
+        try #require(run.status == 0, "tmux \(arguments.first ?? "") exited with \(run.status)")
+        return run.stdout
     }
 
     @Test func theScreenShowsTheFiguresAndRefreshes() throws {
@@ -28,9 +21,9 @@ struct TopProcessTests {
         let dns = try #require(node.process?.port)
         let session = "disco-top-\(getpid())"
         let binary = try builtProduct("discoctl").path
-        _ = try tmux(["new-session", "-d", "-s", session, "-x", "140", "-y", "30",
-                      "\(binary) top --interval 0.5 --http-addr 127.0.0.1:\(node.httpPort)"], capture: false)
-        defer { _ = try? tmux(["kill-session", "-t", session], capture: false) }
+        _ = try tmux(session, ["new-session", "-d", "-s", session, "-x", "140", "-y", "30",
+                               "\(binary) top --interval 0.5 --http-addr 127.0.0.1:\(node.httpPort)"])
+        defer { _ = try? tmux(session, ["kill-server"]) }
         // Traffic while it watches: DNS queries and an API write.
         let name = try DomainName("www.example.test.")
         var screens: [String] = []
@@ -39,7 +32,7 @@ struct TopProcessTests {
             for id in 0..<20 { _ = try? DNSClient.udp(Message.query(name, .a, id: UInt16(id)), port: dns) }
             _ = http("PUT", port: node.httpPort, "/v1/kv/top", body: "x")
             usleep(300_000)
-            let screen = try tmux(["capture-pane", "-p", "-t", session])
+            let screen = try tmux(session, ["capture-pane", "-p", "-t", session])
             if screen.contains("discoctl top") { screens.append(screen) }
             if screens.count >= 6, screens.contains(where: { Self.qps($0) ?? 0 > 0 }) { break }
         }
