@@ -339,6 +339,19 @@ int disco_thread_set_idle_policy(void) {
     return 0;
 }
 
+int disco_thread_set_realtime(int priority) {
+    struct sched_param param = { .sched_priority = priority };
+    pid_t tid = (pid_t)syscall(SYS_gettid);
+    if (sched_setscheduler(tid, priority > 0 ? SCHED_FIFO : SCHED_OTHER, &param) != 0) return -errno;
+    return 0;
+}
+
+uint64_t disco_thread_cpu_nanoseconds(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now);
+    return (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
+}
+
 void disco_thread_set_name(const char *name) {
     prctl(PR_SET_NAME, name, 0, 0, 0);
 }

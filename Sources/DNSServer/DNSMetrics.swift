@@ -29,7 +29,9 @@ public final class DNSWorkerCounters: @unchecked Sendable {
         static let cacheMisses = cacheHits + 1
         static let latency = cacheMisses + 1                     // buckets, then +Inf (their sum is the count)
         static let latencySumNanoseconds = latency + latencyBucketsSeconds.count + 1
-        static let count = latencySumNanoseconds + 1
+        static let realtime = latencySumNanoseconds + 1          // 1 while the worker may answer in SCHED_FIFO
+        static let realtimeDemotions = realtime + 1
+        static let count = realtimeDemotions + 1
     }
 
     public let transport: Transport
@@ -96,6 +98,14 @@ public final class DNSWorkerCounters: @unchecked Sendable {
         UnsafeAtomic<UInt64>(at: slots + Slot.cacheMisses).store(UInt64(misses), ordering: .relaxed)
     }
 
+    /// Whether this worker answers at real-time priority (`RealtimeBudget`).
+    func setRealtime(_ on: Bool) {
+        UnsafeAtomic<UInt64>(at: slots + Slot.realtime).store(on ? 1 : 0, ordering: .relaxed)
+    }
+
+    /// This worker spent its real-time budget and answers at normal priority until the window ends.
+    func countRealtimeDemotion() { add(Slot.realtimeDemotions) }
+
     @inline(__always) static func nowNanoseconds() -> UInt64 {
         var now = timespec()
         clock_gettime(CLOCK_MONOTONIC, &now)
@@ -142,6 +152,9 @@ public final class DNSMetrics: @unchecked Sendable {
         /// Sampled answer latency by `latencyBucketsSeconds` (then +Inf), and its sum.
         public var latencyBuckets: [UInt64]
         public var latencySumSeconds: Double
+        /// Workers allowed to answer in SCHED_FIFO, and the windows in which one spent its budget.
+        public var realtimeWorkers: UInt64
+        public var realtimeDemotions: UInt64
     }
 
     public static let qtypeNames = DNSWorkerCounters.qtypeNames
@@ -159,7 +172,8 @@ public final class DNSMetrics: @unchecked Sendable {
                       truncated: sum(Slot.truncated), unanswered: sum(Slot.dropped),
                       cacheHits: sum(Slot.cacheHits), cacheMisses: sum(Slot.cacheMisses),
                       latencyBuckets: (0...Self.latencyBucketsSeconds.count).map { sum(Slot.latency + $0) },
-                      latencySumSeconds: Double(sum(Slot.latencySumNanoseconds)) / 1e9)
+                      latencySumSeconds: Double(sum(Slot.latencySumNanoseconds)) / 1e9,
+                      realtimeWorkers: sum(Slot.realtime), realtimeDemotions: sum(Slot.realtimeDemotions))
     }
 }
 

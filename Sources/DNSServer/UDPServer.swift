@@ -65,6 +65,8 @@ public final class UDPServer: @unchecked Sendable {
     public var inheritedSockets: [(fd: Int32, address: ListenAddress)] = []
     /// The sampled query log (`dns.query_log_every`); nil: off.
     public var queryLog: QueryLog?
+    /// Whether the workers answer at real-time priority (`RealtimeSettings`).
+    public var realtime = RealtimeSettings.disabled
 
     /// Binds every socket (throwing, with nothing left open, if any bind fails), then starts the workers.
     public func start() throws(ServerError) {
@@ -154,8 +156,11 @@ public final class UDPServer: @unchecked Sendable {
         let counters = DNSMetrics.shared.register(.udp)
         let queryLog = self.queryLog.flatMap { $0.every > 0 ? $0 : nil }
         var queriesSinceLogged: UInt64 = 0
+        var budget = RealtimeBudget(realtime, logger: logger)
+        counters?.setRealtime(budget != nil)
         while running.get() {
             progress.wrappingIncrement(ordering: .relaxed)
+            if budget?.account() == true { counters?.countRealtimeDemotion() }
             if let rrl { logLimiting(rrl, nextLog: &nextRRLLog) }
             let received = disco_udp_batch_recv(fd, batch)
             if received < 0 {

@@ -88,6 +88,9 @@ public struct Configuration: Sendable, Equatable {
     /// under a DNS flood that fills every CPU, the HTTP API and health checks would get almost
     /// none (at nice +10 they keep about a tenth), while Raft's thread is never lowered.
     public var dnsBackgroundIdle = false
+    /// The UDP workers answer in SCHED_FIFO at this priority, each within a CPU budget
+    /// (`RealtimeSettings`); 0: normal scheduling.
+    public var dnsRealtime = RealtimeSettings()
     /// What `CH TXT id.server` / `hostname.bind` answer; nil: this host's name; "": refused.
     public var dnsIdentity: String?
     /// What `CH TXT version.bind` / `version.server` answer; "": refused.
@@ -517,6 +520,18 @@ public struct Configuration: Sendable, Equatable {
         Key(name: "dns.background_idle") { config, value in
             guard case .boolean(let on) = value else { return "expected true or false" }
             config.dnsBackgroundIdle = on
+            return nil
+        },
+        Key(name: "dns.realtime_priority") { config, value in
+            guard case .integer(let n) = value, (0...RealtimeSettings.priorityMax).contains(n) else {
+                return "expected an integer from 0 (off) to \(RealtimeSettings.priorityMax)"
+            }
+            config.dnsRealtime.priority = n
+            return nil
+        },
+        Key(name: "dns.realtime_budget_percent") { config, value in
+            guard case .integer(let n) = value, (1...100).contains(n) else { return "expected an integer from 1 to 100" }
+            config.dnsRealtime.budgetPercent = n
             return nil
         },
         Key(name: "tls.ca_file") { config, value in setTLSFile(&config, value) { $0.caFile = $1 } },

@@ -196,6 +196,7 @@ public final class DiscoDaemon: @unchecked Sendable {
                             limits: limits, selection: selection, logger: logger)
         let queryLog = config.dnsQueryLogEvery > 0 ? QueryLog(every: UInt64(config.dnsQueryLogEvery), logger: logger) : nil
         udp.queryLog = queryLog
+        udp.realtime = config.dnsRealtime
         let inherited = !activation.udp.isEmpty || !activation.tcp.isEmpty
         if inherited {
             udp.inheritedSockets = activation.udp
@@ -296,6 +297,11 @@ public final class DiscoDaemon: @unchecked Sendable {
                      value: "\(udp.cacheHits)").lines
             + Metric(name: "disco_dns_cache_misses_total", help: "UDP queries the answer cache did not hold.", kind: .counter,
                      value: "\(udp.cacheMisses)").lines
+            + Metric(name: "disco_dns_realtime_workers", help: "UDP workers that answer at real-time priority (dns.realtime_priority).",
+                     kind: .gauge, value: "\(udp.realtimeWorkers)").lines
+            + Metric(name: "disco_dns_realtime_demotions_total",
+                     help: "Budget windows in which a UDP worker used its real-time CPU budget and answered the rest at normal priority.",
+                     kind: .counter, value: "\(udp.realtimeDemotions)").lines
             + Metric.histogram("disco_dns_answer_duration_seconds",
                                help: "Time to answer one query (parse, lookup, encode), one query in \(DNSMetrics.latencySampleEvery) sampled.",
                                transports.map { ("proto=\"\($0.0)\"", Metric.Histogram(bounds: DNSMetrics.latencyBucketsSeconds,

@@ -198,17 +198,9 @@ struct RegistryProcessTests {
         let cluster = try Cluster(size: 1)
         _ = try #require(cluster.leader())
         let pid = try #require(cluster.nodes[0].process?.process.processIdentifier)
-        // /proc/PID/task/TID/stat: "tid (comm) state ..."; nice is field 19, the 17th after comm.
-        func threads() throws -> [(name: String, nice: Int)] {
-            try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task").compactMap { tid in
-                let stat = try String(contentsOfFile: "/proc/\(pid)/task/\(tid)/stat", encoding: .utf8)
-                guard let open = stat.firstIndex(of: "("), let close = stat.lastIndex(of: ")") else { return nil }
-                let fields = stat[stat.index(after: close)...].split(separator: " ")
-                return (String(stat[stat.index(after: open)..<close]), Int(fields[16]) ?? -100)
-            }
-        }
+        func threads() throws -> [ThreadStat] { try threadStats(pid) }
         let base = try #require(try threads().first { $0.name == "discod" }).nice
-        var snapshot: [(name: String, nice: Int)] = []
+        var snapshot: [ThreadStat] = []
         // The loops lower themselves as their first task; give them a moment.
         // Every event loop but the DNS TCP one is write path: the API's and the health
         // checker's (with 41,000 checks its ownership passes once took DNS's CPU at nice 0).
@@ -225,27 +217,20 @@ struct RegistryProcessTests {
         #expect(workers.allSatisfy { $0.nice == base }, "\(snapshot)")
     }
 
-    /// `dns.background_idle`: the lowered threads also run as SCHED_IDLE (policy 5); the DNS
-    /// workers and Raft's thread stay normal (policy 0).
+    /// `dns.background_idle`: the lowered threads also run as SCHED_IDLE (policy 5); Raft's
+    /// thread stays normal (policy 0), the UDP workers real-time (policy 1, `dns.realtime_priority`).
     @Test func theWritePathCanRunAsSchedIdle() throws {
         let cluster = try Cluster(size: 1, environment: ["DISCO_DNS_BACKGROUND_IDLE": "true"])
         _ = try #require(cluster.leader())
         let pid = try #require(cluster.nodes[0].process?.process.processIdentifier)
-        // /proc/PID/task/TID/stat: policy is field 41, the 39th after comm.
-        func threads() throws -> [(name: String, policy: Int)] {
-            try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task").compactMap { tid in
-                let stat = try String(contentsOfFile: "/proc/\(pid)/task/\(tid)/stat", encoding: .utf8)
-                guard let open = stat.firstIndex(of: "("), let close = stat.lastIndex(of: ")") else { return nil }
-                let fields = stat[stat.index(after: close)...].split(separator: " ")
-                return (String(stat[stat.index(after: open)..<close]), Int(fields[38]) ?? -1)
-            }
-        }
-        var snapshot: [(name: String, policy: Int)] = []
+        func threads() throws -> [ThreadStat] { try threadStats(pid) }
+        var snapshot: [ThreadStat] = []
         #expect(waitUntil(seconds: 5) {
             snapshot = (try? threads()) ?? []
             return snapshot.filter { $0.policy == 5 && $0.name.hasPrefix("NIO-ELT") }.count >= 3
         }, "\(snapshot)")
-        #expect(snapshot.filter { $0.name == "disco-udp" || $0.name == "disco-raft" }.allSatisfy { $0.policy == 0 }, "\(snapshot)")
+        #expect(snapshot.filter { $0.name == "disco-raft" }.allSatisfy { $0.policy == 0 }, "\(snapshot)")
+        #expect(snapshot.filter { $0.name == "disco-udp" }.allSatisfy { $0.policy == 1 }, "\(snapshot)")
         #expect(snapshot.contains { $0.name == "disco-raft" } && snapshot.contains { $0.name == "disco-udp" }, "\(snapshot)")
     }
 

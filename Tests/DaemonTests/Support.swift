@@ -339,3 +339,22 @@ func runLeavingNoDescriptors(_ path: String, _ arguments: [String], timeoutSecon
     let text = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
     return (exit, text)
 }
+
+/// One thread of a process, from /proc/PID/task/TID/stat ("tid (comm) state ..."): its name,
+/// nice value (field 19) and scheduling policy (field 41: 0 normal, 1 FIFO, 5 idle).
+struct ThreadStat: CustomStringConvertible {
+    var name: String
+    var nice: Int
+    var policy: Int
+    var description: String { "\(name) nice \(nice) policy \(policy)" }
+}
+
+func threadStats(_ pid: Int32) throws -> [ThreadStat] {
+    try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task").compactMap { tid in
+        let stat = try String(contentsOfFile: "/proc/\(pid)/task/\(tid)/stat", encoding: .utf8)
+        guard let open = stat.firstIndex(of: "("), let close = stat.lastIndex(of: ")") else { return nil }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        return ThreadStat(name: String(stat[stat.index(after: open)..<close]), nice: Int(fields[16]) ?? -100,
+                          policy: Int(fields[38]) ?? -1)
+    }
+}

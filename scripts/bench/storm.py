@@ -277,6 +277,8 @@ def main():
     parser.add_argument("--pin", action="store_true", help="leader + load on CPU 1, followers + dnsperf on CPU 0")
     parser.add_argument("--dnsperf-nice", type=int, default=0,
                         help="run dnsperf at this nice (e.g. -10: as resolvers on other machines, whose CPU the servers do not share; needs root)")
+    parser.add_argument("--dnsperf-realtime", action="store_true",
+                        help="run dnsperf in SCHED_FIFO 2 (chrt): as resolvers on other machines, whose replies are read the moment they arrive; needs root")
     parser.add_argument("--keep", action="store_true", help="keep the servers' data and logs")
     parser.add_argument("--load", help=argparse.SUPPRESS)  # internal: run one phase against these HTTP ports
     parser.add_argument("--phase", help=argparse.SUPPRESS)
@@ -300,6 +302,8 @@ def main():
         with open(names, "w") as f:
             f.write("ns.chaos.test A\nweb.service.disco A\n")
         dns_prefix = ["nice", "-n", str(args.dnsperf_nice)] if args.dnsperf_nice else []
+        if args.dnsperf_realtime:
+            dns_prefix += ["chrt", "-f", "2"]
         if args.pin:
             pin(leader.process.pid, "1")
             for node in followers:

@@ -62,10 +62,20 @@ socklen_t disco_parse_address(const char *host, uint16_t port, struct sockaddr_s
 /// Formats a sockaddr as "host:port" / "[host]:port" into `out`; returns its length.
 int disco_format_address(const struct sockaddr *address, char *out, size_t capacity);
 
-/// Names the calling thread for the kernel (`top -H`, /proc/.../comm): at most 15 bytes.
 /// Puts the calling thread in SCHED_IDLE: it runs when no normal thread wants the CPU, and a
 /// normal thread that wakes preempts it at once. Returns 0, or -errno.
 int disco_thread_set_idle_policy(void);
+
+/// Puts the calling thread in SCHED_FIFO at `priority` (1–99), or back in SCHED_OTHER (its nice
+/// value unchanged) when `priority` is 0. Needs CAP_SYS_NICE or RLIMIT_RTPRIO ≥ `priority`
+/// (systemd: LimitRTPRIO=) to raise; lowering always works. Returns 0, or -errno.
+int disco_thread_set_realtime(int priority);
+
+/// The CPU time the calling thread has used, in nanoseconds (CLOCK_THREAD_CPUTIME_ID: a
+/// system call, not a vDSO read).
+uint64_t disco_thread_cpu_nanoseconds(void);
+
+/// Names the calling thread for the kernel (`top -H`, /proc/.../comm): at most 15 bytes.
 void disco_thread_set_name(const char *name);
 
 /// Lowers the calling thread's scheduling priority: its nice value becomes the process's

@@ -1,0 +1,81 @@
+import DNSWire
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `dns.realtime_priority`: the UDP workers answer in SCHED_FIFO, each within a CPU budget per
+/// window, so a registration storm's threads cannot delay an answer, and a flood cannot turn
+/// the workers into a starvation of Raft and the API (issue 13).
+@Suite("real-time DNS workers", .serialized)
+struct RealtimeProcessTests {
+    typealias Cluster = ClusterProcessTests.ClusterFixture
+    static let fifo = 1, other = 0
+
+    /// A gauge or counter from `port`'s /metrics.
+    func metric(_ name: String, port: Int) -> Double? {
+        guard let text = http("GET", port: port, "/metrics")?.body else { return nil }
+        return text.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Double($0.dropFirst(name.count + 1)) }
+    }
+
+    @Test func theUDPWorkersAnswerInSchedFIFOAndTheRestDoesNot() throws {
+        let cluster = try Cluster(size: 1)
+        let node = try #require(cluster.leader())
+        let pid = try #require(node.process?.process.processIdentifier)
+        var threads: [ThreadStat] = []
+        #expect(waitUntil(seconds: 5) {
+            threads = (try? threadStats(pid)) ?? []
+            return threads.contains { $0.name == "disco-udp" && $0.policy == Self.fifo }
+        }, "\(threads)")
+        #expect(threads.filter { $0.name == "disco-udp" }.allSatisfy { $0.policy == Self.fifo }, "\(threads)")
+        #expect(threads.filter { $0.name != "disco-udp" }.allSatisfy { $0.policy == Self.other }, "\(threads)")
+        #expect(metric("disco_dns_realtime_workers", port: node.httpPort) == 1)
+        #expect(resolveA("www.example.test.", port: node.process!.port) == ["192.0.2.10"])
+    }
+
+    @Test func priorityZeroLeavesThemNormal() throws {
+        let cluster = try Cluster(size: 1, environment: ["DISCO_DNS_REALTIME_PRIORITY": "0"])
+        let node = try #require(cluster.leader())
+        let pid = try #require(node.process?.process.processIdentifier)
+        let threads = try threadStats(pid)
+        #expect(threads.contains { $0.name == "disco-udp" }, "\(threads)")
+        #expect(threads.allSatisfy { $0.policy == Self.other }, "\(threads)")
+        #expect(metric("disco_dns_realtime_workers", port: node.httpPort) == 0)
+    }
+
+    /// A flood spends the budget: the worker answers the rest of each window at normal priority
+    /// (counted), keeps answering, and is back in SCHED_FIFO once the flood is over.
+    @Test func aFloodSpendsTheBudgetAndTheWorkerComesBack() throws {
+        let cluster = try Cluster(size: 1, environment: ["DISCO_DNS_REALTIME_BUDGET_PERCENT": "1"])
+        let node = try #require(cluster.leader())
+        let pid = try #require(node.process?.process.processIdentifier)
+        let port = try #require(node.process?.port)
+        #expect(metric("disco_dns_realtime_demotions_total", port: node.httpPort) == 0)
+        let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        defer { close(fd) }
+        var address = DNSClient.loopback(port)
+        let query = try Message.query(DomainName("www.example.test."), .a, id: 7).serialized()
+        let flood = Date().addingTimeInterval(1.5)
+        while Date() < flood {
+            for _ in 0..<64 {
+                _ = query.withUnsafeBytes { bytes in
+                    withUnsafePointer(to: &address) {
+                        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                            sendto(fd, bytes.baseAddress, bytes.count, Int32(MSG_DONTWAIT), $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                        }
+                    }
+                }
+            }
+        }
+        let demotions = try #require(metric("disco_dns_realtime_demotions_total", port: node.httpPort))
+        #expect(demotions > 0)
+        #expect(resolveA("www.example.test.", port: port) == ["192.0.2.10"])
+        var threads: [ThreadStat] = []
+        #expect(waitUntil(seconds: 3) {
+            threads = (try? threadStats(pid)) ?? []
+            return threads.filter { $0.name == "disco-udp" }.allSatisfy { $0.policy == Self.fifo }
+        }, "\(threads)")
+    }
+}
