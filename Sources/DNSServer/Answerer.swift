@@ -32,6 +32,9 @@ public final class Answerer {
     /// over it once made every chained answer unreachable in the cache.
     private let chainName: UnsafeMutableRawPointer
     private let scratch: UnsafeMutableRawPointer
+    /// The owner of the wildcard the last answer was synthesized from (`wildcardLength` bytes).
+    private let wildcardName: UnsafeMutableRawPointer
+    private var wildcardLength = 0
     private let compressionTable: UnsafeMutablePointer<UInt16>
     private let chainNodes: UnsafeMutablePointer<Int32>
     /// Distinct names whose addresses one response carries in ADDITIONAL, at most.
@@ -93,6 +96,7 @@ public final class Answerer {
         lowercasedName = .allocate(byteCount: DomainName.nameBytesMax + 2, alignment: 8)
         chainName = .allocate(byteCount: DomainName.nameBytesMax + 2, alignment: 8)
         scratch = .allocate(byteCount: DomainName.nameBytesMax + 2, alignment: 8)
+        wildcardName = .allocate(byteCount: DomainName.nameBytesMax + 2, alignment: 8)
         compressionTable = .allocate(capacity: WireWriter.compressionEntriesMax)
         chainNodes = .allocate(capacity: Self.cnameChainLengthMax)
         chainZones = .allocate(capacity: Self.cnameChainLengthMax)
@@ -104,6 +108,7 @@ public final class Answerer {
         lowercasedName.deallocate()
         chainName.deallocate()
         scratch.deallocate()
+        wildcardName.deallocate()
         compressionTable.deallocate()
         chainNodes.deallocate()
         additionalNodes.deallocate()
@@ -111,10 +116,18 @@ public final class Answerer {
         pickedRecords.deallocate()
     }
 
+    /// The owner (uncompressed wire form) of the wildcard the last answer's data was
+    /// synthesized from, for RRL's wildcard class; nil when it was not. Valid until the next
+    /// answer.
+    public var lastWildcard: UnsafeRawBufferPointer? {
+        wildcardLength == 0 ? nil : UnsafeRawBufferPointer(start: wildcardName, count: wildcardLength)
+    }
+
     /// Answers one query. Returns the response length, or 0 when the packet is to be dropped
     /// (too short to answer, or itself a response).
     public func answer(query: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer,
                        view: View, transport: Transport) -> Int {
+        wildcardLength = 0
         guard query.count >= Message.headerBytes, output.count >= Message.udpMessageBytesClassic else { return 0 }
         var reader = WireReader(query)
         let id = (try? reader.u16()) ?? 0
@@ -277,7 +290,10 @@ public final class Answerer {
         flags.aa = aa
         writer.capacity += optBytes
         let length = finish(flags: flags, rcode: rcode, counts: counts, edns: edns, writer: &writer)
-        if let cache, !flags.tc, !trimmed, !picked || pickedTemplate != nil, rcode == .noError || rcode == .nxDomain {
+        // Not wildcard answers either: each random name under a wildcard (the flood RRL's
+        // wildcard class is for) would take a slot from a name asked again.
+        if let cache, !flags.tc, !trimmed, wildcardLength == 0, !picked || pickedTemplate != nil,
+           rcode == .noError || rcode == .nxDomain {
             let response = UnsafeRawBufferPointer(start: output.baseAddress, count: length)
             if let template = pickedTemplate {
                 cache.store(name: name, response: response, questionEnd: questionEnd, hasEDNS: edns != nil, zones: zonesRead,
@@ -291,6 +307,14 @@ public final class Answerer {
     }
 
     // MARK: - Resolution
+
+    /// The answer holds data synthesized from the wildcard `owner` (the first one, if a chain
+    /// meets several).
+    private func rememberWildcard(_ owner: DomainName) {
+        guard wildcardLength == 0 else { return }
+        owner.wire.withUnsafeBytes { wildcardName.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        wildcardLength = owner.wire.count
+    }
 
     private struct SectionCounts {
         var answer: UInt16 = 0
@@ -322,8 +346,9 @@ public final class Answerer {
         while true {
             let name = UnsafeRawBufferPointer(start: current, count: nameLength)
             switch zone.lookup(name, type: qtype, scratch: scratch) {
-            case .answer(let nodeIndex, let rrsetIndex, _):
+            case .answer(let nodeIndex, let rrsetIndex, let wildcard):
                 let node = zone.nodes[Int(nodeIndex)]
+                if wildcard { rememberWildcard(node.name) }
                 let rrset = node.rrsets[Int(rrsetIndex)]
                 try writeAnswer(rrset, owner: owner, counts: &counts, writer: &writer)
                 let apexNS = minimalResponses || (nodeIndex == 0 && rrset.type == .ns) ? nil : zone.apexNS
@@ -336,9 +361,10 @@ public final class Answerer {
                 }
                 return .noError
 
-            case .any(let nodeIndex, _):
+            case .any(let nodeIndex, let wildcard):
                 // RFC 8482 §4.2: one RRset answers ANY (the name's first, as NSD picks it),
                 // over UDP and TCP alike, so ANY cannot amplify.
+                if wildcard { rememberWildcard(zone.nodes[Int(nodeIndex)].name) }
                 let rrset = zone.nodes[Int(nodeIndex)].rrsets[0]
                 try writeAnswer(rrset, owner: owner, counts: &counts, writer: &writer)
                 writeAdditional(for: rrset, zone: zone, counts: &counts, writer: &writer)
@@ -347,7 +373,11 @@ public final class Answerer {
             case .cname(let nodeIndex, let rrsetIndex, let wildcard):
                 // A CNAME seen before in this chain is a loop: answer with the chain so far.
                 if !wildcard && visited(zone: zone, node: nodeIndex, count: chain) { return .noError }
-                if !wildcard { remember(zone: zone, node: nodeIndex, at: chain) }
+                if wildcard {
+                    rememberWildcard(zone.nodes[Int(nodeIndex)].name)
+                } else {
+                    remember(zone: zone, node: nodeIndex, at: chain)
+                }
                 let rrset = zone.nodes[Int(nodeIndex)].rrsets[Int(rrsetIndex)]
                 let targetAt = try writeRRSet(rrset, owner: owner, writer: &writer)
                 counts.answer &+= 1

@@ -189,7 +189,8 @@ public final class UDPServer: @unchecked Sendable {
                 var length = answerer.answer(query: query, into: output, view: view, transport: .udp)
                 if timed { counters?.recordLatency(nanoseconds: DNSWorkerCounters.nowNanoseconds() &- started) }
                 if let rrl, length > 0 {
-                    switch rrl.decide(response: output, length: length, client: client, nowMilliseconds: now) {
+                    switch rrl.decide(response: output, length: length, client: client, nowMilliseconds: now,
+                                        wildcard: answerer.lastWildcard) {
                     case .send: break
                     case .slip(let truncated): length = truncated
                     case .drop: length = 0

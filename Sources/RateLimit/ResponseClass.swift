@@ -14,6 +14,10 @@ public enum ResponseClass: UInt8, Sendable, CaseIterable, CustomStringConvertibl
     case referral = 4
     /// Any other rcode (REFUSED, FORMERR, SERVFAIL, NOTIMP…): keyed by the client prefix alone.
     case error = 5
+    /// Data synthesized from a wildcard (RFC 4592): keyed by the wildcard's owner (`*.zone`) and
+    /// qtype, so a flood of random names under one wildcard shares one bucket (BIND and NSD
+    /// class them so too). The answer path says so; the response bytes cannot.
+    case wildcard = 6
 
     public var description: String {
         switch self {
@@ -22,6 +26,7 @@ public enum ResponseClass: UInt8, Sendable, CaseIterable, CustomStringConvertibl
         case .nxdomain: "nxdomain"
         case .referral: "referral"
         case .error: "error"
+        case .wildcard: "wildcard"
         }
     }
 }
@@ -138,6 +143,11 @@ struct BucketKey {
         var reader = WireReader(message, offset: offset)
         guard let length = try? reader.name(into: scratch, lowercase: true) else { return }
         for i in 0..<length { add(scratch.load(fromByteOffset: i, as: UInt8.self)) }
+    }
+
+    /// Adds an uncompressed wire-form name, lowercased (ASCII; a label length is never a letter).
+    mutating func addName(_ wire: UnsafeRawBufferPointer) {
+        for byte in wire { add(byte &- 0x41 < 26 ? byte | 0x20 : byte) }
     }
 
     var value: UInt64 {

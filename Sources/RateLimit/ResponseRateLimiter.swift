@@ -181,13 +181,16 @@ public final class ResponseRateLimiter: @unchecked Sendable {
         }
 
         /// Decides the fate of the response of `length` bytes in `buffer` to `client`, at `now`
-        /// (monotonic milliseconds). A slipped response is rewritten in place. Allocation-free.
+        /// (monotonic milliseconds). `wildcard`: the owner of the wildcard the answer was
+        /// synthesized from (uncompressed wire form), if it was. A slipped response is rewritten
+        /// in place. Allocation-free.
         public func decide(response buffer: UnsafeMutableRawBufferPointer, length: Int, client: ClientAddress,
-                           nowMilliseconds now: UInt32) -> Decision {
+                           nowMilliseconds now: UInt32, wildcard: UnsafeRawBufferPointer? = nil) -> Decision {
             guard configuration.enabled, length >= Message.headerBytes else { return .send }
             for network in configuration.exempt where network.contains(client) { return .send }
             let response = UnsafeRawBufferPointer(rebasing: buffer[0..<length])
-            let classification = ResponseClassifier.classify(response)
+            var classification = ResponseClassifier.classify(response)
+            if wildcard != nil, classification.responseClass == .answer { classification.responseClass = .wildcard }
             let prefix = client.prefix(ipv4: configuration.ipv4PrefixLength, ipv6: configuration.ipv6PrefixLength)
             var key = BucketKey(seed: limiter.seed)
             key.add(prefix)
@@ -196,8 +199,12 @@ public final class ResponseRateLimiter: @unchecked Sendable {
             case .none:
                 break
             case .question:
-                key.addName(in: response, at: Message.headerBytes, scratch: scratch)
-                if classification.responseClass == .answer { key.add(UInt64(classification.qtype)) }
+                if classification.responseClass == .wildcard, let wildcard {
+                    key.addName(wildcard)
+                } else {
+                    key.addName(in: response, at: Message.headerBytes, scratch: scratch)
+                }
+                if classification.responseClass != .nodata { key.add(UInt64(classification.qtype)) }
             case .authorityOwner(let offset):
                 key.addName(in: response, at: offset, scratch: scratch)
             }

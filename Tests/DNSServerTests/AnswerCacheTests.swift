@@ -138,4 +138,25 @@ struct AnswerCacheTests {
         #expect(first.answers.count == 4 && large.answers.count == 4)
         #expect(large.additional.count >= first.additional.count)
     }
+
+    /// An answer synthesized from a wildcard names the wildcard (RRL's wildcard class keys on
+    /// it) and is not cached: a flood of random names under it cannot evict real entries.
+    @Test func wildcardAnswersNameTheirWildcardAndAreNotCached() throws {
+        let zone = try Zone.parse(text: Self.zoneText + "\n*.wild A 192.0.2.80\nalias CNAME x.wild\n",
+                                  origin: try DomainName("example.test."))
+        let view = View(zones: [zone])
+        let answerer = Answerer(cache: true)
+        let wildcard = try DomainName("*.wild.example.test.").wire
+        for name in ["a.wild", "B.Wild", "a.wild", "alias"] {
+            let bytes = try answer(answerer, Message.query(try DomainName("\(name).example.test."), .a, id: 1), view: view)
+            let response = try bytes.withUnsafeBytes { bytes throws(WireError) in try Message.parse(bytes) }
+            #expect(response.answers.last?.rdata == .a(IPv4Address(192, 0, 2, 80)), "\(name)")
+            #expect(answerer.lastWildcard.map { Array($0) } == wildcard, "\(name)")
+        }
+        #expect(answerer.cacheHits == 0)
+        _ = try answer(answerer, Message.query(try DomainName("www.example.test."), .a, id: 1), view: view)
+        #expect(answerer.lastWildcard == nil)
+        _ = try answer(answerer, Message.query(try DomainName("www.example.test."), .a, id: 1), view: view)
+        #expect(answerer.cacheHits == 1)
+    }
 }

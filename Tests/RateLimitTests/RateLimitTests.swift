@@ -174,6 +174,27 @@ struct ClassTests {
         #expect(sent == 5)
     }
 
+    /// Answers synthesized from one wildcard share its bucket, whatever the name asked: a
+    /// random-subdomain flood under `*.example.test.` is limited like one name.
+    @Test func answersFromAWildcardShareTheWildcardsBucket() {
+        let h = Harness(rate: 5)
+        let wildcard = try! DomainName("*.Example.test.").wire
+        func sendFromWildcard(_ qname: String, _ qtype: RRType = .a) -> ResponseRateLimiter.Decision {
+            var bytes = Responses.answer(qname, qtype)
+            let count = bytes.count
+            return bytes.withUnsafeMutableBytes { response in
+                wildcard.withUnsafeBytes {
+                    h.worker.decide(response: response, length: count, client: ClientAddress("192.0.2.1")!,
+                                    nowMilliseconds: h.now, wildcard: $0)
+                }
+            }
+        }
+        #expect((0..<20).filter { sendFromWildcard("r\($0).example.test.") == .send }.count == 5)
+        // Another type under the wildcard has its own bucket; so do names answered without it.
+        #expect((0..<3).filter { sendFromWildcard("r\($0).example.test.", .txt) == .send }.count == 3)
+        #expect(h.sent(Responses.answer("r1.example.test."), to: "192.0.2.1", times: 3) == 3)
+    }
+
     @Test func classesDoNotShareBuckets() {
         let h = Harness(rate: 5)
         #expect(h.sent(Responses.nxdomain("x.example.test."), to: "192.0.2.1", times: 10) == 5)
