@@ -14,10 +14,14 @@
 #include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/un.h>
+#include <linux/sock_diag.h>
 #include <time.h>
 #include <unistd.h>
 
-#define DISCO_CONTROL_BYTES 64
+/* Control bytes per datagram: a receive timestamp (CMSG_SPACE(16) = 32) and, on a wildcard
+ * socket, packet info (at most CMSG_SPACE(20) = 40). The kernel writes the timestamp first: too
+ * small a block would lose the packet info, and a reply would leave from the wrong address. */
+#define DISCO_CONTROL_BYTES 128
 
 struct disco_udp_batch {
     unsigned count;
@@ -33,7 +37,6 @@ struct disco_udp_batch {
     unsigned *out_lengths;
     uint8_t *in_control;
     uint8_t *out_control;
-    int with_control;
 };
 
 disco_udp_batch *disco_udp_batch_create(unsigned count, unsigned in_bytes, unsigned out_bytes) {
@@ -42,7 +45,6 @@ disco_udp_batch *disco_udp_batch_create(unsigned count, unsigned in_bytes, unsig
     b->count = count;
     b->in_bytes = in_bytes;
     b->out_bytes = out_bytes;
-    b->with_control = 1;
     b->in_headers = calloc(count, sizeof(struct mmsghdr));
     b->in_iov = calloc(count, sizeof(struct iovec));
     b->out_headers = calloc(count, sizeof(struct mmsghdr));
@@ -61,7 +63,6 @@ disco_udp_batch *disco_udp_batch_create(unsigned count, unsigned in_bytes, unsig
     return b;
 }
 
-void disco_udp_batch_set_control(disco_udp_batch *b, int enabled) { b->with_control = enabled; }
 
 void disco_udp_batch_destroy(disco_udp_batch *b) {
     if (!b) return;
@@ -80,8 +81,8 @@ int disco_udp_batch_recv(int fd, disco_udp_batch *b) {
         h->msg_namelen = sizeof(struct sockaddr_storage);
         h->msg_iov = &b->in_iov[i];
         h->msg_iovlen = 1;
-        h->msg_control = b->with_control ? b->in_control + (size_t)i * DISCO_CONTROL_BYTES : NULL;
-        h->msg_controllen = b->with_control ? DISCO_CONTROL_BYTES : 0;
+        h->msg_control = b->in_control + (size_t)i * DISCO_CONTROL_BYTES;
+        h->msg_controllen = DISCO_CONTROL_BYTES;
         h->msg_flags = 0;
         b->in_headers[i].msg_len = 0;
         b->out_lengths[i] = 0;
@@ -93,6 +94,32 @@ int disco_udp_batch_recv(int fd, disco_udp_batch *b) {
         return -errno;
     }
     return n;
+}
+
+int64_t disco_udp_batch_waited_ns(const disco_udp_batch *b, unsigned i) {
+    if (i >= b->count) return -1;
+    struct msghdr *h = &b->in_headers[i].msg_hdr;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c; c = CMSG_NXTHDR(h, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS) {
+            struct timespec received, now;
+            memcpy(&received, CMSG_DATA(c), sizeof(received));
+            clock_gettime(CLOCK_REALTIME, &now);
+            return (int64_t)(now.tv_sec - received.tv_sec) * 1000000000 + (now.tv_nsec - received.tv_nsec);
+        }
+    }
+    return -1;
+}
+
+int disco_udp_set_receive_buffer(int fd, int bytes) {
+    return setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof(bytes)) == 0 ? 0 : -errno;
+}
+
+int64_t disco_udp_socket_drops(int fd) {
+    uint32_t info[SK_MEMINFO_VARS];
+    socklen_t len = sizeof(info);
+    memset(info, 0, sizeof(info));
+    if (getsockopt(fd, SOL_SOCKET, SO_MEMINFO, info, &len) < 0) return -errno;
+    return len > SK_MEMINFO_DROPS * sizeof(uint32_t) ? (int64_t)info[SK_MEMINFO_DROPS] : 0;
 }
 
 /* Copies the destination address of a received datagram into the control block of its reply
@@ -142,7 +169,7 @@ int disco_udp_batch_send(int fd, disco_udp_batch *b, unsigned received) {
         h->msg_iov = &b->out_iov[m];
         h->msg_iovlen = 1;
         uint8_t *control = b->out_control + (size_t)m * DISCO_CONTROL_BYTES;
-        size_t control_len = b->with_control ? reply_control(&b->in_headers[i].msg_hdr, control) : 0;
+        size_t control_len = reply_control(&b->in_headers[i].msg_hdr, control);
         if (control_len > 0) {
             h->msg_control = control;
             h->msg_controllen = control_len;
@@ -183,8 +210,7 @@ int disco_udp_socket(const struct sockaddr *address, socklen_t length, int recei
     int one = 1;
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) goto fail;
     /* Packet info is needed only on a wildcard address, to answer from the address the query
-     * was sent to; a socket bound to one address answers from it anyway, and skipping the
-     * control messages saves work per datagram in the kernel. */
+     * was sent to; a socket bound to one address answers from it anyway. */
     if (address->sa_family == AF_INET6) {
         const struct sockaddr_in6 *v6 = (const struct sockaddr_in6 *)address;
         if (setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) < 0) goto fail;
@@ -198,6 +224,8 @@ int disco_udp_socket(const struct sockaddr *address, socklen_t length, int recei
     if (receive_buffer_bytes > 0) {
         (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &receive_buffer_bytes, sizeof(receive_buffer_bytes));
     }
+    /* Receive timestamps: how long a query waited in the queue (DNS overload mode). */
+    if (setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof(one)) < 0) goto fail;
     if (receive_timeout_ms > 0) {
         struct timeval tv = { .tv_sec = receive_timeout_ms / 1000, .tv_usec = (receive_timeout_ms % 1000) * 1000 };
         if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0) goto fail;
@@ -227,6 +255,7 @@ int disco_udp_adopt(int fd, int receive_timeout_ms, int receive_buffer_bytes) {
     if (receive_buffer_bytes > 0) {
         (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &receive_buffer_bytes, sizeof(receive_buffer_bytes));
     }
+    if (setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof(one)) < 0) return -errno;
     if (receive_timeout_ms > 0) {
         struct timeval tv = { .tv_sec = receive_timeout_ms / 1000, .tv_usec = (receive_timeout_ms % 1000) * 1000 };
         if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0) return -errno;

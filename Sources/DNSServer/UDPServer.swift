@@ -34,7 +34,7 @@ public final class UDPServer: @unchecked Sendable {
     private let selection: SelectionOptions
     private let logger: Logger
     private let running = ManagedAtomicFlag()
-    private var sockets: [(fd: Int32, wildcard: Bool)] = []
+    private var sockets: [Int32] = []
     private var threads: [Thread] = []
     private let finished = DispatchGroup()
     /// Ports actually bound, in `addresses` order (differs from the request for port 0).
@@ -67,15 +67,18 @@ public final class UDPServer: @unchecked Sendable {
     public var queryLog: QueryLog?
     /// Whether the workers answer at real-time priority (`RealtimeSettings`).
     public var realtime = RealtimeSettings.disabled
+    /// When the workers shed new queries at the door (`OverloadSettings`).
+    public var overload = OverloadSettings.disabled
+    private var overloadState: OverloadState?
 
     /// Binds every socket (throwing, with nothing left open, if any bind fails), then starts the workers.
     public func start() throws(ServerError) {
-        var opened: [(fd: Int32, wildcard: Bool)] = []
+        var opened: [Int32] = []
         var bound: [ListenAddress] = []
         for (fd, address) in inheritedSockets {
             let wildcard = disco_udp_adopt(fd, Self.receiveTimeoutMilliseconds, Self.receiveBufferBytes)
             guard wildcard >= 0 else { throw ServerError.bind(address: address.description, transport: "udp", errno: -wildcard) }
-            for _ in 0..<workers { opened.append((fd, wildcard == 1)) }
+            for _ in 0..<workers { opened.append(fd) }
             bound.append(address)
         }
         for address in addresses where inheritedSockets.isEmpty {
@@ -90,27 +93,28 @@ public final class UDPServer: @unchecked Sendable {
                     }
                 }
                 guard fd >= 0 else {
-                    opened.forEach { close($0.fd) }
+                    opened.forEach { close($0) }
                     throw ServerError.bind(address: address.description, transport: "udp", errno: -fd)
                 }
                 // With port 0 the first socket picks the port; the other workers join it.
                 if port == 0 { port = Int(disco_socket_port(fd)) }
-                opened.append((fd, address.isWildcard))
+                opened.append(fd)
             }
             bound.append(ListenAddress(host: address.host, port: port))
         }
         sockets = opened
         boundAddresses = bound
+        overloadState = OverloadState(settings: overload, normalReceiveBufferBytes: Self.receiveBufferBytes, logger: logger)
         running.set(true)
         panicCounters = sockets.map { _ in ManagedAtomic(0) }
         progressCounters = sockets.map { _ in ManagedAtomic(0) }
-        for (((fd, wildcard), panics), progress) in zip(zip(sockets, panicCounters), progressCounters) {
+        for ((fd, panics), progress) in zip(zip(sockets, panicCounters), progressCounters) {
             finished.enter()
             let thread = Thread { [self] in
                 // Foundation does not name the kernel thread; `top -H` and the priority
                 // split (dns.background_nice) know the workers by this name.
                 disco_thread_set_name("disco-udp")
-                self.serve(fd: fd, packetInfo: wildcard, panics: panics, progress: progress)
+                self.serve(fd: fd, panics: panics, progress: progress)
                 self.finished.leave()
             }
             thread.name = "disco-udp"
@@ -126,24 +130,29 @@ public final class UDPServer: @unchecked Sendable {
         running.set(false)
         finished.wait()
         // Workers of an inherited socket share its descriptor: each is closed once.
-        Set(sockets.map(\.fd)).forEach { close($0) }
+        Set(sockets).forEach { close($0) }
         sockets = []
         threads = []
     }
 
     /// Service answers given from every instance (panic threshold), summed over the workers.
     public var panicAnswers: Int { panicCounters.reduce(0) { $0 + $1.load(ordering: .relaxed) } }
+    /// Workers in overload mode now, and the times the server entered it.
+    public var overloadSheddingWorkers: Int { overloadState?.sheddingWorkers.load(ordering: .relaxed) ?? 0 }
+    public var overloadEpisodes: UInt64 { overloadState?.episodes.load(ordering: .relaxed) ?? 0 }
+    /// Queries the kernel dropped because a socket's receive queue was full, over every socket.
+    public var receiveQueueDrops: Int64 { Set(sockets).reduce(0) { $0 + max(disco_udp_socket_drops($1), 0) } }
+
     /// Each worker's loop iterations so far; a worker whose count stands still is stuck (it
     /// wakes at least every `receiveTimeoutMilliseconds` when idle).
     public var workerProgress: [UInt64] { progressCounters.map { $0.load(ordering: .relaxed) } }
 
-    private func serve(fd: Int32, packetInfo: Bool, panics: ManagedAtomic<Int>, progress: ManagedAtomic<UInt64>) {
+    private func serve(fd: Int32, panics: ManagedAtomic<Int>, progress: ManagedAtomic<UInt64>) {
         guard let batch = disco_udp_batch_create(Self.batchDatagramsMax, Self.queryBytesMax, UInt32(udpPayloadBytes)) else {
             logger.critical("cannot allocate UDP buffers")
             return
         }
         defer { disco_udp_batch_destroy(batch) }
-        disco_udp_batch_set_control(batch, packetInfo ? 1 : 0)
         let answerer = Answerer(udpPayloadBytes: udpPayloadBytes, minimalResponses: minimalResponses, cache: true,
                                 selection: selection)
         let outBytes = Int(disco_udp_batch_out_capacity(batch))
@@ -157,6 +166,8 @@ public final class UDPServer: @unchecked Sendable {
         let queryLog = self.queryLog.flatMap { $0.every > 0 ? $0 : nil }
         var queriesSinceLogged: UInt64 = 0
         var budget = RealtimeBudget(realtime, logger: logger)
+        var overload = OverloadDetector(fd: fd, state: overloadState)
+        defer { overload?.finish() }
         counters?.setRealtime(budget != nil)
         while running.get() {
             progress.wrappingIncrement(ordering: .relaxed)
@@ -170,7 +181,12 @@ public final class UDPServer: @unchecked Sendable {
                 }
                 continue
             }
-            guard received > 0 else { continue }
+            guard received > 0 else {
+                overload?.observe(waitedNanoseconds: 0)
+                continue
+            }
+            // The batch's first datagram is its oldest: how far behind this worker is.
+            overload?.observe(waitedNanoseconds: disco_udp_batch_waited_ns(batch, 0))
             let view = store.load()
             let now = (queries != nil || rrl != nil) ? ClientLimits.nowMilliseconds() : 0
             for i in 0..<UInt32(received) {

@@ -91,6 +91,8 @@ public struct Configuration: Sendable, Equatable {
     /// The UDP workers answer in SCHED_FIFO at this priority, each within a CPU budget
     /// (`RealtimeSettings`); 0: normal scheduling.
     public var dnsRealtime = RealtimeSettings()
+    /// When the UDP workers shed new queries at the door (`OverloadSettings`).
+    public var dnsOverload = OverloadSettings()
     /// What `CH TXT id.server` / `hostname.bind` answer; nil: this host's name; "": refused.
     public var dnsIdentity: String?
     /// What `CH TXT version.bind` / `version.server` answer; "": refused.
@@ -527,6 +529,13 @@ public struct Configuration: Sendable, Equatable {
                 return "expected an integer from 0 (off) to \(RealtimeSettings.priorityMax)"
             }
             config.dnsRealtime.priority = n
+            return nil
+        },
+        Key(name: "dns.overload_queue_milliseconds") { config, value in
+            guard case .integer(let n) = value, (0...OverloadSettings.queueMillisecondsMax).contains(n) else {
+                return "expected an integer from 0 (off) to \(OverloadSettings.queueMillisecondsMax)"
+            }
+            config.dnsOverload.queueMilliseconds = n
             return nil
         },
         Key(name: "dns.realtime_budget_percent") { config, value in

@@ -197,6 +197,7 @@ public final class DiscoDaemon: @unchecked Sendable {
         let queryLog = config.dnsQueryLogEvery > 0 ? QueryLog(every: UInt64(config.dnsQueryLogEvery), logger: logger) : nil
         udp.queryLog = queryLog
         udp.realtime = config.dnsRealtime
+        udp.overload = config.dnsOverload
         let inherited = !activation.udp.isEmpty || !activation.tcp.isEmpty
         if inherited {
             udp.inheritedSockets = activation.udp
@@ -427,6 +428,14 @@ public final class DiscoDaemon: @unchecked Sendable {
                    kind: .counter, value: "\(answers)"),
             Metric(name: "disco_dns_services_in_panic", help: "Services whose healthy fraction is below their panic threshold in the current DNS view.",
                    kind: .gauge, value: "\(servicePublisher?.servicesInPanic ?? 0)"),
+            Metric(name: "disco_dns_overload_shedding_workers",
+                   help: "UDP workers in overload mode: queries waited too long in their queue, new ones are dropped at the door.",
+                   kind: .gauge, value: "\(udp?.overloadSheddingWorkers ?? 0)"),
+            Metric(name: "disco_dns_overload_episodes_total", help: "Times the server entered DNS overload mode.",
+                   kind: .counter, value: "\(udp?.overloadEpisodes ?? 0)"),
+            Metric(name: "disco_dns_udp_receive_queue_drops_total",
+                   help: "Queries the kernel dropped because a UDP socket's receive queue was full (in overload mode, by design).",
+                   kind: .counter, value: "\(udp?.receiveQueueDrops ?? 0)"),
             Metric(name: "disco_dns_view_age_seconds", help: "Seconds since the DNS view (zones and registry) was last replaced.",
                    kind: .gauge, value: "\(composer.viewStatus.ageSeconds)"),
             Metric(name: "disco_dns_view_publications_total", help: "DNS views published (zone reloads and registry rebuilds).",

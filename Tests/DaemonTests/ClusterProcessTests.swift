@@ -7,6 +7,17 @@ import Glibc
 
 /// Distinct free TCP ports on loopback below the kernel's ephemeral range, so that the port of a
 /// killed server is not taken meanwhile as the source port of an outgoing connection.
+/// Ports handed out by `freePorts` in this test process: tests run in parallel, and one whose
+/// servers have not bound their ports yet must not see them handed to another.
+private let handedOutPorts = PortLedger()
+
+final class PortLedger: @unchecked Sendable {
+    private let lock = NSLock()
+    private var ports = Set<Int>()
+    /// Takes `port` unless it was handed out before.
+    func take(_ port: Int) -> Bool { lock.withLock { ports.insert(port).inserted } }
+}
+
 func freePorts(_ count: Int) -> [Int] {
     let range = (try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8))?
         .split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }).first.flatMap { Int($0) } ?? 32768
@@ -20,7 +31,7 @@ func freePorts(_ count: Int) -> [Int] {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
         close(fd)
-        if bound == 0 { ports.append(port) }
+        if bound == 0, handedOutPorts.take(port) { ports.append(port) }
     }
     return ports
 }

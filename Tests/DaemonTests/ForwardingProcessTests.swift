@@ -10,15 +10,6 @@ import Glibc
 struct ForwardingProcessTests {
     typealias Cluster = ClusterProcessTests.ClusterFixture
 
-    /// A counter or gauge from `port`'s /metrics.
-    func metric(_ name: String, port: Int) -> Double? {
-        guard let text = http("GET", port: port, "/metrics")?.body else { return nil }
-        for line in text.split(separator: "\n") where line.hasPrefix(name + " ") {
-            return Double(line.dropFirst(name.count + 1))
-        }
-        return nil
-    }
-
     /// `count` writes sent through `port` from `concurrency` clients at once; their replies
     /// (nil: no answer).
     func writes(_ count: Int, concurrency: Int, port: Int, prefix: String) -> [HTTPReply?] {

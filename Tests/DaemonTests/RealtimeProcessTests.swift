@@ -14,11 +14,6 @@ struct RealtimeProcessTests {
     typealias Cluster = ClusterProcessTests.ClusterFixture
     static let fifo = 1, other = 0
 
-    /// A gauge or counter from `port`'s /metrics.
-    func metric(_ name: String, port: Int) -> Double? {
-        guard let text = http("GET", port: port, "/metrics")?.body else { return nil }
-        return text.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Double($0.dropFirst(name.count + 1)) }
-    }
 
     @Test func theUDPWorkersAnswerInSchedFIFOAndTheRestDoesNot() throws {
         let cluster = try Cluster(size: 1)
@@ -53,22 +48,7 @@ struct RealtimeProcessTests {
         let pid = try #require(node.process?.process.processIdentifier)
         let port = try #require(node.process?.port)
         #expect(metric("disco_dns_realtime_demotions_total", port: node.httpPort) == 0)
-        let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
-        defer { close(fd) }
-        var address = DNSClient.loopback(port)
-        let query = try Message.query(DomainName("www.example.test."), .a, id: 7).serialized()
-        let flood = Date().addingTimeInterval(1.5)
-        while Date() < flood {
-            for _ in 0..<64 {
-                _ = query.withUnsafeBytes { bytes in
-                    withUnsafePointer(to: &address) {
-                        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                            sendto(fd, bytes.baseAddress, bytes.count, Int32(MSG_DONTWAIT), $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-                        }
-                    }
-                }
-            }
-        }
+        try flood(port: port, seconds: 1.5)
         let demotions = try #require(metric("disco_dns_realtime_demotions_total", port: node.httpPort))
         #expect(demotions > 0)
         #expect(resolveA("www.example.test.", port: port) == ["192.0.2.10"])
@@ -77,5 +57,61 @@ struct RealtimeProcessTests {
             threads = (try? threadStats(pid)) ?? []
             return threads.filter { $0.name == "disco-udp" }.allSatisfy { $0.policy == Self.fifo }
         }, "\(threads)")
+    }
+}
+
+/// A gauge or counter from `port`'s /metrics.
+func metric(_ name: String, port: Int) -> Double? {
+    guard let text = http("GET", port: port, "/metrics")?.body else { return nil }
+    return text.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Double($0.dropFirst(name.count + 1)) }
+}
+
+/// Sends `www.example.test. A` to `port` as fast as one socket can for `seconds`, reading nothing.
+func flood(port: UInt16, seconds: Double) throws {
+    let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+    defer { close(fd) }
+    var address = DNSClient.loopback(port)
+    let query = try Message.query(DomainName("www.example.test."), .a, id: 7).serialized()
+    let end = Date().addingTimeInterval(seconds)
+    while Date() < end {
+        for _ in 0..<64 {
+            _ = query.withUnsafeBytes { bytes in
+                withUnsafePointer(to: &address) {
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                        sendto(fd, bytes.baseAddress, bytes.count, Int32(MSG_DONTWAIT), $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dns.overload_queue_milliseconds`: queries that waited too long in the queue put the server
+/// in overload mode, whose small receive buffer sheds new queries at the door; it ends when
+/// queries wait little and nothing is dropped (issue 13).
+@Suite("DNS overload mode")
+struct OverloadProcessTests {
+    @Test func aFloodBeyondWhatTheWorkerAnswersIsShedAtTheDoorUntilItEnds() throws {
+        let cluster = try ClusterProcessTests.ClusterFixture(size: 1, environment: ["DISCO_DNS_OVERLOAD_QUEUE_MILLISECONDS": "20"])
+        let node = try #require(cluster.leader())
+        let port = try #require(node.process?.port)
+        #expect(metric("disco_dns_overload_episodes_total", port: node.httpPort) == 0)
+        try flood(port: port, seconds: 2)
+        #expect(try #require(metric("disco_dns_overload_episodes_total", port: node.httpPort)) >= 1)
+        #expect(try #require(metric("disco_dns_udp_receive_queue_drops_total", port: node.httpPort)) > 0)
+        #expect(waitUntil(seconds: 5) { metric("disco_dns_overload_shedding_workers", port: node.httpPort) == 0 })
+        let log = try #require(node.process?.stderr)
+        let episodes = try #require(metric("disco_dns_overload_episodes_total", port: node.httpPort))
+        #expect(log.components(separatedBy: "DNS overload: a query waited").count - 1 == Int(episodes), "one line per episode")
+        #expect(log.components(separatedBy: "DNS overload over").count - 1 == Int(episodes), "\(log)")
+        #expect(resolveA("www.example.test.", port: port) == ["192.0.2.10"])
+    }
+
+    @Test func zeroTurnsItOff() throws {
+        let cluster = try ClusterProcessTests.ClusterFixture(size: 1, environment: ["DISCO_DNS_OVERLOAD_QUEUE_MILLISECONDS": "0"])
+        let node = try #require(cluster.leader())
+        try flood(port: try #require(node.process?.port), seconds: 1)
+        #expect(metric("disco_dns_overload_episodes_total", port: node.httpPort) == 0)
+        #expect(metric("disco_dns_overload_shedding_workers", port: node.httpPort) == 0)
     }
 }

@@ -17,8 +17,6 @@ typedef struct disco_udp_batch disco_udp_batch;
 
 disco_udp_batch *disco_udp_batch_create(unsigned count, unsigned in_bytes, unsigned out_bytes);
 void disco_udp_batch_destroy(disco_udp_batch *batch);
-/// Whether datagrams carry packet-info control messages (only sockets on a wildcard address need them).
-void disco_udp_batch_set_control(disco_udp_batch *batch, int enabled);
 
 /// Receives up to `count` datagrams (blocking for the first one, then whatever is queued).
 /// Returns the number received, 0 on a timeout or EINTR, or -errno.
@@ -35,6 +33,19 @@ unsigned disco_udp_batch_out_capacity(const disco_udp_batch *batch);
 void disco_udp_batch_set_out_length(disco_udp_batch *batch, unsigned index, unsigned length);
 /// The client's address of datagram `index`, as sockaddr (sockaddr_in or sockaddr_in6).
 const struct sockaddr *disco_udp_batch_peer(const disco_udp_batch *batch, unsigned index);
+
+/// How long the datagram at `index` waited in the socket's receive queue, in nanoseconds, from
+/// its kernel receive timestamp (SO_TIMESTAMPNS, set by disco_udp_socket / disco_udp_adopt);
+/// -1 if it carries none.
+int64_t disco_udp_batch_waited_ns(const disco_udp_batch *batch, unsigned index);
+
+/// Sets a UDP socket's receive buffer (SO_RCVBUF: the kernel doubles it for its bookkeeping and
+/// caps it at net.core.rmem_max). Returns 0 or -errno.
+int disco_udp_set_receive_buffer(int fd, int bytes);
+
+/// Datagrams the kernel dropped at this socket because its receive buffer was full
+/// (SO_MEMINFO's SK_MEMINFO_DROPS), or -errno.
+int64_t disco_udp_socket_drops(int fd);
 
 /// Opens a UDP socket bound to `address` (sockaddr_in/in6) with SO_REUSEPORT, packet-info
 /// reception and a receive timeout, so a worker can notice shutdown. Returns fd or -errno.
