@@ -20,7 +20,7 @@ public struct OverloadSettings: Sendable, Equatable {
 
     public static let queueMillisecondsMax = 10_000
 
-    public init(queueMilliseconds: Int = 100) {
+    public init(queueMilliseconds: Int = 20) {
         self.queueMilliseconds = queueMilliseconds
     }
 
@@ -31,7 +31,7 @@ public struct OverloadSettings: Sendable, Equatable {
 final class OverloadState: Sendable {
     /// A shedding socket's receive buffer (the kernel doubles it): room for about a hundred
     /// small queries, a few milliseconds of work.
-    static let sheddingReceiveBufferBytes: Int32 = 64 << 10
+    static let sheddingReceiveBufferBytes: Int32 = 256 << 10
     /// How long a shedding worker must see short waits and no drops before it takes its full
     /// receive buffer back.
     static let releaseAfterMilliseconds: UInt64 = 1_000
