@@ -19,6 +19,9 @@ public final class DNSWorkerCounters: @unchecked Sendable {
     static let latencyBucketsSeconds: [Double] = [1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3]
     /// One query in this many is timed (a clock read costs about a tenth of an answer).
     public static let latencySampleEvery: UInt64 = 64
+    /// Upper bounds (seconds) of the UDP queue-wait histogram's buckets (+Inf above).
+    static let queueWaitBucketsSeconds: [Double] = [1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2,
+                                                    2.5e-2, 5e-2, 0.1, 0.25, 1]
 
     enum Slot {
         static let queries = 0                                   // by qtype
@@ -31,7 +34,9 @@ public final class DNSWorkerCounters: @unchecked Sendable {
         static let latencySumNanoseconds = latency + latencyBucketsSeconds.count + 1
         static let realtime = latencySumNanoseconds + 1          // 1 while the worker may answer in SCHED_FIFO
         static let realtimeDemotions = realtime + 1
-        static let count = realtimeDemotions + 1
+        static let queueWait = realtimeDemotions + 1             // buckets, then +Inf
+        static let queueWaitSumNanoseconds = queueWait + queueWaitBucketsSeconds.count + 1
+        static let count = queueWaitSumNanoseconds + 1
     }
 
     public let transport: Transport
@@ -82,14 +87,25 @@ public final class DNSWorkerCounters: @unchecked Sendable {
     }
 
     func recordLatency(nanoseconds: UInt64) {
+        record(nanoseconds, bounds: Self.latencyBucketsSeconds, buckets: Slot.latency, sum: Slot.latencySumNanoseconds)
+    }
+
+    /// How long the oldest query of a batch waited in the socket's receive queue (kernel
+    /// receive timestamp to the worker reading it): the part of a query's latency that the
+    /// answer-path histogram cannot see, and all of it when CPU is short.
+    func recordQueueWait(nanoseconds: UInt64) {
+        record(nanoseconds, bounds: Self.queueWaitBucketsSeconds, buckets: Slot.queueWait, sum: Slot.queueWaitSumNanoseconds)
+    }
+
+    private func record(_ nanoseconds: UInt64, bounds: [Double], buckets: Int, sum: Int) {
         let seconds = Double(nanoseconds) / 1e9
-        var bucket = Self.latencyBucketsSeconds.count
-        for (i, bound) in Self.latencyBucketsSeconds.enumerated() where seconds <= bound {
+        var bucket = bounds.count
+        for (i, bound) in bounds.enumerated() where seconds <= bound {
             bucket = i
             break
         }
-        add(Slot.latency + bucket)
-        add(Slot.latencySumNanoseconds, nanoseconds)
+        add(buckets + bucket)
+        add(sum, nanoseconds)
     }
 
     /// The answer cache's totals of this worker's Answerer (set, not added: it counts itself).
@@ -155,12 +171,17 @@ public final class DNSMetrics: @unchecked Sendable {
         /// Workers allowed to answer in SCHED_FIFO, and the windows in which one spent its budget.
         public var realtimeWorkers: UInt64
         public var realtimeDemotions: UInt64
+        /// UDP batches by their oldest query's wait in the receive queue (`queueWaitBucketsSeconds`,
+        /// then +Inf), and the sum of those waits.
+        public var queueWaitBuckets: [UInt64]
+        public var queueWaitSumSeconds: Double
     }
 
     public static let qtypeNames = DNSWorkerCounters.qtypeNames
     public static let rcodeNames = DNSWorkerCounters.rcodeNames
     public static let latencyBucketsSeconds = DNSWorkerCounters.latencyBucketsSeconds
     public static let latencySampleEvery = DNSWorkerCounters.latencySampleEvery
+    public static let queueWaitBucketsSeconds = DNSWorkerCounters.queueWaitBucketsSeconds
 
     /// Every worker's counts for `transport`, summed (Daemon turns them into /metrics).
     public func totals(_ transport: Transport) -> Totals {
@@ -173,7 +194,9 @@ public final class DNSMetrics: @unchecked Sendable {
                       cacheHits: sum(Slot.cacheHits), cacheMisses: sum(Slot.cacheMisses),
                       latencyBuckets: (0...Self.latencyBucketsSeconds.count).map { sum(Slot.latency + $0) },
                       latencySumSeconds: Double(sum(Slot.latencySumNanoseconds)) / 1e9,
-                      realtimeWorkers: sum(Slot.realtime), realtimeDemotions: sum(Slot.realtimeDemotions))
+                      realtimeWorkers: sum(Slot.realtime), realtimeDemotions: sum(Slot.realtimeDemotions),
+                      queueWaitBuckets: (0...Self.queueWaitBucketsSeconds.count).map { sum(Slot.queueWait + $0) },
+                      queueWaitSumSeconds: Double(sum(Slot.queueWaitSumNanoseconds)) / 1e9)
     }
 }
 

@@ -186,7 +186,9 @@ public final class UDPServer: @unchecked Sendable {
                 continue
             }
             // The batch's first datagram is its oldest: how far behind this worker is.
-            overload?.observe(waitedNanoseconds: disco_udp_batch_waited_ns(batch, 0))
+            let waited = disco_udp_batch_waited_ns(batch, 0)
+            overload?.observe(waitedNanoseconds: waited)
+            if waited >= 0 { counters?.recordQueueWait(nanoseconds: UInt64(waited)) }
             let view = store.load()
             let now = (queries != nil || rrl != nil) ? ClientLimits.nowMilliseconds() : 0
             for i in 0..<UInt32(received) {

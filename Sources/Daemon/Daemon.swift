@@ -303,6 +303,10 @@ public final class DiscoDaemon: @unchecked Sendable {
             + Metric(name: "disco_dns_realtime_demotions_total",
                      help: "Budget windows in which a UDP worker used its real-time CPU budget and answered the rest at normal priority.",
                      kind: .counter, value: "\(udp.realtimeDemotions)").lines
+            + Metric.histogram("disco_dns_udp_queue_wait_seconds",
+                               help: "How long the oldest query of each UDP batch waited in the socket's receive queue before a worker read it.",
+                               [("", Metric.Histogram(bounds: DNSMetrics.queueWaitBucketsSeconds, counts: udp.queueWaitBuckets,
+                                                      sum: udp.queueWaitSumSeconds))])
             + Metric.histogram("disco_dns_answer_duration_seconds",
                                help: "Time to answer one query (parse, lookup, encode), one query in \(DNSMetrics.latencySampleEvery) sampled.",
                                transports.map { ("proto=\"\($0.0)\"", Metric.Histogram(bounds: DNSMetrics.latencyBucketsSeconds,

@@ -22,12 +22,15 @@ at the end and whether every agent's node is there, DNS p50/p99 idle vs during, 
 (lost or not NOERROR), and whether every server is alive. Exit status 1 when an acceptance
 target is missed, 0 when all are met.
 
-Placement (2 cores): no CPU pinning. The servers run their write path `dns.background_nice`
-levels below their DNS workers; the load generator runs at the same nice +10 (the agents are
-other machines: their CPU should not be taken from the servers' DNS); dnsperf at nice 0 as a
-resolver on the same host would (`--dnsperf-nice -10`: as resolvers on other machines, whose
-scheduling delay is not the servers'). `--pin` instead puts the leader and the load generator on CPU 1 and the
-followers and the dnsperfs on CPU 0.
+Placement (2 cores): no CPU pinning. The servers answer DNS in SCHED_FIFO (dns.realtime_priority)
+and run their write path `dns.background_nice` levels below; the load generator runs at nice +10
+(the agents are other machines: their CPU should not be taken from the servers' DNS); dnsperf
+runs in SCHED_FIFO 2 as resolvers on other machines would see the servers, reading each reply
+the moment it arrives (`--dnsperf-scheduling normal`: at nice 0, as a resolver sharing these 2
+CPUs, whose own wait for a CPU then counts in its latencies; `--dnsperf-nice N` in between).
+Beside dnsperf's figures, the servers' own: the p99 of how long queries waited in their UDP
+receive queues (/metrics). `--pin` instead puts the leader and the load generator on CPU 1 and
+the followers and the dnsperfs on CPU 0.
 
     scripts/bench/storm.sh [--agents 41000] [--connections 256] [--dns-rate 2000]
 """
@@ -230,6 +233,25 @@ def metric(node, name):
     return int(m.group(1)) if m else None
 
 
+def queue_wait(node):
+    """The server's UDP queue-wait histogram: [(upper bound in seconds, cumulative count)]."""
+    status, _, body = chaos.request(node, "GET", "/metrics")
+    if status != 200:
+        return []
+    return [(float("inf") if le == b"+Inf" else float(le), int(count))
+            for le, count in re.findall(rb'^disco_dns_udp_queue_wait_seconds_bucket\{le="([^"]+)"\} (\d+)', body, re.M)]
+
+
+def queue_wait_p99(before, after):
+    """The upper bound of the bucket holding the 99th percentile of the waits between two scrapes."""
+    deltas = [(le, a - b) for (le, a), (_, b) in zip(after, before)]
+    total = deltas[-1][1] if deltas else 0
+    for le, cumulative in deltas:
+        if total and cumulative >= 0.99 * total:
+            return le, total
+    return float("nan"), total
+
+
 def leaders(cluster):
     out = {}
     for node in cluster.nodes:
@@ -277,8 +299,9 @@ def main():
     parser.add_argument("--pin", action="store_true", help="leader + load on CPU 1, followers + dnsperf on CPU 0")
     parser.add_argument("--dnsperf-nice", type=int, default=0,
                         help="run dnsperf at this nice (e.g. -10: as resolvers on other machines, whose CPU the servers do not share; needs root)")
-    parser.add_argument("--dnsperf-realtime", action="store_true",
-                        help="run dnsperf in SCHED_FIFO 2 (chrt): as resolvers on other machines, whose replies are read the moment they arrive; needs root")
+    parser.add_argument("--dnsperf-scheduling", choices=["realtime", "normal"], default="realtime",
+                        help="realtime (default): dnsperf in SCHED_FIFO 2 (chrt; needs root), as resolvers on other machines, whose replies "
+                             "are read the moment they arrive; normal: as a resolver on the same 2 CPUs, whose own wait for CPU counts in its latencies")
     parser.add_argument("--keep", action="store_true", help="keep the servers' data and logs")
     parser.add_argument("--load", help=argparse.SUPPRESS)  # internal: run one phase against these HTTP ports
     parser.add_argument("--phase", help=argparse.SUPPRESS)
@@ -302,7 +325,7 @@ def main():
         with open(names, "w") as f:
             f.write("ns.chaos.test A\nweb.service.disco A\n")
         dns_prefix = ["nice", "-n", str(args.dnsperf_nice)] if args.dnsperf_nice else []
-        if args.dnsperf_realtime:
+        if args.dnsperf_scheduling == "realtime":
             dns_prefix += ["chrt", "-f", "2"]
         if args.pin:
             pin(leader.process.pid, "1")
@@ -323,6 +346,7 @@ def main():
         term_before = {n.id: metric(n, "disco_raft_term") for n in cluster.nodes}
         leader_before = leaders(cluster)
 
+        waits = {"idle": {n.id: queue_wait(n) for n in cluster.nodes}}
         idle = {n.id: DNSProbe(n, names, args.dns_rate, dns_prefix) for n in cluster.nodes}
         threads = [threading.Thread(target=p.chunk, args=(DNS_IDLE_SECONDS,)) for p in idle.values()]
         for t in threads:
@@ -330,11 +354,13 @@ def main():
         for t in threads:
             t.join()
 
+        waits["idle end"] = {n.id: queue_wait(n) for n in cluster.nodes}
         ports = ",".join(str(n.http) for n in cluster.nodes)
         results = []
         during = {}
         for name in ("phase 1: register", "phase 2: re-register"):
             probes = {n.id: DNSProbe(n, names, args.dns_rate, dns_prefix) for n in cluster.nodes}
+            waits[name] = {n.id: queue_wait(n) for n in cluster.nodes}
             for p in probes.values():
                 p.start()
             time.sleep(1)
@@ -351,6 +377,7 @@ def main():
                 p.finish()
             results.append(json.loads(load.stdout))
             during[name] = probes
+            waits[name + " end"] = {n.id: queue_wait(n) for n in cluster.nodes}
 
         alive = {n.id: n.process.poll() is None for n in cluster.nodes}
         load_after = os.getloadavg()[0]
@@ -374,7 +401,7 @@ def main():
         # ---- report
         ms = lambda v: f"{v * 1000:.2f} ms"
         print(f"registration storm: {args.agents} agents, {args.connections} connections over 3 servers, "
-              f"DNS {args.dns_rate} q/s per server, client jitter {args.client_jitter}, "
+              f"DNS {args.dns_rate} q/s per server (dnsperf scheduling {args.dnsperf_scheduling}), client jitter {args.client_jitter}, "
               f"{'pinned (leader + load on CPU 1)' if args.pin else 'not pinned'}; leader server {leader.id}; "
               f"load average {load_before:.1f} before, {load_after:.1f} after (on 2 CPUs; others' builds show here)")
         for phase in results:
@@ -419,6 +446,17 @@ def main():
                 if p.failed:
                     failures.append(f"server {node.id}, {name}: {p.failed} failed DNS queries ({p.rcodes})")
             print(row)
+        # The servers' own view: how long the oldest query of each UDP batch waited in the
+        # receive queue (kernel timestamp to the worker reading it), p99 as its bucket's bound.
+        # It excludes dnsperf's own scheduling, which the latencies above include.
+        print("server side, UDP queue wait p99 (oldest query of each batch; the histogram bucket's upper bound):")
+        for node in cluster.nodes:
+            cells = []
+            for label, start, end in (("idle", "idle", "idle end"), ("ph1", "phase 1: register", "phase 1: register end"),
+                                      ("ph2", "phase 2: re-register", "phase 2: re-register end")):
+                bound, count = queue_wait_p99(waits[start][node.id], waits[end][node.id])
+                cells.append(f"{label} <= {ms(bound)} of {count} batches")
+            print(f"  {node.id}: " + "; ".join(cells))
         print("acceptance: " + ("all targets met" if not failures else "MISSED:\n  - " + "\n  - ".join(failures)))
     finally:
         cluster.stop_all()

@@ -4,7 +4,7 @@
 # See storm.py for what is measured and how.
 #
 # Usage: scripts/bench/storm.sh [--agents 41000] [--connections 256] [--dns-rate 2000]
-#                               [--client-jitter 0] [--pin] [--dnsperf-nice -10] [--keep]
+#                               [--client-jitter 0] [--pin] [--dnsperf-nice -10] [--dnsperf-scheduling realtime|normal] [--keep]
 #   env DISCOD (default .build/release/discod, built if missing)
 # Needs: apt-get install dnsperf dnsutils
 set -euo pipefail
