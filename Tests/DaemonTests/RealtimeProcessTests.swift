@@ -14,8 +14,20 @@ struct RealtimeProcessTests {
     typealias Cluster = ClusterProcessTests.ClusterFixture
     static let fifo = 1, other = 0
 
+    /// Whether this machine lets a process of ours run in SCHED_FIFO (a container may not):
+    /// the tests of real-time answering need it; the fallback is tested without it either way.
+    static let realtimePermitted: Bool = {
+        let chrt = Process()
+        chrt.executableURL = URL(fileURLWithPath: "/usr/bin/chrt")
+        chrt.arguments = ["-f", "1", "/bin/true"]
+        chrt.standardError = FileHandle.nullDevice
+        guard (try? chrt.run()) != nil else { return false }
+        chrt.waitUntilExit()
+        return chrt.terminationStatus == 0
+    }()
 
-    @Test func theUDPWorkersAnswerInSchedFIFOAndTheRestDoesNot() throws {
+    @Test(.enabled(if: realtimePermitted, "SCHED_FIFO is not permitted here"))
+    func theUDPWorkersAnswerInSchedFIFOAndTheRestDoesNot() throws {
         let cluster = try Cluster(size: 1)
         let node = try #require(cluster.leader())
         let pid = try #require(node.process?.process.processIdentifier)
@@ -40,9 +52,28 @@ struct RealtimeProcessTests {
         #expect(metric("disco_dns_realtime_workers", port: node.httpPort) == 0)
     }
 
+    /// Without CAP_SYS_NICE (and with RLIMIT_RTPRIO 0, the default) the promotion is refused:
+    /// the workers answer at normal priority, and one warning says what to configure.
+    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv") && realtimePriorityLimit() == 0))
+    func withoutThePrivilegeTheWorkersRunNormallyAndSaySo() throws {
+        let zones = try TemporaryDirectory()
+        try zones.write("example.test.zone", testZone)
+        let daemon = try DiscodProcess.serving(zones: zones.url, launcher: ["/usr/bin/setpriv", "--inh-caps=-sys_nice",
+                                                                            "--bounding-set=-sys_nice", "--"])
+        defer { daemon.stop() }
+        let threads = try threadStats(daemon.process.processIdentifier)
+        #expect(threads.filter { $0.name == "disco-udp" }.count == 2, "\(threads)")
+        #expect(threads.allSatisfy { $0.policy == Self.other }, "\(threads)")
+        #expect(waitUntil(seconds: 2) { daemon.stderr.components(separatedBy: "SCHED_FIFO 1 was refused").count - 1 == 1 },
+                "\(daemon.stderr)")
+        #expect(daemon.stderr.contains("LimitRTPRIO=1"))
+        #expect(resolveA("www.example.test.", port: daemon.port) == ["192.0.2.10"])
+    }
+
     /// A flood spends the budget: the worker answers the rest of each window at normal priority
     /// (counted), keeps answering, and is back in SCHED_FIFO once the flood is over.
-    @Test func aFloodSpendsTheBudgetAndTheWorkerComesBack() throws {
+    @Test(.enabled(if: realtimePermitted, "SCHED_FIFO is not permitted here"))
+    func aFloodSpendsTheBudgetAndTheWorkerComesBack() throws {
         let cluster = try Cluster(size: 1, environment: ["DISCO_DNS_REALTIME_BUDGET_PERCENT": "1"])
         let node = try #require(cluster.leader())
         let pid = try #require(node.process?.process.processIdentifier)
@@ -114,4 +145,11 @@ struct OverloadProcessTests {
         #expect(metric("disco_dns_overload_episodes_total", port: node.httpPort) == 0)
         #expect(metric("disco_dns_overload_shedding_workers", port: node.httpPort) == 0)
     }
+}
+
+/// This process's RLIMIT_RTPRIO soft limit.
+func realtimePriorityLimit() -> UInt {
+    var limit = rlimit()
+    getrlimit(__rlimit_resource_t(__RLIMIT_RTPRIO.rawValue), &limit)
+    return UInt(limit.rlim_cur)
 }

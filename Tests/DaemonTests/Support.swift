@@ -65,9 +65,15 @@ final class DiscodProcess: @unchecked Sendable {
     private var stderrText = ""
     private(set) var port: UInt16 = 0
 
-    init(arguments: [String], environment: [String: String] = [:]) throws {
-        process.executableURL = try discodBinary()
-        process.arguments = arguments
+    /// `launcher`: a program that execs discod with the arguments after its own (setpriv …).
+    init(arguments: [String], environment: [String: String] = [:], launcher: [String] = []) throws {
+        if let program = launcher.first {
+            process.executableURL = URL(fileURLWithPath: program)
+            process.arguments = launcher.dropFirst() + [try discodBinary().path] + arguments
+        } else {
+            process.executableURL = try discodBinary()
+            process.arguments = arguments
+        }
         var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("DISCO_") && $0.key != "NOTIFY_SOCKET" }
         env.merge(environment) { $1 }
         process.environment = env
@@ -82,9 +88,10 @@ final class DiscodProcess: @unchecked Sendable {
     }
 
     /// Starts discod serving `zones` on 127.0.0.1:0 and waits for its start-up line.
-    static func serving(zones: URL, extra: [String] = [], environment: [String: String] = [:]) throws -> DiscodProcess {
+    static func serving(zones: URL, extra: [String] = [], environment: [String: String] = [:],
+                        launcher: [String] = []) throws -> DiscodProcess {
         let daemon = try DiscodProcess(arguments: ["--zones", zones.path, "--dns", "127.0.0.1:0", "--workers", "2"] + extra,
-                                       environment: environment)
+                                       environment: environment, launcher: launcher)
         try daemon.waitForStart()
         return daemon
     }
