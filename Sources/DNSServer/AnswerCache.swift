@@ -18,17 +18,29 @@ import DNSZone
 /// (DESIGN.md: selection happens per query, after the cache). Those records are relocatable:
 /// their owner is a pointer, their RDATA holds no pointer (A, AAAA, SRV).
 ///
-/// Memory: `entriesMax × entryBytesMax` (12 MiB), allocated once; no allocation per query.
+/// Two tiers of slots: `entriesMax` of `entryBytesMax` for most answers, and `largeEntriesMax`
+/// of `largeEntryBytesMax` for the answers above that (the big registry names: an SRV answer of
+/// many instances with their addresses). A question lives in one set of each tier; a lookup
+/// tries the small tier, then the large one.
+///
+/// Memory: `entriesMax × entryBytesMax + largeEntriesMax × largeEntryBytesMax` (13.2 MiB),
+/// allocated once; no allocation per query.
 final class AnswerCache {
-    /// Slots, in 2-way sets (a question lives in slot 2k or 2k+1); a power of two. 16384 keeps
-    /// a service-shaped working set of ~10,000 distinct questions resident.
+    /// Small slots, in 2-way sets (a question lives in slot 2k or 2k+1); a power of two. 16384
+    /// keeps a service-shaped working set of ~10,000 distinct questions resident.
     static let entriesMax = 16384
-    /// Responses longer than this are not cached. 768 holds an SRV answer of a dozen instances
-    /// with their addresses; a full 1232-byte slot would make the cache 60% bigger for the few
-    /// responses above it.
+    /// The small slots' size. 768 holds an SRV answer of a dozen instances with their addresses;
+    /// making every slot 1232 bytes would make the cache 60% bigger for the few responses above.
     static let entryBytesMax = 768
+    /// Large slots (2-way sets too; a power of two), for responses above `entryBytesMax`.
+    static let largeEntriesMax = 1024
+    /// The large slots' size: the largest UDP response we send (`Answerer.udpPayloadBytesMax`).
+    static let largeEntryBytesMax = 1232
+    /// Every slot: the small ones are 0..<entriesMax, the large ones follow.
+    static let slotsMax = entriesMax + largeEntriesMax
 
     private let storage: UnsafeMutableRawPointer
+    private let largeStorage: UnsafeMutableRawPointer
     /// Length of each slot's response; 0 = empty.
     private let lengths: UnsafeMutablePointer<UInt16>
     /// Bit 0: the query had EDNS. Bit 1: the response carries OPT last (DO patched there).
@@ -46,25 +58,34 @@ final class AnswerCache {
     private let pickedCounts: UnsafeMutablePointer<UInt16>
     /// The slot of the last hit.
     private var hitIndex = 0
+    /// `permuteRecords`' working space: a copy of the records, and where each starts.
+    private let permuteScratch: UnsafeMutableRawPointer
+    private let permuteOffsets: UnsafeMutablePointer<UInt16>
 
     init() {
         storage = .allocate(byteCount: Self.entriesMax * Self.entryBytesMax, alignment: 64)
-        lengths = .allocate(capacity: Self.entriesMax)
-        lengths.initialize(repeating: 0, count: Self.entriesMax)
-        keys = .allocate(capacity: Self.entriesMax)
-        keys.initialize(repeating: 0, count: Self.entriesMax)
-        zones = .allocate(capacity: Self.entriesMax)
-        zones.initialize(repeating: 0, count: Self.entriesMax)
-        selections = .allocate(capacity: Self.entriesMax)
-        selections.initialize(repeating: nil, count: Self.entriesMax)
-        pickedStarts = .allocate(capacity: Self.entriesMax)
-        pickedStarts.initialize(repeating: 0, count: Self.entriesMax)
-        pickedCounts = .allocate(capacity: Self.entriesMax)
-        pickedCounts.initialize(repeating: 0, count: Self.entriesMax)
+        largeStorage = .allocate(byteCount: Self.largeEntriesMax * Self.largeEntryBytesMax, alignment: 64)
+        permuteScratch = .allocate(byteCount: Answerer.responseBytesMax, alignment: 8)
+        permuteOffsets = .allocate(capacity: Self.pickedRecordsMax + 1)
+        lengths = .allocate(capacity: Self.slotsMax)
+        lengths.initialize(repeating: 0, count: Self.slotsMax)
+        keys = .allocate(capacity: Self.slotsMax)
+        keys.initialize(repeating: 0, count: Self.slotsMax)
+        zones = .allocate(capacity: Self.slotsMax)
+        zones.initialize(repeating: 0, count: Self.slotsMax)
+        selections = .allocate(capacity: Self.slotsMax)
+        selections.initialize(repeating: nil, count: Self.slotsMax)
+        pickedStarts = .allocate(capacity: Self.slotsMax)
+        pickedStarts.initialize(repeating: 0, count: Self.slotsMax)
+        pickedCounts = .allocate(capacity: Self.slotsMax)
+        pickedCounts.initialize(repeating: 0, count: Self.slotsMax)
     }
 
     deinit {
         storage.deallocate()
+        largeStorage.deallocate()
+        permuteScratch.deallocate()
+        permuteOffsets.deallocate()
         lengths.deallocate()
         keys.deallocate()
         zones.deallocate()
@@ -82,18 +103,31 @@ final class AnswerCache {
     private func move(to view: View) {
         let kept = self.view?.unchangedZones(in: view) ?? 0
         if kept == 0 {
-            lengths.update(repeating: 0, count: Self.entriesMax)
+            lengths.update(repeating: 0, count: Self.slotsMax)
         } else {
-            for index in 0..<Self.entriesMax where zones[index] & ~kept != 0 { lengths[index] = 0 }
+            for index in 0..<Self.slotsMax where zones[index] & ~kept != 0 { lengths[index] = 0 }
         }
         self.view = view
     }
 
     @inline(__always)
-    private func slot(name: UnsafeRawBufferPointer, typeAndClass: UInt32) -> Int {
+    private func hash(name: UnsafeRawBufferPointer, typeAndClass: UInt32) -> Int {
         var h: UInt32 = 2_166_136_261 ^ typeAndClass
         for byte in name { h = (h ^ UInt32(byte)) &* 16_777_619 }
-        return Int(h) & (Self.entriesMax - 1)
+        return Int(h)
+    }
+
+    /// The first slot of the question's set in the small tier, and in the large one.
+    @inline(__always)
+    private static func smallSet(_ hash: Int) -> Int { hash & (entriesMax - 1) & ~1 }
+    @inline(__always)
+    private static func largeSet(_ hash: Int) -> Int { entriesMax + (hash & (largeEntriesMax - 1) & ~1) }
+
+    /// Where slot `index`'s response is stored.
+    @inline(__always)
+    private func entry(_ index: Int) -> UnsafeMutableRawPointer {
+        index < Self.entriesMax ? storage + index * Self.entryBytesMax
+                                : largeStorage + (index - Self.entriesMax) * Self.largeEntryBytesMax
     }
 
     /// Writes the cached response for this question into `output`, patched for `query`, and
@@ -102,9 +136,11 @@ final class AnswerCache {
     func answer(name: UnsafeRawBufferPointer, query: UnsafeRawBufferPointer, questionEnd: Int, hasEDNS: Bool,
                 dnssecOK: Bool, limit: Int, into output: UnsafeMutableRawBufferPointer) -> Int {
         let typeAndClass = query.loadUnaligned(fromByteOffset: questionEnd - 4, as: UInt32.self)
-        let set = slot(name: name, typeAndClass: typeAndClass) & ~1
-        for index in set...(set + 1)
-        where matches(index, name: name, questionEnd: questionEnd, typeAndClass: typeAndClass, hasEDNS: hasEDNS) {
+        let hash = hash(name: name, typeAndClass: typeAndClass)
+        let small = Self.smallSet(hash), large = Self.largeSet(hash)
+        for way in 0..<4 {
+            let index = way < 2 ? small + way : large + way - 2
+            guard matches(index, name: name, questionEnd: questionEnd, typeAndClass: typeAndClass, hasEDNS: hasEDNS) else { continue }
             let length = Int(lengths[index])
             guard length <= limit else { return 0 }
             copy(index, length: length, query: query, questionEnd: questionEnd, dnssecOK: dnssecOK, into: output)
@@ -120,7 +156,7 @@ final class AnswerCache {
                          hasEDNS: Bool) -> Bool {
         let length = Int(lengths[index])
         guard length >= questionEnd, (keys[index] & 1 != 0) == hasEDNS else { return false }
-        let entry = storage + index * Self.entryBytesMax
+        let entry = entry(index)
         // Same question: the name compared case-insensitively, then type and class exactly.
         guard entry.load(fromByteOffset: 12 + name.count - 1, as: UInt8.self) == 0,
               entry.loadUnaligned(fromByteOffset: questionEnd - 4, as: UInt32.self) == typeAndClass else { return false }
@@ -133,7 +169,7 @@ final class AnswerCache {
     @inline(__always)
     private func copy(_ index: Int, length: Int, query: UnsafeRawBufferPointer, questionEnd: Int, dnssecOK: Bool,
                       into output: UnsafeMutableRawBufferPointer) {
-        let entry = storage + index * Self.entryBytesMax
+        let entry = entry(index)
         let out = output.baseAddress!
         out.copyMemory(from: entry, byteCount: length)
         // ID, then the query's RD and CD bits over the cached flags (stored with both clear).
@@ -167,9 +203,10 @@ final class AnswerCache {
     @inline(__always)
     func store(name: UnsafeRawBufferPointer, response: UnsafeRawBufferPointer, questionEnd: Int, hasEDNS: Bool,
                zones read: UInt64, picked: (selection: RecordSelection, start: Int, order: UnsafeBufferPointer<Int32>)? = nil) {
-        guard response.count <= Self.entryBytesMax, response.count >= questionEnd else { return }
+        guard response.count <= Self.largeEntryBytesMax, response.count >= questionEnd else { return }
         let typeAndClass = response.loadUnaligned(fromByteOffset: questionEnd - 4, as: UInt32.self)
-        let set = slot(name: name, typeAndClass: typeAndClass) & ~1
+        let hash = hash(name: name, typeAndClass: typeAndClass)
+        let set = response.count <= Self.entryBytesMax ? Self.smallSet(hash) : Self.largeSet(hash)
         // An empty way first; else the way not written last (bit 2 of the set's first key).
         let index: Int
         if lengths[set] == 0 {
@@ -180,7 +217,7 @@ final class AnswerCache {
             index = keys[set] & 4 != 0 ? set : set + 1
         }
         keys[set] ^= 4
-        let entry = storage + index * Self.entryBytesMax
+        let entry = entry(index)
         entry.copyMemory(from: response.baseAddress!, byteCount: response.count)
         let flags = (UInt16(response[2]) << 8 | UInt16(response[3])) & ~Self.copiedFlagBits
         entry.storeBytes(of: flags.bigEndian, toByteOffset: 2, as: UInt16.self)
@@ -193,7 +230,7 @@ final class AnswerCache {
             pickedStarts[index] = UInt16(picked.start)
             pickedCounts[index] = UInt16(picked.order.count)
             // Record i of the set goes to place i: the place of the record that is there now.
-            Self.permuteRecords(in: UnsafeMutableRawPointer(entry), from: picked.start, count: picked.order.count) { place in
+            permuteRecords(in: UnsafeMutableRawPointer(entry), from: picked.start, count: picked.order.count) { place in
                 var position = 0
                 while Int(picked.order[position]) != place { position += 1 }
                 return position
@@ -207,28 +244,24 @@ final class AnswerCache {
 
     /// Rewrites the `count` records starting at `start` of `message` (each a 2-byte owner
     /// pointer, TYPE, CLASS, TTL, RDLENGTH, RDATA) so that place i holds the record that was at
-    /// place `source(i)`; `source` is a permutation of 0..<count.
+    /// place `source(i)`; `source` is a permutation of 0..<count. Works in buffers allocated
+    /// with the cache (a temporary allocation of a large slot's size would be on the heap).
     @inline(__always)
-    static func permuteRecords(in message: UnsafeMutableRawPointer, from start: Int, count: Int, source: (Int) -> Int) {
-        withUnsafeTemporaryAllocation(of: UInt16.self, capacity: pickedRecordsMax + 1) { offsets in
-            withUnsafeTemporaryAllocation(of: UInt8.self, capacity: entryBytesMax) { scratch in
-                var at = start
-                for i in 0..<count {
-                    offsets[i] = UInt16(at - start)
-                    at += 12 + (Int(message.load(fromByteOffset: at + 10, as: UInt8.self)) << 8
-                        | Int(message.load(fromByteOffset: at + 11, as: UInt8.self)))
-                }
-                offsets[count] = UInt16(at - start)
-                let base = scratch.baseAddress!
-                base.update(from: (message + start).assumingMemoryBound(to: UInt8.self), count: at - start)
-                var out = start
-                for i in 0..<count {
-                    let from = source(i)
-                    let length = Int(offsets[from + 1] - offsets[from])
-                    (message + out).copyMemory(from: base + Int(offsets[from]), byteCount: length)
-                    out += length
-                }
-            }
+    func permuteRecords(in message: UnsafeMutableRawPointer, from start: Int, count: Int, source: (Int) -> Int) {
+        var at = start
+        for i in 0..<count {
+            permuteOffsets[i] = UInt16(at - start)
+            at += 12 + (Int(message.load(fromByteOffset: at + 10, as: UInt8.self)) << 8
+                | Int(message.load(fromByteOffset: at + 11, as: UInt8.self)))
+        }
+        permuteOffsets[count] = UInt16(at - start)
+        permuteScratch.copyMemory(from: message + start, byteCount: at - start)
+        var out = start
+        for i in 0..<count {
+            let from = source(i)
+            let length = Int(permuteOffsets[from + 1] - permuteOffsets[from])
+            (message + out).copyMemory(from: permuteScratch + Int(permuteOffsets[from]), byteCount: length)
+            out += length
         }
     }
 }

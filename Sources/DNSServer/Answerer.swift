@@ -565,8 +565,8 @@ public final class Answerer {
         let ttl = startPick(template.selection)
         let message = output.baseAddress!
         // `fixed` picks the set's order: the template's.
-        if selection.policy != .fixed {
-            AnswerCache.permuteRecords(in: message, from: template.start, count: template.count) { _ in
+        if selection.policy != .fixed, let cache {
+            cache.permuteRecords(in: message, from: template.start, count: template.count) { _ in
                 picker.next(template.selection)
             }
         }

@@ -25,6 +25,7 @@ struct Case {
 }
 
 let ten = try ServiceFixture(count: 10).view()
+let twenty = try ServiceFixture(count: 20).view()
 let large = try ServiceFixture(count: 13_000).view()
 var weighted = ServiceFixture(count: 13_000, weights: (0..<13_000).map { UInt32($0 % 3 + 1) })
 weighted.panicThresholdPercent = 50
@@ -45,6 +46,10 @@ let cases = [
          options: shuffle, cache: true),
     Case(label: "10 instances, SRV, shuffle", view: ten, name: ServiceFixture.srvName, type: .srv, edns: EDNS(), transport: .udp,
          options: shuffle, cache: true),
+    Case(label: "20 instances, SRV (>768 B), cached", view: twenty, name: ServiceFixture.srvName, type: .srv, edns: EDNS(),
+         transport: .udp, options: shuffle, cache: true),
+    Case(label: "20 instances, SRV (>768 B), no cache", view: twenty, name: ServiceFixture.srvName, type: .srv, edns: EDNS(),
+         transport: .udp, options: shuffle, cache: false),
     Case(label: "13,000, SRV, EDNS", view: large, name: ServiceFixture.srvName, type: .srv, edns: EDNS(), transport: .udp,
          options: shuffle, cache: true),
     Case(label: "13,000, shuffle, TCP (4,000 A)", view: large, name: name, type: .a, edns: nil, transport: .tcp, options: shuffle, cache: false),

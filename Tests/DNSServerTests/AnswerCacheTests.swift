@@ -159,4 +159,30 @@ struct AnswerCacheTests {
         _ = try answer(answerer, Message.query(try DomainName("www.example.test."), .a, id: 1), view: view)
         #expect(answerer.cacheHits == 1)
     }
+
+    /// Responses above the small slots' 768 bytes (up to the 1232-byte UDP maximum) are cached
+    /// in the large tier: a TXT RRset of about 1 KB is a hit the second time, byte for byte what
+    /// the pipeline writes; without EDNS it does not fit and is truncated, and not cached.
+    @Test func largeAnswersAreCachedInTheLargeTier() throws {
+        let strings = (0..<4).map { "\"\($0)\(String(repeating: "x", count: 240))\"" }.joined(separator: " ")
+        let view = View(zones: [try Zone.parse(text: Self.zoneText + "\nbig TXT \(strings)\n", origin: try DomainName("example.test."))])
+        let cached = Answerer(cache: true)
+        let plain = Answerer()
+        let query = Message.query(try DomainName("big.example.test."), .txt, id: 9)
+        let first = try answer(cached, query, view: view)
+        #expect(first.count > 768 && first.count <= 1232, "\(first.count) bytes")
+        for id in [UInt16(10), 11] {
+            var again = query
+            again.id = id
+            #expect(try answer(cached, again, view: view) == answer(plain, again, view: view))
+        }
+        #expect(cached.cacheHits == 2 && cached.cacheMisses == 1)
+        var classic = query
+        classic.edns = nil
+        for _ in 0..<2 {
+            let response = try answer(cached, classic, view: view)
+            #expect(response.count <= 512 && response[2] & 0x02 != 0, "TC over classic UDP")
+        }
+        #expect(cached.cacheHits == 2, "a truncated answer is not cached")
+    }
 }
