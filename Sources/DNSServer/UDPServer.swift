@@ -69,6 +69,10 @@ public final class UDPServer: @unchecked Sendable {
     public var realtime = RealtimeSettings.disabled
     /// When the workers shed new queries at the door (`OverloadSettings`).
     public var overload = OverloadSettings.disabled
+    /// What the metrics scrape reads from another thread: the open sockets (each once) and the
+    /// overload state, set by start() and stop() under `metricsLock`.
+    private let metricsLock = NSLock()
+    private var openSockets: Set<Int32> = []
     private var overloadState: OverloadState?
 
     /// Binds every socket (throwing, with nothing left open, if any bind fails), then starts the workers.
@@ -104,7 +108,11 @@ public final class UDPServer: @unchecked Sendable {
         }
         sockets = opened
         boundAddresses = bound
-        overloadState = OverloadState(settings: overload, normalReceiveBufferBytes: Self.receiveBufferBytes, logger: logger)
+        let overloadState = OverloadState(settings: overload, normalReceiveBufferBytes: Self.receiveBufferBytes, logger: logger)
+        metricsLock.withLock {
+            openSockets = Set(opened)
+            self.overloadState = overloadState
+        }
         running.set(true)
         panicCounters = sockets.map { _ in ManagedAtomic(0) }
         progressCounters = sockets.map { _ in ManagedAtomic(0) }
@@ -114,7 +122,7 @@ public final class UDPServer: @unchecked Sendable {
                 // Foundation does not name the kernel thread; `top -H` and the priority
                 // split (dns.background_nice) know the workers by this name.
                 disco_thread_set_name("disco-udp")
-                self.serve(fd: fd, panics: panics, progress: progress)
+                self.serve(fd: fd, overloadState: overloadState, panics: panics, progress: progress)
                 self.finished.leave()
             }
             thread.name = "disco-udp"
@@ -130,6 +138,7 @@ public final class UDPServer: @unchecked Sendable {
         running.set(false)
         finished.wait()
         // Workers of an inherited socket share its descriptor: each is closed once.
+        metricsLock.withLock { openSockets = [] }
         Set(sockets).forEach { close($0) }
         sockets = []
         threads = []
@@ -138,16 +147,21 @@ public final class UDPServer: @unchecked Sendable {
     /// Service answers given from every instance (panic threshold), summed over the workers.
     public var panicAnswers: Int { panicCounters.reduce(0) { $0 + $1.load(ordering: .relaxed) } }
     /// Workers in overload mode now, and the times the server entered it.
-    public var overloadSheddingWorkers: Int { overloadState?.sheddingWorkers.load(ordering: .relaxed) ?? 0 }
-    public var overloadEpisodes: UInt64 { overloadState?.episodes.load(ordering: .relaxed) ?? 0 }
-    /// Queries the kernel dropped because a socket's receive queue was full, over every socket.
-    public var receiveQueueDrops: Int64 { Set(sockets).reduce(0) { $0 + max(disco_udp_socket_drops($1), 0) } }
+    public var overloadSheddingWorkers: Int {
+        metricsLock.withLock { overloadState }?.sheddingWorkers.load(ordering: .relaxed) ?? 0
+    }
+    public var overloadEpisodes: UInt64 { metricsLock.withLock { overloadState }?.episodes.load(ordering: .relaxed) ?? 0 }
+    /// Queries the kernel dropped because a socket's receive queue was full, over every open
+    /// socket (under the lock: stop() cannot close one meanwhile).
+    public var receiveQueueDrops: Int64 {
+        metricsLock.withLock { openSockets.reduce(0) { $0 + max(disco_udp_socket_drops($1), 0) } }
+    }
 
     /// Each worker's loop iterations so far; a worker whose count stands still is stuck (it
     /// wakes at least every `receiveTimeoutMilliseconds` when idle).
     public var workerProgress: [UInt64] { progressCounters.map { $0.load(ordering: .relaxed) } }
 
-    private func serve(fd: Int32, panics: ManagedAtomic<Int>, progress: ManagedAtomic<UInt64>) {
+    private func serve(fd: Int32, overloadState: OverloadState, panics: ManagedAtomic<Int>, progress: ManagedAtomic<UInt64>) {
         guard let batch = disco_udp_batch_create(Self.batchDatagramsMax, Self.queryBytesMax, UInt32(udpPayloadBytes)) else {
             logger.critical("cannot allocate UDP buffers")
             return
