@@ -99,6 +99,13 @@ def main():
         moved("HTTP GET /v1/kv 200 is counted", 1, "disco_http_requests_total", route="/v1/kv", method="GET", code="200")
         moved("the HTTP latency histogram counts the requests", 2, "disco_http_request_duration_seconds_count", route="/v1/kv")
         moved("the Raft persist histogram counts the write", 1, "disco_raft_persist_duration_seconds_count")
+        moved("the proposal commit stage counts the write", 1, "disco_raft_proposal_commit_seconds_count")
+        moved("the proposal apply stage counts the write", 1, "disco_raft_proposal_apply_seconds_count")
+        moved("UDP batches' queue waits are counted", 1, "disco_dns_udp_queue_wait_seconds_count")
+        # Where this machine permits SCHED_FIFO (a container may not; discod then says so once).
+        if subprocess.run(["chrt", "-f", "1", "true"], capture_output=True).returncode == 0:
+            check("the DNS workers answer in SCHED_FIFO (dns.realtime_priority)",
+                  value(after, "disco_dns_realtime_workers") >= 1, value(after, "disco_dns_realtime_workers"))
         check("disco_raft_leader is 1 on a single server", value(after, "disco_raft_leader") == 1)
         check("disco_dns_view_zones counts the zones and the registry", value(after, "disco_dns_view_zones") >= 3,
               value(after, "disco_dns_view_zones"))

@@ -347,10 +347,16 @@ final class APIRouter: Sendable {
         counter("disco_raft_snapshots_taken_total", "Snapshots taken here (the log compacted).", raft.snapshotsTaken)
         counter("disco_raft_snapshots_installed_total", "Snapshots installed here from a leader.", raft.snapshotsInstalled)
         gauge("disco_raft_snapshot_bytes", "Size of the last snapshot taken or installed here.", "\(raft.lastSnapshotBytes)")
-        lines += Metric.histogram("disco_raft_persist_duration_seconds",
-                                  help: "Time to make a Ready durable (log append and fsync in raft.db).",
-                                  [("", Metric.Histogram(bounds: RaftCounters.persistBucketsSeconds, counts: raft.persistBuckets,
-                                                         sum: raft.persistSumSeconds))])
+        func histogram(_ name: String, _ help: String, _ latency: RaftCounters.Latency) {
+            lines += Metric.histogram(name, help: help, [("", Metric.Histogram(bounds: RaftCounters.Latency.boundsSeconds,
+                                                                               counts: latency.counts, sum: latency.sumSeconds))])
+        }
+        histogram("disco_raft_persist_duration_seconds", "Time to make a Ready durable (log append and fsync in raft.db).", raft.persist)
+        histogram("disco_raft_proposal_commit_seconds",
+                  "Proposals made here: from reaching the Raft loop until the Ready that commits them (persist, replication, quorum).",
+                  raft.proposalCommit)
+        histogram("disco_raft_proposal_apply_seconds",
+                  "Proposals made here: from the Ready that commits them until they are applied here and answered.", raft.proposalApply)
         if let detail, detail.role == .leader, !detail.progress.isEmpty {
             lines += Metric.family("disco_raft_peer_lag_entries", help: "Entries a server is behind the leader's last index (on the leader).",
                                    kind: .gauge, detail.progress.filter { $0.id != detail.id }.map { p in

@@ -1,20 +1,30 @@
 /// What the driver counts for /metrics (issue 17): updated on the driver's loop, read by scrapes.
 public struct RaftCounters: Sendable {
-    /// Upper bounds (seconds) of the persist (append + fsync) latency buckets; +Inf above.
-    public static let persistBucketsSeconds: [Double] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1]
+    /// Durations by bucket (`boundsSeconds`, then +Inf; the counts sum to the count) and their
+    /// total.
+    public struct Latency: Sendable {
+        /// Upper bounds (seconds) of the buckets; +Inf above.
+        public static let boundsSeconds: [Double] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1]
+        public var counts = [UInt64](repeating: 0, count: Latency.boundsSeconds.count + 1)
+        public var sumSeconds: Double = 0
+
+        mutating func record(seconds: Double) {
+            counts[Self.boundsSeconds.firstIndex { seconds <= $0 } ?? Self.boundsSeconds.count] += 1
+            sumSeconds += seconds
+        }
+    }
 
     public var leaderChanges: UInt64 = 0
-    /// Readies that had to be made durable, by how long each save took (bucket counts, then
-    /// +Inf; their sum is the count), and the total time.
-    public var persistBuckets = [UInt64](repeating: 0, count: RaftCounters.persistBucketsSeconds.count + 1)
-    public var persistSumSeconds: Double = 0
+    /// Readies that had to be made durable, by how long each save took (log append and fsync).
+    public var persist = Latency()
+    /// The stages of a proposal made here (issue 16: where a write's time goes), each from the
+    /// proposal's arrival on the Raft loop: until the Ready that delivers it committed starts
+    /// (persist here, replication, a quorum's acknowledgements), and from that Ready's start
+    /// until it is applied here and its proposer answered.
+    public var proposalCommit = Latency()
+    public var proposalApply = Latency()
     public var proposalsRefused: UInt64 = 0
     public var snapshotsTaken: UInt64 = 0
     public var snapshotsInstalled: UInt64 = 0
     public var lastSnapshotBytes: Int = 0
-
-    mutating func recordPersist(seconds: Double) {
-        persistBuckets[Self.persistBucketsSeconds.firstIndex { seconds <= $0 } ?? Self.persistBucketsSeconds.count] += 1
-        persistSumSeconds += seconds
-    }
 }

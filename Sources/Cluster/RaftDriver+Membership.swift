@@ -151,7 +151,7 @@ extension RaftDriver {
             do throws(ProposalError) {
                 let (term, index) = try self.node.proposeMembershipChange(change)
                 let promise = self.loop.makePromise(of: LogIndex.self)
-                self.pending[index] = (term, promise)
+                self.pending[index] = (term, promise, .now())
                 self.handleReady()
                 return promise.futureResult
             } catch {

@@ -108,7 +108,9 @@ public final class RaftDriver: @unchecked Sendable {
     /// Per peer: when a refused message was last logged, and how many were refused since.
     private var refusals: [NodeID: (logged: NIODeadline?, suppressed: Int)] = [:]
     private var ticker: RepeatedTask?
-    var pending: [LogIndex: (term: Term, promise: EventLoopPromise<LogIndex>)] = [:]
+    var pending: [LogIndex: (term: Term, promise: EventLoopPromise<LogIndex>, proposedAt: NIODeadline)] = [:]
+    /// When the Ready being handled started (the proposal stage histograms).
+    var readyStarted = NIODeadline.now()
     /// Why the driver stopped; once set, this server claims nothing (no role, no leader).
     var stoppedReason: String?
     private var failureHandler: (@Sendable (String) -> Void)?
@@ -258,6 +260,8 @@ public final class RaftDriver: @unchecked Sendable {
     /// whose leader was deposed with no successor in sight. 10 s is 10–20 election timeouts.
     public static let proposalTimeoutSeconds: Int64 = 10
 
+    static func seconds(_ amount: TimeAmount) -> Double { Double(max(amount.nanoseconds, 0)) / 1e9 }
+
     /// Proposes `data`; the future succeeds with the entry's index once it is applied here, and
     /// fails with a `ProposeError` otherwise (at the latest after `proposalTimeoutSeconds`).
     public func propose(_ data: [UInt8]) -> EventLoopFuture<LogIndex> {
@@ -267,7 +271,7 @@ public final class RaftDriver: @unchecked Sendable {
                 let (term, index) = try self.node.propose(data)
                 let promise = self.loop.makePromise(of: LogIndex.self)
                 // An older proposal at this index (from an earlier term of ours) was superseded.
-                self.pending.updateValue((term, promise), forKey: index)?.promise.fail(ProposeError.superseded)
+                self.pending.updateValue((term, promise, .now()), forKey: index)?.promise.fail(ProposeError.superseded)
                 self.loop.scheduleTask(in: .seconds(Self.proposalTimeoutSeconds)) {
                     guard let waiting = self.pending[index], waiting.promise.futureResult === promise.futureResult else { return }
                     self.pending[index] = nil
@@ -456,6 +460,7 @@ public final class RaftDriver: @unchecked Sendable {
         while stoppedReason == nil && node.hasReady {
             let ready = node.ready()
             let started = NIODeadline.now()
+            readyStarted = started
             // Only the commit index moved: nothing to make durable (etcd's MustSync). The commit
             // index is volatile state (Raft §5, Figure 2): one stored lower than it was is safe,
             // the leader tells it again and the state machines skip what they applied. Under
@@ -476,7 +481,7 @@ public final class RaftDriver: @unchecked Sendable {
             }
             let saved = NIODeadline.now()
             if mustSync {
-                countersBox.withLockedValue { $0.recordPersist(seconds: Double((saved - started).nanoseconds) / 1e9) }
+                countersBox.withLockedValue { $0.persist.record(seconds: Self.seconds(saved - started)) }
             }
             // 2-4. Send, install, apply and resolve proposals, confirmed reads.
             guard processor.finish(ready, later: later, &effects) else { return }
@@ -564,7 +569,13 @@ struct DriverEffects: ReadyEffects {
     func resolveProposal(at index: LogIndex, _ outcome: ProposalOutcome) {
         guard let waiting = driver.pending.removeValue(forKey: index) else { return }
         switch outcome {
-        case .committed: waiting.promise.succeed(index)
+        case .committed:
+            let started = driver.readyStarted
+            driver.countersBox.withLockedValue {
+                $0.proposalCommit.record(seconds: RaftDriver.seconds(started - waiting.proposedAt))
+                $0.proposalApply.record(seconds: RaftDriver.seconds(.now() - started))
+            }
+            waiting.promise.succeed(index)
         case .superseded: waiting.promise.fail(ProposeError.superseded)
         case .unknown: waiting.promise.fail(ProposeError.outcomeUnknown)
         }

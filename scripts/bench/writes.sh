@@ -151,11 +151,35 @@ PY
 printf '\n3 servers each, loopback, %ss per run, 60-byte values, wrk keep-alive, Disco via the %s\n' "$DURATION" "$VIA"
 printf '%-8s %14s %10s %10s %8s   %14s %10s %10s %8s   %8s %s\n' clients "disco w/s" "p50 ms" "p99 ms" errors "etcd w/s" "p50 ms" "p99 ms" errors ratio "disco terms"
 term() { curl -s "http://$disco_leader/metrics" | awk '$1 == "disco_raft_term" { print $2 }'; }
+# The leader's stage histograms (issue 16): sums and counts, to print the means of one run.
+stages() { curl -s "http://$disco_leader/metrics" | awk '
+  $1 ~ /^disco_raft_(persist_duration|proposal_commit|proposal_apply)_seconds_(sum|count)$/ ||
+  $1 ~ /^disco_http_request_duration_seconds_(sum|count)\{route="\/v1\/kv"\}$/ { printf "%s=%s ", $1, $2 }'; }
+stage_means() { # before after -> "persist ms, commit ms, apply ms, HTTP ms" (means over the run)
+  python3 - "$1" "$2" <<'PY'
+import sys
+def parse(text):
+    return {k: float(v) for k, v in (item.rsplit("=", 1) for item in text.split())}
+before, after = parse(sys.argv[1]), parse(sys.argv[2])
+def mean(prefix):
+    s = [k for k in after if k.startswith(prefix) and "_sum" in k]
+    c = [k for k in after if k.startswith(prefix) and "_count" in k]
+    if not s or not c:
+        return "-"
+    n = after[c[0]] - before.get(c[0], 0)
+    return "%.2f" % (1000 * (after[s[0]] - before.get(s[0], 0)) / n) if n else "-"
+print("leader stage means (ms): persist (per Ready) %s, propose->commit %s, commit->applied %s, HTTP request %s" % (
+    mean("disco_raft_persist_duration"), mean("disco_raft_proposal_commit"), mean("disco_raft_proposal_apply"),
+    mean("disco_http_request_duration")))
+PY
+}
 for c in $CLIENTS; do
   # A leader change during the run shows as a term that moved (PreVote: no spurious bumps).
   term_before=$(term)
+  stages_before=$(stages)
   read -r dw dp50 dp99 derr < <(run disco "http://$disco_target" "$tmp/disco.lua" "$c")
   term_after=$(term)
+  stages_after=$(stages)
   if [ "$ETCD" = 1 ]; then
     read -r ew ep50 ep99 eerr < <(run etcd "$etcd_url" "$tmp/etcd.lua" "$c")
     ratio=$(python3 -c "print('%.2fx' % ($dw / $ew))")
@@ -163,6 +187,7 @@ for c in $CLIENTS; do
     ew=- ep50=- ep99=- eerr=- ratio=-
   fi
   printf '%-8s %14s %10s %10s %8s   %14s %10s %10s %8s   %8s %s\n' "$c" "$dw" "$dp50" "$dp99" "$derr" "$ew" "$ep50" "$ep99" "$eerr" "$ratio" "$term_before->${term_after:-gone}"
+  printf '         %s\n' "$(stage_means "$stages_before" "$stages_after")"
   if [ "$VIA" = follower ]; then
     # What forwarding cost in connections: opened by the follower so far (a build with the
     # pool reports it), and sockets to the leader's HTTP port in TIME_WAIT now (kept 60 s).
