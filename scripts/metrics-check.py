@@ -99,6 +99,7 @@ def main():
         moved("HTTP GET /v1/kv 200 is counted", 1, "disco_http_requests_total", route="/v1/kv", method="GET", code="200")
         moved("the HTTP latency histogram counts the requests", 2, "disco_http_request_duration_seconds_count", route="/v1/kv")
         moved("the Raft persist histogram counts the write", 1, "disco_raft_persist_duration_seconds_count")
+        moved("the proposal queue stage counts the write", 1, "disco_raft_proposal_queue_seconds_count")
         moved("the proposal commit stage counts the write", 1, "disco_raft_proposal_commit_seconds_count")
         moved("the proposal apply stage counts the write", 1, "disco_raft_proposal_apply_seconds_count")
         moved("UDP batches' queue waits are counted", 1, "disco_dns_udp_queue_wait_seconds_count")

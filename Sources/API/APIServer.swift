@@ -352,6 +352,8 @@ final class APIRouter: Sendable {
                                                                                counts: latency.counts, sum: latency.sumSeconds))])
         }
         histogram("disco_raft_persist_duration_seconds", "Time to make a Ready durable (log append and fsync in raft.db).", raft.persist)
+        histogram("disco_raft_proposal_queue_seconds", "Proposals made here: time waiting for the Raft loop to take them.",
+                  raft.proposalQueue)
         histogram("disco_raft_proposal_commit_seconds",
                   "Proposals made here: from reaching the Raft loop until the Ready that commits them (persist, replication, quorum).",
                   raft.proposalCommit)

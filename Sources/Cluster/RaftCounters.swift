@@ -17,10 +17,11 @@ public struct RaftCounters: Sendable {
     public var leaderChanges: UInt64 = 0
     /// Readies that had to be made durable, by how long each save took (log append and fsync).
     public var persist = Latency()
-    /// The stages of a proposal made here (issue 16: where a write's time goes), each from the
-    /// proposal's arrival on the Raft loop: until the Ready that delivers it committed starts
-    /// (persist here, replication, a quorum's acknowledgements), and from that Ready's start
-    /// until it is applied here and its proposer answered.
+    /// The stages of a proposal made here (issue 16: where a write's time goes): waiting for the
+    /// Raft loop to take it (queue); from then until the Ready that delivers it committed starts
+    /// (persist here, replication, a quorum's acknowledgements: commit); and from that Ready's
+    /// start until it is applied here and its proposer answered (apply).
+    public var proposalQueue = Latency()
     public var proposalCommit = Latency()
     public var proposalApply = Latency()
     public var proposalsRefused: UInt64 = 0

@@ -265,8 +265,11 @@ public final class RaftDriver: @unchecked Sendable {
     /// Proposes `data`; the future succeeds with the entry's index once it is applied here, and
     /// fails with a `ProposeError` otherwise (at the latest after `proposalTimeoutSeconds`).
     public func propose(_ data: [UInt8]) -> EventLoopFuture<LogIndex> {
-        loop.flatSubmit {
+        let submitted = NIODeadline.now()
+        return loop.flatSubmit {
             guard self.stoppedReason == nil else { return self.loop.makeFailedFuture(ProposeError.stopped) }
+            let queued = Self.seconds(.now() - submitted)
+            self.countersBox.withLockedValue { $0.proposalQueue.record(seconds: queued) }
             do throws(ProposalError) {
                 let (term, index) = try self.node.propose(data)
                 let promise = self.loop.makePromise(of: LogIndex.self)

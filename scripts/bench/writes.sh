@@ -153,7 +153,7 @@ printf '%-8s %14s %10s %10s %8s   %14s %10s %10s %8s   %8s %s\n' clients "disco 
 term() { curl -s "http://$disco_leader/metrics" | awk '$1 == "disco_raft_term" { print $2 }'; }
 # The leader's stage histograms (issue 16): sums and counts, to print the means of one run.
 stages() { curl -s "http://$disco_leader/metrics" | awk '
-  $1 ~ /^disco_raft_(persist_duration|proposal_commit|proposal_apply)_seconds_(sum|count)$/ ||
+  $1 ~ /^disco_raft_(persist_duration|proposal_queue|proposal_commit|proposal_apply)_seconds_(sum|count)$/ ||
   $1 ~ /^disco_http_request_duration_seconds_(sum|count)\{route="\/v1\/kv"\}$/ { printf "%s=%s ", $1, $2 }'; }
 stage_means() { # before after -> "persist ms, commit ms, apply ms, HTTP ms" (means over the run)
   python3 - "$1" "$2" <<'PY'
@@ -168,8 +168,8 @@ def mean(prefix):
         return "-"
     n = after[c[0]] - before.get(c[0], 0)
     return "%.2f" % (1000 * (after[s[0]] - before.get(s[0], 0)) / n) if n else "-"
-print("leader stage means (ms): persist (per Ready) %s, propose->commit %s, commit->applied %s, HTTP request %s" % (
-    mean("disco_raft_persist_duration"), mean("disco_raft_proposal_commit"), mean("disco_raft_proposal_apply"),
+print("leader stage means (ms): persist (per Ready) %s, queue for the Raft loop %s, propose->commit %s, commit->applied %s, HTTP request %s" % (
+    mean("disco_raft_persist_duration"), mean("disco_raft_proposal_queue"), mean("disco_raft_proposal_commit"), mean("disco_raft_proposal_apply"),
     mean("disco_http_request_duration")))
 PY
 }
