@@ -1,5 +1,6 @@
 import Atomics
 import CShims
+import Foundation
 import Logging
 
 /// Whether the UDP workers answer at real-time priority (`dns.realtime_priority`,
@@ -30,6 +31,20 @@ public struct RealtimeSettings: Sendable, Equatable {
     }
 
     public static let disabled = RealtimeSettings(priority: 0)
+
+    /// Whether this process may run a thread in SCHED_FIFO at `priority` (CAP_SYS_NICE or
+    /// RLIMIT_RTPRIO), tried on a thread of its own that ends at once.
+    public static func permitted(priority: Int) -> Bool {
+        let result = ManagedAtomic<Int32>(-1)
+        let done = DispatchSemaphore(value: 0)
+        let thread = Thread {
+            result.store(disco_thread_set_realtime(Int32(priority)), ordering: .relaxed)
+            done.signal()
+        }
+        thread.start()
+        done.wait()
+        return result.load(ordering: .relaxed) == 0
+    }
 }
 
 /// One worker's real-time budget: promotes the calling thread, and after each batch checks the

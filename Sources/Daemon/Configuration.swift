@@ -82,7 +82,10 @@ public struct Configuration: Sendable, Equatable {
     /// How far below the DNS workers the rest of discod runs (the HTTP API, health checks, DNS
     /// view rebuilds), as a nice increment: under a registration storm the CPU goes to answering
     /// first. The Raft thread stays at the workers' priority (ClusterRuntime). 0: every thread alike.
-    public var dnsBackgroundNice: Int = Configuration.dnsBackgroundNiceDefault
+    /// nil (the default): 0 when the UDP workers answer in SCHED_FIFO (they preempt the write
+    /// path whatever its nice value, and at +10 it cost 16% of the writes at 64 clients), else
+    /// `dnsBackgroundNiceDefault`; `DiscoDaemon` decides when it starts.
+    public var dnsBackgroundNice: Int?
     /// The write path's threads (those `dnsBackgroundNice` lowers) also run as SCHED_IDLE: only
     /// on CPU no normal thread wants, preempted at once when a DNS worker wakes. Off by default:
     /// under a DNS flood that fills every CPU, the HTTP API and health checks would get almost
@@ -100,7 +103,9 @@ public struct Configuration: Sendable, Equatable {
     public static let dnsVersionDefault = "Disco"
 
     /// How the write path's threads are lowered below the DNS workers.
-    var backgroundPriority: BackgroundPriority { BackgroundPriority(nice: dnsBackgroundNice, idle: dnsBackgroundIdle) }
+    var backgroundPriority: BackgroundPriority {
+        BackgroundPriority(nice: dnsBackgroundNice ?? Self.dnsBackgroundNiceDefault, idle: dnsBackgroundIdle)
+    }
     /// How a service answer's records are ordered per query (shuffle, round_robin, fixed).
     public var dnsSelection: SelectionPolicy = .shuffle
     /// A name with fewer healthy instances than this percentage answers with all of them.
@@ -242,8 +247,9 @@ public struct Configuration: Sendable, Equatable {
     /// One worker per core, at least one.
     public static var workersDefault: Int { max(1, ProcessInfo.processInfo.activeProcessorCount) }
 
-    /// Nice +10: CFS then gives a busy DNS worker about 90% of a core it shares with a busy
-    /// write-path thread, while the write path still gets the rest (heartbeats need little).
+    /// Nice +10 where the DNS workers cannot answer in SCHED_FIFO: CFS then gives a busy DNS
+    /// worker about 90% of a core it shares with a busy write-path thread, while the write path
+    /// still gets the rest (heartbeats need little).
     public static let dnsBackgroundNiceDefault = 10
     /// Where zone files are read from unless configured; a server without it serves the
     /// registry only.

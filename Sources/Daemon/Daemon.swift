@@ -62,6 +62,13 @@ public final class DiscoDaemon: @unchecked Sendable {
     public let clientLimits: ClientLimits
 
     public init(config: Configuration, logger: Logger) {
+        var config = config
+        if config.dnsBackgroundNice == nil {
+            // Real-time workers preempt the write path whatever its nice value: lowering it
+            // then only slows writes. Without real time, nice is what keeps DNS first.
+            let realtime = config.dnsRealtime.priority > 0 && RealtimeSettings.permitted(priority: config.dnsRealtime.priority)
+            config.dnsBackgroundNice = realtime ? 0 : Configuration.dnsBackgroundNiceDefault
+        }
         self.config = config
         self.logger = logger
         clientLimits = config.clientLimits

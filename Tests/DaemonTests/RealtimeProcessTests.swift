@@ -42,6 +42,24 @@ struct RealtimeProcessTests {
         #expect(resolveA("www.example.test.", port: node.process!.port) == ["192.0.2.10"])
     }
 
+    /// With real-time workers the write path is not niced by default: they preempt it anyway,
+    /// and at +10 it cost writes. Where real time is off, it is 10 nice levels below again.
+    @Test(.enabled(if: realtimePermitted, "SCHED_FIFO is not permitted here"))
+    func theWritePathIsNicedOnlyWithoutRealTime() throws {
+        for (environment, increment) in [([String: String](), 0), (["DISCO_DNS_REALTIME_PRIORITY": "0"], 10)] {
+            let cluster = try Cluster(size: 1, environment: environment)
+            _ = try #require(cluster.leader())
+            let pid = try #require(cluster.nodes[0].process?.process.processIdentifier)
+            var threads: [ThreadStat] = []
+            let base = try #require(try threadStats(pid).first { $0.name == "discod" }).nice
+            // The loops lower themselves as their first task; give them a moment.
+            #expect(waitUntil(seconds: 5) {
+                threads = (try? threadStats(pid)) ?? []
+                return threads.filter { $0.name.hasPrefix("NIO-ELT") && $0.nice == min(base + increment, 19) }.count >= 3
+            }, "\(environment): \(threads)")
+        }
+    }
+
     @Test func priorityZeroLeavesThemNormal() throws {
         let cluster = try Cluster(size: 1, environment: ["DISCO_DNS_REALTIME_PRIORITY": "0"])
         let node = try #require(cluster.leader())
