@@ -268,13 +268,13 @@ public final class RaftDriver: @unchecked Sendable {
         let submitted = NIODeadline.now()
         return loop.flatSubmit {
             guard self.stoppedReason == nil else { return self.loop.makeFailedFuture(ProposeError.stopped) }
-            let queued = Self.seconds(.now() - submitted)
-            self.countersBox.withLockedValue { $0.proposalQueue.record(seconds: queued) }
+            let taken = NIODeadline.now()
+            self.countersBox.withLockedValue { $0.proposalQueue.record(seconds: Self.seconds(taken - submitted)) }
             do throws(ProposalError) {
                 let (term, index) = try self.node.propose(data)
                 let promise = self.loop.makePromise(of: LogIndex.self)
                 // An older proposal at this index (from an earlier term of ours) was superseded.
-                self.pending.updateValue((term, promise, .now()), forKey: index)?.promise.fail(ProposeError.superseded)
+                self.pending.updateValue((term, promise, taken), forKey: index)?.promise.fail(ProposeError.superseded)
                 self.loop.scheduleTask(in: .seconds(Self.proposalTimeoutSeconds)) {
                     guard let waiting = self.pending[index], waiting.promise.futureResult === promise.futureResult else { return }
                     self.pending[index] = nil

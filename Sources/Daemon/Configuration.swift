@@ -530,25 +530,10 @@ public struct Configuration: Sendable, Equatable {
             config.dnsBackgroundIdle = on
             return nil
         },
-        Key(name: "dns.realtime_priority") { config, value in
-            guard case .integer(let n) = value, (0...RealtimeSettings.priorityMax).contains(n) else {
-                return "expected an integer from 0 (off) to \(RealtimeSettings.priorityMax)"
-            }
-            config.dnsRealtime.priority = n
-            return nil
-        },
-        Key(name: "dns.overload_queue_milliseconds") { config, value in
-            guard case .integer(let n) = value, (0...OverloadSettings.queueMillisecondsMax).contains(n) else {
-                return "expected an integer from 0 (off) to \(OverloadSettings.queueMillisecondsMax)"
-            }
-            config.dnsOverload.queueMilliseconds = n
-            return nil
-        },
-        Key(name: "dns.realtime_budget_percent") { config, value in
-            guard case .integer(let n) = value, (1...100).contains(n) else { return "expected an integer from 1 to 100" }
-            config.dnsRealtime.budgetPercent = n
-            return nil
-        },
+        integerKey("dns.realtime_priority", 0...RealtimeSettings.priorityMax, \.dnsRealtime.priority, zero: "off"),
+        integerKey("dns.realtime_budget_percent", 1...100, \.dnsRealtime.budgetPercent),
+        integerKey("dns.overload_queue_milliseconds", 0...OverloadSettings.queueMillisecondsMax, \.dnsOverload.queueMilliseconds,
+                   zero: "off"),
         Key(name: "tls.ca_file") { config, value in setTLSFile(&config, value) { $0.caFile = $1 } },
         Key(name: "tls.cert_file") { config, value in setTLSFile(&config, value) { $0.certFile = $1 } },
         Key(name: "tls.key_file") { config, value in setTLSFile(&config, value) { $0.keyFile = $1 } },

@@ -204,7 +204,9 @@ public final class ResponseRateLimiter: @unchecked Sendable {
                 } else {
                     key.addName(in: response, at: Message.headerBytes, scratch: scratch)
                 }
-                if classification.responseClass != .nodata { key.add(UInt64(classification.qtype)) }
+                if classification.responseClass == .answer || classification.responseClass == .wildcard {
+                    key.add(UInt64(classification.qtype))
+                }
             case .authorityOwner(let offset):
                 key.addName(in: response, at: offset, scratch: scratch)
             }
