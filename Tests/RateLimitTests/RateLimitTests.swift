@@ -1,3 +1,4 @@
+import Foundation
 import DNSWire
 import MallocCounter
 import Testing
@@ -301,6 +302,26 @@ struct TableTests {
         #expect(h.limiter.table.entries == 64)
         // A recently seen network's bucket outlives the storm's older entries.
         #expect(h.limiter.counters.limited == 0)
+    }
+
+    @Test func aTableTakesMemoryOnlyWhereBucketsLand() throws {
+        // 2²⁴ slots = 256 MiB of address space: resident only for the pages that buckets use
+        // (other tests run beside this one, so the bound leaves them room).
+        let before = try #require(residentKiB())
+        let table = RateTable(entries: 1 << 24, policy: BucketPolicy(ratePerSecond: 5, windowSeconds: 15))
+        for key in 1...1_000 as ClosedRange<UInt64> {
+            #expect(!table.record(key: key &* 0x9E37_79B9_7F4A_7C15, nowMilliseconds: 1_000).limited)
+        }
+        let after = try #require(residentKiB())
+        #expect(table.entries == 1 << 24)
+        #expect(after - before < 64 << 10, "a 256 MiB table made \(after - before) KiB resident")
+    }
+
+    /// This process's resident memory in KiB (VmRSS).
+    private func residentKiB() -> Int? {
+        guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return nil }
+        return status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") }
+            .flatMap { Int($0.split(separator: " ", omittingEmptySubsequences: true)[1]) }
     }
 
     @Test func idleBucketsAreReusedWithoutCountingEvictions() {
