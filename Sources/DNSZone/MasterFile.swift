@@ -49,19 +49,16 @@ public struct MasterFileParser {
     private var lastOwnerText: ArraySlice<UInt8> = []
     private var errors: [ZoneError] = []
     private var records: [ParsedRecord] = []
-    /// When set, records are grouped by owner here as they are parsed instead of kept in
-    /// `records` (a zone load: no array of a million parsed records is ever held).
-    private var grouping: OwnerGrouping?
-    /// The zone's origin, for `grouping` (`origin` follows `$ORIGIN`).
-    private let zoneOrigin: DomainName
+    /// When set, records are packed here as they are parsed instead of kept in `records` (a
+    /// zone load: no array of a million parsed records is ever held).
+    private var log: RecordLog?
     private let names = NameInterner()
     /// The files read, main file first.
     private var files: [FileStamp] = []
 
     private init(origin: DomainName, grouped: Bool = false) {
         self.origin = origin
-        zoneOrigin = origin
-        grouping = grouped ? OwnerGrouping() : nil
+        log = grouped ? RecordLog(origin: origin) : nil
     }
 
     /// Parses master-file text. `file` names it in errors; `directory` resolves relative
@@ -92,15 +89,15 @@ public struct MasterFileParser {
         return (parsers.count == 1 ? parsers[0].records : Array(parsers.map(\.records).joined()), files)
     }
 
-    /// `parseFiles` for a zone load: the records grouped by owner as they are parsed, one
-    /// grouping per part of the file (in file order), as `Zone.init(origin:groupings:...)` takes them.
-    package static func parseFileGroups(path: String, origin: DomainName, parts: Int = processorCount(),
-                                        partBytesMin: Int = partBytesMin) throws(ZoneLoadError) -> (groups: [OwnerGrouping], files: [FileStamp]) {
+    /// `parseFiles` for a zone load: the records packed as they are parsed, one log per part of
+    /// the file (in file order), as `Zone.init(origin:logs:...)` takes them.
+    package static func parseFileLogs(path: String, origin: DomainName, parts: Int = processorCount(),
+                                      partBytesMin: Int = partBytesMin) throws(ZoneLoadError) -> (logs: [RecordLog], files: [FileStamp]) {
         var (parsers, files) = try parse(path: path, origin: origin, grouped: true, parts: parts, partBytesMin: partBytesMin)
-        var groups: [OwnerGrouping] = []
-        for k in parsers.indices { groups.append(parsers[k].grouping.take()!) }
+        var logs: [RecordLog] = []
+        for k in parsers.indices { logs.append(parsers[k].log.take()!) }
         parsers = []
-        return (groups, files)
+        return (logs, files)
     }
 
     private static func parse(path: String, origin: DomainName, grouped: Bool, parts: Int,
@@ -142,7 +139,11 @@ public struct MasterFileParser {
                 var parser = MasterFileParser(origin: ownOrigin, grouped: grouped)
                 let part = parts[k]
                 // Room for them at once, instead of growing (and faulting in) the array in steps.
-                if !grouped { parser.records.reserveCapacity(part.recordsEstimate) }
+                if grouped {
+                    parser.log!.reserve(records: part.recordsEstimate)
+                } else {
+                    parser.records.reserveCapacity(part.recordsEstimate)
+                }
                 if !part.preamble.isEmpty {
                     // Its errors are the earlier part's to report.
                     parser.parseFile(bytes: part.preamble, range: 0..<part.preamble.count, firstLine: 1, file: file,
@@ -277,8 +278,8 @@ public struct MasterFileParser {
         lastOwnerText = ownerText
         let parsed = ParsedRecord(record: ResourceRecord(name: owner, ttl: effectiveTTL, rdata: rdata),
                                   position: entry.tokens[0].position)
-        if grouping != nil {
-            grouping!.add(parsed, origin: zoneOrigin)
+        if log != nil {
+            log!.append(parsed)
         } else {
             records.append(parsed)
         }

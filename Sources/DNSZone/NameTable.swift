@@ -45,14 +45,23 @@ package struct NameTable: Sendable {
     /// Adds `key` with the next index (`count`), unless it is already there.
     /// - Returns: the key's index, and whether it was added.
     package mutating func insert(_ key: [UInt8]) -> (index: Int32, inserted: Bool) {
-        let found = key.withUnsafeBytes { find($0) }
+        key.withUnsafeBytes { insert($0) }
+    }
+
+    package mutating func insert(_ key: UnsafeRawBufferPointer) -> (index: Int32, inserted: Bool) {
+        let found = find(key)
         if found >= 0 { return (found, false) }
         if (count + 1) * Self.slotsPerKeyMin > slots.count { grow() }
         let index = Int32(count)
-        place(index, hash: key.withUnsafeBytes { Self.hash($0) })
+        place(index, hash: Self.hash(key))
         bytes.append(contentsOf: key)
         ends.append(Int32(bytes.count))
         return (index, true)
+    }
+
+    /// The key with index `index`, in place (valid inside `body` only).
+    package func withKey<T>(at index: Int, _ body: (UnsafeRawBufferPointer) throws -> T) rethrows -> T {
+        try bytes.withUnsafeBytes { try body(UnsafeRawBufferPointer(rebasing: $0[range(of: index)])) }
     }
 
     private mutating func place(_ index: Int32, hash: Int) {

@@ -107,7 +107,7 @@ public struct CompiledRecords: RandomAccessCollection, Sendable {
     }
 
     /// Packs entries and the wire bytes they describe into one exactly sized buffer.
-    private init(entries: [Entry], wire: [UInt8], targets: [[UInt8]]) {
+    init(entries: [Entry], wire: [UInt8], targets: [[UInt8]]) {
         let header = entries.count * Self.entryBytes
         storage = [UInt8](unsafeUninitializedCapacity: header + wire.count) { buffer, initialized in
             let raw = UnsafeMutableRawBufferPointer(buffer)
@@ -173,6 +173,28 @@ public struct CompiledRecords: RandomAccessCollection, Sendable {
         self.init(entries: scratch.entries, wire: scratch.wire, targets: targets.count == records.count ? targets : [])
     }
 
+    /// A master-file RRset compiled from a zone load's logs: the records' wire bytes copied as
+    /// they are, each with the node of its additional-section target in `table`.
+    static func compile(_ set: LoggedSet, from all: LoggedRecords, scratch: inout CompileScratch, table: NameTable) -> RRSet {
+        scratch.wire.removeAll(keepingCapacity: true)
+        scratch.entries.removeAll(keepingCapacity: true)
+        var targets: [[UInt8]] = []
+        var stored: [RData] = []
+        for ref in set.members {
+            let record = all.record(ref)
+            all.withRData(ref) { rdata in
+                scratch.wire.append(contentsOf: rdata)
+                scratch.entries.append(Entry(end: UInt32(scratch.wire.count), firstNameAt: record.firstNameAt,
+                                             secondNameAt: record.secondNameAt,
+                                             additionalNode: Zone.additionalNode(type: set.type, rdata: rdata, table: table)))
+                if set.type == .cname || set.type == .dname { targets.append(rdata.map(asciiLowerByte)) }
+            }
+            if RRSet.storesRecords(of: set.type) { stored.append(all.decode(ref)) }
+        }
+        return RRSet(type: set.type, ttl: set.ttl, records: stored,
+                     compiled: CompiledRecords(entries: scratch.entries, wire: scratch.wire, targets: targets))
+    }
+
     /// Decodes the records back (for the few readers that want `RData`, off the answer path).
     func decoded(type: RRType) -> [RData] {
         indices.map { index in
@@ -217,10 +239,13 @@ public struct RRSet: Sendable {
     init(type: RRType, ttl: UInt32, records: [RData], compiled: CompiledRecords) {
         self.type = type
         self.ttl = ttl
-        self.storedRecords = type == .soa || type == .cname || type == .dname ? records : nil
+        self.storedRecords = Self.storesRecords(of: type) ? records : nil
         self.compiled = compiled
         self.selection = nil
     }
+
+    /// Whether a master-file RRset of `type` keeps its `RData` (the answer path reads them).
+    static func storesRecords(of type: RRType) -> Bool { type == .soa || type == .cname || type == .dname }
 }
 
 /// A name in the zone tree: with data, an empty non-terminal, a delegation point or glue.
@@ -265,93 +290,181 @@ public enum LookupResult: Sendable, Equatable {
     case nxDomain
 }
 
-/// The records of one owner and type, while a zone is built.
-struct PendingSet {
+/// One RRset of an owner while a zone is built: its records, as references into the logs
+/// (`LoggedRecords`), in file order, without duplicates.
+struct LoggedSet {
     var type: RRType
+    /// RFC 2181 §5.2: the first record's TTL holds for the set.
     var ttl: UInt32
-    var records: [RData]
-    /// Built once a set grows past `duplicateScanRecordsMax`, to keep duplicate checks linear.
-    var seen: Set<RData>?
-    var position: SourcePosition
-
-    mutating func appendUnique(_ rdata: RData) {
-        if seen != nil {
-            if seen?.insert(rdata).inserted == true { records.append(rdata) }
-            return
-        }
-        guard !records.contains(rdata) else { return }
-        records.append(rdata)
-        if records.count > Zone.duplicateScanRecordsMax { seen = Set(records) }
-    }
+    var members: [UInt64]
+    /// Members by the hash of their RDATA, once the set grows past `Zone.duplicateScanRecordsMax`
+    /// (duplicate checks stay linear).
+    var seen: [Int: [UInt64]]?
 }
 
-/// One owner's records by type, while a zone is built.
-struct PendingOwner {
-    var name: DomainName
-    /// Lowercased wire form: the name's key in the name table.
-    var key: [UInt8]
-    var position: SourcePosition
-    var sets: [PendingSet] = []
-    func set(_ type: RRType) -> PendingSet? { sets.first { $0.type == type } }
+/// A zone load's record logs (one per part of the file, in file order) with every owner's
+/// records found: what `Zone.init(origin:logs:source:files:)` validates and compiles.
+struct LoggedRecords: Sendable {
+    let logs: [RecordLog]
+    /// Every owner of the logs once, in first-appearance order, by lowercased wire name.
+    let owners: NameTable
+    /// Where each owner's name was first written: a log, and the owner's index in it.
+    private let firstWritten: [UInt64]
+    /// Owner `o`'s records are `refs[starts[o] ..< starts[o + 1]]`, in file order; a reference
+    /// is a log's index (high 24 bits) and the record's offset in it.
+    private let starts: [Int32]
+    private let refs: [UInt64]
 
-    /// Adds a record: RFC 2181 §5, duplicates collapse; §5.2, the first TTL holds for the set.
-    mutating func add(type: RRType, ttl: UInt32, rdata: RData, position: SourcePosition) {
-        if let setIndex = sets.firstIndex(where: { $0.type == type }) {
-            sets[setIndex].appendUnique(rdata)
-        } else {
-            sets.append(PendingSet(type: type, ttl: ttl, records: [rdata], position: position))
-        }
-    }
-}
-
-/// Records grouped by owner in first-appearance order (a record usually follows one of the same
-/// owner, which is then found without a lookup).
-package struct OwnerGrouping {
-    var owners: [PendingOwner] = []
-    var index: [DomainName: Int] = [:]
-    /// Records outside the zone (at most `ZoneLoadError.errorsMax`).
-    var errors: [ZoneError] = []
-    private var lastWire: [UInt8] = []
-    private var last = -1
-
-    mutating func add(_ parsed: ParsedRecord, origin: DomainName) {
-        let rr = parsed.record
-        let position: Int
-        if last >= 0 && rr.name.wire == lastWire {
-            position = last
-        } else if let known = index[rr.name] {
-            position = known
-        } else {
-            guard rr.name.isSubdomain(of: origin) else {
-                if errors.count < ZoneLoadError.errorsMax {
-                    errors.append(ZoneError(parsed.position, "\(rr.name) is outside the zone \(origin)"))
-                }
-                return
+    init(logs: consuming [RecordLog]) {
+        let logs = logs
+        var owners = NameTable(capacity: logs.reduce(0) { $0 + $1.owners.count })
+        var firstWritten: [UInt64] = []
+        // Each log's owner indices in the merged table.
+        var merged: [[Int32]] = []
+        for (k, log) in logs.enumerated() {
+            var map: [Int32] = []
+            map.reserveCapacity(log.owners.count)
+            for local in 0..<log.owners.count {
+                let (index, inserted) = log.owners.withKey(at: local) { owners.insert($0) }
+                if inserted { firstWritten.append(UInt64(k) << 40 | UInt64(local)) }
+                map.append(index)
             }
-            position = owners.count
-            owners.append(PendingOwner(name: rr.name, key: rr.name.lowercased().wire, position: parsed.position))
-            index[rr.name] = position
+            merged.append(map)
         }
-        last = position
-        lastWire = rr.name.wire
-        owners[position].add(type: rr.type, ttl: rr.ttl, rdata: rr.rdata, position: parsed.position)
+        // Counted, then placed: each owner's references in file order.
+        var starts = [Int32](repeating: 0, count: owners.count + 1)
+        for (k, log) in logs.enumerated() {
+            var offset = 0
+            while offset < log.bytes.count {
+                let record = log.record(at: offset)
+                starts[Int(merged[k][Int(record.owner)]) + 1] += 1
+                offset = record.rdata.upperBound
+            }
+        }
+        for o in 0..<owners.count { starts[o + 1] += starts[o] }
+        var next = starts
+        var refs = [UInt64](repeating: 0, count: Int(starts[owners.count]))
+        for (k, log) in logs.enumerated() {
+            var offset = 0
+            while offset < log.bytes.count {
+                let record = log.record(at: offset)
+                let owner = Int(merged[k][Int(record.owner)])
+                refs[Int(next[owner])] = UInt64(k) << 40 | UInt64(offset)
+                next[owner] += 1
+                offset = record.rdata.upperBound
+            }
+        }
+        self.logs = logs
+        self.owners = owners
+        self.firstWritten = firstWritten
+        self.starts = starts
+        self.refs = refs
     }
 
-    /// Adds the groups of the records that follow these in the file: the result is what adding
-    /// those records one by one would have given.
-    mutating func merge(_ later: OwnerGrouping) {
-        for owner in later.owners {
-            guard let known = index[owner.name] else {
-                index[owner.name] = owners.count
-                owners.append(owner)
+    @inline(__always)
+    func record(_ ref: UInt64) -> RecordLog.Record { logs[Int(ref >> 40)].record(at: Int(ref & 0xFF_FFFF_FFFF)) }
+
+    func position(_ ref: UInt64) -> SourcePosition { logs[Int(ref >> 40)].position(of: record(ref)) }
+
+    func decode(_ ref: UInt64) -> RData { logs[Int(ref >> 40)].decode(record(ref)) }
+
+    /// The RDATA of `ref`, in place.
+    @inline(__always)
+    func withRData<T>(_ ref: UInt64, _ body: (UnsafeRawBufferPointer) -> T) -> T {
+        let range = record(ref).rdata
+        return logs[Int(ref >> 40)].bytes.withUnsafeBytes { body(UnsafeRawBufferPointer(rebasing: $0[range])) }
+    }
+
+    /// Owner `owner`'s name as first written.
+    func name(of owner: Int) -> DomainName {
+        let written = firstWritten[owner]
+        return logs[Int(written >> 40)].ownerName(Int(written & 0xFF_FFFF_FFFF))
+    }
+
+    /// Owner `owner`'s records, in file order.
+    func records(of owner: Int) -> ArraySlice<UInt64> { refs[Int(starts[owner])..<Int(starts[owner + 1])] }
+
+    /// The position of owner `owner`'s first record.
+    func position(of owner: Int) -> SourcePosition { position(refs[Int(starts[owner])]) }
+
+    /// The types at `owner` in the order they first appear, each with its first record (no
+    /// duplicates dropped: for checks that need only the types).
+    func types(of owner: Int) -> [(type: RRType, first: UInt64)] {
+        var types: [(type: RRType, first: UInt64)] = []
+        for ref in records(of: owner) {
+            let type = record(ref).type
+            if !types.contains(where: { $0.type == type }) { types.append((type, ref)) }
+        }
+        return types
+    }
+
+    /// Owner `owner`'s RRsets, in the order their types first appear: RFC 2181 §5, duplicates
+    /// collapse; §5.2, the first TTL holds for the set.
+    func sets(of owner: Int) -> [LoggedSet] {
+        var sets: [LoggedSet] = []
+        for ref in records(of: owner) {
+            let record = record(ref)
+            guard let k = sets.firstIndex(where: { $0.type == record.type }) else {
+                sets.append(LoggedSet(type: record.type, ttl: record.ttl, members: [ref]))
                 continue
             }
-            for set in owner.sets {
-                for rdata in set.records { owners[known].add(type: set.type, ttl: set.ttl, rdata: rdata, position: set.position) }
+            if sets[k].seen == nil {
+                if sets[k].members.contains(where: { same($0, ref, type: record.type) }) { continue }
+                sets[k].members.append(ref)
+                if sets[k].members.count > Zone.duplicateScanRecordsMax {
+                    var seen: [Int: [UInt64]] = [:]
+                    for member in sets[k].members { seen[hash(member, type: record.type), default: []].append(member) }
+                    sets[k].seen = seen
+                }
+            } else {
+                let key = hash(ref, type: record.type)
+                if sets[k].seen![key]?.contains(where: { same($0, ref, type: record.type) }) == true { continue }
+                sets[k].seen![key, default: []].append(ref)
+                sets[k].members.append(ref)
             }
         }
-        errors += later.errors.prefix(ZoneLoadError.errorsMax - errors.count)
-        last = -1
+        return sets
+    }
+
+    /// How many distinct records of `type` `owner` has.
+    func distinctCount(of owner: Int, type: RRType) -> Int {
+        sets(of: owner).first { $0.type == type }?.members.count ?? 0
+    }
+
+    /// Whether two records of `type` are the same record: the same RDATA, where names compare
+    /// without regard to case (as `RData`'s `==`).
+    func same(_ a: UInt64, _ b: UInt64, type: RRType) -> Bool {
+        let equal = withRData(a) { x in
+            withRData(b) { y -> Bool? in
+                guard x.count == y.count else { return false }
+                if x.elementsEqual(y) { return true }
+                guard Self.hasNames(type), x.indices.allSatisfy({ asciiLowerByte(x[$0]) == asciiLowerByte(y[$0]) }) else { return false }
+                return nil
+            }
+        }
+        // Equal but for case somewhere: whether that is in a name, the types know.
+        return equal ?? (decode(a) == decode(b))
+    }
+
+    /// A hash that records `same` calls equal share.
+    private func hash(_ ref: UInt64, type: RRType) -> Int {
+        withRData(ref) { rdata in
+            var hasher = Hasher()
+            if Self.hasNames(type) {
+                for byte in rdata { hasher.combine(asciiLowerByte(byte)) }
+            } else {
+                hasher.combine(bytes: rdata)
+            }
+            return hasher.finalize()
+        }
+    }
+
+    /// Types whose RDATA holds domain names (which compare without regard to case).
+    static func hasNames(_ type: RRType) -> Bool {
+        switch type {
+        case .ns, .cname, .ptr, .dname, .soa, .mx, .srv, .naptr: true
+        default: false
+        }
     }
 }
 
@@ -379,77 +492,57 @@ public final class Zone: Sendable {
     let table: NameTable
 
     /// Builds a zone from parsed records, validating it. On any error nothing is built.
-    ///
-    /// Linear in the records apart from one sort of the distinct names: owners are grouped in
-    /// first-appearance order (a record usually follows one of the same owner, which is then
-    /// found without a lookup), and the checks against zone cuts and DNAMEs walk each name's
-    /// ancestors instead of every cut.
     public convenience init(origin: DomainName, records: [ParsedRecord], source: String, files: [FileStamp] = []) throws(ZoneLoadError) {
-        try self.init(origin: origin, recordParts: [records], source: source, files: files)
+        var log = RecordLog(origin: origin)
+        log.reserve(records: records.count)
+        for record in records { log.append(record) }
+        try self.init(origin: origin, logs: [log], source: source, files: files)
     }
 
-    /// The same from records in parts (in file order): a large file's parts as they were parsed
-    /// (`MasterFileParser.parse(text:...parts:...)`), not copied into one array first.
-    public convenience init(origin: DomainName, recordParts: consuming [[ParsedRecord]], source: String,
-                            files: [FileStamp] = []) throws(ZoneLoadError) {
-        // Group by owner, then by type: each part on a core of its own.
-        let groupings = ParallelResults<OwnerGrouping>(count: recordParts.count)
-        do {
-            let parts = recordParts
-            DispatchQueue.concurrentPerform(iterations: parts.count) { k in
-                var grouping = OwnerGrouping()
-                for parsed in parts[k] { grouping.add(parsed, origin: origin) }
-                groupings.set(k, grouping)
-            }
-        }
-        // The parsed records are not needed any more: their memory goes before the zone's is
-        // taken (the caller gave them up).
-        recordParts = []
-        try self.init(origin: origin, groupings: groupings.takeAll(), source: source, files: files)
-    }
-
-    /// The same from the records already grouped, part by part in file order
-    /// (`MasterFileParser.parseFileGroups` groups them as they are parsed: no array of parsed
-    /// records is ever held).
-    package convenience init(origin: DomainName, groupings parts: consuming [OwnerGrouping], source: String,
-                     files: [FileStamp] = []) throws(ZoneLoadError) {
+    /// The same from record logs (`MasterFileParser.parseFileLogs`: a large file's parts, in file
+    /// order), validating them. On any error nothing is built.
+    ///
+    /// Linear in the records apart from one sort of the distinct names: the checks against zone
+    /// cuts and DNAMEs walk each name's ancestors instead of every cut. The logs are the only
+    /// copy of the records until the zone is built: each RRset is compiled straight from them.
+    package convenience init(origin: DomainName, logs: consuming [RecordLog], source: String,
+                             files: [FileStamp] = []) throws(ZoneLoadError) {
         var errors: [ZoneError] = []
         func fail(_ position: SourcePosition, _ message: String) {
             if errors.count < ZoneLoadError.errorsMax { errors.append(ZoneError(position, message)) }
         }
         let zonePosition = SourcePosition(file: source, line: 1, column: 1)
-
-        // The parts' groups merged in file order, keeping the first position of each owner and type.
-        var grouping = parts.isEmpty ? OwnerGrouping() : parts.removeFirst()
-        while !parts.isEmpty { grouping.merge(parts.removeFirst()) }
-        for error in grouping.errors { fail(error.position, error.message) }
-        let owners = grouping.owners
-        let ownerIndex = grouping.index
-        grouping = OwnerGrouping()
+        let all = LoggedRecords(logs: logs)
+        for log in all.logs {
+            for error in log.errors { fail(error.position, error.message) }
+        }
+        let ownerCount = all.owners.count
 
         let apexKey = origin.lowercased().wire
-        let apex = ownerIndex[origin].map { owners[$0] }
+        let apex = Int(all.owners.find(apexKey))
+        let apexTypes = apex >= 0 ? all.types(of: apex) : []
         var soaData: SOAData?
         var soaTTL: UInt32 = 0
-        if let soaSet = apex?.set(.soa) {
-            if soaSet.records.count != 1 { fail(soaSet.position, "more than one SOA record at the apex \(origin)") }
-            if case .soa(let data) = soaSet.records[0] { soaData = data }
-            soaTTL = soaSet.ttl
+        if let soa = apexTypes.first(where: { $0.type == .soa }) {
+            if all.distinctCount(of: apex, type: .soa) != 1 { fail(all.position(soa.first), "more than one SOA record at the apex \(origin)") }
+            if case .soa(let data) = all.decode(soa.first) { soaData = data }
+            soaTTL = all.record(soa.first).ttl
         } else {
-            fail(apex?.position ?? zonePosition, "no SOA record at the apex \(origin) (expected exactly one)")
+            fail(apex >= 0 ? all.position(of: apex) : zonePosition, "no SOA record at the apex \(origin) (expected exactly one)")
         }
-        if apex?.set(.ns) == nil {
-            fail(apex?.position ?? zonePosition, "no NS records at the apex \(origin)")
+        if !apexTypes.contains(where: { $0.type == .ns }) {
+            fail(apex >= 0 ? all.position(of: apex) : zonePosition, "no NS records at the apex \(origin)")
         }
 
         // Zone cuts and DNAMEs, to classify what lies below them.
         var cutKeys: [[UInt8]] = []
         var dnameKeys: [[UInt8]] = []
-        for owner in owners {
-            if owner.key != apexKey, owner.set(.ns) != nil { cutKeys.append(owner.key) }
-            if let set = owner.set(.dname) {
-                if set.records.count > 1 { fail(set.position, "more than one DNAME at \(owner.name)") }
-                dnameKeys.append(owner.key)
+        for owner in 0..<ownerCount {
+            let types = all.types(of: owner)
+            if owner != apex, types.contains(where: { $0.type == .ns }) { cutKeys.append(all.owners.key(at: owner)) }
+            if let dname = types.first(where: { $0.type == .dname }) {
+                if all.distinctCount(of: owner, type: .dname) > 1 { fail(all.position(dname.first), "more than one DNAME at \(all.name(of: owner))") }
+                dnameKeys.append(all.owners.key(at: owner))
             }
         }
         let cuts = NameTable(keys: cutKeys)
@@ -469,73 +562,62 @@ public final class Zone: Sendable {
         }
         func display(_ key: [UInt8]) -> DomainName { DomainName(uncheckedWire: key) }
 
-        var kinds = [Node.Kind?](repeating: nil, count: owners.count)
-        for (index, owner) in owners.enumerated() {
-            let key = owner.key
-            let addressOnly = owner.sets.allSatisfy { $0.type == .a || $0.type == .aaaa }
-            if let soa = owner.set(.soa), key != apexKey {
-                fail(soa.position, "SOA record at \(owner.name), not at the apex \(origin)")
+        var kinds = [Node.Kind?](repeating: nil, count: ownerCount)
+        for owner in 0..<ownerCount {
+            let key = all.owners.key(at: owner)
+            let types = all.types(of: owner)
+            let addressOnly = types.allSatisfy { $0.type == .a || $0.type == .aaaa }
+            if let soa = types.first(where: { $0.type == .soa }), owner != apex {
+                fail(all.position(soa.first), "SOA record at \(all.name(of: owner)), not at the apex \(origin)")
             }
-            if let cname = owner.set(.cname) {
-                if cname.records.count > 1 { fail(cname.position, "more than one CNAME at \(owner.name)") }
-                if owner.sets.count > 1 {
-                    let others = owner.sets.map(\.type).filter { $0 != .cname }.sorted().map(\.description).joined(separator: ", ")
-                    fail(cname.position, "CNAME at \(owner.name) alongside other data (\(others)); a CNAME must be alone")
+            if let cname = types.first(where: { $0.type == .cname }) {
+                if all.distinctCount(of: owner, type: .cname) > 1 { fail(all.position(cname.first), "more than one CNAME at \(all.name(of: owner))") }
+                if types.count > 1 {
+                    let others = types.map(\.type).filter { $0 != .cname }.sorted().map(\.description).joined(separator: ", ")
+                    fail(all.position(cname.first), "CNAME at \(all.name(of: owner)) alongside other data (\(others)); a CNAME must be alone")
                 }
             }
             if let cut = strictlyBelow(key, cuts) {
                 if !addressOnly {
-                    fail(owner.position, "\(owner.name) is below the delegation \(display(cut)): only A/AAAA glue may be there")
+                    fail(all.position(of: owner), "\(all.name(of: owner)) is below the delegation \(display(cut)): only A/AAAA glue may be there")
                 }
-                kinds[index] = .glue
+                kinds[owner] = .glue
                 continue
             }
             if let dname = strictlyBelow(key, dnames) {
-                fail(owner.position, "\(owner.name) is below the DNAME at \(display(dname)) (occluded data)")
+                fail(all.position(of: owner), "\(all.name(of: owner)) is below the DNAME at \(display(dname)) (occluded data)")
                 continue
             }
-            if key == apexKey {
-                kinds[index] = .apex
-            } else if owner.set(.ns) != nil {
+            if owner == apex {
+                kinds[owner] = .apex
+            } else if types.contains(where: { $0.type == .ns }) {
                 let allowed: Set<RRType> = [.ns, .ds, .a, .aaaa]
-                if let bad = owner.sets.filter({ !allowed.contains($0.type) }).min(by: { $0.type < $1.type }) {
-                    fail(bad.position, "\(bad.type) at the delegation point \(owner.name) (only NS, DS and glue belong there)")
+                if let bad = types.filter({ !allowed.contains($0.type) }).min(by: { $0.type < $1.type }) {
+                    fail(all.position(bad.first), "\(bad.type) at the delegation point \(all.name(of: owner)) (only NS, DS and glue belong there)")
                 }
-                kinds[index] = .delegation
+                kinds[owner] = .delegation
             } else {
-                kinds[index] = .authoritative
+                kinds[owner] = .authoritative
             }
         }
         guard errors.isEmpty, let soaData else { throw ZoneLoadError(errors) }
 
         // Every ancestor between a name and the apex exists: empty non-terminals (RFC 4592 §2.2.2).
-        // A name's slot: an owner's index, or an empty non-terminal's (past the owners).
-        var slotOfKey = NameTable(capacity: owners.count)
+        // A name's slot: an owner's index (the owners come first), or an empty non-terminal's.
+        var slotOfKey = all.owners
         var slotNames: [DomainName] = []
-        var slotOwner: [Int32] = []
-        slotNames.reserveCapacity(owners.count)
-        slotOwner.reserveCapacity(owners.count)
-        for (index, owner) in owners.enumerated() where kinds[index] != nil {
-            let (_, inserted) = slotOfKey.insert(owner.key)
-            if inserted {
-                // A copy of its own: the parsed name was allocated where the file (or its part)
-                // was parsed, possibly another thread's malloc arena, where it would keep the
-                // pages of the parse's freed records from going back to the kernel.
-                slotNames.append(DomainName(uncheckedWire: owner.name.wire.withUnsafeBufferPointer { Array($0) }))
-                slotOwner.append(Int32(index))
-            }
-        }
+        slotNames.reserveCapacity(ownerCount)
+        for owner in 0..<ownerCount { slotNames.append(all.name(of: owner)) }
         let originBytes = origin.wire.count
-        for (index, owner) in owners.enumerated() where kinds[index] != nil {
-            owner.key.withUnsafeBytes { wire in
+        for owner in 0..<ownerCount {
+            all.owners.withKey(at: owner) { wire in
                 var offset = 1 + Int(wire[0])
                 while wire.count - offset > originBytes {
                     let suffix = UnsafeRawBufferPointer(rebasing: wire[offset...])
                     // An ancestor already there has its own ancestors there too.
                     guard slotOfKey.find(suffix) < 0 else { break }
-                    _ = slotOfKey.insert(Array(suffix))
-                    slotNames.append(DomainName(uncheckedWire: Array(owner.name.wire[offset...])))
-                    slotOwner.append(-1)
+                    _ = slotOfKey.insert(suffix)
+                    slotNames.append(DomainName(uncheckedWire: Array(slotNames[owner].wire[offset...])))
                     offset += 1 + Int(wire[offset])
                 }
             }
@@ -543,7 +625,6 @@ public final class Zone: Sendable {
         if slotOfKey.find(apexKey) < 0 {
             _ = slotOfKey.insert(apexKey)
             slotNames.append(origin)
-            slotOwner.append(-1)
         }
         // Canonical order, apex first, with each name's sort key computed once.
         let apexSlot = Int(slotOfKey.find(apexKey))
@@ -558,34 +639,26 @@ public final class Zone: Sendable {
         for entry in sortable { ordered.append(entry.slot) }
         sortable = []
         var table = NameTable(capacity: ordered.count)
-        for slot in ordered { _ = table.insert(slotOfKey.key(at: Int(slot))) }
+        for slot in ordered { _ = slotOfKey.withKey(at: Int(slot)) { table.insert($0) } }
 
-        // The nodes, their records compiled: in slices of the canonical order on the cores when
-        // there are many.
-        let (orderedSlots, slotKinds, slotKeys, finalTable, slotOwners, names) = (ordered, kinds, slotOfKey, table, slotOwner, slotNames)
+        // The nodes, their RRsets compiled straight from the logs: in slices of the canonical
+        // order on the cores when there are many.
+        let (orderedSlots, slotKinds, slotKeys, finalTable, names) = (ordered, kinds, slotOfKey, table, slotNames)
         @Sendable func compileNodes(_ slots: ArraySlice<Int32>) -> [Node] {
             var nodes: [Node] = []
             nodes.reserveCapacity(slots.count)
             var scratch = CompiledRecords.CompileScratch()
-            for slot in slots {
-                let ownerIndex = Int(slotOwners[Int(slot)])
-                let kind: Node.Kind
-                if ownerIndex >= 0, let known = slotKinds[ownerIndex] {
-                    kind = known
-                } else {
-                    kind = strictlyBelow(slotKeys.key(at: Int(slot)), cuts) != nil ? .glue : .authoritative
+            for slot in slots.lazy.map({ Int($0) }) {
+                guard slot < ownerCount, let kind = slotKinds[slot] else {
+                    let kind: Node.Kind = strictlyBelow(slotKeys.key(at: slot), cuts) != nil ? .glue : .authoritative
+                    nodes.append(Node(name: names[slot], kind: kind, rrsets: []))
+                    continue
                 }
-                var rrsets: [RRSet] = []
                 // File order: minimal ANY answers with the name's first RRset, as NSD does.
-                if ownerIndex >= 0 {
-                    for set in owners[ownerIndex].sets {
-                        let compiled = CompiledRecords(compiling: set.records, scratch: &scratch) {
-                            Zone.additionalNode(of: $0, table: finalTable)
-                        }
-                        rrsets.append(RRSet(type: set.type, ttl: set.ttl, records: set.records, compiled: compiled))
-                    }
+                let rrsets = all.sets(of: slot).map { set in
+                    CompiledRecords.compile(set, from: all, scratch: &scratch, table: finalTable)
                 }
-                nodes.append(Node(name: names[Int(slot)], kind: kind, rrsets: rrsets))
+                nodes.append(Node(name: names[slot], kind: kind, rrsets: rrsets))
             }
             return nodes
         }
@@ -638,8 +711,8 @@ public final class Zone: Sendable {
 
     /// Parses and validates a master file.
     public static func load(path: String, origin: DomainName) throws(ZoneLoadError) -> Zone {
-        let (groups, files) = try MasterFileParser.parseFileGroups(path: path, origin: origin)
-        return try Zone(origin: origin, groupings: groups, source: path, files: files)
+        let (logs, files) = try MasterFileParser.parseFileLogs(path: path, origin: origin)
+        return try Zone(origin: origin, logs: logs, source: path, files: files)
     }
 
     public static func parse(text: String, origin: DomainName, file: String = "<text>") throws(ZoneLoadError) -> Zone {
@@ -647,9 +720,24 @@ public final class Zone: Sendable {
         return try Zone(origin: origin, records: records, source: file)
     }
 
-    private static func additionalNode(of rdata: RData, table: NameTable) -> Int32 {
-        guard let target = rdata.additionalTarget else { return -1 }
-        return table.find(target.lowercased().wire)
+    /// The node in `table` of the name whose A/AAAA records go into the additional section for
+    /// a record of `type` (the target of NS, MX and SRV; RFC 1035 §3.3.9, RFC 2782), read from its
+    /// uncompressed wire RDATA; -1 for none (an SRV's root target means no service).
+    static func additionalNode(type: RRType, rdata: UnsafeRawBufferPointer, table: NameTable) -> Int32 {
+        let at: Int
+        switch type {
+        case .ns: at = 0
+        case .mx: at = 2
+        case .srv: at = 6
+        default: return -1
+        }
+        guard at < rdata.count else { return -1 }
+        let name = UnsafeRawBufferPointer(rebasing: rdata[at...])
+        if type == .srv && name[0] == 0 { return -1 }
+        return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: name.count) { lowered in
+            for i in 0..<name.count { lowered[i] = asciiLowerByte(name[i]) }
+            return table.find(UnsafeRawBufferPointer(lowered))
+        }
     }
 
     /// The node of a lowercased wire name, or -1.

@@ -250,7 +250,17 @@ struct MasterFileTests {
         let path = directory.appendingPathComponent("example.com.zone").path
         try text.write(toFile: path, atomically: true, encoding: .utf8)
         func summary(_ zone: Zone) -> [String] {
-            zone.nodes.map { node in "\(node.name) \(node.kind) " + node.rrsets.map { "\($0.type) \($0.ttl) \($0.records)" }.joined(separator: "; ") }
+            // With each record's additional-section node: a compacted part's sets resolve
+            // theirs from their wire bytes, a whole parse's from the records.
+            zone.nodes.map { node in
+                "\(node.name) \(node.kind) " + node.rrsets.map { rrset in
+                    let additional = rrset.compiled.indices.map { index in
+                        let node = rrset.compiled.additionalNode(at: index)
+                        return node < 0 ? "-" : "\(zone.nodes[Int(node)].name)"
+                    }
+                    return "\(rrset.type) \(rrset.ttl) \(rrset.records) \(additional)"
+                }.joined(separator: "; ")
+            }
         }
         func errors(_ body: () throws(ZoneLoadError) -> Zone) -> [String] {
             do throws(ZoneLoadError) {
@@ -265,22 +275,25 @@ struct MasterFileTests {
         }
         #expect(expected.count == 1 && expected[0].contains("outside the zone"), "\(expected)")
         let inParts = errors { () throws(ZoneLoadError) in
-            let (groups, files) = try MasterFileParser.parseFileGroups(path: path, origin: origin, parts: 4, partBytesMin: 1024)
+            let (groups, files) = try MasterFileParser.parseFileLogs(path: path, origin: origin, parts: 4, partBytesMin: 1024)
             #expect(groups.count == 4)
-            return try Zone(origin: origin, groupings: groups, source: path, files: files)
+            return try Zone(origin: origin, logs: groups, source: path, files: files)
         }
         #expect(inParts == expected)
 
         // Owners of the first part written again in the last: their RRsets merge in file order.
-        let good = Self.trickyText(blocks: 600) + "$ORIGIN example.com.\nns1 A 192.0.2.99\n@ NS ns2\nh0 TXT \"late\"\nh0 MX 5 late\n"
+        let good = "$ORIGIN example.com.\n" + Self.trickyText(blocks: 600)
+            + "$ORIGIN example.com.\nns1 A 192.0.2.99\n@ NS ns2\nh0 TXT \"late\"\nh0 MX 5 late\nup SRV 0 0 80 NS1.Example.COM.\nup SRV 0 0 81 .\n"
         try good.write(toFile: path, atomically: true, encoding: .utf8)
         let whole = try Zone(origin: origin, records: try MasterFileParser.parse(text: Array(good.utf8), file: path, origin: origin),
                              source: path)
-        let (groups, files) = try MasterFileParser.parseFileGroups(path: path, origin: origin, parts: 4, partBytesMin: 1024)
+        let (groups, files) = try MasterFileParser.parseFileLogs(path: path, origin: origin, parts: 4, partBytesMin: 1024)
         #expect(groups.count == 4)
-        let parted = try Zone(origin: origin, groupings: groups, source: path, files: files)
+        let parted = try Zone(origin: origin, logs: groups, source: path, files: files)
         #expect(summary(parted) == summary(whole))
         #expect(summary(whole).count > 1000)
+        #expect(summary(parted).contains { $0.hasPrefix("up.example.com. authoritative SRV") && $0.hasSuffix("[\"ns1.example.com.\", \"-\"]") },
+                "\(summary(parted).filter { $0.hasPrefix("up.") })")
     }
 
     /// No part starts after an `$INCLUDE` (the included file may set `$TTL`), nor before the first `$TTL`.
