@@ -394,3 +394,7 @@ uint64_t disco_monotonic_milliseconds(void) {
 void disco_release_free_memory(void) {
     malloc_trim(0);
 }
+
+void disco_map_large_allocations(size_t bytes) {
+    mallopt(M_MMAP_THRESHOLD, (int)bytes);
+}

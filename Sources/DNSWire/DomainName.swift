@@ -336,6 +336,12 @@ extension DomainName: Comparable {
     public var canonicalSortKey: [UInt8] {
         var key: [UInt8] = []
         key.reserveCapacity(wire.count * 2)
+        appendCanonicalSortKey(to: &key)
+        return key
+    }
+
+    /// Appends `canonicalSortKey` to `key` (many names' keys end to end in one buffer).
+    public func appendCanonicalSortKey(to key: inout [UInt8]) {
         wire.withUnsafeBufferPointer { wire in
             withUnsafeTemporaryAllocation(of: Int.self, capacity: Self.nameBytesMax) { starts in
                 var count = 0
@@ -358,7 +364,6 @@ extension DomainName: Comparable {
                 }
             }
         }
-        return key
     }
 
     public static func canonicallyPrecedes(_ left: [[UInt8]], _ right: [[UInt8]]) -> Bool {

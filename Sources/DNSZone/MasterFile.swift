@@ -52,13 +52,17 @@ public struct MasterFileParser {
     /// When set, records are packed here as they are parsed instead of kept in `records` (a
     /// zone load: no array of a million parsed records is ever held).
     private var log: RecordLog?
+    /// With `log`: the log compiled by owner once the file (or its part) is parsed, when asked.
+    private var compiled: CompiledOwners?
+    private let compiles: Bool
     private let names = NameInterner()
     /// The files read, main file first.
     private var files: [FileStamp] = []
 
-    private init(origin: DomainName, grouped: Bool = false) {
+    private init(origin: DomainName, grouped: Bool = false, compiles: Bool = false) {
         self.origin = origin
         log = grouped ? RecordLog(origin: origin) : nil
+        self.compiles = compiles
     }
 
     /// Parses master-file text. `file` names it in errors; `directory` resolves relative
@@ -100,18 +104,61 @@ public struct MasterFileParser {
         return (logs, files)
     }
 
-    private static func parse(path: String, origin: DomainName, grouped: Bool, parts: Int,
+    /// `parseFileLogs`, with each part's log compiled by owner as soon as the part is parsed
+    /// (the log then goes): what `Zone.init(origin:compiled:...)` takes. A zone load holds the
+    /// records of only the parts being parsed, beside the RRsets compiled so far.
+    package static func parseFileCompiled(path: String, origin: DomainName, parts: Int = processorCount(),
+                                          partBytesMin: Int = partBytesMin) throws(ZoneLoadError) -> (parts: [CompiledOwners], files: [FileStamp]) {
+        var (parsers, files) = try parse(path: path, origin: origin, grouped: true, compiles: true, parts: parts, partBytesMin: partBytesMin)
+        var compiled: [CompiledOwners] = []
+        for k in parsers.indices { compiled.append(parsers[k].compiled.take()!) }
+        parsers = []
+        return (compiled, files)
+    }
+
+    /// Once the text is parsed: lets go of what refers to it (the interned names' keys are
+    /// slices of it) and compiles the log of a part parsed without errors, if asked to.
+    private mutating func finish() {
+        names.removeAll()
+        lastOwnerText = []
+        guard compiles, errors.isEmpty, let log = log.take() else { return }
+        compiled = CompiledOwners(log: log)
+    }
+
+    private static func parse(path: String, origin: DomainName, grouped: Bool, compiles: Bool = false, parts: Int,
                               partBytesMin: Int) throws(ZoneLoadError) -> (parsers: [MasterFileParser], files: [FileStamp]) {
         let position = SourcePosition(file: path, line: 0, column: 0)
         var files: [FileStamp] = []
-        let bytes: [UInt8]
+        let buffer: FileBuffer
         do throws(ZoneError) {
-            bytes = try readFile(path, position: position, stamps: &files)
+            buffer = try FileBuffer(reading: path, position: position, stamps: &files)
         } catch {
             throw ZoneLoadError([error])
         }
-        return try parse(bytes: consume bytes, file: path, origin: origin, directory: directoryOf(path), files: files,
-                         parts: parts, partBytesMin: partBytesMin, grouped: grouped)
+        let parsed = try parse(buffer: buffer.bytes, release: buffer.release, file: path, origin: origin, directory: directoryOf(path),
+                               files: files, parts: parts, partBytesMin: partBytesMin, grouped: grouped, compiles: compiles)
+        if let parsed { return parsed }
+        // An error in a part: the file again, parsed from the start (its parts' pages are gone).
+        var stamps: [FileStamp] = []
+        let bytes: [UInt8]
+        do throws(ZoneError) {
+            bytes = try readFile(path, position: position, stamps: &stamps)
+        } catch {
+            throw ZoneLoadError([error])
+        }
+        return try parseWhole(bytes: bytes, file: path, origin: origin, directory: directoryOf(path), files: files, grouped: grouped,
+                              compiles: compiles)
+    }
+
+    private static func parse(bytes: [UInt8], file: String, origin: DomainName, directory: String?, files: [FileStamp],
+                              parts wanted: Int, partBytesMin: Int, grouped: Bool,
+                              reparseOnError: Bool = true) throws(ZoneLoadError) -> (parsers: [MasterFileParser], files: [FileStamp]) {
+        let parsed = try bytes.withUnsafeBufferPointer { buffer throws(ZoneLoadError) in
+            try parse(buffer: buffer, release: nil, file: file, origin: origin, directory: directory, files: files, parts: wanted,
+                      partBytesMin: partBytesMin, grouped: grouped, compiles: false, reparseOnError: reparseOnError)
+        }
+        if let parsed { return parsed }
+        return try parseWhole(bytes: bytes, file: file, origin: origin, directory: directory, files: files, grouped: grouped, compiles: false)
     }
 
     /// The smallest part of a file parsed on a core of its own: below this, a part's set-up
@@ -119,61 +166,79 @@ public struct MasterFileParser {
     public static let partBytesMin = 1 << 20
     /// Parts of one file parsed at once, at most (whatever the core count).
     static let partsMax = 16
+    /// A zone load cuts a large file into parts of about this many bytes, more than it has
+    /// cores: a part's text and records are held only while it is parsed and compiled.
+    static let compiledPartBytes = 2 << 20
+    /// A zone load cuts a file into at most this many parts.
+    static let compiledPartsMax = 64
 
-    private static func parse(bytes: consuming [UInt8], file: String, origin: DomainName, directory: String?, files: [FileStamp],
-                              parts wanted: Int, partBytesMin: Int, grouped: Bool,
-                              reparseOnError: Bool = true) throws(ZoneLoadError) -> (parsers: [MasterFileParser], files: [FileStamp]) {
-        let parts = MasterFileSplit.parts(of: bytes, parts: min(wanted, partsMax), partBytesMin: partBytesMin)
-        if parts.count > 1 {
-            // Each part's bytes in an array of their own: every token is a slice of the bytes,
-            // and parts sharing one buffer would contend for its reference count on every token.
-            // The file's own array goes once they are copied (not held next to them).
-            let partBytes = parts.map { Array(bytes[$0.range]) }
-            bytes = []
-            let results = ParallelResults<MasterFileParser>(count: parts.count)
-            DispatchQueue.concurrentPerform(iterations: parts.count) { k in
-                // The file's name and the origin are shared too: the first part keeps the
-                // originals, the others work on copies of their own.
-                let ownOrigin = k == 0 ? origin : DomainName(uncheckedWire: origin.wire.withUnsafeBufferPointer { Array($0) })
-                let file = k == 0 ? file : String(decoding: Array(file.utf8), as: UTF8.self)
-                var parser = MasterFileParser(origin: ownOrigin, grouped: grouped)
-                let part = parts[k]
-                // Room for them at once, instead of growing (and faulting in) the array in steps.
-                if grouped {
-                    parser.log!.reserve(records: part.recordsEstimate)
-                } else {
-                    parser.records.reserveCapacity(part.recordsEstimate)
-                }
-                if !part.preamble.isEmpty {
-                    // Its errors are the earlier part's to report.
-                    parser.parseFile(bytes: part.preamble, range: 0..<part.preamble.count, firstLine: 1, file: file,
-                                     directory: nil, depth: 0)
-                    parser.errors = []
-                }
-                let own = partBytes[k]
-                parser.parseFile(bytes: own, range: 0..<own.count, firstLine: part.firstLine, file: file,
-                                 directory: directory, depth: 0)
-                results.set(k, parser)
-            }
-            if results.allSatisfy({ $0.errors.isEmpty }) {
-                var parsers = results.takeAll()
-                for k in parsers.indices.dropFirst() { parsers[0].files += parsers[k].files }
-                parsers[0].files = files + parsers[0].files
-                let stamps = parsers[0].files
-                return (parsers, stamps)
-            }
-            if !reparseOnError {
-                let errors = parts.indices.flatMap { results.take($0).errors }
-                throw ZoneLoadError(Array(errors.prefix(ZoneLoadError.errorsMax)))
-            }
-            // An error: parse again from the start, so that what is reported is exactly what one
-            // parse reports (an error in one part may change what the next one sees).
-            bytes = Array(partBytes.joined())
+    /// Parses `buffer` in parts when it is large (nil: a part had an error, and the caller
+    /// parses it again from the start so that the errors are exactly those of one parse);
+    /// `release` is told of each part's bytes once they are copied out.
+    private static func parse(buffer: UnsafeBufferPointer<UInt8>, release: (@Sendable (Range<Int>) -> Void)?, file: String,
+                              origin: DomainName, directory: String?, files: [FileStamp], parts wanted: Int, partBytesMin: Int,
+                              grouped: Bool, compiles: Bool,
+                              reparseOnError: Bool = true) throws(ZoneLoadError) -> (parsers: [MasterFileParser], files: [FileStamp])? {
+        let count = compiles ? max(wanted, min(compiledPartsMax, buffer.count / compiledPartBytes)) : min(wanted, partsMax)
+        let parts = MasterFileSplit.parts(of: buffer, parts: count, partBytesMin: partBytesMin)
+        guard parts.count > 1 else {
+            let bytes = Array(buffer)
+            return try parseWhole(bytes: bytes, file: file, origin: origin, directory: directory, files: files, grouped: grouped,
+                                  compiles: compiles)
         }
-        var parser = MasterFileParser(origin: origin, grouped: grouped)
+        let results = ParallelResults<MasterFileParser>(count: parts.count)
+        let source = SharedBytes(buffer: buffer)
+        DispatchQueue.concurrentPerform(iterations: parts.count) { k in
+            // The file's name and the origin are shared too: the first part keeps the
+            // originals, the others work on copies of their own.
+            let ownOrigin = k == 0 ? origin : DomainName(uncheckedWire: origin.wire.withUnsafeBufferPointer { Array($0) })
+            let file = k == 0 ? file : String(decoding: Array(file.utf8), as: UTF8.self)
+            var parser = MasterFileParser(origin: ownOrigin, grouped: grouped, compiles: compiles)
+            let part = parts[k]
+            // Room for them at once, instead of growing (and faulting in) the array in steps.
+            if grouped {
+                parser.log!.reserve(records: part.recordsEstimate)
+            } else {
+                parser.records.reserveCapacity(part.recordsEstimate)
+            }
+            if !part.preamble.isEmpty {
+                // Its errors are the earlier part's to report.
+                parser.parseFile(bytes: part.preamble, range: 0..<part.preamble.count, firstLine: 1, file: file,
+                                 directory: nil, depth: 0)
+                parser.errors = []
+            }
+            // The part's bytes in an array of its own, for as long as it is parsed: every token
+            // is a slice of them, and parts sharing one buffer would contend for its reference
+            // count on every token.
+            let own = Array(UnsafeBufferPointer(rebasing: source.buffer[part.range]))
+            release?(part.range)
+            parser.parseFile(bytes: own, range: 0..<own.count, firstLine: part.firstLine, file: file,
+                             directory: directory, depth: 0)
+            parser.finish()
+            results.set(k, parser)
+        }
+        if results.allSatisfy({ $0.errors.isEmpty }) {
+            var parsers = results.takeAll()
+            for k in parsers.indices.dropFirst() { parsers[0].files += parsers[k].files }
+            parsers[0].files = files + parsers[0].files
+            let stamps = parsers[0].files
+            return (parsers, stamps)
+        }
+        if !reparseOnError {
+            let errors = parts.indices.flatMap { results.take($0).errors }
+            throw ZoneLoadError(Array(errors.prefix(ZoneLoadError.errorsMax)))
+        }
+        return nil
+    }
+
+    /// Parses `bytes` in one piece.
+    private static func parseWhole(bytes: [UInt8], file: String, origin: DomainName, directory: String?, files: [FileStamp],
+                                   grouped: Bool, compiles: Bool) throws(ZoneLoadError) -> (parsers: [MasterFileParser], files: [FileStamp]) {
+        var parser = MasterFileParser(origin: origin, grouped: grouped, compiles: compiles)
         parser.files = files
         parser.parseFile(bytes: bytes, range: 0..<bytes.count, firstLine: 1, file: file, directory: directory, depth: 0)
         guard parser.errors.isEmpty else { throw ZoneLoadError(parser.errors) }
+        parser.finish()
         return ([parser], parser.files)
     }
 
@@ -475,4 +540,76 @@ func readFile(_ path: String, position: SourcePosition, stamps: inout [FileStamp
         }
     }
     return bytes
+}
+
+/// A whole file read into memory of its own (mapped anonymous pages, not the heap), for a
+/// zone load: once a part of it has been copied out to be parsed, its pages go back to the
+/// kernel (`release`), so the file is not held whole beside the records parsed from it.
+final class FileBuffer: @unchecked Sendable {
+    // @unchecked: the pages are written only while reading, before `bytes` is handed out;
+    // `release` only drops pages (madvise), which is safe from any thread.
+    let bytes: UnsafeBufferPointer<UInt8>
+    private let mappedBytes: Int
+
+    init(reading path: String, position: SourcePosition, stamps: inout [FileStamp]) throws(ZoneError) {
+        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else { throw ZoneError(position, "cannot open \(path): \(String(cString: strerror(errno)))") }
+        defer { close(descriptor) }
+        var info = stat()
+        guard fstat(descriptor, &info) == 0 else { throw ZoneError(position, "cannot read \(path): \(String(cString: strerror(errno)))") }
+        stamps.append(FileStamp(path: path, info))
+        guard (info.st_mode & S_IFMT) == S_IFREG else {
+            throw ZoneError(position, "cannot read \(path): \(String(cString: strerror((info.st_mode & S_IFMT) == S_IFDIR ? EISDIR : EINVAL)))")
+        }
+        guard info.st_size <= MasterFileParser.fileBytesMax else {
+            throw ZoneError(position, "\(path) is larger than \(MasterFileParser.fileBytesMax) bytes")
+        }
+        // Room for a file that grew since fstat, up to the limit's check below.
+        let capacity = Int(info.st_size) + 1
+        guard let memory = mmap(nil, capacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), memory != MAP_FAILED else {
+            throw ZoneError(position, "cannot read \(path): \(String(cString: strerror(errno)))")
+        }
+        var count = 0
+        while count < capacity {
+            let n = read(descriptor, memory + count, capacity - count)
+            if n < 0 && errno == EINTR { continue }
+            if n < 0 {
+                let reason = String(cString: strerror(errno))
+                munmap(memory, capacity)
+                throw ZoneError(position, "cannot read \(path): \(reason)")
+            }
+            if n == 0 { break }
+            count += n
+        }
+        guard count < capacity else {
+            // It grew while being read: a change that the next reload sees; read it whole then.
+            munmap(memory, capacity)
+            throw ZoneError(position, "cannot read \(path): it changed while being read")
+        }
+        bytes = UnsafeBufferPointer(start: memory.assumingMemoryBound(to: UInt8.self), count: count)
+        mappedBytes = capacity
+    }
+
+    deinit {
+        munmap(UnsafeMutableRawPointer(mutating: bytes.baseAddress), mappedBytes)
+    }
+
+    /// Gives back the pages that lie wholly inside `range` (their bytes read as zeros after).
+    var release: @Sendable (Range<Int>) -> Void {
+        let base = UInt(bitPattern: bytes.baseAddress)
+        let total = bytes.count
+        return { range in
+            let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+            let start = (range.lowerBound + page - 1) / page * page
+            let end = range.upperBound >= total ? (total + page - 1) / page * page : range.upperBound / page * page
+            guard end > start, let pointer = UnsafeMutableRawPointer(bitPattern: base + UInt(start)) else { return }
+            madvise(pointer, end - start, Int32(MADV_DONTNEED))
+        }
+    }
+}
+
+/// A buffer read by several threads at once (the parts of one file).
+struct SharedBytes: @unchecked Sendable {
+    // @unchecked: read-only while shared.
+    let buffer: UnsafeBufferPointer<UInt8>
 }

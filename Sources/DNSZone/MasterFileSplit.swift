@@ -36,6 +36,10 @@ package struct MasterFileSplit {
     /// Up to `parts` parts of `bytes` (cut near equal sizes), each at least `partBytesMin`
     /// long; one part (the whole file) when it cannot be cut.
     package static func parts(of bytes: [UInt8], parts wanted: Int, partBytesMin: Int) -> [Part] {
+        bytes.withUnsafeBufferPointer { parts(of: $0, parts: wanted, partBytesMin: partBytesMin) }
+    }
+
+    package static func parts(of bytes: UnsafeBufferPointer<UInt8>, parts wanted: Int, partBytesMin: Int) -> [Part] {
         let count = min(wanted, bytes.count / max(1, partBytesMin))
         let whole = [Part(range: 0..<bytes.count, firstLine: 1, preamble: [])]
         guard count > 1 else { return whole }
@@ -45,7 +49,8 @@ package struct MasterFileSplit {
         var nextTarget = bytes.count / count
         // Logical lines (an upper bound of records) in the bytes scanned.
         var entries = 0
-        bytes.withUnsafeBufferPointer { buffer in
+        scan: do {
+            let buffer = bytes
             let n = buffer.count
             var i = 0
             var line = 1
@@ -58,7 +63,7 @@ package struct MasterFileSplit {
                     directiveStart = i
                 } else if i >= nextTarget && sawTTL && isOwnerStart(first) {
                     cuts.append((i, line, preamble))
-                    if cuts.count == count - 1 { return }
+                    if cuts.count == count - 1 { break scan }
                     nextTarget = (bytes.count / count) * (cuts.count + 1)
                 }
                 // To the end of this logical line.
@@ -74,7 +79,7 @@ package struct MasterFileSplit {
                                 directiveStart = nil
                                 switch directiveKind(buffer, start) {
                                 case .include:
-                                    return
+                                    break scan
                                 case .ttl:
                                     sawTTL = true
                                     preamble += buffer[start..<i]

@@ -158,3 +158,181 @@ package struct RecordLog: Sendable {
         }
     }
 }
+
+/// One RRset of an owner while a zone is built: its records, as references into the logs
+/// (`LoggedRecords`), in file order, without duplicates.
+struct LoggedSet {
+    var type: RRType
+    /// RFC 2181 §5.2: the first record's TTL holds for the set.
+    var ttl: UInt32
+    var members: [UInt64]
+    /// Members by the hash of their RDATA, once the set grows past `Zone.duplicateScanRecordsMax`
+    /// (duplicate checks stay linear).
+    var seen: [Int: [UInt64]]?
+}
+
+/// A zone load's record logs (one per part of the file, in file order) with every owner's
+/// records found: what `Zone.init(origin:logs:source:files:)` validates and compiles.
+struct LoggedRecords: Sendable {
+    let logs: [RecordLog]
+    /// Every owner of the logs once, in first-appearance order, by lowercased wire name.
+    var owners: NameTable
+    /// Where each owner's name was first written: a log, and the owner's index in it.
+    private let firstWritten: [UInt64]
+    /// Owner `o`'s records are `refs[starts[o] ..< starts[o + 1]]`, in file order; a reference
+    /// is a log's index (high 24 bits) and the record's offset in it.
+    private let starts: [Int32]
+    private let refs: [UInt64]
+
+    init(logs: consuming [RecordLog]) {
+        let logs = logs
+        var owners = NameTable(capacity: logs.reduce(0) { $0 + $1.owners.count })
+        var firstWritten: [UInt64] = []
+        // Each log's owner indices in the merged table.
+        var merged: [[Int32]] = []
+        for (k, log) in logs.enumerated() {
+            var map: [Int32] = []
+            map.reserveCapacity(log.owners.count)
+            for local in 0..<log.owners.count {
+                let (index, inserted) = log.owners.withKey(at: local) { owners.insert($0) }
+                if inserted { firstWritten.append(UInt64(k) << 40 | UInt64(local)) }
+                map.append(index)
+            }
+            merged.append(map)
+        }
+        // Counted, then placed: each owner's references in file order.
+        var starts = [Int32](repeating: 0, count: owners.count + 1)
+        for (k, log) in logs.enumerated() {
+            var offset = 0
+            while offset < log.bytes.count {
+                let record = log.record(at: offset)
+                starts[Int(merged[k][Int(record.owner)]) + 1] += 1
+                offset = record.rdata.upperBound
+            }
+        }
+        for o in 0..<owners.count { starts[o + 1] += starts[o] }
+        var next = starts
+        var refs = [UInt64](repeating: 0, count: Int(starts[owners.count]))
+        for (k, log) in logs.enumerated() {
+            var offset = 0
+            while offset < log.bytes.count {
+                let record = log.record(at: offset)
+                let owner = Int(merged[k][Int(record.owner)])
+                refs[Int(next[owner])] = UInt64(k) << 40 | UInt64(offset)
+                next[owner] += 1
+                offset = record.rdata.upperBound
+            }
+        }
+        self.logs = logs
+        self.owners = owners
+        self.firstWritten = firstWritten
+        self.starts = starts
+        self.refs = refs
+    }
+
+    @inline(__always)
+    func record(_ ref: UInt64) -> RecordLog.Record { logs[Int(ref >> 40)].record(at: Int(ref & 0xFF_FFFF_FFFF)) }
+
+    func position(_ ref: UInt64) -> SourcePosition { logs[Int(ref >> 40)].position(of: record(ref)) }
+
+    func decode(_ ref: UInt64) -> RData { logs[Int(ref >> 40)].decode(record(ref)) }
+
+    /// The RDATA of `ref`, in place.
+    @inline(__always)
+    func withRData<T>(_ ref: UInt64, _ body: (UnsafeRawBufferPointer) -> T) -> T {
+        let range = record(ref).rdata
+        return logs[Int(ref >> 40)].bytes.withUnsafeBytes { body(UnsafeRawBufferPointer(rebasing: $0[range])) }
+    }
+
+    /// Owner `owner`'s name as first written.
+    func name(of owner: Int) -> DomainName {
+        let written = firstWritten[owner]
+        return logs[Int(written >> 40)].ownerName(Int(written & 0xFF_FFFF_FFFF))
+    }
+
+    /// Owner `owner`'s records, in file order.
+    func records(of owner: Int) -> ArraySlice<UInt64> { refs[Int(starts[owner])..<Int(starts[owner + 1])] }
+
+    /// The position of owner `owner`'s first record.
+    func position(of owner: Int) -> SourcePosition { position(refs[Int(starts[owner])]) }
+
+    /// The types at `owner` in the order they first appear, each with its first record (no
+    /// duplicates dropped: for checks that need only the types).
+    func firstRecords(of owner: Int) -> [(type: RRType, first: UInt64)] {
+        var types: [(type: RRType, first: UInt64)] = []
+        for ref in records(of: owner) {
+            let type = record(ref).type
+            if !types.contains(where: { $0.type == type }) { types.append((type, ref)) }
+        }
+        return types
+    }
+
+    /// Owner `owner`'s RRsets, in the order their types first appear: RFC 2181 §5, duplicates
+    /// collapse; §5.2, the first TTL holds for the set.
+    func sets(of owner: Int) -> [LoggedSet] {
+        var sets: [LoggedSet] = []
+        for ref in records(of: owner) {
+            let record = record(ref)
+            guard let k = sets.firstIndex(where: { $0.type == record.type }) else {
+                sets.append(LoggedSet(type: record.type, ttl: record.ttl, members: [ref]))
+                continue
+            }
+            if sets[k].seen == nil {
+                if sets[k].members.contains(where: { same($0, ref, type: record.type) }) { continue }
+                sets[k].members.append(ref)
+                if sets[k].members.count > Zone.duplicateScanRecordsMax {
+                    var seen: [Int: [UInt64]] = [:]
+                    for member in sets[k].members { seen[hash(member, type: record.type), default: []].append(member) }
+                    sets[k].seen = seen
+                }
+            } else {
+                let key = hash(ref, type: record.type)
+                if sets[k].seen![key]?.contains(where: { same($0, ref, type: record.type) }) == true { continue }
+                sets[k].seen![key, default: []].append(ref)
+                sets[k].members.append(ref)
+            }
+        }
+        return sets
+    }
+
+    /// How many distinct records of `type` `owner` has.
+    func distinctCount(of owner: Int, type: RRType) -> Int {
+        sets(of: owner).first { $0.type == type }?.members.count ?? 0
+    }
+
+    /// Whether two records of `type` are the same record: the same RDATA, where names compare
+    /// without regard to case (as `RData`'s `==`).
+    func same(_ a: UInt64, _ b: UInt64, type: RRType) -> Bool {
+        let equal = withRData(a) { x in
+            withRData(b) { y -> Bool? in
+                guard x.count == y.count else { return false }
+                if x.elementsEqual(y) { return true }
+                guard Self.hasNames(type), x.indices.allSatisfy({ asciiLowerByte(x[$0]) == asciiLowerByte(y[$0]) }) else { return false }
+                return nil
+            }
+        }
+        // Equal but for case somewhere: whether that is in a name, the types know.
+        return equal ?? (decode(a) == decode(b))
+    }
+
+    /// A hash that records `same` calls equal share.
+    private func hash(_ ref: UInt64, type: RRType) -> Int {
+        withRData(ref) { rdata in
+            var hasher = Hasher()
+            if Self.hasNames(type) {
+                for byte in rdata { hasher.combine(asciiLowerByte(byte)) }
+            } else {
+                hasher.combine(bytes: rdata)
+            }
+            return hasher.finalize()
+        }
+    }
+
+    /// Types whose RDATA holds domain names (which compare without regard to case).
+    static func hasNames(_ type: RRType) -> Bool {
+        switch type {
+        case .ns, .cname, .ptr, .dname, .soa, .mx, .srv, .naptr: true
+        default: false
+        }
+    }
+}

@@ -71,7 +71,7 @@ public struct CompiledRecords: RandomAccessCollection, Sendable {
     static let entryBytes = 12
 
     /// `count` entries, then the wire bytes.
-    let storage: [UInt8]
+    private(set) var storage: [UInt8]
     private let recordCount: UInt32
     /// The lowercased CNAME/DNAME targets, one per record; empty for every other type.
     let targets: [[UInt8]]
@@ -175,7 +175,8 @@ public struct CompiledRecords: RandomAccessCollection, Sendable {
 
     /// A master-file RRset compiled from a zone load's logs: the records' wire bytes copied as
     /// they are, each with the node of its additional-section target in `table`.
-    static func compile(_ set: LoggedSet, from all: LoggedRecords, scratch: inout CompileScratch, table: NameTable) -> RRSet {
+    /// `table` nil: no nodes yet (`resolveAdditionalNodes` sets them once the zone's names are known).
+    static func compile(_ set: LoggedSet, from all: LoggedRecords, scratch: inout CompileScratch, table: NameTable?) -> RRSet {
         scratch.wire.removeAll(keepingCapacity: true)
         scratch.entries.removeAll(keepingCapacity: true)
         var targets: [[UInt8]] = []
@@ -186,13 +187,31 @@ public struct CompiledRecords: RandomAccessCollection, Sendable {
                 scratch.wire.append(contentsOf: rdata)
                 scratch.entries.append(Entry(end: UInt32(scratch.wire.count), firstNameAt: record.firstNameAt,
                                              secondNameAt: record.secondNameAt,
-                                             additionalNode: Zone.additionalNode(type: set.type, rdata: rdata, table: table)))
+                                             additionalNode: table.map { Zone.additionalNode(type: set.type, rdata: rdata, table: $0) } ?? -1))
                 if set.type == .cname || set.type == .dname { targets.append(rdata.map(asciiLowerByte)) }
             }
             if RRSet.storesRecords(of: set.type) { stored.append(all.decode(ref)) }
         }
         return RRSet(type: set.type, ttl: set.ttl, records: stored,
                      compiled: CompiledRecords(entries: scratch.entries, wire: scratch.wire, targets: targets))
+    }
+
+    /// Sets every record's additional-section node from `table` (records compiled before the
+    /// zone's names were known). In place when the buffer is not shared.
+    mutating func resolveAdditionalNodes(type: RRType, table: NameTable) {
+        guard type == .ns || type == .mx || type == .srv else { return }
+        let count = Int(recordCount)
+        let wireStart = count * Self.entryBytes
+        storage.withUnsafeMutableBytes { raw in
+            var start = 0
+            for index in 0..<count {
+                let end = Int(raw.loadUnaligned(fromByteOffset: index * Self.entryBytes, as: UInt32.self))
+                let rdata = UnsafeRawBufferPointer(rebasing: raw[(wireStart + start)..<(wireStart + end)])
+                raw.storeBytes(of: Zone.additionalNode(type: type, rdata: rdata, table: table),
+                               toByteOffset: index * Self.entryBytes + 8, as: Int32.self)
+                start = end
+            }
+        }
     }
 
     /// Decodes the records back (for the few readers that want `RData`, off the answer path).
@@ -211,7 +230,7 @@ public struct RRSet: Sendable {
     public let type: RRType
     /// RFC 2181 §5.2: one TTL for the whole set.
     public let ttl: UInt32
-    public let compiled: CompiledRecords
+    public internal(set) var compiled: CompiledRecords
     /// Set for a service's RRsets: the answer path picks their records per query (order,
     /// subset, panic); nil: every record is answered, in this order.
     public let selection: RecordSelection?
@@ -290,184 +309,6 @@ public enum LookupResult: Sendable, Equatable {
     case nxDomain
 }
 
-/// One RRset of an owner while a zone is built: its records, as references into the logs
-/// (`LoggedRecords`), in file order, without duplicates.
-struct LoggedSet {
-    var type: RRType
-    /// RFC 2181 §5.2: the first record's TTL holds for the set.
-    var ttl: UInt32
-    var members: [UInt64]
-    /// Members by the hash of their RDATA, once the set grows past `Zone.duplicateScanRecordsMax`
-    /// (duplicate checks stay linear).
-    var seen: [Int: [UInt64]]?
-}
-
-/// A zone load's record logs (one per part of the file, in file order) with every owner's
-/// records found: what `Zone.init(origin:logs:source:files:)` validates and compiles.
-struct LoggedRecords: Sendable {
-    let logs: [RecordLog]
-    /// Every owner of the logs once, in first-appearance order, by lowercased wire name.
-    let owners: NameTable
-    /// Where each owner's name was first written: a log, and the owner's index in it.
-    private let firstWritten: [UInt64]
-    /// Owner `o`'s records are `refs[starts[o] ..< starts[o + 1]]`, in file order; a reference
-    /// is a log's index (high 24 bits) and the record's offset in it.
-    private let starts: [Int32]
-    private let refs: [UInt64]
-
-    init(logs: consuming [RecordLog]) {
-        let logs = logs
-        var owners = NameTable(capacity: logs.reduce(0) { $0 + $1.owners.count })
-        var firstWritten: [UInt64] = []
-        // Each log's owner indices in the merged table.
-        var merged: [[Int32]] = []
-        for (k, log) in logs.enumerated() {
-            var map: [Int32] = []
-            map.reserveCapacity(log.owners.count)
-            for local in 0..<log.owners.count {
-                let (index, inserted) = log.owners.withKey(at: local) { owners.insert($0) }
-                if inserted { firstWritten.append(UInt64(k) << 40 | UInt64(local)) }
-                map.append(index)
-            }
-            merged.append(map)
-        }
-        // Counted, then placed: each owner's references in file order.
-        var starts = [Int32](repeating: 0, count: owners.count + 1)
-        for (k, log) in logs.enumerated() {
-            var offset = 0
-            while offset < log.bytes.count {
-                let record = log.record(at: offset)
-                starts[Int(merged[k][Int(record.owner)]) + 1] += 1
-                offset = record.rdata.upperBound
-            }
-        }
-        for o in 0..<owners.count { starts[o + 1] += starts[o] }
-        var next = starts
-        var refs = [UInt64](repeating: 0, count: Int(starts[owners.count]))
-        for (k, log) in logs.enumerated() {
-            var offset = 0
-            while offset < log.bytes.count {
-                let record = log.record(at: offset)
-                let owner = Int(merged[k][Int(record.owner)])
-                refs[Int(next[owner])] = UInt64(k) << 40 | UInt64(offset)
-                next[owner] += 1
-                offset = record.rdata.upperBound
-            }
-        }
-        self.logs = logs
-        self.owners = owners
-        self.firstWritten = firstWritten
-        self.starts = starts
-        self.refs = refs
-    }
-
-    @inline(__always)
-    func record(_ ref: UInt64) -> RecordLog.Record { logs[Int(ref >> 40)].record(at: Int(ref & 0xFF_FFFF_FFFF)) }
-
-    func position(_ ref: UInt64) -> SourcePosition { logs[Int(ref >> 40)].position(of: record(ref)) }
-
-    func decode(_ ref: UInt64) -> RData { logs[Int(ref >> 40)].decode(record(ref)) }
-
-    /// The RDATA of `ref`, in place.
-    @inline(__always)
-    func withRData<T>(_ ref: UInt64, _ body: (UnsafeRawBufferPointer) -> T) -> T {
-        let range = record(ref).rdata
-        return logs[Int(ref >> 40)].bytes.withUnsafeBytes { body(UnsafeRawBufferPointer(rebasing: $0[range])) }
-    }
-
-    /// Owner `owner`'s name as first written.
-    func name(of owner: Int) -> DomainName {
-        let written = firstWritten[owner]
-        return logs[Int(written >> 40)].ownerName(Int(written & 0xFF_FFFF_FFFF))
-    }
-
-    /// Owner `owner`'s records, in file order.
-    func records(of owner: Int) -> ArraySlice<UInt64> { refs[Int(starts[owner])..<Int(starts[owner + 1])] }
-
-    /// The position of owner `owner`'s first record.
-    func position(of owner: Int) -> SourcePosition { position(refs[Int(starts[owner])]) }
-
-    /// The types at `owner` in the order they first appear, each with its first record (no
-    /// duplicates dropped: for checks that need only the types).
-    func types(of owner: Int) -> [(type: RRType, first: UInt64)] {
-        var types: [(type: RRType, first: UInt64)] = []
-        for ref in records(of: owner) {
-            let type = record(ref).type
-            if !types.contains(where: { $0.type == type }) { types.append((type, ref)) }
-        }
-        return types
-    }
-
-    /// Owner `owner`'s RRsets, in the order their types first appear: RFC 2181 §5, duplicates
-    /// collapse; §5.2, the first TTL holds for the set.
-    func sets(of owner: Int) -> [LoggedSet] {
-        var sets: [LoggedSet] = []
-        for ref in records(of: owner) {
-            let record = record(ref)
-            guard let k = sets.firstIndex(where: { $0.type == record.type }) else {
-                sets.append(LoggedSet(type: record.type, ttl: record.ttl, members: [ref]))
-                continue
-            }
-            if sets[k].seen == nil {
-                if sets[k].members.contains(where: { same($0, ref, type: record.type) }) { continue }
-                sets[k].members.append(ref)
-                if sets[k].members.count > Zone.duplicateScanRecordsMax {
-                    var seen: [Int: [UInt64]] = [:]
-                    for member in sets[k].members { seen[hash(member, type: record.type), default: []].append(member) }
-                    sets[k].seen = seen
-                }
-            } else {
-                let key = hash(ref, type: record.type)
-                if sets[k].seen![key]?.contains(where: { same($0, ref, type: record.type) }) == true { continue }
-                sets[k].seen![key, default: []].append(ref)
-                sets[k].members.append(ref)
-            }
-        }
-        return sets
-    }
-
-    /// How many distinct records of `type` `owner` has.
-    func distinctCount(of owner: Int, type: RRType) -> Int {
-        sets(of: owner).first { $0.type == type }?.members.count ?? 0
-    }
-
-    /// Whether two records of `type` are the same record: the same RDATA, where names compare
-    /// without regard to case (as `RData`'s `==`).
-    func same(_ a: UInt64, _ b: UInt64, type: RRType) -> Bool {
-        let equal = withRData(a) { x in
-            withRData(b) { y -> Bool? in
-                guard x.count == y.count else { return false }
-                if x.elementsEqual(y) { return true }
-                guard Self.hasNames(type), x.indices.allSatisfy({ asciiLowerByte(x[$0]) == asciiLowerByte(y[$0]) }) else { return false }
-                return nil
-            }
-        }
-        // Equal but for case somewhere: whether that is in a name, the types know.
-        return equal ?? (decode(a) == decode(b))
-    }
-
-    /// A hash that records `same` calls equal share.
-    private func hash(_ ref: UInt64, type: RRType) -> Int {
-        withRData(ref) { rdata in
-            var hasher = Hasher()
-            if Self.hasNames(type) {
-                for byte in rdata { hasher.combine(asciiLowerByte(byte)) }
-            } else {
-                hasher.combine(bytes: rdata)
-            }
-            return hasher.finalize()
-        }
-    }
-
-    /// Types whose RDATA holds domain names (which compare without regard to case).
-    static func hasNames(_ type: RRType) -> Bool {
-        switch type {
-        case .ns, .cname, .ptr, .dname, .soa, .mx, .srv, .naptr: true
-        default: false
-        }
-    }
-}
-
 /// An immutable, validated zone, ready for lookups.
 public final class Zone: Sendable {
     /// Labels deeper than this are not walked (a name has at most 127 labels).
@@ -490,196 +331,6 @@ public final class Zone: Sendable {
     public let apexNS: RRSet
     let originLabelCount: Int
     let table: NameTable
-
-    /// Builds a zone from parsed records, validating it. On any error nothing is built.
-    public convenience init(origin: DomainName, records: [ParsedRecord], source: String, files: [FileStamp] = []) throws(ZoneLoadError) {
-        var log = RecordLog(origin: origin)
-        log.reserve(records: records.count)
-        for record in records { log.append(record) }
-        try self.init(origin: origin, logs: [log], source: source, files: files)
-    }
-
-    /// The same from record logs (`MasterFileParser.parseFileLogs`: a large file's parts, in file
-    /// order), validating them. On any error nothing is built.
-    ///
-    /// Linear in the records apart from one sort of the distinct names: the checks against zone
-    /// cuts and DNAMEs walk each name's ancestors instead of every cut. The logs are the only
-    /// copy of the records until the zone is built: each RRset is compiled straight from them.
-    package convenience init(origin: DomainName, logs: consuming [RecordLog], source: String,
-                             files: [FileStamp] = []) throws(ZoneLoadError) {
-        var errors: [ZoneError] = []
-        func fail(_ position: SourcePosition, _ message: String) {
-            if errors.count < ZoneLoadError.errorsMax { errors.append(ZoneError(position, message)) }
-        }
-        let zonePosition = SourcePosition(file: source, line: 1, column: 1)
-        let all = LoggedRecords(logs: logs)
-        for log in all.logs {
-            for error in log.errors { fail(error.position, error.message) }
-        }
-        let ownerCount = all.owners.count
-
-        let apexKey = origin.lowercased().wire
-        let apex = Int(all.owners.find(apexKey))
-        let apexTypes = apex >= 0 ? all.types(of: apex) : []
-        var soaData: SOAData?
-        var soaTTL: UInt32 = 0
-        if let soa = apexTypes.first(where: { $0.type == .soa }) {
-            if all.distinctCount(of: apex, type: .soa) != 1 { fail(all.position(soa.first), "more than one SOA record at the apex \(origin)") }
-            if case .soa(let data) = all.decode(soa.first) { soaData = data }
-            soaTTL = all.record(soa.first).ttl
-        } else {
-            fail(apex >= 0 ? all.position(of: apex) : zonePosition, "no SOA record at the apex \(origin) (expected exactly one)")
-        }
-        if !apexTypes.contains(where: { $0.type == .ns }) {
-            fail(apex >= 0 ? all.position(of: apex) : zonePosition, "no NS records at the apex \(origin)")
-        }
-
-        // Zone cuts and DNAMEs, to classify what lies below them.
-        var cutKeys: [[UInt8]] = []
-        var dnameKeys: [[UInt8]] = []
-        for owner in 0..<ownerCount {
-            let types = all.types(of: owner)
-            if owner != apex, types.contains(where: { $0.type == .ns }) { cutKeys.append(all.owners.key(at: owner)) }
-            if let dname = types.first(where: { $0.type == .dname }) {
-                if all.distinctCount(of: owner, type: .dname) > 1 { fail(all.position(dname.first), "more than one DNAME at \(all.name(of: owner))") }
-                dnameKeys.append(all.owners.key(at: owner))
-            }
-        }
-        let cuts = NameTable(keys: cutKeys)
-        let dnames = NameTable(keys: dnameKeys)
-        /// The key of the nearest strict ancestor of `key` in `table`, if any.
-        @Sendable func strictlyBelow(_ key: [UInt8], _ table: NameTable) -> [UInt8]? {
-            guard table.count > 0 else { return nil }
-            return key.withUnsafeBytes { wire -> [UInt8]? in
-                var offset = 0
-                while wire[offset] != 0 {
-                    offset += 1 + Int(wire[offset])
-                    let suffix = UnsafeRawBufferPointer(rebasing: wire[offset...])
-                    if table.find(suffix) >= 0 { return Array(suffix) }
-                }
-                return nil
-            }
-        }
-        func display(_ key: [UInt8]) -> DomainName { DomainName(uncheckedWire: key) }
-
-        var kinds = [Node.Kind?](repeating: nil, count: ownerCount)
-        for owner in 0..<ownerCount {
-            let key = all.owners.key(at: owner)
-            let types = all.types(of: owner)
-            let addressOnly = types.allSatisfy { $0.type == .a || $0.type == .aaaa }
-            if let soa = types.first(where: { $0.type == .soa }), owner != apex {
-                fail(all.position(soa.first), "SOA record at \(all.name(of: owner)), not at the apex \(origin)")
-            }
-            if let cname = types.first(where: { $0.type == .cname }) {
-                if all.distinctCount(of: owner, type: .cname) > 1 { fail(all.position(cname.first), "more than one CNAME at \(all.name(of: owner))") }
-                if types.count > 1 {
-                    let others = types.map(\.type).filter { $0 != .cname }.sorted().map(\.description).joined(separator: ", ")
-                    fail(all.position(cname.first), "CNAME at \(all.name(of: owner)) alongside other data (\(others)); a CNAME must be alone")
-                }
-            }
-            if let cut = strictlyBelow(key, cuts) {
-                if !addressOnly {
-                    fail(all.position(of: owner), "\(all.name(of: owner)) is below the delegation \(display(cut)): only A/AAAA glue may be there")
-                }
-                kinds[owner] = .glue
-                continue
-            }
-            if let dname = strictlyBelow(key, dnames) {
-                fail(all.position(of: owner), "\(all.name(of: owner)) is below the DNAME at \(display(dname)) (occluded data)")
-                continue
-            }
-            if owner == apex {
-                kinds[owner] = .apex
-            } else if types.contains(where: { $0.type == .ns }) {
-                let allowed: Set<RRType> = [.ns, .ds, .a, .aaaa]
-                if let bad = types.filter({ !allowed.contains($0.type) }).min(by: { $0.type < $1.type }) {
-                    fail(all.position(bad.first), "\(bad.type) at the delegation point \(all.name(of: owner)) (only NS, DS and glue belong there)")
-                }
-                kinds[owner] = .delegation
-            } else {
-                kinds[owner] = .authoritative
-            }
-        }
-        guard errors.isEmpty, let soaData else { throw ZoneLoadError(errors) }
-
-        // Every ancestor between a name and the apex exists: empty non-terminals (RFC 4592 §2.2.2).
-        // A name's slot: an owner's index (the owners come first), or an empty non-terminal's.
-        var slotOfKey = all.owners
-        var slotNames: [DomainName] = []
-        slotNames.reserveCapacity(ownerCount)
-        for owner in 0..<ownerCount { slotNames.append(all.name(of: owner)) }
-        let originBytes = origin.wire.count
-        for owner in 0..<ownerCount {
-            all.owners.withKey(at: owner) { wire in
-                var offset = 1 + Int(wire[0])
-                while wire.count - offset > originBytes {
-                    let suffix = UnsafeRawBufferPointer(rebasing: wire[offset...])
-                    // An ancestor already there has its own ancestors there too.
-                    guard slotOfKey.find(suffix) < 0 else { break }
-                    _ = slotOfKey.insert(suffix)
-                    slotNames.append(DomainName(uncheckedWire: Array(slotNames[owner].wire[offset...])))
-                    offset += 1 + Int(wire[offset])
-                }
-            }
-        }
-        if slotOfKey.find(apexKey) < 0 {
-            _ = slotOfKey.insert(apexKey)
-            slotNames.append(origin)
-        }
-        // Canonical order, apex first, with each name's sort key computed once.
-        let apexSlot = Int(slotOfKey.find(apexKey))
-        var sortable: [(key: [UInt8], slot: Int32)] = []
-        sortable.reserveCapacity(slotNames.count)
-        for slot in 0..<slotNames.count where slot != apexSlot {
-            sortable.append((slotNames[slot].canonicalSortKey, Int32(slot)))
-        }
-        sortable.sort { $0.key.lexicographicallyPrecedes($1.key) }
-        var ordered: [Int32] = [Int32(apexSlot)]
-        ordered.reserveCapacity(slotNames.count)
-        for entry in sortable { ordered.append(entry.slot) }
-        sortable = []
-        var table = NameTable(capacity: ordered.count)
-        for slot in ordered { _ = slotOfKey.withKey(at: Int(slot)) { table.insert($0) } }
-
-        // The nodes, their RRsets compiled straight from the logs: in slices of the canonical
-        // order on the cores when there are many.
-        let (orderedSlots, slotKinds, slotKeys, finalTable, names) = (ordered, kinds, slotOfKey, table, slotNames)
-        @Sendable func compileNodes(_ slots: ArraySlice<Int32>) -> [Node] {
-            var nodes: [Node] = []
-            nodes.reserveCapacity(slots.count)
-            var scratch = CompiledRecords.CompileScratch()
-            for slot in slots.lazy.map({ Int($0) }) {
-                guard slot < ownerCount, let kind = slotKinds[slot] else {
-                    let kind: Node.Kind = strictlyBelow(slotKeys.key(at: slot), cuts) != nil ? .glue : .authoritative
-                    nodes.append(Node(name: names[slot], kind: kind, rrsets: []))
-                    continue
-                }
-                // File order: minimal ANY answers with the name's first RRset, as NSD does.
-                let rrsets = all.sets(of: slot).map { set in
-                    CompiledRecords.compile(set, from: all, scratch: &scratch, table: finalTable)
-                }
-                nodes.append(Node(name: names[slot], kind: kind, rrsets: rrsets))
-            }
-            return nodes
-        }
-        let slices = min(MasterFileParser.processorCount(), orderedSlots.count / Self.compileSliceNodesMin)
-        var nodes: [Node]
-        if slices > 1 {
-            let compiled = ParallelResults<[Node]>(count: slices)
-            let sliceSize = (orderedSlots.count + slices - 1) / slices
-            DispatchQueue.concurrentPerform(iterations: slices) { k in
-                let start = k * sliceSize
-                compiled.set(k, compileNodes(orderedSlots[start..<min(orderedSlots.count, start + sliceSize)]))
-            }
-            nodes = compiled.take(0)
-            nodes.reserveCapacity(orderedSlots.count)
-            for k in 1..<slices { nodes += compiled.take(k) }
-        } else {
-            nodes = compileNodes(orderedSlots[...])
-        }
-
-        self.init(origin: origin, source: source, nodes: nodes, table: table, soa: soaData, soaTTL: soaTTL, files: files)
-    }
 
     /// An RRset is checked for duplicates by scanning it up to this size, by hashing beyond.
     static let duplicateScanRecordsMax = 16
@@ -711,8 +362,15 @@ public final class Zone: Sendable {
 
     /// Parses and validates a master file.
     public static func load(path: String, origin: DomainName) throws(ZoneLoadError) -> Zone {
-        let (logs, files) = try MasterFileParser.parseFileLogs(path: path, origin: origin)
-        return try Zone(origin: origin, logs: logs, source: path, files: files)
+        let (parts, files) = try MasterFileParser.parseFileCompiled(path: path, origin: origin)
+        do throws(ZoneLoadError) {
+            return try Zone(origin: origin, compiled: parts, source: path, files: files)
+        } catch {
+            // Compiled parts keep no positions: the file is parsed again keeping them, so that
+            // each error names its file and line (and what is reported is that load's).
+            let (logs, files) = try MasterFileParser.parseFileLogs(path: path, origin: origin)
+            return try Zone(origin: origin, logs: logs, source: path, files: files)
+        }
     }
 
     public static func parse(text: String, origin: DomainName, file: String = "<text>") throws(ZoneLoadError) -> Zone {

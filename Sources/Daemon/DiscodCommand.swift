@@ -1,4 +1,5 @@
 import ArgumentParser
+import CShims
 import DNSServer
 import DNSZone
 import Foundation
@@ -103,7 +104,13 @@ public struct DiscodCommand: ParsableCommand {
         }
     }
 
+    /// Allocations from this size on get pages of their own, given back when freed
+    /// (`disco_map_large_allocations`): a zone load's part buffers and record logs (issue 15;
+    /// with glibc's moving threshold a 1M-record load peaked 20 MiB higher, and a reload more).
+    static let mappedAllocationBytesMin = 512 << 10
+
     public func run() throws {
+        disco_map_large_allocations(Self.mappedAllocationBytesMin)
         if checkConfig { throw ArgumentParser.ExitCode(check(environment: ProcessInfo.processInfo.environment).rawValue) }
         DiscoDaemon.blockHandledSignals()
         let configuration: Configuration

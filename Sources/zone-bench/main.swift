@@ -46,15 +46,17 @@ guard arguments.count >= 3 else {
 let path = arguments[1]
 let origin = try DomainName(arguments[2])
 let rounds = arguments.count > 3 ? Int(arguments[3]) ?? 1 : 1
+// As discod does (DiscodCommand.mappedAllocationBytesMin).
+disco_map_large_allocations(512 << 10)
 var kept: Zone?
 for round in 1...rounds {
     kept = nil
     let start = DispatchTime.now().uptimeNanoseconds
-    let (parts, files) = try MasterFileParser.parseFileLogs(path: path, origin: origin)
+    let (parts, files) = try MasterFileParser.parseFileCompiled(path: path, origin: origin)
     let parsed = seconds(since: start)
     let afterParse = memoryMiB()
     print("  after the parse: RSS \(fixed(afterParse.rss, 0)) MiB, peak \(fixed(afterParse.peak, 0)) MiB")
-    let zone = try Zone(origin: origin, logs: parts, source: path, files: files)
+    let zone = try Zone(origin: origin, compiled: parts, source: path, files: files)
     let total = seconds(since: start)
     print("  parse \(fixed(parsed, 3)) s, build \(fixed(total - parsed, 3)) s")
     let beforeTrim = memoryMiB()

@@ -137,8 +137,25 @@ struct MasterFileTests {
         ("$TTL 60\n@ SOA ns h 1 2 3 4 5\n NS ns\nx CH A 192.0.2.1\n", "4:3: class CH is not served (expected IN)"),
         ("$TTL 60\n@ SOA ns h 1 2 3 4 5\n NS ns\nbad..name A 192.0.2.1\n", "4:1: bad domain name 'bad..name': empty label"),
     ])
-    func errors(_ text: String, _ expected: String) {
+    func errors(_ text: String, _ expected: String) throws {
         #expect(firstError(text) == expected)
+        // Loaded from a file, the records are compiled as they are parsed, without positions:
+        // the same error, at the same place, comes from the load again that keeps them.
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("disco-errors-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let path = directory.appendingPathComponent("example.com.zone").path
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        do throws(ZoneLoadError) {
+            _ = try Zone.load(path: path, origin: origin)
+            Issue.record("expected an error")
+        } catch {
+            let first = error.errors[0]
+            // (From a file, $INCLUDE is allowed: the file it names is missing.)
+            let message = expected.contains("$INCLUDE is not allowed") ? "4:10: cannot open" : expected
+            #expect(first.position.file == path)
+            #expect("\(first.position.line):\(first.position.column): \(first.message)".contains(message), "\(first)")
+        }
     }
 
     @Test func severalErrorsAreReportedAtOnce() {
@@ -291,6 +308,12 @@ struct MasterFileTests {
         #expect(groups.count == 4)
         let parted = try Zone(origin: origin, logs: groups, source: path, files: files)
         #expect(summary(parted) == summary(whole))
+        // Each part compiled as soon as it is parsed, the parts then merged: the same zone.
+        let (compiledParts, _) = try MasterFileParser.parseFileCompiled(path: path, origin: origin, parts: 4, partBytesMin: 1024)
+        #expect(compiledParts.count == 4)
+        let compiled = try Zone(origin: origin, compiled: compiledParts, source: path, files: files)
+        #expect(summary(compiled) == summary(whole))
+        #expect(summary(try Zone.load(path: path, origin: origin)) == summary(whole))
         #expect(summary(whole).count > 1000)
         #expect(summary(parted).contains { $0.hasPrefix("up.example.com. authoritative SRV") && $0.hasSuffix("[\"ns1.example.com.\", \"-\"]") },
                 "\(summary(parted).filter { $0.hasPrefix("up.") })")

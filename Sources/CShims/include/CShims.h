@@ -106,4 +106,10 @@ int disco_sd_notify(const char *state);
 /// loaded, the parser's temporary records are free but still resident otherwise.
 void disco_release_free_memory(void);
 
+/// Allocations of at least `bytes` get pages of their own (mmap), returned to the kernel when
+/// freed (glibc's M_MMAP_THRESHOLD, which also stops glibc from raising that threshold as
+/// large blocks are freed: after a zone load it would otherwise place the next load's part
+/// buffers in the heap, where their freed pages stay).
+void disco_map_large_allocations(size_t bytes);
+
 #endif
