@@ -116,7 +116,8 @@ let package = Package(
         .executableTarget(name: "FuzzWire", dependencies: ["DNSTesting"]),
         .executableTarget(name: "FuzzZone", dependencies: ["DNSTesting"]),
         // The answer path alone, timed (scripts/bench/answer.sh).
-        .executableTarget(name: "answer-bench", dependencies: ["DNSTesting", "DNSServer", "DNSZone", "DNSWire"]),
+        .executableTarget(name: "answer-bench", dependencies: ["DNSTesting", "DNSServer", "DNSZone", "DNSWire",
+                                                              .product(name: "Atomics", package: "swift-atomics")]),
         // A master file's load alone, timed, with its memory (scripts/bench/zoneload.sh).
         .executableTarget(name: "zone-bench", dependencies: ["DNSZone", "DNSWire", "CShims"]),
         .testTarget(name: "DNSWireTests", dependencies: ["DNSWire"]),

@@ -1,6 +1,7 @@
 // The answer path alone, no sockets: nanoseconds per `Answerer.answer` for service answers,
 // by selection policy and set size (README "Service answers").
 // Usage: answer-bench [BATCHES [LABEL-SUBSTRING]]
+import Atomics
 import DNSServer
 import DNSTesting
 import DNSWire
@@ -85,3 +86,28 @@ for item in cases where only.map({ item.label.contains($0) }) ?? true {
 extension String {
     func leftPadded(_ width: Int) -> String { String(repeating: " ", count: max(0, width - count)) + self }
 }
+
+// What a UDP worker pays per batch to read the current View (`ViewStore.load`, an atomic
+// reference: a double-width compare-and-exchange), alone and while another thread reads it too
+// (issue 15 item 7: kept unless it measures against the answers above).
+let store = ViewStore(ten)
+let loadsPerRound = 1_000_000
+func nanosecondsPerLoad() -> Double {
+    var identities = 0
+    let start = DispatchTime.now().uptimeNanoseconds
+    for _ in 0..<loadsPerRound { identities &+= ObjectIdentifier(store.load()).hashValue }
+    let elapsed = Double(DispatchTime.now().uptimeNanoseconds - start)
+    if identities == 42 { print("") }  // keeps the loads
+    return elapsed / Double(loadsPerRound)
+}
+let alone = (0..<5).map { _ in nanosecondsPerLoad() }.min()!
+let contender = DispatchSemaphore(value: 0)
+let stop = ManagedAtomic(false)
+DispatchQueue.global().async {
+    while !stop.load(ordering: .relaxed) { _ = store.load() }
+    contender.signal()
+}
+let contended = (0..<5).map { _ in nanosecondsPerLoad() }.min()!
+stop.store(true, ordering: .relaxed)
+contender.wait()
+print("View load per batch: \(Int(alone.rounded())) ns alone, \(Int(contended.rounded())) ns with another thread loading it")
