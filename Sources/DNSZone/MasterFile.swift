@@ -135,8 +135,11 @@ public struct MasterFileParser {
         } catch {
             throw ZoneLoadError([error])
         }
-        let parsed = try parse(buffer: buffer.bytes, release: buffer.release, file: path, origin: origin, directory: directoryOf(path),
-                               files: files, parts: parts, partBytesMin: partBytesMin, grouped: grouped, compiles: compiles)
+        // The pages are unmapped when the buffer goes: it must outlive every part's copy.
+        let parsed = try withExtendedLifetime(buffer) { () throws(ZoneLoadError) in
+            try parse(buffer: buffer.bytes, release: buffer.release, file: path, origin: origin, directory: directoryOf(path),
+                      files: files, parts: parts, partBytesMin: partBytesMin, grouped: grouped, compiles: compiles)
+        }
         if let parsed { return parsed }
         // An error in a part: the file again, parsed from the start (its parts' pages are gone).
         var stamps: [FileStamp] = []
