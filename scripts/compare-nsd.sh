@@ -70,17 +70,20 @@ trap 'exit 2' ERR  # a failing set-up step is not "answers differ" (exit 1)
 mapfile -t zones < <(disco_zone_names "$zonesdir")
 ((${#zones[@]})) || disco_die "no *.zone files in $zonesdir"
 
+# The same identity and version for both (CH TXT id.server / version.bind).
+identity=compare.test version=compare-1
+nsd_identity=$(printf '    identity: "%s"\n    version: "%s"' "$identity" "$version")
 nsd_port=${NSD_PORT:-$(disco_free_port)}
-disco_nsd_start "$zonesdir" "$nsd_port" "" "    provide-xfr: 127.0.0.1 NOKEY"
+disco_nsd_start "$zonesdir" "$nsd_port" "$nsd_identity" "    provide-xfr: 127.0.0.1 NOKEY"
 disco_log "NSD $(disco_nsd_version) on 127.0.0.1:$nsd_port"
 
 other_port=${DISCOD_PORT:-$(disco_free_port)}
 if [[ $mode == discod ]]; then
-  disco_discod_start "$discod" "$zonesdir" "$other_port" "${WORKERS:-1}"
+  DISCO_DNS_IDENTITY=$identity DISCO_DNS_VERSION=$version disco_discod_start "$discod" "$zonesdir" "$other_port" "${WORKERS:-1}"
   other=discod
   disco_log "discod on 127.0.0.1:$other_port ($discod)"
 else
-  disco_nsd_start "$zonesdir" "$other_port"
+  disco_nsd_start "$zonesdir" "$other_port" "$nsd_identity"
   other=nsd2
   disco_log "second NSD on 127.0.0.1:$other_port"
 fi

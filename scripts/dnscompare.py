@@ -169,6 +169,10 @@ def queries_for_zone(port, zone):
 
 def out_of_zone_queries(zones):
     qs = ["example.org A", "com SOA", ". NS", "localhost A"]
+    # Class CHAOS: the server's identity and version (compare-nsd.sh gives both servers the
+    # same), names it does not know, another type.
+    qs += ["version.bind TXT CH", "version.server TXT CH", "id.server TXT CH", "hostname.bind TXT CH",
+           "ID.Server TXT CH", "authors.bind TXT CH", "version.bind A CH", "version.bind TXT CH +noedns"]
     for z in zones:
         z = z.rstrip(".").lower() + "."
         qs.append("not" + z + " A")  # shares a suffix textually, not by labels

@@ -833,13 +833,12 @@ public final class Answerer {
                       writer: &writer)
     }
 
-    /// `CH TXT id.server` and the like: one TXT record in class CH, TTL 0, authoritative (as NSD).
+    /// `CH TXT id.server` and the like: one TXT record in class CH, TTL 0, without AA (as NSD
+    /// 4.6 answers them: no zone holds these names).
     private func chaosAnswer(_ rdata: [UInt8], id: UInt16, flags: HeaderFlags, query: UnsafeRawBufferPointer,
                              questionEnd: Int, edns: ClientEDNS?, writer: inout WireWriter) -> Int {
         writer.reset(capacity: Message.udpMessageBytesClassic)
         writeHeaderAndQuestion(id: id, query: query, questionEnd: questionEnd, writer: &writer)
-        var flags = flags
-        flags.aa = true
         do throws(WireOverflow) {
             try writer.u16(0xC000 | UInt16(Message.headerBytes))  // the question's name
             try writer.u16(RRType.txt.rawValue)
