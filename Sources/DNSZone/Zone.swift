@@ -173,29 +173,6 @@ public struct CompiledRecords: RandomAccessCollection, Sendable {
         self.init(entries: scratch.entries, wire: scratch.wire, targets: targets.count == records.count ? targets : [])
     }
 
-    /// A master-file RRset compiled from a zone load's logs: the records' wire bytes copied as
-    /// they are, each with the node of its additional-section target in `table`.
-    /// `table` nil: no nodes yet (`resolveAdditionalNodes` sets them once the zone's names are known).
-    static func compile(_ set: LoggedSet, from all: LoggedRecords, scratch: inout CompileScratch, table: NameTable?) -> RRSet {
-        scratch.wire.removeAll(keepingCapacity: true)
-        scratch.entries.removeAll(keepingCapacity: true)
-        var targets: [[UInt8]] = []
-        var stored: [RData] = []
-        for ref in set.members {
-            let record = all.record(ref)
-            all.withRData(ref) { rdata in
-                scratch.wire.append(contentsOf: rdata)
-                scratch.entries.append(Entry(end: UInt32(scratch.wire.count), firstNameAt: record.firstNameAt,
-                                             secondNameAt: record.secondNameAt,
-                                             additionalNode: table.map { Zone.additionalNode(type: set.type, rdata: rdata, table: $0) } ?? -1))
-                if set.type == .cname || set.type == .dname { targets.append(rdata.map(asciiLowerByte)) }
-            }
-            if RRSet.storesRecords(of: set.type) { stored.append(all.decode(ref)) }
-        }
-        return RRSet(type: set.type, ttl: set.ttl, records: stored,
-                     compiled: CompiledRecords(entries: scratch.entries, wire: scratch.wire, targets: targets))
-    }
-
     /// Sets every record's additional-section node from `table` (records compiled before the
     /// zone's names were known). In place when the buffer is not shared.
     mutating func resolveAdditionalNodes(type: RRType, table: NameTable) {

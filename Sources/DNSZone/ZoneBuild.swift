@@ -241,7 +241,7 @@ package struct CompiledOwners: Sendable, ZoneOwners {
         rrsets.reserveCapacity(all.owners.count)
         for owner in 0..<all.owners.count {
             names.append(all.name(of: owner))
-            rrsets.append(all.sets(of: owner).map { CompiledRecords.compile($0, from: all, scratch: &scratch, table: nil) })
+            rrsets.append(all.sets(of: owner).map { RRSet($0, from: all, scratch: &scratch, table: nil) })
         }
         errors = all.logs.first?.errors ?? []
     }
@@ -294,6 +294,29 @@ extension LoggedRecords: ZoneOwners {
 }
 
 extension RRSet {
+    /// A master-file RRset compiled from a zone load's logs: the records' wire bytes copied as
+    /// they are, each with the node of its additional-section target in `table`.
+    /// `table` nil: no nodes yet (`resolveAdditionalNodes` sets them once the zone's names are known).
+    init(_ set: LoggedSet, from all: LoggedRecords, scratch: inout CompiledRecords.CompileScratch, table: NameTable?) {
+        scratch.wire.removeAll(keepingCapacity: true)
+        scratch.entries.removeAll(keepingCapacity: true)
+        var targets: [[UInt8]] = []
+        var stored: [RData] = []
+        for ref in set.members {
+            let record = all.record(ref)
+            all.withRData(ref) { rdata in
+                scratch.wire.append(contentsOf: rdata)
+                let additional = table.map { Zone.additionalNode(type: set.type, rdata: rdata, table: $0) } ?? -1
+                scratch.entries.append(CompiledRecords.Entry(end: UInt32(scratch.wire.count), firstNameAt: record.firstNameAt,
+                                                             secondNameAt: record.secondNameAt, additionalNode: additional))
+                if set.type == .cname || set.type == .dname { targets.append(rdata.map(asciiLowerByte)) }
+            }
+            if RRSet.storesRecords(of: set.type) { stored.append(all.decode(ref)) }
+        }
+        self.init(type: set.type, ttl: set.ttl, records: stored,
+                  compiled: CompiledRecords(entries: scratch.entries, wire: scratch.wire, targets: targets))
+    }
+
     /// The records of `later` (the same owner's RRset of this type, further on in the file)
     /// added to these: duplicates collapse and this set's TTL holds (RFC 2181 §5, §5.2).
     func merging(_ later: RRSet) -> RRSet {
@@ -338,7 +361,7 @@ extension Zone {
             for slot in slots.lazy.map({ Int($0) }) {
                 // File order: minimal ANY answers with the name's first RRset, as NSD does.
                 let rrsets = slot < ownerCount
-                    ? all.sets(of: slot).map { CompiledRecords.compile($0, from: all, scratch: &scratch, table: layout.table) } : []
+                    ? all.sets(of: slot).map { RRSet($0, from: all, scratch: &scratch, table: layout.table) } : []
                 nodes.append(Node(name: layout.names[slot], kind: layout.kind(ofSlot: slot), rrsets: rrsets))
             }
             return nodes
