@@ -49,28 +49,30 @@ public struct MasterFileParser {
     private var lastOwnerText: ArraySlice<UInt8> = []
     private var errors: [ZoneError] = []
     private var records: [ParsedRecord] = []
-    /// When set, records are packed here as they are parsed instead of kept in `records` (a
-    /// zone load: no array of a million parsed records is ever held).
+    /// What a parse gives: `records`, or for a zone load (where no array of a million parsed
+    /// records is ever held) the records packed in `log`, or that log compiled by owner.
+    enum Output { case records, logs, compiled }
+    private let output: Output
+    /// With `.logs` and `.compiled`: the records, packed as they are parsed.
     private var log: RecordLog?
-    /// With `log`: the log compiled by owner once the file (or its part) is parsed, when asked.
+    /// With `.compiled`: the log compiled by owner once the file (or its part) is parsed.
     private var compiled: CompiledOwners?
-    private let compiles: Bool
     private let names = NameInterner()
     /// The files read, main file first.
     private var files: [FileStamp] = []
 
-    private init(origin: DomainName, grouped: Bool = false, compiles: Bool = false) {
+    private init(origin: DomainName, output: Output) {
         self.origin = origin
-        log = grouped ? RecordLog(origin: origin) : nil
-        self.compiles = compiles
+        self.output = output
+        log = output == .records ? nil : RecordLog(origin: origin)
     }
 
     /// Parses master-file text. `file` names it in errors; `directory` resolves relative
     /// `$INCLUDE` paths (nil forbids `$INCLUDE`). `parts`: parse it in up to that many parts at
     /// once (`MasterFileSplit`), each at least `partBytesMin` long.
     public static func parse(text: [UInt8], file: String, origin: DomainName, directory: String? = nil) throws(ZoneLoadError) -> [ParsedRecord] {
-        try parse(bytes: text, file: file, origin: origin, directory: directory, files: [], parts: 1, partBytesMin: partBytesMin,
-                  grouped: false).parsers[0].records
+        try parse(bytes: text, file: file, origin: origin, directory: directory, files: [], parts: 1,
+                  partBytesMin: partBytesMin).parsers[0].records
     }
 
     /// `parse(text:...)` in up to `parts` parts of at least `partBytesMin` bytes. Errors are
@@ -79,7 +81,7 @@ public struct MasterFileParser {
     package static func parse(text: [UInt8], file: String, origin: DomainName, parts: Int, partBytesMin: Int,
                               reparseOnError: Bool = true) throws(ZoneLoadError) -> [ParsedRecord] {
         Array(try parse(bytes: text, file: file, origin: origin, directory: nil, files: [], parts: parts, partBytesMin: partBytesMin,
-                        grouped: false, reparseOnError: reparseOnError).parsers.map(\.records).joined())
+                        reparseOnError: reparseOnError).parsers.map(\.records).joined())
     }
 
     public static func parse(path: String, origin: DomainName) throws(ZoneLoadError) -> [ParsedRecord] {
@@ -89,7 +91,7 @@ public struct MasterFileParser {
     /// Parses a master file and what it includes; `files` are their stamps. A large file is
     /// parsed in parts on the machine's cores.
     public static func parseFiles(path: String, origin: DomainName) throws(ZoneLoadError) -> (records: [ParsedRecord], files: [FileStamp]) {
-        let (parsers, files) = try parse(path: path, origin: origin, grouped: false, parts: processorCount(), partBytesMin: partBytesMin)
+        let (parsers, files) = try parse(path: path, origin: origin, output: .records, parts: processorCount(), partBytesMin: partBytesMin)
         return (parsers.count == 1 ? parsers[0].records : Array(parsers.map(\.records).joined()), files)
     }
 
@@ -97,7 +99,7 @@ public struct MasterFileParser {
     /// the file (in file order), as `Zone.init(origin:logs:...)` takes them.
     package static func parseFileLogs(path: String, origin: DomainName, parts: Int = processorCount(),
                                       partBytesMin: Int = partBytesMin) throws(ZoneLoadError) -> (logs: [RecordLog], files: [FileStamp]) {
-        var (parsers, files) = try parse(path: path, origin: origin, grouped: true, parts: parts, partBytesMin: partBytesMin)
+        var (parsers, files) = try parse(path: path, origin: origin, output: .logs, parts: parts, partBytesMin: partBytesMin)
         var logs: [RecordLog] = []
         for k in parsers.indices { logs.append(parsers[k].log.take()!) }
         parsers = []
@@ -109,7 +111,7 @@ public struct MasterFileParser {
     /// records of only the parts being parsed, beside the RRsets compiled so far.
     package static func parseFileCompiled(path: String, origin: DomainName, parts: Int = processorCount(),
                                           partBytesMin: Int = partBytesMin) throws(ZoneLoadError) -> (parts: [CompiledOwners], files: [FileStamp]) {
-        var (parsers, files) = try parse(path: path, origin: origin, grouped: true, compiles: true, parts: parts, partBytesMin: partBytesMin)
+        var (parsers, files) = try parse(path: path, origin: origin, output: .compiled, parts: parts, partBytesMin: partBytesMin)
         var compiled: [CompiledOwners] = []
         for k in parsers.indices { compiled.append(parsers[k].compiled.take()!) }
         parsers = []
@@ -121,11 +123,11 @@ public struct MasterFileParser {
     private mutating func finish() {
         names.removeAll()
         lastOwnerText = []
-        guard compiles, errors.isEmpty, let log = log.take() else { return }
+        guard output == .compiled, errors.isEmpty, let log = log.take() else { return }
         compiled = CompiledOwners(log: log)
     }
 
-    private static func parse(path: String, origin: DomainName, grouped: Bool, compiles: Bool = false, parts: Int,
+    private static func parse(path: String, origin: DomainName, output: Output, parts: Int,
                               partBytesMin: Int) throws(ZoneLoadError) -> (parsers: [MasterFileParser], files: [FileStamp]) {
         let position = SourcePosition(file: path, line: 0, column: 0)
         var files: [FileStamp] = []
@@ -138,7 +140,7 @@ public struct MasterFileParser {
         // The pages are unmapped when the buffer goes: it must outlive every part's copy.
         let parsed = try withExtendedLifetime(buffer) { () throws(ZoneLoadError) in
             try parse(buffer: buffer.bytes, release: buffer.release, file: path, origin: origin, directory: directoryOf(path),
-                      files: files, parts: parts, partBytesMin: partBytesMin, grouped: grouped, compiles: compiles)
+                      files: files, parts: parts, partBytesMin: partBytesMin, output: output)
         }
         if let parsed { return parsed }
         // An error in a part: the file again, parsed from the start (its parts' pages are gone).
@@ -149,19 +151,18 @@ public struct MasterFileParser {
         } catch {
             throw ZoneLoadError([error])
         }
-        return try parseWhole(bytes: bytes, file: path, origin: origin, directory: directoryOf(path), files: files, grouped: grouped,
-                              compiles: compiles)
+        return try parseWhole(bytes: bytes, file: path, origin: origin, directory: directoryOf(path), files: files, output: output)
     }
 
     private static func parse(bytes: [UInt8], file: String, origin: DomainName, directory: String?, files: [FileStamp],
-                              parts wanted: Int, partBytesMin: Int, grouped: Bool,
+                              parts wanted: Int, partBytesMin: Int,
                               reparseOnError: Bool = true) throws(ZoneLoadError) -> (parsers: [MasterFileParser], files: [FileStamp]) {
         let parsed = try bytes.withUnsafeBufferPointer { buffer throws(ZoneLoadError) in
             try parse(buffer: buffer, release: nil, file: file, origin: origin, directory: directory, files: files, parts: wanted,
-                      partBytesMin: partBytesMin, grouped: grouped, compiles: false, reparseOnError: reparseOnError)
+                      partBytesMin: partBytesMin, output: .records, reparseOnError: reparseOnError)
         }
         if let parsed { return parsed }
-        return try parseWhole(bytes: bytes, file: file, origin: origin, directory: directory, files: files, grouped: grouped, compiles: false)
+        return try parseWhole(bytes: bytes, file: file, origin: origin, directory: directory, files: files, output: .records)
     }
 
     /// The smallest part of a file parsed on a core of its own: below this, a part's set-up
@@ -180,14 +181,13 @@ public struct MasterFileParser {
     /// `release` is told of each part's bytes once they are copied out.
     private static func parse(buffer: UnsafeBufferPointer<UInt8>, release: (@Sendable (Range<Int>) -> Void)?, file: String,
                               origin: DomainName, directory: String?, files: [FileStamp], parts wanted: Int, partBytesMin: Int,
-                              grouped: Bool, compiles: Bool,
+                              output: Output,
                               reparseOnError: Bool = true) throws(ZoneLoadError) -> (parsers: [MasterFileParser], files: [FileStamp])? {
-        let count = compiles ? max(wanted, min(compiledPartsMax, buffer.count / compiledPartBytes)) : min(wanted, partsMax)
+        let count = output == .compiled ? max(wanted, min(compiledPartsMax, buffer.count / compiledPartBytes)) : min(wanted, partsMax)
         let parts = MasterFileSplit.parts(of: buffer, parts: count, partBytesMin: partBytesMin)
         guard parts.count > 1 else {
             let bytes = Array(buffer)
-            return try parseWhole(bytes: bytes, file: file, origin: origin, directory: directory, files: files, grouped: grouped,
-                                  compiles: compiles)
+            return try parseWhole(bytes: bytes, file: file, origin: origin, directory: directory, files: files, output: output)
         }
         let results = ParallelResults<MasterFileParser>(count: parts.count)
         let source = SharedBytes(buffer: buffer)
@@ -196,10 +196,10 @@ public struct MasterFileParser {
             // originals, the others work on copies of their own.
             let ownOrigin = k == 0 ? origin : DomainName(uncheckedWire: origin.wire.withUnsafeBufferPointer { Array($0) })
             let file = k == 0 ? file : String(decoding: Array(file.utf8), as: UTF8.self)
-            var parser = MasterFileParser(origin: ownOrigin, grouped: grouped, compiles: compiles)
+            var parser = MasterFileParser(origin: ownOrigin, output: output)
             let part = parts[k]
             // Room for them at once, instead of growing (and faulting in) the array in steps.
-            if grouped {
+            if parser.log != nil {
                 parser.log!.reserve(records: part.recordsEstimate)
             } else {
                 parser.records.reserveCapacity(part.recordsEstimate)
@@ -236,8 +236,8 @@ public struct MasterFileParser {
 
     /// Parses `bytes` in one piece.
     private static func parseWhole(bytes: [UInt8], file: String, origin: DomainName, directory: String?, files: [FileStamp],
-                                   grouped: Bool, compiles: Bool) throws(ZoneLoadError) -> (parsers: [MasterFileParser], files: [FileStamp]) {
-        var parser = MasterFileParser(origin: origin, grouped: grouped, compiles: compiles)
+                                   output: Output) throws(ZoneLoadError) -> (parsers: [MasterFileParser], files: [FileStamp]) {
+        var parser = MasterFileParser(origin: origin, output: output)
         parser.files = files
         parser.parseFile(bytes: bytes, range: 0..<bytes.count, firstLine: 1, file: file, directory: directory, depth: 0)
         guard parser.errors.isEmpty else { throw ZoneLoadError(parser.errors) }
@@ -523,26 +523,9 @@ public struct FileStamp: Hashable, Sendable {
 /// Reads a whole file; `stamps` gets its stamp, taken before the read (a change during the
 /// read shows at the next reload).
 func readFile(_ path: String, position: SourcePosition, stamps: inout [FileStamp]) throws(ZoneError) -> [UInt8] {
-    guard let file = fopen(path, "rb") else {
-        throw ZoneError(position, "cannot open \(path): \(String(cString: strerror(errno)))")
-    }
-    defer { fclose(file) }
-    var info = stat()
-    if fstat(fileno(file), &info) == 0 { stamps.append(FileStamp(path: path, info)) }
-    var bytes: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 65536)
-    while true {
-        let n = chunk.withUnsafeMutableBytes { fread($0.baseAddress, 1, 65536, file) }
-        if n > 0 { bytes.append(contentsOf: chunk[0..<n]) }
-        if n < 65536 {
-            if ferror(file) != 0 { throw ZoneError(position, "cannot read \(path): \(String(cString: strerror(errno)))") }
-            break
-        }
-        if bytes.count > MasterFileParser.fileBytesMax {
-            throw ZoneError(position, "\(path) is larger than \(MasterFileParser.fileBytesMax) bytes")
-        }
-    }
-    return bytes
+    let buffer = try FileBuffer(reading: path, position: position, stamps: &stamps)
+    // The pages are unmapped when the buffer goes, which may be right after its last use.
+    return withExtendedLifetime(buffer) { Array(buffer.bytes) }
 }
 
 /// A whole file read into memory of its own (mapped anonymous pages, not the heap), for a
@@ -562,7 +545,8 @@ final class FileBuffer: @unchecked Sendable {
         guard fstat(descriptor, &info) == 0 else { throw ZoneError(position, "cannot read \(path): \(String(cString: strerror(errno)))") }
         stamps.append(FileStamp(path: path, info))
         guard (info.st_mode & S_IFMT) == S_IFREG else {
-            throw ZoneError(position, "cannot read \(path): \(String(cString: strerror((info.st_mode & S_IFMT) == S_IFDIR ? EISDIR : EINVAL)))")
+            let reason = (info.st_mode & S_IFMT) == S_IFDIR ? String(cString: strerror(EISDIR)) : "not a regular file"
+            throw ZoneError(position, "cannot read \(path): \(reason)")
         }
         guard info.st_size <= MasterFileParser.fileBytesMax else {
             throw ZoneError(position, "\(path) is larger than \(MasterFileParser.fileBytesMax) bytes")

@@ -175,7 +175,7 @@ struct ZoneLayout {
     /// below a cut and authoritative elsewhere.
     func kind(ofSlot slot: Int) -> Node.Kind {
         if slot < kinds.count { return kinds[slot] }
-        return Self.strictlyBelow(Array(names[slot].lowercased().wire), cuts) != nil ? .glue : .authoritative
+        return Self.strictlyBelow(names[slot].lowercased().wire, cuts) != nil ? .glue : .authoritative
     }
 
     /// The key of the nearest strict ancestor of `key` in `table`, if any.
