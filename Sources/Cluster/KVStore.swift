@@ -64,8 +64,9 @@ public struct KVEntry: Sendable, Equatable {
 
 /// The replicated KV state machine, applied from the Raft log into `kv.db`.
 ///
-/// Each entry is applied in one transaction together with the last applied index, so a restart
-/// skips exactly what is already in (entries at or below it are replayed by the core and ignored).
+/// Each entry is applied together with the last applied index, in the transaction of its Ready's
+/// batch (`commitApplied`), so a restart skips exactly what is already in (entries at or below
+/// it are replayed by the core and ignored).
 /// Indices are Raft log indices: CreateIndex/ModifyIndex mean what Consul's do.
 public final class KVStore: @unchecked Sendable {
     // @unchecked: written only by the Raft driver's loop (apply); reads take `lock`.
@@ -131,7 +132,7 @@ public final class KVStore: @unchecked Sendable {
             guard index > applied else { return }
             var outcome = false
             do {
-                try database.transaction { () throws(StoreError) in
+                try database.batchedTransaction { () throws(StoreError) in
                     if let command { outcome = try execute(command, at: index) }
                     try setApplied.run(.integer(Int64(index)))
                 }
@@ -146,6 +147,11 @@ public final class KVStore: @unchecked Sendable {
             outcomeOrder.append(index)
             if outcomeOrder.count > Self.outcomesMax { outcomes[outcomeOrder.removeFirst()] = nil }
         }
+    }
+
+    /// Commits the entries applied since the last call as one transaction (once per Ready).
+    public func commitApplied() throws {
+        try lock.withLock { () throws(StoreError) in try database.commitBatch() }
     }
 
     /// Whether the command at `index` took effect (a CAS may not); nil if unknown or forgotten.

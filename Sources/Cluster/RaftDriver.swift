@@ -488,6 +488,18 @@ public final class RaftDriver: @unchecked Sendable {
             }
             // 2-4. Send, install, apply and resolve proposals, confirmed reads.
             guard processor.finish(ready, later: later, &effects) else { return }
+            // The Ready's applies are one transaction per state machine (issue 16). Proposals
+            // resolved above already read their writes: the connection sees its own.
+            if !ready.committedEntries.isEmpty {
+                do {
+                    for participant in participants { try participant.commitApplied() }
+                } catch {
+                    logger.critical("cannot commit the applied entries; this server stops taking part",
+                                    metadata: ["raft.error": "\(error)"])
+                    halt("state machine commit failed: \(error)")
+                    return
+                }
+            }
             noteSlowReady(ready, started: started, saved: saved)
             // 4. Advance.
             node.advance(ready)

@@ -22,10 +22,16 @@ public protocol SnapshotParticipant: AnyObject, Sendable {
     /// An operator's restore may lack this section (a snapshot taken before this state machine
     /// existed): it is then left as it is. Default false: the section is required.
     var isOptionalInRestore: Bool { get }
+    /// Makes the entries applied since the last call one committed transaction (the driver calls
+    /// it once per Ready, after the Ready's entries are applied, and before a snapshot is taken).
+    /// A state machine that commits each entry by itself has nothing to do.
+    func commitApplied() throws
 }
 
 extension SnapshotParticipant {
     public var isOptionalInRestore: Bool { false }
+
+    public func commitApplied() throws {}
 
     /// The default check for state machines kept in SQLite (`Database.serialize`): the bytes must
     /// be a sound SQLite database.

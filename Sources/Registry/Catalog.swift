@@ -5,8 +5,9 @@ import Store
 /// The catalog state machine: applies committed registry entries to `registry.db` and to the
 /// in-memory `CatalogState` that every read and the DNS view come from.
 ///
-/// Each entry is applied in one SQLite transaction with the last applied index, so a restart
-/// resumes exactly: entries at or below it, replayed by the Raft core, are skipped. The database
+/// Each entry is written with the last applied index, in the SQLite transaction of its Ready's
+/// batch (`commitApplied`), so a restart resumes exactly: entries at or below it, replayed by
+/// the Raft core, are skipped. The database
 /// may use `synchronous=NORMAL` (DESIGN.md): it can be rebuilt from the log and a snapshot.
 public final class Catalog: @unchecked Sendable {
     // @unchecked: `current`, `applied`, the database and its statements are used only by the
@@ -170,7 +171,7 @@ public final class Catalog: @unchecked Sendable {
         let mutations = result?.0 ?? []
         let inMemory = DispatchTime.now().uptimeNanoseconds
         do {
-            try database.transaction { () throws(StoreError) in
+            try database.batchedTransaction { () throws(StoreError) in
                 for mutation in mutations { try write(mutation) }
                 try putMeta.run(.integer(Int64(index)), .integer(Int64(state.index)), .integer(Int64(state.nodesIndex)))
             }
@@ -217,6 +218,12 @@ public final class Catalog: @unchecked Sendable {
             try clearCheckRunners.run()
             for server in servers { try putCheckRunner.run(.integer(Int64(bitPattern: server))) }
         }
+    }
+
+    /// Commits the entries applied since the last call as one transaction (the driver calls it
+    /// once per Ready, on its loop).
+    public func commitApplied() throws {
+        try database.commitBatch()
     }
 
     // MARK: - Snapshots (called on the Raft driver's loop, between applies)

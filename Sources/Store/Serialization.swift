@@ -11,6 +11,7 @@ extension Database {
 
     /// A consistent image of the main database (`sqlite3_serialize`), WAL content included.
     public func serialize() throws(StoreError) -> [UInt8] {
+        try commitBatch()
         var size: sqlite3_int64 = 0
         guard let pointer = sqlite3_serialize(handle, "main", &size, 0) else {
             // An empty database (no page written yet) serialises to nothing.
@@ -58,6 +59,7 @@ extension Database {
     /// never a mix. Prepared statements of this connection stay usable (SQLite re-prepares them
     /// when the schema changed).
     public func replaceContents(with source: Database) throws(StoreError) {
+        try commitBatch()
         guard let backup = sqlite3_backup_init(handle, "main", source.handle, "main") else {
             throw error(sqlite3_errcode(handle), sql: nil)
         }

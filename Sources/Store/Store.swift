@@ -140,12 +140,51 @@ public final class Database {
 
     /// Runs `body` in one transaction: committed if it returns, rolled back if it throws.
     /// `BEGIN IMMEDIATE` takes the write lock up front, so the commit cannot fail with BUSY.
+    /// A batch left open by `batchedTransaction` is committed first.
     public func transaction<T, E: Error>(_ body: () throws(E) -> T) throws -> T {
+        try commitBatch()
         try execute("BEGIN IMMEDIATE")
         do {
             let value = try body()
             try execute("COMMIT")
             return value
+        } catch {
+            if sqlite3_get_autocommit(handle) == 0 { try? execute("ROLLBACK") }
+            throw error
+        }
+    }
+
+    /// Whether `batchedTransaction` left a transaction open for `commitBatch`.
+    public private(set) var batchOpen = false
+
+    /// Runs `body` inside the open batch transaction, opening one if none is: a state machine
+    /// applies a Ready's committed entries as one SQLite transaction (one set of WAL frames and
+    /// locks per Ready instead of per entry; issue 16), and the driver commits it with
+    /// `commitBatch` once the Ready's entries are applied. The connection sees its own writes
+    /// at once, so reads through it are unaffected. For `synchronous=NORMAL` state machines
+    /// only: a batch not yet committed is lost by a crash exactly as a NORMAL commit can be,
+    /// and the log replays it. If `body` throws, the whole batch is rolled back (the earlier
+    /// entries in it too): the caller must stop and let the next start replay them.
+    public func batchedTransaction<T, E: Error>(_ body: () throws(E) -> T) throws -> T {
+        if !batchOpen {
+            try execute("BEGIN IMMEDIATE")
+            batchOpen = true
+        }
+        do {
+            return try body()
+        } catch {
+            batchOpen = false
+            if sqlite3_get_autocommit(handle) == 0 { try? execute("ROLLBACK") }
+            throw error
+        }
+    }
+
+    /// Commits the transaction `batchedTransaction` left open, if any.
+    public func commitBatch() throws(StoreError) {
+        guard batchOpen else { return }
+        batchOpen = false
+        do {
+            try execute("COMMIT")
         } catch {
             if sqlite3_get_autocommit(handle) == 0 { try? execute("ROLLBACK") }
             throw error
@@ -165,6 +204,7 @@ public final class Database {
     /// Copies the whole database to `path` with SQLite's online backup API (a consistent
     /// snapshot while this connection keeps working).
     public func backup(to destinationPath: String) throws(StoreError) {
+        try commitBatch()
         let destination = try Database(path: destinationPath, durability: Durability(journal: .delete, synchronous: .full))
         guard let backup = sqlite3_backup_init(destination.handle, "main", handle, "main") else {
             throw destination.error(sqlite3_errcode(destination.handle), sql: nil)

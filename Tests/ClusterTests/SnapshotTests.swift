@@ -132,6 +132,30 @@ struct SQLiteImageTests {
         }
     }
 
+    /// A Ready's applies are one transaction, committed by `commitApplied` (issue 16): until
+    /// then the applying connection reads them, and a crash loses them all, never a part (the
+    /// log replays them from the applied index, which is in the same transaction).
+    @Test func kvAppliesAreOneTransactionUntilCommitted() throws {
+        let directory = try Directory()
+        let path = directory.path("kv.db")
+        let store = try KVStore(path: path)
+        func put(_ i: UInt64) throws { try store.apply(Entry(term: 1, index: LogIndex(i), data: KVCommand.put(key: "k\(i)", value: [UInt8(i)], flags: 0).encoded)) }
+        for i: UInt64 in 1...3 { try put(i) }
+        try store.commitApplied()
+        for i: UInt64 in 4...6 { try put(i) }
+        // The applier's own reads see the open batch at once.
+        #expect(try store.get("k", recurse: true).map(\.key) == ["k1", "k2", "k3", "k4", "k5", "k6"])
+        #expect(store.appliedIndex == 6)
+        // Another connection (a restart after a crash now) sees only the committed batch.
+        let other = try KVStore(path: path)
+        #expect(other.appliedIndex == 3)
+        #expect(try other.get("k", recurse: true).map(\.key) == ["k1", "k2", "k3"])
+        try store.commitApplied()
+        let after = try KVStore(path: path)
+        #expect(after.appliedIndex == 6)
+        #expect(try after.get("k6", recurse: false).first?.modifyIndex == 6)
+    }
+
     @Test func kvStoreRestoresAnImageWithItsAppliedIndex() throws {
         let directory = try Directory()
         let a = try KVStore(path: directory.path("a.db"))
@@ -150,6 +174,7 @@ struct SQLiteImageTests {
         try b.apply(Entry(term: 1, index: 91, data: KVCommand.put(key: "k6", value: [6], flags: 0).encoded))
         #expect(try b.get("skipped", recurse: false).isEmpty)
         #expect(try b.get("k6", recurse: false).first?.modifyIndex == 91)
+        try b.commitApplied()
         // A restart reads the restored state.
         let reopened = try KVStore(path: directory.path("b.db"))
         #expect(reopened.appliedIndex == 91)

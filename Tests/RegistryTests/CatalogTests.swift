@@ -22,11 +22,13 @@ func ttlCheck(_ id: String, service: String, on node: NodeRecord = node1, status
                                   definition: CheckDefinition(ttlSeconds: 10)), statusGiven: status != nil)
 }
 
-/// Applies commands at consecutive indices starting after the catalog's applied index.
+/// Applies commands at consecutive indices starting after the catalog's applied index, then
+/// commits them as the Raft driver does at the end of a Ready.
 @discardableResult
 func apply(_ catalog: Catalog, _ commands: CatalogCommand...) throws -> [CatalogChange?] {
     var changes: [CatalogChange?] = []
     for command in commands { changes.append(try catalog.apply(index: catalog.appliedIndex + 1, data: command.encoded)) }
+    try catalog.commitApplied()
     return changes
 }
 
