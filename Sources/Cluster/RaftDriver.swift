@@ -73,6 +73,9 @@ public final class RaftDriver: @unchecked Sendable {
         /// Test failpoint: pause this long while installing a snapshot from the leader, after
         /// raft.db holds it and before the state machines are replaced (0: no pause).
         public var snapshotInstallPauseMilliseconds: Int64 = 0
+        /// A proposal without an outcome after this long fails with `ProposeError.timedOut`
+        /// (checked every tick; tests shorten it).
+        public var proposalTimeoutMilliseconds: Int64 = RaftDriver.proposalTimeoutSeconds * 1000
 
         public init() {}
     }
@@ -109,6 +112,8 @@ public final class RaftDriver: @unchecked Sendable {
     private var refusals: [NodeID: (logged: NIODeadline?, suppressed: Int)] = [:]
     private var ticker: RepeatedTask?
     var pending: [LogIndex: (term: Term, promise: EventLoopPromise<LogIndex>, proposedAt: NIODeadline)] = [:]
+    /// Proposals taken since the last Ready: appended together, as one batch, when it starts.
+    private var proposalsQueued: [(data: [UInt8], promise: EventLoopPromise<LogIndex>, takenAt: NIODeadline)] = []
     /// When the Ready being handled started (the proposal stage histograms).
     var readyStarted = NIODeadline.now()
     /// Why the driver stopped; once set, this server claims nothing (no role, no leader).
@@ -177,6 +182,7 @@ public final class RaftDriver: @unchecked Sendable {
             self.ticker = self.loop.scheduleRepeatedTask(initialDelay: self.tick, delay: self.tick) { _ in
                 self.ticksHandled.withLockedValue { $0 &+= 1 }
                 self.event { $0.tick() }
+                self.expireProposals()
                 self.startReadRound()
                 self.maybePromoteLearners()
             }
@@ -270,22 +276,41 @@ public final class RaftDriver: @unchecked Sendable {
             guard self.stoppedReason == nil else { return self.loop.makeFailedFuture(ProposeError.stopped) }
             let taken = NIODeadline.now()
             self.countersBox.withLockedValue { $0.proposalQueue.record(seconds: Self.seconds(taken - submitted)) }
-            do throws(ProposalError) {
-                let (term, index) = try self.node.propose(data)
-                let promise = self.loop.makePromise(of: LogIndex.self)
+            let promise = self.loop.makePromise(of: LogIndex.self)
+            self.proposalsQueued.append((data, promise, taken))
+            self.scheduleReady()
+            return promise.futureResult
+        }
+    }
+
+    /// Appends the proposals taken since the last Ready as one batch: one append message per
+    /// follower for all of them, one answer from each, instead of one of each per proposal
+    /// (at 64 clients the peer sockets were the Raft threads' largest cost; issue 16).
+    private func appendQueuedProposals() {
+        guard !proposalsQueued.isEmpty else { return }
+        let batch = proposalsQueued
+        proposalsQueued = []
+        do throws(ProposalError) {
+            let indexes = try node.propose(batch: batch.map(\.data))
+            let term = node.hardState.term
+            for (index, proposal) in zip(indexes, batch) {
                 // An older proposal at this index (from an earlier term of ours) was superseded.
-                self.pending.updateValue((term, promise, taken), forKey: index)?.promise.fail(ProposeError.superseded)
-                self.loop.scheduleTask(in: .seconds(Self.proposalTimeoutSeconds)) {
-                    guard let waiting = self.pending[index], waiting.promise.futureResult === promise.futureResult else { return }
-                    self.pending[index] = nil
-                    waiting.promise.fail(ProposeError.timedOut)
-                }
-                self.scheduleReady()
-                return promise.futureResult
-            } catch {
-                self.countersBox.withLockedValue { $0.proposalsRefused += 1 }
-                return self.loop.makeFailedFuture(ProposeError.refused(error))
+                pending.updateValue((term, proposal.promise, proposal.takenAt), forKey: index)?.promise.fail(ProposeError.superseded)
             }
+        } catch {
+            countersBox.withLockedValue { $0.proposalsRefused += UInt64(batch.count) }
+            for proposal in batch { proposal.promise.fail(ProposeError.refused(error)) }
+        }
+    }
+
+    /// Fails the proposals that have waited `proposalTimeoutSeconds` (every tick: one sweep, not
+    /// a timer per proposal, whose heap was a visible cost at thousands of writes a second).
+    private func expireProposals() {
+        let now = NIODeadline.now()
+        let timeout = TimeAmount.milliseconds(options.proposalTimeoutMilliseconds)
+        for (index, waiting) in pending where now - waiting.proposedAt >= timeout {
+            pending[index] = nil
+            waiting.promise.fail(ProposeError.timedOut)
         }
     }
 
@@ -435,7 +460,7 @@ public final class RaftDriver: @unchecked Sendable {
                                 leader: halted ? nil : node.leader, commitIndex: node.commitIndex,
                                 appliedIndex: node.appliedIndex, lastContact: !halted && node.isLeader ? .zero : nil)
         let contact = halted ? nil : lastLeaderContact
-        published.withLockedValue { $0 = (status, contact, pending.count) }
+        published.withLockedValue { $0 = (status, contact, pending.count + proposalsQueued.count) }
     }
 
     // MARK: - On `loop`
@@ -460,6 +485,7 @@ public final class RaftDriver: @unchecked Sendable {
 
     func handleReady() {
         defer { publishStatus() }
+        if stoppedReason == nil { appendQueuedProposals() }
         while stoppedReason == nil && node.hasReady {
             let ready = node.ready()
             let started = NIODeadline.now()
@@ -535,6 +561,8 @@ public final class RaftDriver: @unchecked Sendable {
         ticker = nil
         for (_, waiting) in pending { waiting.promise.fail(ProposeError.stopped) }
         pending = [:]
+        for proposal in proposalsQueued { proposal.promise.fail(ProposeError.stopped) }
+        proposalsQueued = []
         for (_, round) in readsAsked { for (_, promise) in round { promise.fail(ProposeError.stopped) } }
         readsAsked = [:]
         for (_, promise) in readsQueued { promise.fail(ProposeError.stopped) }

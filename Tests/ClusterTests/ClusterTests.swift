@@ -33,7 +33,7 @@ struct ClusterTests {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("disco-cluster-\(UUID().uuidString)")
         var servers: [Server] = []
 
-        init(size: Int, tickMilliseconds: Int64 = RaftDriver.tickMillisecondsDefault) throws {
+        init(size: Int, tickMilliseconds: Int64 = RaftDriver.tickMillisecondsDefault, options: RaftDriver.Options = .init()) throws {
             try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
             let ids = (1...size).map { NodeID(rawValue: UInt64($0)) }
             var logger = Logger(label: "test")
@@ -49,7 +49,7 @@ struct ClusterTests {
                 let storage = try RaftStorage(path: directory.appendingPathComponent("raft-\(id).db").path)
                 let applied = server.applied
                 server.driver = try RaftDriver(config: config, storage: storage, transport: transport, loop: group.next(),
-                                               tickMilliseconds: tickMilliseconds, logger: logger) { applied.append($0.data) }
+                                               tickMilliseconds: tickMilliseconds, logger: logger, options: options) { applied.append($0.data) }
                 box.driver = server.driver
                 servers.append(server)
             }
@@ -112,6 +112,30 @@ struct ClusterTests {
         let leader = try cluster.leader(among: cluster.servers, seconds: 5)
         _ = try leader.driver.propose(Array("first".utf8)).wait()
         #expect(cluster.waitApplied(cluster.servers, count: 1, seconds: 5))
+    }
+
+    /// A proposal that cannot commit (the leader lost both followers) fails with `timedOut`
+    /// once its timeout has passed, not before, and the driver still works afterwards.
+    @Test func aProposalWithoutQuorumTimesOut() throws {
+        var options = RaftDriver.Options()
+        options.proposalTimeoutMilliseconds = 400
+        let cluster = try Cluster(size: 3, options: options)
+        let leader = try cluster.leader(among: cluster.servers)
+        _ = try leader.driver.propose(Array("committed".utf8)).wait()
+        for server in cluster.servers where server.id != leader.id { cluster.stop(server) }
+        let started = Date()
+        let proposals = (0..<3).map { leader.driver.propose(Array("stranded \($0)".utf8)) }
+        for proposal in proposals {
+            do {
+                _ = try proposal.wait()
+                Issue.record("a proposal committed without a quorum")
+            } catch let error as ProposeError {
+                #expect(error == .timedOut)
+            }
+        }
+        let waited = Date().timeIntervalSince(started)
+        #expect(waited >= 0.4 && waited < 5, "timed out after \(waited) s")
+        #expect(leader.driver.pendingProposals == 0)
     }
 
     @Test func concurrentReadsShareReadIndexRounds() throws {
