@@ -123,18 +123,27 @@ public final class PeerTransport: @unchecked Sendable {
         }
     }
 
-    /// Sends messages to their `to` servers. Thread-safe; never blocks.
+    /// Sends messages to their `to` servers. Thread-safe; never blocks. Called on the
+    /// transport's own loop (discod's Raft thread, which the driver shares), the messages are
+    /// written at once: a leader's appends leave before its fsync, and a follower's answer
+    /// before it applies, instead of after the Ready that sent them (issue 16).
     public func send(_ messages: [Message]) {
         guard !messages.isEmpty else { return }
-        loop.execute {
-            // One flush per connection per batch: a Ready's appends to a follower go out in
-            // one write syscall, not one each (the leader's sends were a sixth of its CPU).
-            var touched: [ObjectIdentifier: Channel] = [:]
-            for message in messages where message.to != self.id {
-                if let channel = self.enqueue(message) { touched[ObjectIdentifier(channel)] = channel }
-            }
-            for channel in touched.values { channel.flush() }
+        if loop.inEventLoop {
+            write(messages)
+        } else {
+            loop.execute { self.write(messages) }
         }
+    }
+
+    /// One flush per connection per batch: a Ready's appends to a follower go out in one write
+    /// syscall, not one each (the leader's sends were a sixth of its CPU).
+    private func write(_ messages: [Message]) {
+        var touched: [ObjectIdentifier: Channel] = [:]
+        for message in messages where message.to != id {
+            if let channel = enqueue(message) { touched[ObjectIdentifier(channel)] = channel }
+        }
+        for channel in touched.values { channel.flush() }
     }
 
     // MARK: - Outbound, on `loop`
