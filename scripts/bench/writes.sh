@@ -9,7 +9,7 @@
 #
 # Disco: PUT /v1/kv/bench/<n> on the leader (found with /v1/status/leader), or with --via
 # follower on a follower, which forwards each write to the leader (its forwarding pool). etcd: POST /v3/kv/put {"key","value"} (base64) on any member (etcd
-# forwards to its leader). Prints writes/s, p50 and p99 for both and the ratio.
+# forwards to its leader). Prints writes/s, p50, p99 and p99.9 for both and the ratio.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION=${DURATION:-10}
@@ -115,6 +115,12 @@ request = function()
   return wrk.format("PUT", "/v1/kv/bench/" .. (n % 1000), nil, "$value")
 end
 LUA
+# wrk prints p50-p99 only: both scripts also print p99.9 (microseconds) when the run is done.
+tail_lua='
+done = function(summary, latency, requests)
+  io.write(string.format("p99.9 %d\n", latency:percentile(99.9)))
+end'
+echo "$tail_lua" >>"$tmp/disco.lua"
 python3 - "$tmp/etcd.lua" "$value" <<'PY'
 import base64, sys
 path, value = sys.argv[1], sys.argv[2]
@@ -129,8 +135,9 @@ request = function()
 end
 """ % (keys, v))
 PY
+echo "$tail_lua" >>"$tmp/etcd.lua"
 
-run() { # name url script clients -> "writes/s p50 p99 errors"
+run() { # name url script clients -> "writes/s p50 p99 p99.9 errors"
   local out threads=$(($4 < 2 ? 1 : 2))
   out=$(wrk -t$threads -c"$4" -d"${DURATION}s" --latency -s "$3" "$2" 2>&1)
   echo "$out" >"$tmp/$1-$4.txt"
@@ -142,14 +149,15 @@ def pct(p):
     m = re.search(r"^\s+%s%%\s+([\d.]+)(us|ms|s)" % p, text, re.M)
     v, unit = float(m.group(1)), m.group(2)
     return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+p999 = float(re.search(r"^p99.9 (\d+)", text, re.M).group(1)) / 1000
 errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
 socket_errors = re.search(r"Socket errors: .*", text)
-print("%.0f %.2f %.2f %s" % (rps, pct(50), pct(99), (errors.group(1) if errors else "0") + ("+" if socket_errors else "")))
+print("%.0f %.2f %.2f %.2f %s" % (rps, pct(50), pct(99), p999, (errors.group(1) if errors else "0") + ("+" if socket_errors else "")))
 PY
 }
 
 printf '\n3 servers each, loopback, %ss per run, 60-byte values, wrk keep-alive, Disco via the %s\n' "$DURATION" "$VIA"
-printf '%-8s %14s %10s %10s %8s   %14s %10s %10s %8s   %8s %s\n' clients "disco w/s" "p50 ms" "p99 ms" errors "etcd w/s" "p50 ms" "p99 ms" errors ratio "disco terms"
+printf '%-8s %10s %7s %7s %8s %6s   %10s %7s %7s %8s %6s   %6s %s\n' clients "disco w/s" "p50 ms" "p99 ms" "p99.9 ms" errors "etcd w/s" "p50 ms" "p99 ms" "p99.9 ms" errors ratio "disco terms"
 term() { curl -s "http://$disco_leader/metrics" | awk '$1 == "disco_raft_term" { print $2 }'; }
 # The leader's stage histograms (issue 16): sums and counts, to print the means of one run.
 stages() { curl -s "http://$disco_leader/metrics" | awk '
@@ -177,16 +185,16 @@ for c in $CLIENTS; do
   # A leader change during the run shows as a term that moved (PreVote: no spurious bumps).
   term_before=$(term)
   stages_before=$(stages)
-  read -r dw dp50 dp99 derr < <(run disco "http://$disco_target" "$tmp/disco.lua" "$c")
+  read -r dw dp50 dp99 dp999 derr < <(run disco "http://$disco_target" "$tmp/disco.lua" "$c")
   term_after=$(term)
   stages_after=$(stages)
   if [ "$ETCD" = 1 ]; then
-    read -r ew ep50 ep99 eerr < <(run etcd "$etcd_url" "$tmp/etcd.lua" "$c")
+    read -r ew ep50 ep99 ep999 eerr < <(run etcd "$etcd_url" "$tmp/etcd.lua" "$c")
     ratio=$(python3 -c "print('%.2fx' % ($dw / $ew))")
   else
-    ew=- ep50=- ep99=- eerr=- ratio=-
+    ew=- ep50=- ep99=- ep999=- eerr=- ratio=-
   fi
-  printf '%-8s %14s %10s %10s %8s   %14s %10s %10s %8s   %8s %s\n' "$c" "$dw" "$dp50" "$dp99" "$derr" "$ew" "$ep50" "$ep99" "$eerr" "$ratio" "$term_before->${term_after:-gone}"
+  printf '%-8s %10s %7s %7s %8s %6s   %10s %7s %7s %8s %6s   %6s %s\n' "$c" "$dw" "$dp50" "$dp99" "$dp999" "$derr" "$ew" "$ep50" "$ep99" "$ep999" "$eerr" "$ratio" "$term_before->${term_after:-gone}"
   printf '         %s\n' "$(stage_means "$stages_before" "$stages_after")"
   if [ "$VIA" = follower ]; then
     # What forwarding cost in connections: opened by the follower so far (a build with the
