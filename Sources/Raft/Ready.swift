@@ -53,7 +53,10 @@ public enum Role: String, Hashable, Sendable {
 /// ## Ordering contract (etcd-io/raft's `Ready`; thesis §10.2.1 for the reasons)
 /// 1. **Persist first**: write `snapshot`, then `entries` (truncating the stored log at
 ///    `entries.first.index`, they replace anything from there on), then `hardState`, and make them
-///    durable (fsync). Doing it in one transaction is the cheapest way.
+///    durable (fsync). Doing it in one transaction is the cheapest way. Of the hard state, term
+///    and vote must be stored; the commit index is volatile (Raft Figure 2) and may be stored
+///    later or not at all: a restart with a lower one learns it again from the leader, and the
+///    state machines skip what they already applied (Cluster's driver stores it only now and then).
 /// 2. **Then send** `messages`. Every message may depend on step 1: a vote response on the
 ///    durable vote, an append response on durable entries. A message sent before its data is
 ///    durable can make a crash forget a vote or a replicated entry that others already counted.
