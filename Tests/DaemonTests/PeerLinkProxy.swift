@@ -122,10 +122,19 @@ final class PeerLinkProxy: @unchecked Sendable {
 }
 
 extension Message {
-    /// An append that carries at least one entry (not a bare commit update or probe).
-    var carriesEntries: Bool {
-        if case .append(let append) = kind { return !append.entries.isEmpty }
-        return false
+    /// An append with an entry whose bytes contain `needle` and not `excluded` (names of the
+    /// write a schedule waits for, so that the entries a server proposes by itself, or another
+    /// write's, do not count).
+    func carriesEntry(containing needle: String, excluding excluded: String? = nil) -> Bool {
+        guard case .append(let append) = kind else { return false }
+        func find(_ text: String, in data: [UInt8]) -> Bool {
+            let bytes = Array(text.utf8)
+            guard data.count >= bytes.count else { return false }
+            return (0...(data.count - bytes.count)).contains { data[$0..<($0 + bytes.count)].elementsEqual(bytes) }
+        }
+        return append.entries.contains { entry in
+            find(needle, in: entry.data) && !(excluded.map { find($0, in: entry.data) } ?? false)
+        }
     }
 
     /// Appends and snapshots: what moves a follower's log.
