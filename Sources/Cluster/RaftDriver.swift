@@ -497,15 +497,15 @@ public final class RaftDriver: @unchecked Sendable {
             // index is volatile state (Raft §5, Figure 2): one stored lower than it was is safe,
             // the leader tells it again and the state machines skip what they applied. Under
             // load this spares an fsync per heartbeat round on every follower.
-            let mustSync = !ready.entries.isEmpty || ready.snapshot != nil
-                || ready.hardState.map { $0.term != processor.durableTerm || $0.vote != processor.durableVote } ?? false
+            let termOrVoteChanged = ready.hardState.map { $0.term != processor.durableTerm || $0.vote != processor.durableVote } ?? false
+            let mustSync = !ready.entries.isEmpty || ready.snapshot != nil || termOrVoteChanged
             // The contract's order is ReadyProcessor's, shared with the simulator.
             var effects = DriverEffects(driver: self)
             let later = processor.begin(ready, &effects)
             // 1. Persist: nothing below may happen before this is durable.
             do throws(RaftStorageError) {
                 if mustSync {
-                    try storage.save(snapshot: ready.snapshot, entries: ready.entries, hardState: hardStateToStore(ready))
+                    try storage.save(snapshot: ready.snapshot, entries: ready.entries, hardState: hardStateToStore(ready, termOrVoteChanged: termOrVoteChanged))
                 }
             } catch {
                 // The environment failed; this server must not act on state it could not keep.
@@ -559,12 +559,11 @@ public final class RaftDriver: @unchecked Sendable {
     /// more writes/s (issue 16). It is still stored every `storedCommitLagEntriesMax` entries,
     /// and when a servers entry commits, which a restart reads from the log up to it
     /// (`loadServers`: the addresses of joined servers).
-    private func hardStateToStore(_ ready: Ready) -> HardState? {
+    private func hardStateToStore(_ ready: Ready, termOrVoteChanged: Bool) -> HardState? {
         guard let hard = ready.hardState else { return nil }
-        let termOrVote = hard.term != processor.durableTerm || hard.vote != processor.durableVote
         let lagging = hard.commit.rawValue >= storedCommit.rawValue + Self.storedCommitLagEntriesMax
         let servers = ready.committedEntries.contains { $0.kind == .normal && $0.data.first == ClusterCommandTag.servers }
-        guard termOrVote || lagging || servers else { return nil }
+        guard termOrVoteChanged || lagging || servers else { return nil }
         storedCommit = hard.commit
         return hard
     }

@@ -149,13 +149,20 @@ public final class Database {
             try execute("COMMIT")
             return value
         } catch {
-            if sqlite3_get_autocommit(handle) == 0 { try? execute("ROLLBACK") }
+            rollbackIfOpen()
             throw error
         }
     }
 
-    /// Whether `batchedTransaction` left a transaction open for `commitBatch`.
-    public private(set) var batchOpen = false
+    /// After a failed statement: SQLite may have rolled the transaction back already.
+    private func rollbackIfOpen() {
+        if sqlite3_get_autocommit(handle) == 0 { try? execute("ROLLBACK") }
+    }
+
+    /// Whether `batchedTransaction` left a transaction open for `commitBatch`. Kept, not read
+    /// from SQLite: `commitBatch` (also called first by `transaction`, `serialize`, ...) must
+    /// commit only a batch, never a transaction some caller of those has open.
+    private var batchOpen = false
 
     /// Runs `body` inside the open batch transaction, opening one if none is: a state machine
     /// applies a Ready's committed entries as one SQLite transaction (one set of WAL frames and
@@ -174,7 +181,7 @@ public final class Database {
             return try body()
         } catch {
             batchOpen = false
-            if sqlite3_get_autocommit(handle) == 0 { try? execute("ROLLBACK") }
+            rollbackIfOpen()
             throw error
         }
     }
@@ -186,7 +193,7 @@ public final class Database {
         do {
             try execute("COMMIT")
         } catch {
-            if sqlite3_get_autocommit(handle) == 0 { try? execute("ROLLBACK") }
+            rollbackIfOpen()
             throw error
         }
     }
