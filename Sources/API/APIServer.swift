@@ -193,48 +193,47 @@ final class APIRouter: Sendable {
     }
 
     func handle(_ request: APIRequest, on loop: EventLoop) -> EventLoopFuture<APIResponse> {
-        loop.makeSucceededFuture(driver.currentStatus).flatMap { status in
-            switch request.path {
-            case "/health": return loop.makeSucceededFuture(.text("ok", status: .ok))
-            case "/ready": return loop.makeSucceededFuture(self.ready(status))
-            case "/metrics":
-                // With each follower's match index (the leader's view), read on the driver's loop.
-                return self.driver.detailedStatus.hop(to: loop).map { self.metrics(status, detail: $0) }
-                    .recover { _ in self.metrics(status, detail: nil) }
-            default: break
-            }
-            var request = request
-            if let acl = self.acl {
-                if let refusal = acl.context.posingAsServer(request) { return loop.makeSucceededFuture(.forbidden(refusal)) }
-                guard let authorizer = acl.context.authorizer(for: request) else {
-                    // A token this server does not know yet (made a moment ago on the leader)
-                    // may be known there: a request the leader serves is decided by the leader.
-                    if Self.needsLeader(request) && status.role != .leader && !request.forwarded {
-                        return self.forwardToLeader(request, status, on: loop)
-                    }
-                    return loop.makeSucceededFuture(.aclNotFound)
-                }
-                request.authorizer = authorizer
-            }
-            if let denied = Self.clusterEndpointDenial(request) { return loop.makeSucceededFuture(denied) }
-            if request.path == CatalogProposer.path { return self.proposeFromPeer(request, status, on: loop) }
-            // A TTL renewal goes to the server that runs the check, not to the leader: a renewal
-            // that changes nothing is no log entry (Health).
-            if let registry = self.registry, registry.isTTLRenewal(request) {
-                if !request.forwarded, let owner = registry.renewalOwner(request), owner != self.driver.id {
-                    return self.forward(request, to: owner, toLeader: false, status, on: loop)
-                }
-                return registry.handle(request, status: status, on: loop)
-            }
-            if Self.needsLeader(request) && status.role != .leader {
-                return self.forwardToLeader(request, status, on: loop)
-            }
-            if let registry = self.registry, RegistryService.owns(request.path) {
-                return registry.handle(request, status: status, on: loop)
-            }
-            if request.path.hasPrefix("/v1/acl/"), let acl = self.acl { return acl.handle(request, status: status, on: loop) }
-            return self.kv.route(request, status: status, on: loop)
+        let status = driver.currentStatus
+        switch request.path {
+        case "/health": return loop.makeSucceededFuture(.text("ok", status: .ok))
+        case "/ready": return loop.makeSucceededFuture(self.ready(status))
+        case "/metrics":
+            // With each follower's match index (the leader's view), read on the driver's loop.
+            return self.driver.detailedStatus.hop(to: loop).map { self.metrics(status, detail: $0) }
+                .recover { _ in self.metrics(status, detail: nil) }
+        default: break
         }
+        var request = request
+        if let acl = self.acl {
+            if let refusal = acl.context.posingAsServer(request) { return loop.makeSucceededFuture(.forbidden(refusal)) }
+            guard let authorizer = acl.context.authorizer(for: request) else {
+                // A token this server does not know yet (made a moment ago on the leader)
+                // may be known there: a request the leader serves is decided by the leader.
+                if Self.needsLeader(request) && status.role != .leader && !request.forwarded {
+                    return self.forwardToLeader(request, status, on: loop)
+                }
+                return loop.makeSucceededFuture(.aclNotFound)
+            }
+            request.authorizer = authorizer
+        }
+        if let denied = Self.clusterEndpointDenial(request) { return loop.makeSucceededFuture(denied) }
+        if request.path == CatalogProposer.path { return self.proposeFromPeer(request, status, on: loop) }
+        // A TTL renewal goes to the server that runs the check, not to the leader: a renewal
+        // that changes nothing is no log entry (Health).
+        if let registry = self.registry, registry.isTTLRenewal(request) {
+            if !request.forwarded, let owner = registry.renewalOwner(request), owner != self.driver.id {
+                return self.forward(request, to: owner, toLeader: false, status, on: loop)
+            }
+            return registry.handle(request, status: status, on: loop)
+        }
+        if Self.needsLeader(request) && status.role != .leader {
+            return self.forwardToLeader(request, status, on: loop)
+        }
+        if let registry = self.registry, RegistryService.owns(request.path) {
+            return registry.handle(request, status: status, on: loop)
+        }
+        if request.path.hasPrefix("/v1/acl/"), let acl = self.acl { return acl.handle(request, status: status, on: loop) }
+        return self.kv.route(request, status: status, on: loop)
     }
 
     /// The ACL check of the endpoints that act on the whole cluster: snapshots need `acl`
@@ -489,6 +488,11 @@ struct APIResponse {
     var headers: [(String, String)] = []
     var body: [UInt8] = []
 
+    /// `true` or `false`: every KV write's answer, spelled without JSONSerialization's casts.
+    static func json(_ value: Bool, status: HTTPResponseStatus = .ok, headers: [(String, String)] = []) -> APIResponse {
+        APIResponse(status: status, headers: [("Content-Type", "application/json")] + headers, body: Array((value ? "true" : "false").utf8))
+    }
+
     static func json(_ value: Any, status: HTTPResponseStatus = .ok, headers: [(String, String)] = []) -> APIResponse {
         let data = (try? JSONSerialization.data(withJSONObject: value, options: [.fragmentsAllowed, .sortedKeys])) ?? Data()
         return APIResponse(status: status, headers: [("Content-Type", "application/json")] + headers, body: Array(data))
@@ -673,13 +677,19 @@ final class KVService: Sendable {
         }
         guard status.role == .leader else { return loop.makeSucceededFuture(notLeader(status)) }
         if let refusal = gate.refusal(for: request) { return loop.makeSucceededFuture(refusal) }
-        return driver.propose(command.encoded).hop(to: loop).map { index in
-            let applied = self.kv.outcome(at: index.rawValue) ?? false
-            return .json(applied, headers: [("X-Consul-Index", "\(index.rawValue)")])
-        }.flatMapErrorThrowing { error in
-            if case ProposeError.refused(.notLeader) = error { return self.notLeader(status) }
-            return .text("write failed: \(error)", status: .serviceUnavailable)
+        let answer = loop.makePromise(of: APIResponse.self)
+        driver.propose(command.encoded, on: loop).whenComplete { result in
+            switch result {
+            case .success(let index):
+                let applied = self.kv.outcome(at: index.rawValue) ?? false
+                answer.succeed(.json(applied, headers: [("X-Consul-Index", "\(index.rawValue)")]))
+            case .failure(ProposeError.refused(.notLeader)):
+                answer.succeed(self.notLeader(status))
+            case .failure(let error):
+                answer.succeed(.text("write failed: \(error)", status: .serviceUnavailable))
+            }
         }
+        return answer.futureResult
     }
 }
 
@@ -755,7 +765,7 @@ final class HTTPHandler: ChannelInboundHandler {
             var query: [String: String] = [:]
             for (name, value) in items { query[name] = value }
             var request = APIRequest(method: head.method, uri: head.uri, path: path, query: query, queryItems: items,
-                                     headers: head.headers, remoteAddress: context.channel.remoteAddress?.ipAddress ?? "",
+                                     headers: head.headers, remoteAddress: clientAddress(context),
                                      body: body)
             request.bodyFile = upload
             body = []
@@ -768,6 +778,16 @@ final class HTTPHandler: ChannelInboundHandler {
                 handler.respond(context, response, head: head, keepAlive: keepAlive)
             }
         }
+    }
+
+    /// The client's IP address, formatted once per connection (`inet_ntop` is a `sprintf`).
+    private var clientAddressText: String?
+
+    private func clientAddress(_ context: ChannelHandlerContext) -> String {
+        if let clientAddressText { return clientAddressText }
+        let text = context.channel.remoteAddress?.ipAddress ?? ""
+        clientAddressText = text
+        return text
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -837,15 +857,21 @@ final class HTTPHandler: ChannelInboundHandler {
     /// `/v1/kv/a%20b?recurse&cas=3` → ("/v1/kv/a b", ["recurse": "", "cas": "3"]).
     static func split(_ uri: String) -> (String, [(String, String)]) {
         let pieces = uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)
-        let path = String(pieces[0]).removingPercentEncoding ?? String(pieces[0])
+        let path = percentDecoded(pieces[0])
         var query: [(String, String)] = []
         if pieces.count > 1 {
             for pair in pieces[1].split(separator: "&") {
                 let kv = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
-                let name = String(kv[0]).removingPercentEncoding ?? String(kv[0])
-                query.append((name, kv.count > 1 ? (String(kv[1]).removingPercentEncoding ?? String(kv[1])) : ""))
+                query.append((percentDecoded(kv[0]), kv.count > 1 ? percentDecoded(kv[1]) : ""))
             }
         }
         return (path, query)
+    }
+
+    /// Foundation's percent-decoding, asked only of text that has a `%` (most has none).
+    private static func percentDecoded(_ text: Substring) -> String {
+        let plain = String(text)
+        guard text.utf8.contains(UInt8(ascii: "%")) else { return plain }
+        return plain.removingPercentEncoding ?? plain
     }
 }

@@ -146,7 +146,13 @@ final class ConnectionGuard: ChannelDuplexHandler {
     private let counter: ConnectionCounter
     private var state = State.idle
     private var client: String?
-    private var deadline: Scheduled<Void>?
+    /// When the connection is closed unless it moves on (nil while a request is served).
+    private var deadline: NIODeadline?
+    /// The one timer that enforces `deadline`, and when it fires: never after `deadline`, but
+    /// possibly before, when it looks again. Re-arming to a later deadline (every request moves
+    /// it) keeps the timer; scheduling and cancelling one per state change was four heap
+    /// operations per request on the HTTP loop (issue 16).
+    private var timer: (at: NIODeadline, task: Scheduled<Void>)?
 
     init(counter: ConnectionCounter) { self.counter = counter }
 
@@ -162,7 +168,9 @@ final class ConnectionGuard: ChannelDuplexHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        deadline?.cancel()
+        timer?.task.cancel()
+        timer = nil
+        deadline = nil
         if let client { counter.release(client) }
         client = nil
         context.fireChannelInactive()
@@ -189,7 +197,7 @@ final class ConnectionGuard: ChannelDuplexHandler {
         switch (progress, state) {
         case (.received, .reading), (.received, .idle):
             state = .serving
-            deadline?.cancel()
+            deadline = nil
         case (.answered, .serving), (.answered, .reading):
             state = .idle
             arm(context, seconds: counter.limits.idleTimeoutSeconds)
@@ -200,9 +208,27 @@ final class ConnectionGuard: ChannelDuplexHandler {
     }
 
     private func arm(_ context: ChannelHandlerContext, seconds: Int) {
-        deadline?.cancel()
-        let channel = context.channel
-        deadline = context.eventLoop.scheduleTask(in: .seconds(Int64(seconds))) { channel.close(promise: nil) }
+        let at = NIODeadline.now() + .seconds(Int64(seconds))
+        deadline = at
+        if let timer, timer.at <= at { return }
+        timer?.task.cancel()
+        schedule(at, channel: context.channel)
+    }
+
+    /// Fires at `at`: closes the connection if its deadline has passed, else waits for it.
+    private func schedule(_ at: NIODeadline, channel: Channel) {
+        let handler = NIOLoopBound(self, eventLoop: channel.eventLoop)
+        let task = channel.eventLoop.scheduleTask(deadline: at) {
+            let guard_ = handler.value
+            guard_.timer = nil
+            guard let deadline = guard_.deadline else { return }
+            if deadline <= .now() {
+                channel.close(promise: nil)
+            } else {
+                guard_.schedule(deadline, channel: channel)
+            }
+        }
+        timer = (at, task)
     }
 
     /// Answers 429 without reading the request, half-closes, and drops the connection shortly

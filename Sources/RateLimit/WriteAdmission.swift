@@ -119,9 +119,10 @@ public final class WriteAdmission: Sendable {
     public var counters: Counters { state.withLock { $0.counters } }
 
     /// Whether a write from `client` (its IP address) is taken now. `jitter` in [0, 1) spreads
-    /// the Retry-After of clients refused together (a test passes a fixed one).
+    /// the Retry-After of clients refused together (a test passes a fixed one); drawn only for
+    /// a refusal, since the system generator is a `getrandom` syscall per draw (issue 16).
     public func admit(client: String, now: Double = WriteAdmission.monotonicSeconds(),
-                      jitter: Double = Double.random(in: 0..<1)) -> Decision {
+                      jitter: Double? = nil) -> Decision {
         let config = configuration
         guard config.mode != .disabled else { return .admit }
         return state.withLock { state in
@@ -164,7 +165,7 @@ public final class WriteAdmission: Sendable {
                 // The refused of the last second, spread at the rate: how long until the bucket
                 // has served them all. Grows with the herd; jitter spreads it over [1x, 2x).
                 let pressure = Double(max(state.refusedThisSlot, state.refusedLastSlot)) / Double(max(refusal.rate, 1))
-                let seconds = Int((max(1, pressure) * (1 + jitter)).rounded(.up))
+                let seconds = Int((max(1, pressure) * (1 + (jitter ?? Double.random(in: 0..<1)))).rounded(.up))
                 return .refuse(retryAfterSeconds: min(Self.retryAfterSecondsMax, seconds), reason: refusal.reason)
             }
             if config.writesPerSecond > 0 { state.global.tokens -= 1 }
