@@ -151,13 +151,14 @@ public final class RaftStorage {
 
     /// The checksum stored with an entry: CRC-32 of its index and term (big-endian), kind, data.
     static func checksum(_ entry: Entry) -> UInt32 {
-        var header: [UInt8] = []
-        header.reserveCapacity(17)
-        for value in [entry.index.rawValue, entry.term.rawValue] {
-            for shift in stride(from: 56, through: 0, by: -8) { header.append(UInt8(truncatingIfNeeded: value >> UInt64(shift))) }
+        // The 17-byte header on the stack: this runs for every entry stored and loaded.
+        let header = withUnsafeTemporaryAllocation(byteCount: 17, alignment: 8) { header in
+            header.storeBytes(of: entry.index.rawValue.bigEndian, toByteOffset: 0, as: UInt64.self)
+            header.storeBytes(of: entry.term.rawValue.bigEndian, toByteOffset: 8, as: UInt64.self)
+            header.storeBytes(of: entry.kind.rawValue, toByteOffset: 16, as: UInt8.self)
+            return CRC32.update(CRC32.start, UnsafeRawBufferPointer(header))
         }
-        header.append(entry.kind.rawValue)
-        return CRC32.finish(CRC32.update(CRC32.update(CRC32.start, header[...]), entry.data[...]))
+        return CRC32.finish(CRC32.update(header, entry.data[...]))
     }
 
     private func corrupt(_ message: String) -> RaftStorageError {

@@ -39,6 +39,31 @@ struct SnapshotContainerTests {
         #expect(stored == crc ^ 0xFFFF_FFFF)
     }
 
+    /// The eight-bytes-a-step CRC against the bitwise one, at every length up to 40 and every
+    /// start offset up to 8 (the aligned loads, the byte tail), and split across two updates.
+    @Test func slicedCRCMatchesTheBitwiseOne() {
+        func bitwise(_ bytes: ArraySlice<UInt8>) -> UInt32 {
+            var crc: UInt32 = 0xFFFF_FFFF
+            for byte in bytes {
+                crc ^= UInt32(byte)
+                for _ in 0..<8 { crc = crc & 1 != 0 ? (crc >> 1) ^ 0xEDB8_8320 : crc >> 1 }
+            }
+            return crc ^ 0xFFFF_FFFF
+        }
+        var generator = SystemRandomNumberGenerator()
+        let bytes = (0..<64).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        for start in 0..<8 {
+            for length in 0...40 {
+                let slice = bytes[start..<(start + length)]
+                #expect(CRC32.checksum(slice) == bitwise(slice), "start \(start), length \(length)")
+                let middle = start + length / 3
+                #expect(CRC32.finish(CRC32.update(CRC32.update(CRC32.start, bytes[start..<middle]), bytes[middle..<(start + length)]))
+                        == bitwise(slice))
+            }
+        }
+        #expect(CRC32.checksum(Array("123456789".utf8)[...]) == 0xCBF4_3926)
+    }
+
     @Test func everyTruncationIsAnError() throws {
         let bytes = sample.encoded
         for length in 0..<bytes.count {
