@@ -37,9 +37,13 @@ struct StoreTests {
             try insert.run(.integer(Int64(row)), .blob([UInt8](repeating: UInt8(row & 0xFF), count: rowBytes)))
         }
         // Everything committed so far reaches the database file without another commit: the
-        // writer alone (backstop at 64 MiB) would have left the 4 MiB in the WAL.
+        // writer alone (backstop at 64 MiB) would have left the 4 MiB in the WAL. Waited for:
+        // a checkpoint begun after the last commit (one running across it copies only part).
+        let checkpointsAfterWrites = checkpointer.checkpoints + 2
         let deadline = Date().addingTimeInterval(10)
-        while fileBytes(path) < rows * rowBytes && Date() < deadline { usleep(20_000) }
+        while (fileBytes(path) < rows * rowBytes || checkpointer.checkpoints < checkpointsAfterWrites) && Date() < deadline {
+            usleep(20_000)
+        }
         #expect(fileBytes(path) >= rows * rowBytes, "database file \(fileBytes(path)) bytes; last checkpoint \(checkpointer.last)")
         #expect(checkpointer.last.result == 0 && checkpointer.last.copiedFrames == checkpointer.last.walFrames)
         #expect(try writer.scalar("SELECT count(*) FROM t") == .integer(Int64(rows)))
