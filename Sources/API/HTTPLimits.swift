@@ -219,13 +219,13 @@ final class ConnectionGuard: ChannelDuplexHandler {
     private func schedule(_ at: NIODeadline, channel: Channel) {
         let handler = NIOLoopBound(self, eventLoop: channel.eventLoop)
         let task = channel.eventLoop.scheduleTask(deadline: at) {
-            let guard_ = handler.value
-            guard_.timer = nil
-            guard let deadline = guard_.deadline else { return }
+            let connectionGuard = handler.value
+            connectionGuard.timer = nil
+            guard let deadline = connectionGuard.deadline else { return }
             if deadline <= .now() {
                 channel.close(promise: nil)
             } else {
-                guard_.schedule(deadline, channel: channel)
+                connectionGuard.schedule(deadline, channel: channel)
             }
         }
         timer = (at, task)

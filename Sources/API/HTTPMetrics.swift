@@ -45,15 +45,8 @@ final class HTTPMetrics: Sendable {
 
     func record(uri: String, method: HTTPMethod, status: HTTPResponseStatus, seconds: Double) {
         let route = Self.route(uri)
-        // Not "\(method)": describing an enum with payloads goes through reflection.
-        let methodLabel: String
-        switch method {
-        case .GET: methodLabel = "GET"
-        case .PUT: methodLabel = "PUT"
-        case .POST: methodLabel = "POST"
-        case .DELETE: methodLabel = "DELETE"
-        default: methodLabel = "other"
-        }
+        // rawValue, not "\(method)": describing an enum with payloads goes through reflection.
+        let methodLabel = Self.methods.contains(method) ? method.rawValue : "other"
         state.withLockedValue { state in
             state.requests[Key(route: route, method: methodLabel, code: status.code), default: 0] += 1
             state.latency[route, default: Metric.Histogram(bounds: Self.latencyBucketsSeconds)].record(seconds)
