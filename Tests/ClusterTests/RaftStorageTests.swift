@@ -74,6 +74,41 @@ struct RaftStorageTests {
         #expect(state.hardState.commit == 8)
     }
 
+    /// A compaction's covered entries are deleted a bounded number per later save, not in the
+    /// snapshot's transaction; until then a load (a restart) skips them, and a restart in the
+    /// middle carries on deleting where the last one stopped.
+    @Test func coveredEntriesAreDeletedAFewPerSave() throws {
+        let directory = try Directory()
+        let membership = Membership(voters: [1])
+        let perSave = UInt64(RaftStorage.coveredEntriesDeletedPerSaveMin)
+        let total = 3 * perSave + 10
+        func stored() throws -> SQLValue? { try Database(path: directory.path).scalar("SELECT count(*) FROM entries") }
+        var storage = try RaftStorage(path: directory.path)
+        try storage.save(snapshot: nil, entries: entries(1...total, term: 1), hardState: HardState(term: 1, commit: LogIndex(total)))
+        try storage.saveSnapshot(Snapshot(index: LogIndex(total - 5), term: 1, membership: membership, data: [7]))
+        #expect(try stored() == .integer(Int64(total)))
+        #expect(storage.coveredEntriesStored == total - 5)
+        #expect(try storage.load().entries.map(\.index.rawValue) == Array(total - 4...total))
+
+        // A save of one entry deletes the minimum; a save of many, twice as many as it appends.
+        try storage.save(snapshot: nil, entries: entries(total + 1...total + 1, term: 1), hardState: nil)
+        #expect(try stored() == .integer(Int64(total + 1 - perSave)))
+        let batch = perSave + 1
+        try storage.save(snapshot: nil, entries: entries(total + 2...total + 1 + batch, term: 1), hardState: nil)
+        #expect(try stored() == .integer(Int64(total + 1 + batch - perSave - 2 * batch)))
+
+        // A restart reads only what the snapshot does not cover, and finishes the deletion.
+        storage = try RaftStorage(path: directory.path)
+        #expect(storage.coveredEntriesStored == total - 5 - perSave - 2 * batch)
+        let state = try storage.load()
+        #expect(state.snapshot?.index == LogIndex(total - 5))
+        #expect(state.entries.map(\.index.rawValue) == Array(total - 4...total + 1 + batch))
+        try storage.save(snapshot: nil, entries: [], hardState: HardState(term: 2, commit: LogIndex(total)))
+        #expect(storage.coveredEntriesStored == 0)
+        #expect(try stored() == .integer(Int64(batch + 6)))
+        #expect(try storage.load().entries.map(\.index.rawValue) == Array(total - 4...total + 1 + batch))
+    }
+
     @Test func aCorruptLogIsReportedWithItsFileNeverRepaired() throws {
         let directory = try Directory()
         do {
