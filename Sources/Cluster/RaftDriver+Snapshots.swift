@@ -114,9 +114,11 @@ extension RaftDriver {
     func maybeSnapshot() -> Bool {
         let applied = node.appliedIndex
         if let pending = pendingCapture, pending.index <= node.snapshotIndex { pendingCapture = nil }
-        if pendingCapture == nil,
+        if pendingCapture == nil, !snapshotWriteInFlight,
            applied.rawValue >= max(node.snapshotIndex.rawValue, lastCaptureIndex.rawValue) + options.snapshotIntervalEntries {
             lastCaptureIndex = applied
+            let started = NIODeadline.now()
+            defer { lastCaptureNanoseconds = (NIODeadline.now() - started).nanoseconds }
             do {
                 let bytes = try capture().encoded
                 if bytes.count > SnapshotContainer.bytesMax {
@@ -135,12 +137,42 @@ extension RaftDriver {
         pendingCapture = nil
         node.compact(through: pending.index, data: pending.data)
         guard let snapshot = node.snapshot else { preconditionFailure("compacted without a snapshot") }
+        writeSnapshotFile(snapshot)
+        return true
+    }
+
+    /// The compaction above was in memory only. raft.db still holds the previous snapshot and
+    /// every entry after it, which is all a restart needs, so the new snapshot's bytes are
+    /// written by `snapshotWriter`, off this thread, and raft.db names them once they are
+    /// durable (issue 16: up to `SnapshotContainer.bytesMax` written and fsynced here held the
+    /// heartbeats up). No capture starts while one is being written.
+    private func writeSnapshotFile(_ snapshot: Snapshot) {
+        snapshotWriteInFlight = true
+        let file = storage.snapshotFilePath(for: snapshot.index)
+        snapshotWriter.async {
+            let written: Result<UInt32, RaftStorageError>
+            do throws(RaftStorageError) {
+                written = .success(try RaftStorage.writeSnapshotFile(snapshot.data, to: file))
+            } catch {
+                written = .failure(error)
+            }
+            self.loop.execute { self.snapshotFileWritten(snapshot, file: file, written) }
+        }
+    }
+
+    private func snapshotFileWritten(_ snapshot: Snapshot, file: String, _ written: Result<UInt32, RaftStorageError>) {
+        snapshotWriteInFlight = false
+        // Stopped meanwhile: the file is not recorded, and the next start removes it.
+        guard stoppedReason == nil else { return }
         do throws(RaftStorageError) {
-            try storage.saveSnapshot(snapshot)
+            guard try storage.recordSnapshot(snapshot, file: file, crc: written.get()) else {
+                logger.info("snapshot superseded by one installed from the leader", metadata: ["raft.snapshot.index": "\(snapshot.index)"])
+                return
+            }
         } catch {
             logger.critical("Raft storage failed; this server stops taking part", metadata: ["raft.error": "\(error)"])
             halt("storage failed: \(error)")
-            return false
+            return
         }
         countersBox.withLockedValue {
             $0.snapshotsTaken += 1
@@ -150,7 +182,7 @@ extension RaftDriver {
             "raft.snapshot.index": "\(snapshot.index)", "raft.snapshot.bytes": "\(snapshot.data.count)",
             "raft.first_index": "\(node.firstIndex)",
         ])
-        return true
+        publishStatus()
     }
 
     /// Installs a snapshot from the leader, already persisted in raft.db.

@@ -1,3 +1,4 @@
+import Dispatch
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -93,6 +94,12 @@ public final class RaftDriver: @unchecked Sendable {
     var node: RaftNode
     /// A snapshot taken and not yet used to compact (waiting for the trailing entries).
     var pendingCapture: (index: LogIndex, data: [UInt8])?
+    /// Writes the files of the snapshots this server takes, off the Raft thread.
+    let snapshotWriter = DispatchQueue(label: "disco-snapshot-writer")
+    /// A compaction's snapshot file is being written (`snapshotWriter`).
+    var snapshotWriteInFlight = false
+    /// How long a capture of the state machines held the Raft thread in this Ready (slow Ready logs).
+    var lastCaptureNanoseconds: Int64 = 0
     /// The applied index of the last capture attempt (a capture too large to ship is not retried
     /// before another interval).
     var lastCaptureIndex: LogIndex = .zero
@@ -168,6 +175,7 @@ public final class RaftDriver: @unchecked Sendable {
         self.participants = participants
         self.options = options
         let persistent = try storage.load()
+        storage.removeLeftoverSnapshotFiles()
         self.node = RaftNode(config: config, persistent: persistent)
         self.published = NIOLockedValueBox((RaftStatus(id: config.id, role: .follower, term: persistent.hardState.term,
                                                        leader: nil, commitIndex: .zero, appliedIndex: .zero), nil, 0))
@@ -192,9 +200,10 @@ public final class RaftDriver: @unchecked Sendable {
         }
     }
 
-    /// Stops ticking and fails every pending proposal.
+    /// Stops ticking and fails every pending proposal; waits for a snapshot file being written.
     public func stop() {
         try? loop.submit { self.halt("stopped", failed: false) }.wait()
+        snapshotWriter.sync {}
     }
 
     /// `handler` is called once (on the driver's loop) if the driver stops because its storage
@@ -240,6 +249,7 @@ public final class RaftDriver: @unchecked Sendable {
             "raft.ready_ms": "\((now - started).nanoseconds / 1_000_000)",
             "raft.save_ms": "\((saved - started).nanoseconds / 1_000_000)",
             "raft.apply_send_ms": "\((now - saved).nanoseconds / 1_000_000)",
+            "raft.snapshot_capture_ms": "\(lastCaptureNanoseconds / 1_000_000)",
             "raft.entries": "\(ready.entries.count)", "raft.committed": "\(ready.committedEntries.count)",
             "raft.committed_bytes": "\(ready.committedEntries.reduce(0) { $0 + $1.data.count })",
             "raft.slow_since_last_log": "\(slowReadiesSuppressed)"])
@@ -496,6 +506,7 @@ public final class RaftDriver: @unchecked Sendable {
             let ready = node.ready()
             let started = NIODeadline.now()
             readyStarted = started
+            lastCaptureNanoseconds = 0
             // Only the commit index moved: nothing to make durable (etcd's MustSync). The commit
             // index is volatile state (Raft §5, Figure 2): one stored lower than it was is safe,
             // the leader tells it again and the state machines skip what they applied. Under
@@ -534,13 +545,14 @@ public final class RaftDriver: @unchecked Sendable {
                     return
                 }
             }
-            noteSlowReady(ready, started: started, saved: saved)
             // 4. Advance.
             node.advance(ready)
             releaseReads()
             startReadRound()
             publishServersIfChanged()
             guard maybeSnapshot() else { return }
+            // After the snapshot step too: a capture of the state machines holds the thread.
+            noteSlowReady(ready, started: started, saved: saved)
             if ready.leader != lastLeader {
                 lastLeader = ready.leader
                 countersBox.withLockedValue { $0.leaderChanges += 1 }

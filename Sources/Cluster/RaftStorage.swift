@@ -14,7 +14,9 @@ public struct RaftStorageError: Error, Sendable, CustomStringConvertible {
 }
 
 /// The durable Raft state of one server in `DATA/raft.db`: hard state, log entries after the
-/// last snapshot, and the snapshot itself (metadata and state-machine bytes).
+/// last snapshot, and the snapshot itself: its metadata, and its state-machine bytes either in
+/// the row (a snapshot installed from the leader) or in a file beside raft.db that the row
+/// names (one this server took, `SnapshotFile`).
 ///
 /// SQLite in WAL mode with `synchronous=FULL`: a committed transaction is on disk. Everything
 /// one `Ready` asks to persist is written in **one transaction** (`save`), so a burst of proposals
@@ -32,8 +34,9 @@ public struct RaftStorageError: Error, Sendable, CustomStringConvertible {
 /// below the snapshot's index, and `load` skips them.
 public final class RaftStorage {
     /// The layout version in `meta`; a file with another version is refused. Version 2 added
-    /// `entries.crc` (a version 1 file is migrated in place: its entries keep a NULL checksum).
-    public static let schemaVersion: Int64 = 2
+    /// `entries.crc` (a version 1 file is migrated in place: its entries keep a NULL checksum);
+    /// version 3 `snapshot.data_file` and `snapshot.data_crc` (NULL: the bytes are in `data`).
+    public static let schemaVersion: Int64 = 3
 
     public let path: String
     private let database: Database
@@ -46,6 +49,8 @@ public final class RaftStorage {
     /// the snapshot and still stored, waiting to be deleted (none when `coveredFrom` is above).
     private var coveredFrom: UInt64 = 1
     private var coveredThrough: UInt64 = 0
+    /// The snapshot file the stored row names (its name, beside raft.db), if any.
+    private var dataFile: String?
 
     /// Every save deletes at least this many covered entries while any are left, and at least
     /// twice as many as it appends, so they are gone well before the next compaction whatever
@@ -66,7 +71,8 @@ public final class RaftStorage {
                     crc INTEGER);
                 CREATE TABLE IF NOT EXISTS snapshot (
                     id INTEGER PRIMARY KEY CHECK (id = 1),
-                    idx INTEGER NOT NULL, term INTEGER NOT NULL, membership BLOB NOT NULL, data BLOB NOT NULL);
+                    idx INTEGER NOT NULL, term INTEGER NOT NULL, membership BLOB NOT NULL, data BLOB NOT NULL,
+                    data_file TEXT, data_crc INTEGER);
                 INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', \(Self.schemaVersion));
                 """)
             if try database.scalar("SELECT value FROM meta WHERE key = 'schema_version'") == .integer(1) {
@@ -75,13 +81,19 @@ public final class RaftStorage {
                     UPDATE meta SET value = 2 WHERE key = 'schema_version'; COMMIT;
                     """)
             }
+            if try database.scalar("SELECT value FROM meta WHERE key = 'schema_version'") == .integer(2) {
+                try database.execute("""
+                    BEGIN; ALTER TABLE snapshot ADD COLUMN data_file TEXT; ALTER TABLE snapshot ADD COLUMN data_crc INTEGER;
+                    UPDATE meta SET value = 3 WHERE key = 'schema_version'; COMMIT;
+                    """)
+            }
             insertEntry = try database.prepare("INSERT INTO entries (idx, term, kind, data, crc) VALUES (?, ?, ?, ?, ?)")
             deleteEntriesFrom = try database.prepare("DELETE FROM entries WHERE idx >= ?")
             deleteEntriesThrough = try database.prepare("DELETE FROM entries WHERE idx <= ?")
             upsertHardState = try database.prepare(
                 "INSERT OR REPLACE INTO hard_state (id, term, vote, commit_index) VALUES (1, ?, ?, ?)")
             upsertSnapshot = try database.prepare(
-                "INSERT OR REPLACE INTO snapshot (id, idx, term, membership, data) VALUES (1, ?, ?, ?, ?)")
+                "INSERT OR REPLACE INTO snapshot (id, idx, term, membership, data, data_file, data_crc) VALUES (1, ?, ?, ?, ?, ?, ?)")
         } catch {
             throw RaftStorageError(path: path, message: "cannot open the Raft log", underlying: error)
         }
@@ -100,10 +112,21 @@ public final class RaftStorage {
                 if case .integer(let first)? = first { coveredFrom = UInt64(first) } else { coveredFrom = UInt64(index) + 1 }
                 coveredThrough = UInt64(index)
             }
+            if case .text(let name)? = try database.scalar("SELECT data_file FROM snapshot WHERE id = 1") { dataFile = name }
         } catch {
             throw RaftStorageError(path: path, message: "cannot read the snapshot's index", underlying: error)
         }
     }
+
+    /// Removes what a crash left: a snapshot file half written, or written and not recorded, or
+    /// replaced and not removed. Only for the server that owns raft.db, before it writes any
+    /// (a test that opens a live raft.db to look must not remove the file being written).
+    public func removeLeftoverSnapshotFiles() {
+        for file in SnapshotFile.all(beside: path) where SnapshotFile.basename(file) != dataFile { SnapshotFile.remove(file) }
+    }
+
+    /// Where a snapshot this server takes at `index` is written (`writeSnapshotFile`).
+    public func snapshotFilePath(for index: LogIndex) -> String { SnapshotFile.path(beside: path, index: index) }
 
     /// Entries still stored that the snapshot covers (tests and metrics).
     public var coveredEntriesStored: UInt64 { coveredThrough >= coveredFrom ? coveredThrough - coveredFrom + 1 : 0 }
@@ -120,11 +143,17 @@ public final class RaftStorage {
                 if case .integer(let v) = row[1], v != 0 { vote = NodeID(rawValue: UInt64(v)) }
                 state.hardState = HardState(term: Term(UInt64(term)), vote: vote, commit: LogIndex(UInt64(commit)))
             }
-            if let row = try database.prepare("SELECT idx, term, membership, data FROM snapshot WHERE id = 1").query().first {
+            if let row = try database.prepare("SELECT idx, term, membership, data, data_file, data_crc FROM snapshot WHERE id = 1")
+                .query().first {
                 guard case .integer(let index) = row[0], case .integer(let term) = row[1],
-                      case .blob(let membershipBytes) = row[2], case .blob(let data) = row[3],
+                      case .blob(var data) = row[3], case .blob(let membershipBytes) = row[2],
                       let membership = Membership(decoding: membershipBytes) else {
                     throw corrupt("snapshot row is not readable")
+                }
+                if case .text(let name) = row[4] {
+                    guard case .integer(let crc) = row[5] else { throw corrupt("snapshot row names a file without its checksum") }
+                    data = try SnapshotFile.read(SnapshotFile.directory(of: path) + "/" + name, crc: UInt32(truncatingIfNeeded: crc),
+                                                 bytesMax: SnapshotContainer.bytesMax)
                 }
                 state.snapshot = Snapshot(index: LogIndex(UInt64(index)), term: Term(UInt64(term)), membership: membership,
                                           data: data)
@@ -205,7 +234,7 @@ public final class RaftStorage {
         var covered = (from: coveredFrom, through: coveredThrough)
         do {
             try database.transaction { () throws(StoreError) in
-                if let snapshot { covered = try writeSnapshot(snapshot, covered) }
+                if let snapshot { covered = try writeSnapshot(snapshot, file: nil, covered) }
                 if covered.through >= covered.from {
                     let count = UInt64(max(Self.coveredEntriesDeletedPerSaveMin, 2 * entries.count))
                     let last = min(covered.through, covered.from + count - 1)
@@ -231,25 +260,55 @@ public final class RaftStorage {
             throw RaftStorageError(path: path, message: "cannot persist Raft state", underlying: error as? StoreError)
         }
         (coveredFrom, coveredThrough) = covered
+        if snapshot != nil { replaceDataFile(with: nil) }
     }
 
-    /// Stores a snapshot the application took (after `RaftNode.compact`); the log it covers is
-    /// deleted by later saves.
-    public func saveSnapshot(_ snapshot: Snapshot) throws(RaftStorageError) {
+    /// Writes a snapshot's bytes durably to `path` (`snapshotFilePath`); returns their CRC-32 for
+    /// `recordSnapshot`. Touches no database: any thread (the driver's snapshot writer).
+    public static func writeSnapshotFile(_ data: [UInt8], to path: String) throws(RaftStorageError) -> UInt32 {
+        try SnapshotFile.write(data, to: path)
+    }
+
+    /// Records a snapshot the application took (after `RaftNode.compact`), whose bytes
+    /// `writeSnapshotFile` made durable at `file`; the log it covers is deleted by later saves,
+    /// and the previous snapshot's file now. false, and the file removed: raft.db already holds
+    /// a snapshot at or past it (one from the leader was installed meanwhile).
+    public func recordSnapshot(_ snapshot: Snapshot, file: String, crc: UInt32) throws(RaftStorageError) -> Bool {
+        guard snapshot.index.rawValue > coveredThrough else {
+            SnapshotFile.remove(file)
+            return false
+        }
+        let name = SnapshotFile.basename(file)
         var covered = (from: coveredFrom, through: coveredThrough)
         do {
-            try database.transaction { () throws(StoreError) in covered = try writeSnapshot(snapshot, covered) }
+            try database.transaction { () throws(StoreError) in covered = try writeSnapshot(snapshot, file: (name, crc), covered) }
         } catch {
             throw RaftStorageError(path: path, message: "cannot persist a snapshot", underlying: error as? StoreError)
         }
         (coveredFrom, coveredThrough) = covered
+        replaceDataFile(with: name)
+        return true
     }
 
-    /// Writes the snapshot row; returns the covered entries left to delete.
-    private func writeSnapshot(_ snapshot: Snapshot, _ covered: (from: UInt64, through: UInt64)) throws(StoreError)
-        -> (from: UInt64, through: UInt64) {
+    /// `writeSnapshotFile` and `recordSnapshot` in one, on the caller's thread.
+    public func saveSnapshot(_ snapshot: Snapshot) throws(RaftStorageError) {
+        let file = snapshotFilePath(for: snapshot.index)
+        _ = try recordSnapshot(snapshot, file: file, crc: try Self.writeSnapshotFile(snapshot.data, to: file))
+    }
+
+    /// The row now names `name` (or no file): the file it named before goes.
+    private func replaceDataFile(with name: String?) {
+        if let old = dataFile, old != name { SnapshotFile.remove(SnapshotFile.directory(of: path) + "/" + old) }
+        dataFile = name
+    }
+
+    /// Writes the snapshot row, with its bytes in the row or in `file`; returns the covered
+    /// entries left to delete.
+    private func writeSnapshot(_ snapshot: Snapshot, file: (name: String, crc: UInt32)?,
+                               _ covered: (from: UInt64, through: UInt64)) throws(StoreError) -> (from: UInt64, through: UInt64) {
         try upsertSnapshot.run(.integer(Int64(snapshot.index.rawValue)), .integer(Int64(snapshot.term.rawValue)),
-                               .blob(snapshot.membership.encoded), .blob(snapshot.data))
+                               .blob(snapshot.membership.encoded), .blob(file == nil ? snapshot.data : []),
+                               file.map { .text($0.name) } ?? .null, file.map { .integer(Int64($0.crc)) } ?? .null)
         // Raft §7: entries after the snapshot stay only if the log holds the snapshot's last entry
         // (same index and term); otherwise the whole log is replaced by the snapshot.
         let lastTerm = try database.scalar("SELECT term FROM entries WHERE idx = ?", .integer(Int64(snapshot.index.rawValue)))

@@ -114,10 +114,19 @@ struct CompactionTests {
         for i in 0..<200 { try put(leader.driver, "key/\(i)") }
 
         // The leader's stored log was compacted: a snapshot, and no more than interval + trailing
-        // entries after it.
-        let state = try RaftStorage(path: cluster.raftPath(leader.id)).load()
+        // entries after it (once the last snapshot's file, written off the Raft thread, is recorded).
+        var state = try RaftStorage(path: cluster.raftPath(leader.id)).load()
+        let recorded = Date().addingTimeInterval(5)
+        while state.entries.count > Int(interval + trailing) + 2 && Date() < recorded {
+            usleep(20_000)
+            state = try RaftStorage(path: cluster.raftPath(leader.id)).load()
+        }
         let snapshot = try #require(state.snapshot)
         #expect(snapshot.index.rawValue >= 200 - interval - trailing)
+        // Its bytes are in a file of their own beside raft.db, not in it.
+        let file = try RaftStorage(path: cluster.raftPath(leader.id)).snapshotFilePath(for: snapshot.index)
+        #expect(FileManager.default.fileExists(atPath: file))
+        #expect(try Database(path: cluster.raftPath(leader.id)).scalar("SELECT length(data) FROM snapshot") == .integer(0))
         #expect(state.entries.count <= Int(interval + trailing) + 2, "\(state.entries.count) entries after \(snapshot.index)")
         #expect(state.entries.first?.index == snapshot.index.next)
         let container = try SnapshotContainer(decoding: snapshot.data)

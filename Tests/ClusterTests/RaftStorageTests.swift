@@ -109,6 +109,74 @@ struct RaftStorageTests {
         #expect(try storage.load().entries.map(\.index.rawValue) == Array(total - 4...total + 1 + batch))
     }
 
+    /// A snapshot this server takes is kept in a file beside raft.db that the row names; the
+    /// next one replaces it, and one installed from the leader (in the row) removes it.
+    @Test func aSnapshotTakenHereIsKeptInAFileOfItsOwn() throws {
+        let directory = try Directory()
+        let membership = Membership(voters: [1, 2, 3])
+        let storage = try RaftStorage(path: directory.path)
+        func snapshotFiles() throws -> [String] {
+            try FileManager.default.contentsOfDirectory(atPath: directory.url.path).filter { $0.contains("-snapshot-") }.sorted()
+        }
+        try storage.save(snapshot: nil, entries: entries(1...10, term: 1), hardState: HardState(term: 1, commit: 10))
+        let first = Snapshot(index: 6, term: 1, membership: membership, data: Array(repeating: 7, count: 70_000))
+        let file = storage.snapshotFilePath(for: 6)
+        // Written on any thread first; raft.db knows nothing of it until it is recorded.
+        let crc = try RaftStorage.writeSnapshotFile(first.data, to: file)
+        #expect(try storage.load().snapshot == nil)
+        #expect(try storage.recordSnapshot(first, file: file, crc: crc))
+        #expect(try snapshotFiles() == ["raft.db-snapshot-6"])
+        #expect(try Database(path: directory.path).scalar("SELECT length(data) FROM snapshot") == .integer(0))
+        #expect(try RaftStorage(path: directory.path).load().snapshot == first)
+
+        // An older one than raft.db holds is refused, and its file removed.
+        let older = Snapshot(index: 5, term: 1, membership: membership, data: [5])
+        let olderFile = storage.snapshotFilePath(for: 5)
+        #expect(try !storage.recordSnapshot(older, file: olderFile, crc: RaftStorage.writeSnapshotFile(older.data, to: olderFile)))
+        #expect(try snapshotFiles() == ["raft.db-snapshot-6"])
+
+        let second = Snapshot(index: 9, term: 1, membership: membership, data: [9, 9])
+        try storage.saveSnapshot(second)
+        #expect(try snapshotFiles() == ["raft.db-snapshot-9"])
+        #expect(try RaftStorage(path: directory.path).load().snapshot == second)
+
+        let installed = Snapshot(index: 20, term: 2, membership: membership, data: [2, 0])
+        try storage.save(snapshot: installed, entries: [], hardState: HardState(term: 2, commit: 20))
+        #expect(try snapshotFiles().isEmpty)
+        #expect(try RaftStorage(path: directory.path).load().snapshot == installed)
+    }
+
+    /// A snapshot file that is damaged or gone is an error naming it, never an empty state; files
+    /// raft.db does not name (a crash while writing or replacing one) are removed on request
+    /// (the driver's, at start).
+    @Test func aDamagedOrMissingSnapshotFileIsReportedByName() throws {
+        let directory = try Directory()
+        let storage = try RaftStorage(path: directory.path)
+        try storage.save(snapshot: nil, entries: entries(1...4, term: 1), hardState: HardState(term: 1, commit: 4))
+        try storage.saveSnapshot(Snapshot(index: 3, term: 1, membership: Membership(voters: [1]), data: Array("state".utf8)))
+        let file = storage.snapshotFilePath(for: 3)
+        for leftover in ["raft.db-snapshot-7.tmp", "raft.db-snapshot-2"] {
+            #expect(FileManager.default.createFile(atPath: directory.url.appendingPathComponent(leftover).path, contents: Data([1])))
+        }
+        #expect(FileManager.default.createFile(atPath: directory.url.appendingPathComponent("raft.db2-snapshot-1").path, contents: Data([1])))
+        try RaftStorage(path: directory.path).removeLeftoverSnapshotFiles()
+        #expect(try FileManager.default.contentsOfDirectory(atPath: directory.url.path).filter { $0.contains("-snapshot-") }.sorted()
+                == ["raft.db-snapshot-3", "raft.db2-snapshot-1"])
+
+        try Data("stale".utf8).write(to: URL(fileURLWithPath: file))
+        #expect {
+            _ = try RaftStorage(path: directory.path).load()
+        } throws: { error in
+            "\(error)" == "\(file): corrupt Raft snapshot: it fails its checksum (damaged on disk)"
+        }
+        try FileManager.default.removeItem(atPath: file)
+        #expect {
+            _ = try RaftStorage(path: directory.path).load()
+        } throws: { error in
+            "\(error)" == "\(file): corrupt Raft snapshot: cannot open it: No such file or directory"
+        }
+    }
+
     @Test func aCorruptLogIsReportedWithItsFileNeverRepaired() throws {
         let directory = try Directory()
         do {
@@ -163,7 +231,7 @@ struct RaftStorageTests {
     }
 
     /// A raft.db written before checksums (schema 1) is migrated in place and loads; its old
-    /// entries have no checksum, new ones do.
+    /// entries have no checksum, new ones do; its snapshot, in the row, is read from there.
     @Test func aVersionOneLogIsMigrated() throws {
         let directory = try Directory()
         try Database(path: directory.path).execute("""
@@ -181,7 +249,7 @@ struct RaftStorageTests {
         try storage.save(snapshot: nil, entries: entries(2...2, term: 1), hardState: nil)
         let state = try RaftStorage(path: directory.path).load()
         #expect(state.entries.map(\.index) == [1, 2])
-        #expect(try Database(path: directory.path).scalar("SELECT value FROM meta WHERE key = 'schema_version'") == .integer(2))
+        #expect(try Database(path: directory.path).scalar("SELECT value FROM meta WHERE key = 'schema_version'") == .integer(3))
         #expect(try Database(path: directory.path).scalar("SELECT count(*) FROM entries WHERE crc IS NULL") == .integer(1))
     }
 }

@@ -4,7 +4,9 @@
 # PUTs of 60-byte values over HTTP at 1, 16 and 64 concurrent connections.
 #
 # Usage: scripts/bench/writes.sh [-d SECONDS] [--clients "1 16 64"] [--via leader|follower] [--no-etcd]
-#   env DISCOD (default .build/release/discod, built if missing), DURATION, CLIENTS, VIA, ETCD=0, KEEP_TMP=1
+#                                [--keys 1000] [--value-bytes 60]
+#   env DISCOD (default .build/release/discod, built if missing), DURATION, CLIENTS, VIA, ETCD=0, KEEP_TMP=1,
+#   KEYS, VALUE_BYTES (keys written round-robin and value size: their product is the state's size)
 # Needs: apt-get install etcd-server wrk
 #
 # Disco: PUT /v1/kv/bench/<n> on the leader (found with /v1/status/leader), or with --via
@@ -16,13 +18,17 @@ DURATION=${DURATION:-10}
 CLIENTS=${CLIENTS:-"1 16 64"}
 VIA=${VIA:-leader}
 ETCD=${ETCD:-1}
+KEYS=${KEYS:-1000}
+VALUE_BYTES=${VALUE_BYTES:-60}
 while (($#)); do
   case $1 in
     -d) DURATION=$2; shift ;;
     --clients) CLIENTS=$2; shift ;;
     --via) VIA=$2; shift ;;
     --no-etcd) ETCD=0 ;;
-    -h | --help) sed -n '2,13p' "$0"; exit 0 ;;
+    --keys) KEYS=$2; shift ;;
+    --value-bytes) VALUE_BYTES=$2; shift ;;
+    -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "writes.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -83,7 +89,7 @@ for i in 1 2 3; do
 done
 }
 
-value=$(printf 'v%.0s' $(seq 1 60))
+value=$(head -c "$VALUE_BYTES" /dev/zero | tr '\0' v)
 deadline=$((SECONDS + 30))
 disco_leader=""
 while [ -z "$disco_leader" ] && ((SECONDS < deadline)); do
@@ -107,12 +113,12 @@ etcd_url="http://127.0.0.1:${ports[9]}"
   sleep 0.2
 done
 
-# wrk scripts: 1000 keys, 60-byte values; etcd's body is JSON with base64.
+# wrk scripts: KEYS keys, VALUE_BYTES-byte values; etcd's body is JSON with base64.
 cat >"$tmp/disco.lua" <<LUA
 local n = 0
 request = function()
   n = n + 1
-  return wrk.format("PUT", "/v1/kv/bench/" .. (n % 1000), nil, "$value")
+  return wrk.format("PUT", "/v1/kv/bench/" .. (n % $KEYS), nil, "$value")
 end
 LUA
 # wrk prints p50-p99 only: both scripts also print p99.9 (microseconds) when the run is done.
@@ -121,19 +127,19 @@ done = function(summary, latency, requests)
   io.write(string.format("p99.9 %d\n", latency:percentile(99.9)))
 end'
 echo "$tail_lua" >>"$tmp/disco.lua"
-python3 - "$tmp/etcd.lua" "$value" <<'PY'
+python3 - "$tmp/etcd.lua" "$value" "$KEYS" <<'PY'
 import base64, sys
-path, value = sys.argv[1], sys.argv[2]
+path, value, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 v = base64.b64encode(value.encode()).decode()
-keys = ",".join('"%s"' % base64.b64encode(("bench/%d" % i).encode()).decode() for i in range(1000))
+keys = ",".join('"%s"' % base64.b64encode(("bench/%d" % i).encode()).decode() for i in range(count))
 open(path, "w").write("""local keys = {%s}
 local n = 0
 wrk.method = "POST"
 request = function()
   n = n + 1
-  return wrk.format("POST", "/v3/kv/put", nil, '{"key":"' .. keys[(n %% 1000) + 1] .. '","value":"%s"}')
+  return wrk.format("POST", "/v3/kv/put", nil, '{"key":"' .. keys[(n %% %d) + 1] .. '","value":"%s"}')
 end
-""" % (keys, v))
+""" % (keys, count, v))
 PY
 echo "$tail_lua" >>"$tmp/etcd.lua"
 
@@ -156,7 +162,7 @@ print("%.0f %.2f %.2f %.2f %s" % (rps, pct(50), pct(99), p999, (errors.group(1) 
 PY
 }
 
-printf '\n3 servers each, loopback, %ss per run, 60-byte values, wrk keep-alive, Disco via the %s\n' "$DURATION" "$VIA"
+printf '\n3 servers each, loopback, %ss per run, %s-byte values to %s keys, wrk keep-alive, Disco via the %s\n' "$DURATION" "$VALUE_BYTES" "$KEYS" "$VIA"
 printf '%-8s %10s %7s %7s %8s %6s   %10s %7s %7s %8s %6s   %6s %s\n' clients "disco w/s" "p50 ms" "p99 ms" "p99.9 ms" errors "etcd w/s" "p50 ms" "p99 ms" "p99.9 ms" errors ratio "disco terms"
 term() { curl -s "http://$disco_leader/metrics" | awk '$1 == "disco_raft_term" { print $2 }'; }
 # The leader's stage histograms (issue 16): sums and counts, to print the means of one run.
@@ -204,3 +210,14 @@ for c in $CLIENTS; do
     printf '         follower: %s forwarding connections opened in total, %s in TIME_WAIT to the leader\n' "${opened:-(not reported)}" "$time_wait"
   fi
 done
+# Readies that held a Raft thread 100 ms or more (each server logs them, at most one line per
+# 10 s with the count in between): what a heartbeat waited for.
+slow=$(cat "$tmp"/disco?.log | python3 -c '
+import re, sys
+n = 0
+for line in sys.stdin:
+    if "a Raft Ready held the Raft thread" in line:
+        m = re.search(r"raft.slow_since_last_log=(\d+)", line)
+        n += 1 + (int(m.group(1)) if m else 0)
+print(n)')
+printf 'Disco Readies that held a Raft thread >= 100 ms: %s\n' "$slow"
