@@ -253,6 +253,9 @@ public final class ACLStore: @unchecked Sendable {
     /// The whole state as an SQLite image (the snapshot section "acl").
     public func snapshotImage() throws -> [UInt8] { try lock.withLock { () throws(StoreError) in try database.serialize() } }
 
+    /// `snapshotImage` as of now, to serialise later on another thread (`Store.PinnedImage`).
+    public func pinSnapshotImage() throws -> PinnedImage { try lock.withLock { () throws(StoreError) in try database.pinImage() } }
+
     public func validate(image: [UInt8]) throws {
         let database = try Database(deserializing: image, name: "snapshot section 'acl'")
         _ = try Self.load(database)

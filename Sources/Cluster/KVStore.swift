@@ -214,6 +214,11 @@ extension KVStore: SnapshotParticipant {
         try lock.withLock { () throws(StoreError) in try database.serialize() }
     }
 
+    public func pinSnapshotData() throws -> @Sendable () throws -> [UInt8] {
+        let image = try lock.withLock { () throws(StoreError) in try database.pinImage() }
+        return { try image.serialize() }
+    }
+
     public func validateSnapshot(_ data: [UInt8]) throws {
         try Self.checkImage(try Database(deserializing: data, name: "snapshot section 'kv'"))
     }

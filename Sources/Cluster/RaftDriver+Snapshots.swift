@@ -42,9 +42,19 @@ extension RaftDriver {
     /// covers a follower that missed a few heartbeats' worth of appends.
     public static let snapshotTrailingEntriesDefault: UInt64 = 1024
 
-    /// The state machines now, as a snapshot container (GET /v1/snapshot).
+    /// The state machines now, as a snapshot container (GET /v1/snapshot): pinned on the loop,
+    /// encoded on `snapshotWriter`.
     public func takeSnapshot() -> EventLoopFuture<[UInt8]> {
-        loop.submit { try self.capture().encoded }
+        loop.flatSubmit {
+            let promise = self.loop.makePromise(of: [UInt8].self)
+            do {
+                let pinned = try self.pinCapture()
+                self.snapshotWriter.async { promise.completeWith(Result { try pinned.encoded() }) }
+            } catch {
+                promise.fail(error)
+            }
+            return promise.futureResult
+        }
     }
 
     /// Checks an operator's snapshot completely, without changing anything: the container, and
@@ -72,12 +82,16 @@ extension RaftDriver {
 
     // MARK: - On `loop`
 
-    func capture() throws -> SnapshotContainer {
+    /// The state machines as of the applied index, pinned (cheap: a read transaction each) and
+    /// read later, off the loop, by `PinnedCapture.encoded` (issue 16: serialising a 20 MB state
+    /// here held the Raft thread, and with it the heartbeats, for 110-500 ms).
+    func pinCapture() throws -> PinnedCapture {
         let index = node.appliedIndex
-        var sections: [(name: String, data: [UInt8])] = []
-        for participant in participants { sections.append((participant.snapshotName, try participant.snapshotData())) }
-        sections.append((Self.serversSection, ServerList.encode(replicatedServers)))
-        return SnapshotContainer(index: index.rawValue, term: node.term(at: index)?.rawValue ?? 0, sections: sections)
+        var sections: [(name: String, read: @Sendable () throws -> [UInt8])] = []
+        for participant in participants { sections.append((participant.snapshotName, try participant.pinSnapshotData())) }
+        let servers = ServerList.encode(replicatedServers)
+        sections.append((Self.serversSection, { servers }))
+        return PinnedCapture(index: index, term: node.term(at: index) ?? .zero, sections: sections)
     }
 
     /// Every section is accepted by its participant. An operator's restore (`restorable`) must
@@ -114,18 +128,17 @@ extension RaftDriver {
     func maybeSnapshot() -> Bool {
         let applied = node.appliedIndex
         if let pending = pendingCapture, pending.index <= node.snapshotIndex { pendingCapture = nil }
-        if pendingCapture == nil, !snapshotWriteInFlight,
+        if pendingCapture == nil, !captureInFlight, !snapshotWriteInFlight,
            applied.rawValue >= max(node.snapshotIndex.rawValue, lastCaptureIndex.rawValue) + options.snapshotIntervalEntries {
             lastCaptureIndex = applied
             let started = NIODeadline.now()
             defer { lastCaptureNanoseconds = (NIODeadline.now() - started).nanoseconds }
             do {
-                let bytes = try capture().encoded
-                if bytes.count > SnapshotContainer.bytesMax {
-                    logger.error("snapshot too large to send to followers; the log is not compacted",
-                                 metadata: ["raft.snapshot.bytes": "\(bytes.count)", "raft.snapshot.bytes_max": "\(SnapshotContainer.bytesMax)"])
-                } else {
-                    pendingCapture = (applied, bytes)
+                let pinned = try pinCapture()
+                captureInFlight = true
+                snapshotWriter.async {
+                    let encoded = Result { try pinned.encoded() }
+                    self.loop.execute { self.captured(pinned.index, encoded) }
                 }
             } catch {
                 logger.error("cannot take a snapshot; the log is not compacted", metadata: ["raft.error": "\(error)"])
@@ -139,6 +152,23 @@ extension RaftDriver {
         guard let snapshot = node.snapshot else { preconditionFailure("compacted without a snapshot") }
         writeSnapshotFile(snapshot)
         return true
+    }
+
+    /// A capture pinned by `maybeSnapshot` was encoded: it compacts the log once the trailing
+    /// entries have applied after it (checked after every Ready).
+    private func captured(_ index: LogIndex, _ encoded: Result<[UInt8], any Error>) {
+        captureInFlight = false
+        guard stoppedReason == nil else { return }
+        switch encoded {
+        case .success(let bytes) where bytes.count > SnapshotContainer.bytesMax:
+            logger.error("snapshot too large to send to followers; the log is not compacted",
+                         metadata: ["raft.snapshot.bytes": "\(bytes.count)", "raft.snapshot.bytes_max": "\(SnapshotContainer.bytesMax)"])
+        case .success(let bytes):
+            // A snapshot from the leader installed meanwhile is newer: this one is dropped.
+            if index > node.snapshotIndex { pendingCapture = (index, bytes) }
+        case .failure(let error):
+            logger.error("cannot take a snapshot; the log is not compacted", metadata: ["raft.error": "\(error)"])
+        }
     }
 
     /// The compaction above was in memory only. raft.db still holds the previous snapshot and
@@ -264,5 +294,17 @@ extension RaftDriver {
             "raft.index": "\(entry.index)", "raft.snapshot.index": "\(container.index)",
         ])
         return true
+    }
+}
+
+/// A capture of the state machines at one index: pinned on the driver's loop, encoded as a
+/// `SnapshotContainer` on any thread.
+struct PinnedCapture: Sendable {
+    let index: LogIndex
+    let term: Term
+    let sections: [(name: String, read: @Sendable () throws -> [UInt8])]
+
+    func encoded() throws -> [UInt8] {
+        SnapshotContainer(index: index.rawValue, term: term.rawValue, sections: try sections.map { ($0.name, try $0.read()) }).encoded
     }
 }

@@ -98,6 +98,8 @@ public final class RaftDriver: @unchecked Sendable {
     let snapshotWriter = DispatchQueue(label: "disco-snapshot-writer")
     /// A compaction's snapshot file is being written (`snapshotWriter`).
     var snapshotWriteInFlight = false
+    /// A capture pinned by `maybeSnapshot` is being encoded (`snapshotWriter`).
+    var captureInFlight = false
     /// How long a capture of the state machines held the Raft thread in this Ready (slow Ready logs).
     var lastCaptureNanoseconds: Int64 = 0
     /// The applied index of the last capture attempt (a capture too large to ship is not retried

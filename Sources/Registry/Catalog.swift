@@ -233,6 +233,11 @@ public final class Catalog: @unchecked Sendable {
         try database.serialize()
     }
 
+    /// `snapshotImage` as of now, to serialise later on another thread (`Store.PinnedImage`).
+    public func pinSnapshotImage() throws -> PinnedImage {
+        try database.pinImage()
+    }
+
     /// Throws unless `image` is a registry.db that `restore` would accept.
     public func validate(image: [UInt8]) throws {
         let candidate = try Database(deserializing: image, name: "snapshot section 'registry'")

@@ -132,4 +132,30 @@ struct StoreTests {
         let copy = try Database(path: directory.path("copy.db"))
         #expect(try copy.scalar("SELECT value FROM k WHERE key = ?", .text("k42")) == .blob([42]))
     }
+
+    /// A pinned image is the database as of the pin, though the writer goes on committing (and
+    /// batching) before it is read, on another thread; an in-memory database is pinned too.
+    @Test func aPinnedImageIsTheDatabaseAsOfThePin() throws {
+        let directory = try Directory()
+        let writer = try Database(path: directory.path("kv.db"), durability: .rebuildable)
+        try writer.execute("CREATE TABLE k (i INTEGER PRIMARY KEY, b BLOB)")
+        let insert = try writer.prepare("INSERT INTO k VALUES (?, ?)")
+        for i in 0..<50 { try insert.run(.integer(Int64(i)), .blob(Array(repeating: UInt8(i), count: 3000))) }
+        try writer.batchedTransaction { () throws(StoreError) in try insert.run(.integer(50), .blob([50])) }
+        let pinned = try writer.pinImage()  // commits the batch first: row 50 is in
+        try writer.transaction { () throws(StoreError) in
+            for i in 51..<300 { try insert.run(.integer(Int64(i)), .blob(Array(repeating: 1, count: 3000))) }
+            try writer.execute("DELETE FROM k WHERE i < 10")
+        }
+        let image = try DispatchQueue(label: "reader").sync { try pinned.serialize() }
+        let copy = try Database(deserializing: image, name: "pinned")
+        #expect(try copy.scalar("SELECT count(*) FROM k") == .integer(51))
+        #expect(try copy.scalar("SELECT min(i) FROM k") == .integer(0))
+        #expect(try writer.scalar("SELECT count(*) FROM k") == .integer(290))
+
+        let memory = try Database(deserializing: image, name: "memory")
+        let pinnedMemory = try memory.pinImage()
+        try memory.execute("DELETE FROM k")
+        #expect(try Database(deserializing: pinnedMemory.serialize(), name: "again").scalar("SELECT count(*) FROM k") == .integer(51))
+    }
 }
