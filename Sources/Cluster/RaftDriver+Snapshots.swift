@@ -212,7 +212,6 @@ extension RaftDriver {
             "raft.snapshot.index": "\(snapshot.index)", "raft.snapshot.bytes": "\(snapshot.data.count)",
             "raft.first_index": "\(node.firstIndex)",
         ])
-        publishStatus()
     }
 
     /// Installs a snapshot from the leader, already persisted in raft.db.
