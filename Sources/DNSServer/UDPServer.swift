@@ -183,6 +183,9 @@ public final class UDPServer: @unchecked Sendable {
         var overload = OverloadDetector(fd: fd, state: overloadState)
         defer { overload?.finish() }
         counters?.setRealtime(budget != nil)
+        // A stopped worker's counts stay in the totals, but it answers no more: it is no longer
+        // a real-time worker (port 0 retries stop the workers of a bind that failed over TCP).
+        defer { counters?.setRealtime(false) }
         while running.get() {
             progress.wrappingIncrement(ordering: .relaxed)
             if budget?.account() == true { counters?.countRealtimeDemotion() }
