@@ -214,9 +214,8 @@ extension KVStore: SnapshotParticipant {
         try lock.withLock { () throws(StoreError) in try database.serialize() }
     }
 
-    public func pinSnapshotData() throws -> @Sendable () throws -> [UInt8] {
-        let image = try lock.withLock { () throws(StoreError) in try database.pinImage() }
-        return { try image.serialize() }
+    public func pinSnapshotData() throws -> PinnedImage {
+        try lock.withLock { () throws(StoreError) in try database.pinImage() }
     }
 
     public func validateSnapshot(_ data: [UInt8]) throws {

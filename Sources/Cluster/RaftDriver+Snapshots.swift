@@ -4,6 +4,7 @@ import Glibc
 import Logging
 import NIOCore
 import Raft
+import Store
 
 /// The first byte of a normal log entry says which state machine it is for. The driver keeps
 /// a range for its own commands; the rest goes to the application's dispatch.
@@ -87,10 +88,9 @@ extension RaftDriver {
     /// here held the Raft thread, and with it the heartbeats, for 110-500 ms).
     func pinCapture() throws -> PinnedCapture {
         let index = node.appliedIndex
-        var sections: [(name: String, read: @Sendable () throws -> [UInt8])] = []
+        var sections: [(name: String, image: PinnedImage)] = []
         for participant in participants { sections.append((participant.snapshotName, try participant.pinSnapshotData())) }
-        let servers = ServerList.encode(replicatedServers)
-        sections.append((Self.serversSection, { servers }))
+        sections.append((Self.serversSection, PinnedImage(taken: ServerList.encode(replicatedServers))))
         return PinnedCapture(index: index, term: node.term(at: index) ?? .zero, sections: sections)
     }
 
@@ -301,9 +301,9 @@ extension RaftDriver {
 struct PinnedCapture: Sendable {
     let index: LogIndex
     let term: Term
-    let sections: [(name: String, read: @Sendable () throws -> [UInt8])]
+    let sections: [(name: String, image: PinnedImage)]
 
     func encoded() throws -> [UInt8] {
-        SnapshotContainer(index: index.rawValue, term: term.rawValue, sections: try sections.map { ($0.name, try $0.read()) }).encoded
+        SnapshotContainer(index: index.rawValue, term: term.rawValue, sections: try sections.map { ($0.name, try $0.image.serialize()) }).encoded
     }
 }

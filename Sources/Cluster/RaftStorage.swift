@@ -107,12 +107,13 @@ public final class RaftStorage {
             throw RaftStorageError(path: path, message: "schema version \(String(describing: version)) is not \(Self.schemaVersion)")
         }
         do throws(StoreError) {
-            if case .integer(let index)? = try database.scalar("SELECT idx FROM snapshot WHERE id = 1") {
+            if let row = try database.prepare("SELECT idx, data_file FROM snapshot WHERE id = 1").query().first,
+               case .integer(let index) = row[0] {
                 let first = try database.scalar("SELECT min(idx) FROM entries")
                 if case .integer(let first)? = first { coveredFrom = UInt64(first) } else { coveredFrom = UInt64(index) + 1 }
                 coveredThrough = UInt64(index)
+                if case .text(let name) = row[1] { dataFile = name }
             }
-            if case .text(let name)? = try database.scalar("SELECT data_file FROM snapshot WHERE id = 1") { dataFile = name }
         } catch {
             throw RaftStorageError(path: path, message: "cannot read the snapshot's index", underlying: error)
         }
@@ -152,7 +153,7 @@ public final class RaftStorage {
                 }
                 if case .text(let name) = row[4] {
                     guard case .integer(let crc) = row[5] else { throw corrupt("snapshot row names a file without its checksum") }
-                    data = try SnapshotFile.read(SnapshotFile.directory(of: path) + "/" + name, crc: UInt32(truncatingIfNeeded: crc),
+                    data = try SnapshotFile.read(SnapshotFile.path(beside: path, named: name), crc: UInt32(truncatingIfNeeded: crc),
                                                  bytesMax: SnapshotContainer.bytesMax)
                 }
                 state.snapshot = Snapshot(index: LogIndex(UInt64(index)), term: Term(UInt64(term)), membership: membership,
@@ -298,7 +299,7 @@ public final class RaftStorage {
 
     /// The row now names `name` (or no file): the file it named before goes.
     private func replaceDataFile(with name: String?) {
-        if let old = dataFile, old != name { SnapshotFile.remove(SnapshotFile.directory(of: path) + "/" + old) }
+        if let old = dataFile, old != name { SnapshotFile.remove(SnapshotFile.path(beside: path, named: old)) }
         dataFile = name
     }
 

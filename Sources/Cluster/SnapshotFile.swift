@@ -20,7 +20,12 @@ enum SnapshotFile {
     static func prefix(of databasePath: String) -> String { basename(databasePath) + "-snapshot-" }
 
     static func path(beside databasePath: String, index: LogIndex) -> String {
-        directory(of: databasePath) + "/" + prefix(of: databasePath) + "\(index.rawValue)"
+        path(beside: databasePath, named: prefix(of: databasePath) + "\(index.rawValue)")
+    }
+
+    /// The file called `name` in the directory of `databasePath` (raft.db names its file so).
+    static func path(beside databasePath: String, named name: String) -> String {
+        directory(of: databasePath) + "/" + name
     }
 
     static func directory(of path: String) -> String {

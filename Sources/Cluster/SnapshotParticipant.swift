@@ -13,10 +13,10 @@ public protocol SnapshotParticipant: AnyObject, Sendable {
     var appliedIndex: UInt64 { get }
     /// The whole state, as of `appliedIndex`.
     func snapshotData() throws -> [UInt8]
-    /// The whole state as of `appliedIndex`, pinned now and read by the returned closure later,
-    /// on another thread, while applies go on (`Store.PinnedImage`): the driver takes its
-    /// snapshots this way, off the Raft thread. Default: `snapshotData()`, now.
-    func pinSnapshotData() throws -> @Sendable () throws -> [UInt8]
+    /// The whole state as of `appliedIndex`, pinned now and serialised later, on another thread,
+    /// while applies go on: the driver takes its snapshots this way, off the Raft thread.
+    /// Default: `snapshotData()`, taken now.
+    func pinSnapshotData() throws -> PinnedImage
     /// Checks that `data` could be restored, without changing anything (an operator's restore
     /// is validated on every section before any is applied).
     func validateSnapshot(_ data: [UInt8]) throws
@@ -35,10 +35,7 @@ public protocol SnapshotParticipant: AnyObject, Sendable {
 extension SnapshotParticipant {
     public var isOptionalInRestore: Bool { false }
 
-    public func pinSnapshotData() throws -> @Sendable () throws -> [UInt8] {
-        let data = try snapshotData()
-        return { data }
-    }
+    public func pinSnapshotData() throws -> PinnedImage { PinnedImage(taken: try snapshotData()) }
 
     public func commitApplied() throws {}
 

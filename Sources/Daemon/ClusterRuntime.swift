@@ -235,10 +235,7 @@ final class ClusterRuntime {
 extension Catalog: SnapshotParticipant {
     public var snapshotName: String { "registry" }
     public func snapshotData() throws -> [UInt8] { try snapshotImage() }
-    public func pinSnapshotData() throws -> @Sendable () throws -> [UInt8] {
-        let image = try pinSnapshotImage()
-        return { try image.serialize() }
-    }
+    public func pinSnapshotData() throws -> PinnedImage { try pinSnapshotImage() }
     public func validateSnapshot(_ data: [UInt8]) throws { try validate(image: data) }
     public func restoreSnapshot(_ data: [UInt8], appliedIndex: UInt64) throws { try restore(image: data, appliedIndex: appliedIndex) }
 }
@@ -250,10 +247,7 @@ extension ACLStore: SnapshotParticipant {
     public var snapshotName: String { "acl" }
     public var isOptionalInRestore: Bool { true }
     public func snapshotData() throws -> [UInt8] { try snapshotImage() }
-    public func pinSnapshotData() throws -> @Sendable () throws -> [UInt8] {
-        let image = try pinSnapshotImage()
-        return { try image.serialize() }
-    }
+    public func pinSnapshotData() throws -> PinnedImage { try pinSnapshotImage() }
     public func validateSnapshot(_ data: [UInt8]) throws { try validate(image: data) }
     public func restoreSnapshot(_ data: [UInt8], appliedIndex: UInt64) throws { try restore(image: data, appliedIndex: appliedIndex) }
 }

@@ -89,7 +89,8 @@ public final class PinnedImage: @unchecked Sendable {
         self.taken = []
     }
 
-    init(taken: [UInt8]) {
+    /// An image already taken (a state that is not a database in WAL mode).
+    public init(taken: [UInt8]) {
         self.reader = nil
         self.taken = taken
     }
