@@ -65,7 +65,9 @@ public enum Role: String, Hashable, Sendable {
 ///    itself toward a commit only for entries on its own disk (`advance` records them as
 ///    durable), so an early send never lets an entry commit on fewer durable copies than a
 ///    quorum. An early send never carries a term or vote change: those are hard state, and
-///    every message that depends on them waits for step 1.
+///    every message that depends on them waits for step 1. A leader's appends without entries
+///    (a commit index that moved, a probe) may also wait until after step 3: `ReadyProcessor`
+///    sends them after the applies, which answer the proposers.
 /// 3. **Apply** `snapshot` (install it into the state machine) and then `committedEntries`, in order.
 ///    Committed entries are always in this Ready's `entries` or already durable, so applying may run
 ///    alongside step 2 but not before step 1.

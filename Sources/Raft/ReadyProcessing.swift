@@ -33,8 +33,8 @@ public protocol ReadyEffects {
 }
 
 /// The `Ready` contract in one place, for every driver: Cluster's `RaftDriver` and RaftTesting's
-/// simulator run the same order (early send, persist, send, install, apply and resolve, reads,
-/// advance), so the simulator tests the order production runs.
+/// simulator run the same order (early send, persist, send, install, apply and resolve, the
+/// leader's entry-less appends, reads, advance), so the simulator tests the order production runs.
 ///
 ///     let later = processor.begin(ready, &effects)     // step 0
 ///     persist(ready)                                  // step 1: the driver's own (fsync)
@@ -53,30 +53,56 @@ public struct ReadyProcessor: Sendable {
         durableVote = durable.vote
     }
 
-    /// Step 0: a leader's appends go out before its own fsync, so the followers' disk writes
-    /// overlap the leader's (thesis §10.2.1, as etcd). Safe because the leader counts itself
-    /// toward a commit only for entries on its own disk, and no acknowledgement is stepped
-    /// before `finish`. Returns the messages that must wait for the Ready to be durable.
-    public func begin<Effects: ReadyEffects>(_ ready: Ready, _ effects: inout Effects) -> [Message] {
-        if testingMutation == .sendBeforeDurable { effects.sendEarly(ready.messages); return [] }
-        guard ready.role == .leader else { return ready.messages }
-        let appends = ready.messages.filter { if case .append = $0.kind { true } else { false } }
-        guard !appends.isEmpty else { return ready.messages }
+    /// The messages `begin` held back: those that wait for the Ready to be durable, and a
+    /// leader's entry-less appends, which wait for the applies too.
+    public struct Held: Sendable {
+        /// Sent first in `finish`: a follower's acknowledgements and votes wait for nothing else.
+        public var beforeApply: [Message]
+        /// Sent last in `finish`: a leader's appends that carry no entries (a commit index that
+        /// moved, a probe). Nothing waits on them as much as on the applies just before them,
+        /// whose proposers are answered there (issue 16: two sends and their loopback delivery
+        /// were a third of commit -> applied at one client).
+        public var afterApply: [Message]
+
+        public init(beforeApply: [Message] = [], afterApply: [Message] = []) {
+            self.beforeApply = beforeApply
+            self.afterApply = afterApply
+        }
+    }
+
+    /// Step 0: a leader's appends with entries go out before its own fsync, so the followers'
+    /// disk writes overlap the leader's (thesis §10.2.1, as etcd). Safe because the leader counts
+    /// itself toward a commit only for entries on its own disk, and no acknowledgement is stepped
+    /// before `finish`. Returns the messages that must wait: for the Ready to be durable, and
+    /// (a leader's entry-less appends) for its applies.
+    public func begin<Effects: ReadyEffects>(_ ready: Ready, _ effects: inout Effects) -> Held {
+        if testingMutation == .sendBeforeDurable { effects.sendEarly(ready.messages); return Held() }
+        guard ready.role == .leader else { return Held(beforeApply: ready.messages) }
+        var early: [Message] = [], held = Held()
+        for message in ready.messages {
+            if case .append(let append) = message.kind {
+                if append.entries.isEmpty { held.afterApply.append(message) } else { early.append(message) }
+            } else {
+                held.beforeApply.append(message)
+            }
+        }
+        guard !early.isEmpty else { return held }
         // What goes out before the fsync must not depend on it: a term or vote that is not
         // durable yet would be forgotten by a crash after others acted on it.
         precondition(ready.hardState.map { $0.term == durableTerm && $0.vote == durableVote } ?? true,
                      "an early send would carry a term or vote change that is not durable yet")
-        effects.sendEarly(appends)
-        return ready.messages.filter { if case .append = $0.kind { false } else { true } }
+        effects.sendEarly(early)
+        return held
     }
 
-    /// Steps 2-4, once `ready` is durable: send the rest, install the snapshot (its covered
-    /// proposals resolve as unknown), apply the committed entries (each proposal at their index
-    /// resolves: committed if its term matches, superseded if not), pass on the confirmed reads.
-    /// false: an install or apply failed and the driver must stop. The caller then advances.
-    public mutating func finish<Effects: ReadyEffects>(_ ready: Ready, later: [Message], _ effects: inout Effects) -> Bool {
+    /// Steps 2-4, once `ready` is durable: send what waited for it, install the snapshot (its
+    /// covered proposals resolve as unknown), apply the committed entries (each proposal at their
+    /// index resolves: committed if its term matches, superseded if not), send what waited for
+    /// the applies, pass on the confirmed reads. false: an install or apply failed and the driver
+    /// must stop (nothing after it is sent). The caller then advances.
+    public mutating func finish<Effects: ReadyEffects>(_ ready: Ready, later: Held, _ effects: inout Effects) -> Bool {
         if let hard = ready.hardState { (durableTerm, durableVote) = (hard.term, hard.vote) }
-        effects.send(later)
+        effects.send(later.beforeApply)
         if let snapshot = ready.snapshot {
             guard effects.install(snapshot) else { return false }
             for index in effects.proposals(through: snapshot.index) { effects.resolveProposal(at: index, .unknown) }
@@ -87,6 +113,7 @@ public struct ReadyProcessor: Sendable {
                 effects.resolveProposal(at: entry.index, term == entry.term ? .committed : .superseded)
             }
         }
+        effects.send(later.afterApply)
         for state in ready.readStates { effects.confirmRead(state) }
         return true
     }

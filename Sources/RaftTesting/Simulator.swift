@@ -189,7 +189,7 @@ private struct World {
         var up = true
         var pendingReady: Ready?
         /// The messages of `pendingReady` that wait for its fsync (the processor sent the rest).
-        var pendingLater: [Message] = []
+        var pendingLater = ReadyProcessor.Held()
         /// The Ready contract's order: the driver's own (`ReadyProcessor`).
         var processor = ReadyProcessor(durable: HardState())
         var readyDoneAt = 0
@@ -510,7 +510,7 @@ private struct World {
         servers[k].raft = RaftNode(config: servers[k].config, persistent: durable)
         servers[k].processor = ReadyProcessor(durable: durable.hardState)
         servers[k].processor.testingMutation = options.mutation
-        servers[k].pendingLater = []
+        servers[k].pendingLater = ReadyProcessor.Held()
         servers[k].store = durable.snapshot.map { KVStore(snapshot: $0.data) } ?? KVStore()
         servers[k].up = true
         servers[k].deferredTicks = 0

@@ -169,8 +169,15 @@ term() { curl -s "http://$disco_leader/metrics" | awk '$1 == "disco_raft_term" {
 stages() { curl -s "http://$disco_leader/metrics" | awk '
   $1 ~ /^disco_raft_(persist_duration|proposal_queue|proposal_commit|proposal_apply)_seconds_(sum|count)$/ ||
   $1 ~ /^disco_http_request_duration_seconds_(sum|count)\{route="\/v1\/kv"\}$/ { printf "%s=%s ", $1, $2 }'; }
+# The followers' fsyncs are half of every write's latency: their persist histograms, summed.
+follower_stages() {
+  for i in 1 2 3; do
+    api="127.0.0.1:${ports[$((i + 2))]}"
+    [ "$api" = "$disco_leader" ] && continue
+    curl -s "http://$api/metrics" | awk -v s="$i" '$1 ~ /^disco_raft_persist_duration_seconds_(sum|count)$/ { printf "%s%s=%s ", $1, s, $2 }'
+  done; }
 stage_means() { # before after -> "persist ms, commit ms, apply ms, HTTP ms" (means over the run)
-  python3 - "$1" "$2" <<'PY'
+  python3 - "$@" <<'PY'
 import sys
 def parse(text):
     return {k: float(v) for k, v in (item.rsplit("=", 1) for item in text.split())}
@@ -182,18 +189,25 @@ def mean(prefix):
         return "-"
     n = after[c[0]] - before.get(c[0], 0)
     return "%.2f" % (1000 * (after[s[0]] - before.get(s[0], 0)) / n) if n else "-"
-print("leader stage means (ms): persist (per Ready) %s, queue for the Raft loop %s, propose->commit %s, commit->applied %s, HTTP request %s" % (
-    mean("disco_raft_persist_duration"), mean("disco_raft_proposal_queue"), mean("disco_raft_proposal_commit"), mean("disco_raft_proposal_apply"),
+if len(sys.argv) > 3:
+    fb, fa = parse(sys.argv[3]), parse(sys.argv[4])
+    n = sum(fa[k] - fb.get(k, 0) for k in fa if "_count" in k)
+    t = sum(fa[k] - fb.get(k, 0) for k in fa if "_sum" in k)
+    follower = "%.2f" % (1000 * t / n) if n else "-"
+else:
+    follower = "-"
+print("leader stage means (ms): persist (per Ready) %s (followers' %s), queue for the Raft loop %s, propose->commit %s, commit->applied %s, HTTP request %s" % (
+    mean("disco_raft_persist_duration"), follower, mean("disco_raft_proposal_queue"), mean("disco_raft_proposal_commit"), mean("disco_raft_proposal_apply"),
     mean("disco_http_request_duration")))
 PY
 }
 for c in $CLIENTS; do
   # A leader change during the run shows as a term that moved (PreVote: no spurious bumps).
   term_before=$(term)
-  stages_before=$(stages)
+  stages_before=$(stages) followers_before=$(follower_stages)
   read -r dw dp50 dp99 dp999 derr < <(run disco "http://$disco_target" "$tmp/disco.lua" "$c")
   term_after=$(term)
-  stages_after=$(stages)
+  stages_after=$(stages) followers_after=$(follower_stages)
   if [ "$ETCD" = 1 ]; then
     read -r ew ep50 ep99 ep999 eerr < <(run etcd "$etcd_url" "$tmp/etcd.lua" "$c")
     ratio=$(python3 -c "print('%.2fx' % ($dw / $ew))")
@@ -201,7 +215,7 @@ for c in $CLIENTS; do
     ew=- ep50=- ep99=- ep999=- eerr=- ratio=-
   fi
   printf '%-8s %10s %7s %7s %8s %6s   %10s %7s %7s %8s %6s   %6s %s\n' "$c" "$dw" "$dp50" "$dp99" "$dp999" "$derr" "$ew" "$ep50" "$ep99" "$ep999" "$eerr" "$ratio" "$term_before->${term_after:-gone}"
-  printf '         %s\n' "$(stage_means "$stages_before" "$stages_after")"
+  printf '         %s\n' "$(stage_means "$stages_before" "$stages_after" "$followers_before" "$followers_after")"
   if [ "$VIA" = follower ]; then
     # What forwarding cost in connections: opened by the follower so far (a build with the
     # pool reports it), and sockets to the leader's HTTP port in TIME_WAIT now (kept 60 s).
