@@ -176,7 +176,7 @@ follower_stages() {
     [ "$api" = "$disco_leader" ] && continue
     curl -s "http://$api/metrics" | awk -v s="$i" '$1 ~ /^disco_raft_persist_duration_seconds_(sum|count)$/ { printf "%s%s=%s ", $1, s, $2 }'
   done; }
-stage_means() { # before after -> "persist ms, commit ms, apply ms, HTTP ms" (means over the run)
+stage_means() { # before after [followers_before followers_after] -> the stage means over the run, in ms
   python3 - "$@" <<'PY'
 import sys
 def parse(text):
