@@ -4,9 +4,13 @@
 # PUTs of 60-byte values over HTTP at 1, 16 and 64 concurrent connections.
 #
 # Usage: scripts/bench/writes.sh [-d SECONDS] [--clients "1 16 64"] [--via leader|follower] [--no-etcd]
-#                                [--keys 1000] [--value-bytes 60]
+#                                [--keys 1000] [--value-bytes 60] [--slice SECONDS]
 #   env DISCOD (default .build/release/discod, built if missing), DURATION, CLIENTS, VIA, ETCD=0, KEEP_TMP=1,
-#   KEYS, VALUE_BYTES (keys written round-robin and value size: their product is the state's size)
+#   KEYS, VALUE_BYTES (keys written round-robin and value size: their product is the state's size),
+#   SLICE (default 4): each system's -d seconds per point are run as slices of about this length,
+#   Disco's and etcd's alternating (D E E D D E ...), and each system's slices are merged (requests
+#   over time, latency histograms bucket by bucket), so both are measured in the same minutes of a
+#   noisy host. --slice equal to -d is the older way: all of Disco's run, then all of etcd's.
 # Needs: apt-get install etcd-server wrk
 #
 # Disco: PUT /v1/kv/bench/<n> on the leader (found with /v1/status/leader), or with --via
@@ -20,6 +24,7 @@ VIA=${VIA:-leader}
 ETCD=${ETCD:-1}
 KEYS=${KEYS:-1000}
 VALUE_BYTES=${VALUE_BYTES:-60}
+SLICE=${SLICE:-4}
 while (($#)); do
   case $1 in
     -d) DURATION=$2; shift ;;
@@ -28,7 +33,8 @@ while (($#)); do
     --no-etcd) ETCD=0 ;;
     --keys) KEYS=$2; shift ;;
     --value-bytes) VALUE_BYTES=$2; shift ;;
-    -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
+    --slice) SLICE=$2; shift ;;
+    -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "writes.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -36,6 +42,7 @@ done
 DISCOD=${DISCOD:-.build/release/discod}
 [ -x "$DISCOD" ] || swift build -c release --product discod
 case $VIA in leader | follower) ;; *) echo "writes.sh: --via leader or follower" >&2; exit 2 ;; esac
+((DURATION >= 1 && SLICE >= 1)) || { echo "writes.sh: -d and --slice are whole seconds, at least 1" >&2; exit 2; }
 for tool in $([ "$ETCD" = 1 ] && echo etcd) wrk python3; do command -v $tool >/dev/null || { echo "writes.sh: needs $tool (apt-get install etcd-server wrk)" >&2; exit 2; }; done
 
 tmp=$(mktemp -d /tmp/disco-writes-XXXXXX)
@@ -121,10 +128,17 @@ request = function()
   return wrk.format("PUT", "/v1/kv/bench/" .. (n % $KEYS), nil, "$value")
 end
 LUA
-# wrk prints p50-p99 only: both scripts also print p99.9 (microseconds) when the run is done.
+# When a slice is done, both scripts print its summary and its whole latency histogram
+# (microsecond buckets, wrk's own: latency(i) is the i-th non-empty one), to merge the slices.
 tail_lua='
 done = function(summary, latency, requests)
-  io.write(string.format("p99.9 %d\n", latency:percentile(99.9)))
+  local e = summary.errors
+  io.write(string.format("slice %d %d %d %d\n", summary.requests, summary.duration, e.status,
+    e.connect + e.read + e.write + e.timeout))
+  for i = 1, #latency do
+    local us, count = latency(i)
+    io.write(string.format("bucket %d %d\n", us, count))
+  end
 end'
 echo "$tail_lua" >>"$tmp/disco.lua"
 python3 - "$tmp/etcd.lua" "$value" "$KEYS" <<'PY'
@@ -143,26 +157,42 @@ end
 PY
 echo "$tail_lua" >>"$tmp/etcd.lua"
 
-run() { # name url script clients -> "writes/s p50 p99 p99.9 errors"
-  local out threads=$(($4 < 2 ? 1 : 2))
-  out=$(wrk -t$threads -c"$4" -d"${DURATION}s" --latency -s "$3" "$2" 2>&1)
-  echo "$out" >"$tmp/$1-$4.txt"
-  python3 - "$tmp/$1-$4.txt" <<'PY'
-import re, sys
-text = open(sys.argv[1]).read()
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-def pct(p):
-    m = re.search(r"^\s+%s%%\s+([\d.]+)(us|ms|s)" % p, text, re.M)
-    v, unit = float(m.group(1)), m.group(2)
-    return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
-p999 = float(re.search(r"^p99.9 (\d+)", text, re.M).group(1)) / 1000
-errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-socket_errors = re.search(r"Socket errors: .*", text)
-print("%.0f %.2f %.2f %.2f %s" % (rps, pct(50), pct(99), p999, (errors.group(1) if errors else "0") + ("+" if socket_errors else "")))
+slice() { # name url script clients seconds index: one wrk run, its output kept for merge
+  local threads=$(($4 < 2 ? 1 : 2))
+  wrk -t$threads -c"$4" -d"${5}s" --latency -s "$3" "$2" >"$tmp/$1-$4-$6.txt" 2>&1
+}
+merge() { # name clients -> "writes/s p50 p99 p99.9 errors" over all of that point's slices
+  python3 - "$tmp" "$1" "$2" <<'PY'
+import glob, sys
+tmp, name, clients = sys.argv[1:]
+requests = duration = status = socket = 0
+buckets = {}
+for path in glob.glob("%s/%s-%s-*.txt" % (tmp, name, clients)):
+    for line in open(path):
+        f = line.split()
+        if f[:1] == ["slice"]:
+            requests += int(f[1]); duration += int(f[2]); status += int(f[3]); socket += int(f[4])
+        elif f[:1] == ["bucket"]:
+            buckets[int(f[1])] = buckets.get(int(f[1]), 0) + int(f[2])
+total = sum(buckets.values())
+if not duration or not total:
+    sys.exit("writes.sh: no wrk summary in %s/%s-%s-*.txt" % (tmp, name, clients))
+def pct(p):  # wrk's stats_percentile: the first bucket whose running count reaches the rank
+    rank = round(p / 100 * total + 0.5)
+    seen = 0
+    for v in sorted(buckets):
+        seen += buckets[v]
+        if seen >= rank:
+            return v / 1000
+    return 0.0
+print("%.0f %.2f %.2f %.2f %d%s" % (requests / (duration / 1e6), pct(50), pct(99), pct(99.9), status, "+" if socket else ""))
 PY
 }
+# A point's seconds as slices: n of them, about SLICE long each, summing to DURATION.
+slices=$(((DURATION + SLICE / 2) / SLICE)); ((slices >= 1)) || slices=1
+slice_seconds() { echo $((DURATION / slices + ($1 < DURATION % slices ? 1 : 0))); }
 
-printf '\n3 servers each, loopback, %ss per run, %s-byte values to %s keys, wrk keep-alive, Disco via the %s\n' "$DURATION" "$VALUE_BYTES" "$KEYS" "$VIA"
+printf '\n3 servers each, loopback, %ss per point in %s slice(s) each, Disco and etcd alternating, %s-byte values to %s keys, wrk keep-alive, Disco via the %s\n' "$DURATION" "$slices" "$VALUE_BYTES" "$KEYS" "$VIA"
 printf '%-8s %10s %7s %7s %8s %6s   %10s %7s %7s %8s %6s   %6s %s\n' clients "disco w/s" "p50 ms" "p99 ms" "p99.9 ms" errors "etcd w/s" "p50 ms" "p99 ms" "p99.9 ms" errors ratio "disco terms"
 term() { curl -s "http://$disco_leader/metrics" | awk '$1 == "disco_raft_term" { print $2 }'; }
 # The leader's stage histograms (issue 16): sums and counts, to print the means of one run.
@@ -205,11 +235,21 @@ for c in $CLIENTS; do
   # A leader change during the run shows as a term that moved (PreVote: no spurious bumps).
   term_before=$(term)
   stages_before=$(stages) followers_before=$(follower_stages)
-  read -r dw dp50 dp99 dp999 derr < <(run disco "http://$disco_target" "$tmp/disco.lua" "$c")
+  for ((i = 0; i < slices; i++)); do
+    # D E, E D, D E, ...: neither system always follows the other's load.
+    for who in $( ((i % 2 == 0)) && echo "disco etcd" || echo "etcd disco"); do
+      case $who in
+        disco) slice disco "http://$disco_target" "$tmp/disco.lua" "$c" "$(slice_seconds $i)" $i ;;
+        etcd) if [ "$ETCD" = 1 ]; then slice etcd "$etcd_url" "$tmp/etcd.lua" "$c" "$(slice_seconds $i)" $i; fi ;;
+      esac
+    done
+  done
+  # Disco's metrics move only in its own slices: etcd's leave them alone.
   term_after=$(term)
   stages_after=$(stages) followers_after=$(follower_stages)
+  read -r dw dp50 dp99 dp999 derr < <(merge disco "$c")
   if [ "$ETCD" = 1 ]; then
-    read -r ew ep50 ep99 ep999 eerr < <(run etcd "$etcd_url" "$tmp/etcd.lua" "$c")
+    read -r ew ep50 ep99 ep999 eerr < <(merge etcd "$c")
     ratio=$(python3 -c "print('%.2fx' % ($dw / $ew))")
   else
     ew=- ep50=- ep99=- ep999=- eerr=- ratio=-
