@@ -11,6 +11,7 @@
 #   Disco's and etcd's alternating (D E E D D E ...), and each system's slices are merged (requests
 #   over time, latency histograms bucket by bucket), so both are measured in the same minutes of a
 #   noisy host. --slice equal to -d is the older way: all of Disco's run, then all of etcd's.
+#   WARMUP (default 3): seconds of 16-client writes to each system before the first point, not measured.
 # Needs: apt-get install etcd-server wrk
 #
 # Disco: PUT /v1/kv/bench/<n> on the leader (found with /v1/status/leader), or with --via
@@ -25,6 +26,7 @@ ETCD=${ETCD:-1}
 KEYS=${KEYS:-1000}
 VALUE_BYTES=${VALUE_BYTES:-60}
 SLICE=${SLICE:-4}
+WARMUP=${WARMUP:-3}
 while (($#)); do
   case $1 in
     -d) DURATION=$2; shift ;;
@@ -34,7 +36,7 @@ while (($#)); do
     --keys) KEYS=$2; shift ;;
     --value-bytes) VALUE_BYTES=$2; shift ;;
     --slice) SLICE=$2; shift ;;
-    -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "writes.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -192,7 +194,9 @@ PY
 slices=$(((DURATION + SLICE / 2) / SLICE)); ((slices >= 1)) || slices=1
 slice_seconds() { echo $((DURATION / slices + ($1 < DURATION % slices ? 1 : 0))); }
 
-printf '\n3 servers each, loopback, %ss per point in %s slice(s) each, Disco and etcd alternating, %s-byte values to %s keys, wrk keep-alive, Disco via the %s\n' "$DURATION" "$slices" "$VALUE_BYTES" "$KEYS" "$VIA"
+order=$([ "$ETCD" = 1 ] && ((slices > 1)) && echo ", Disco's and etcd's alternating" || true)
+printf '\n3 servers each, loopback, %ss per point in %s slice(s)%s, after a %ss warm-up, %s-byte values to %s keys, wrk keep-alive, Disco via the %s\n' \
+  "$DURATION" "$slices" "$order" "$WARMUP" "$VALUE_BYTES" "$KEYS" "$VIA"
 printf '%-8s %10s %7s %7s %8s %6s   %10s %7s %7s %8s %6s   %6s %s\n' clients "disco w/s" "p50 ms" "p99 ms" "p99.9 ms" errors "etcd w/s" "p50 ms" "p99 ms" "p99.9 ms" errors ratio "disco terms"
 term() { curl -s "http://$disco_leader/metrics" | awk '$1 == "disco_raft_term" { print $2 }'; }
 # The leader's stage histograms (issue 16): sums and counts, to print the means of one run.
@@ -231,6 +235,10 @@ print("leader stage means (ms): persist (per Ready) %s (followers' %s), queue fo
     mean("disco_http_request_duration")))
 PY
 }
+# Warm-up, not measured: each system's first writes (connections, caches, the first log
+# segment or WAL pages) are not in the first point's figures.
+slice warmup-disco "http://$disco_target" "$tmp/disco.lua" 16 "$WARMUP" 0
+if [ "$ETCD" = 1 ]; then slice warmup-etcd "$etcd_url" "$tmp/etcd.lua" 16 "$WARMUP" 0; fi
 for c in $CLIENTS; do
   # A leader change during the run shows as a term that moved (PreVote: no spurious bumps).
   term_before=$(term)
