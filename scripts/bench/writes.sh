@@ -210,11 +210,12 @@ def pct(p):  # wrk's stats_percentile: the first bucket whose running count reac
 print("%.0f %.2f %.2f %.2f %d%s" % (requests / (duration / 1e6), pct(50), pct(99), pct(99.9), status, "+" if socket else ""))
 PY
 }
-# A point's seconds as slices: n of them, about SLICE long each, summing to DURATION.
-slices=$(((DURATION + SLICE / 2) / SLICE)); ((slices >= 1)) || slices=1
+# A point's seconds as slices: n of them, about SLICE long each, summing to DURATION. Without
+# etcd there is nothing to alternate with: one piece (a 60 s run is 60 s of unbroken load).
+slices=$(((DURATION + SLICE / 2) / SLICE)); ((slices >= 1 && ETCD == 1)) || slices=1
 slice_seconds() { echo $((DURATION / slices + ($1 < DURATION % slices ? 1 : 0))); }
 
-order=$([ "$ETCD" = 1 ] && ((slices > 1)) && echo ", Disco's and etcd's alternating" || true)
+order=$( ((slices > 1)) && echo ", Disco's and etcd's alternating" || true)
 printf '\n3 servers each, loopback, %ss per point in %s slice(s)%s, after a %ss warm-up, %s-byte values to %s keys, wrk keep-alive, Disco and etcd each via its %s\n' \
   "$DURATION" "$slices" "$order" "$WARMUP" "$VALUE_BYTES" "$KEYS" "$VIA"
 printf '%-8s %10s %7s %7s %8s %6s   %10s %7s %7s %8s %6s   %6s %s\n' clients "disco w/s" "p50 ms" "p99 ms" "p99.9 ms" errors "etcd w/s" "p50 ms" "p99 ms" "p99.9 ms" errors ratio "disco terms"
