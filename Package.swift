@@ -126,7 +126,7 @@ let package = Package(
         // Test-only: replaces malloc in the test binary to count allocations per query.
         .target(name: "MallocCounter", path: "Tests/Support/MallocCounter"),
         .testTarget(name: "DNSServerTests", dependencies: ["DNSServer", "DNSZone", "DNSWire", "RateLimit", "CShims", "MallocCounter", "DNSTesting"]),
-        .testTarget(name: "DaemonTests", dependencies: ["Daemon", "DNSWire", "RateLimit", "CShims", "Cluster", "Raft", "Health", "Auth", "Registry"]),
+        .testTarget(name: "DaemonTests", dependencies: ["Daemon", "DNSWire", "RateLimit", "CShims", "Cluster", "Raft", "Health", "Auth", "Registry", "Store"]),
         .testTarget(name: "RaftTests", dependencies: ["Raft", "RaftTesting"]),
         .testTarget(name: "StoreTests", dependencies: ["Store"]),
         .testTarget(name: "AuthTests", dependencies: ["Auth", "Store", .product(name: "NIOSSL", package: "swift-nio-ssl")]),

@@ -179,6 +179,7 @@ public final class RaftDriver: @unchecked Sendable {
         let persistent = try storage.load()
         storage.removeLeftoverSnapshotFiles()
         self.node = RaftNode(config: config, persistent: persistent)
+        self.lastIndexAtStart = node.lastIndex
         self.published = NIOLockedValueBox((RaftStatus(id: config.id, role: .follower, term: persistent.hardState.term,
                                                        leader: nil, commitIndex: .zero, appliedIndex: .zero), nil, 0))
         self.processor = ReadyProcessor(durable: persistent.hardState)
@@ -465,6 +466,20 @@ public final class RaftDriver: @unchecked Sendable {
     }
 
     public var status: EventLoopFuture<RaftStatus> { loop.makeSucceededFuture(currentStatus) }
+
+    /// The last index of the log this server started with.
+    public let lastIndexAtStart: LogIndex
+
+    /// Whether the state machines hold every entry this server's log may have committed when it
+    /// started: all of that log is applied, or a leader was heard from (or this server leads)
+    /// and everything committed as of then is applied. Until then a restarted server's state
+    /// can lack writes it answered before it stopped: the stored commit index lags (issue 16),
+    /// and the state machines' last transaction may not have been committed when it was killed.
+    public var caughtUpSinceStart: Bool {
+        let status = currentStatus
+        if status.appliedIndex >= lastIndexAtStart { return true }
+        return status.lastContact != nil && status.commitIndex > .zero && status.appliedIndex >= status.commitIndex
+    }
 
     /// Ticks the driver's loop has run: proof of life for systemd's watchdog (a loop stuck in
     /// a Ready, or a dead thread, stops counting).

@@ -81,6 +81,9 @@ public final class DiscoDaemon: @unchecked Sendable {
     /// How long start-up waits for the registry's first DNS view before opening DNS anyway (a
     /// catalog of 41,000 instances builds in well under a second).
     static let firstViewTimeoutSeconds: Double = 30
+    /// How long start-up keeps DNS closed for a registry behind the server's own log, waiting
+    /// for a leader (a second or two after a restart, with the peers' reconnect backoff).
+    static let registryCatchUpSecondsMax: Double = 5
 
     /// Loads zones and binds every socket. Throws with an exit code and nothing left bound.
     public func start() throws(StartError) {
@@ -181,8 +184,19 @@ public final class DiscoDaemon: @unchecked Sendable {
                 // The registry's names are answered from the first view, never REFUSED: the
                 // DNS sockets open only once it is published (issue 15: a restarted server
                 // answered REFUSED for service names for a few milliseconds).
+                // Nor from a registry behind this server's own log: killed right after it
+                // answered a registration, a server restarted with registry.db one transaction
+                // short and answered NXDOMAIN for that name until a leader reached it, up to
+                // seconds (resolvers cache NXDOMAIN). It stays silent until its log is applied
+                // or a leader's commit index is, or `registryCatchUpSecondsMax` passed (no
+                // leader in reach: the local view is the best answer there is).
+                if !pollUntil(seconds: Self.registryCatchUpSecondsMax, { cluster.driver.caughtUpSinceStart }) {
+                    logger.warning("no leader reached and the log not applied yet; serving DNS from the local registry meanwhile",
+                                   metadata: ["raft.applied": "\(cluster.driver.currentStatus.appliedIndex)",
+                                              "raft.last_index_at_start": "\(cluster.driver.lastIndexAtStart)"])
+                }
                 publisher.changed()
-                if !publisher.waitForFirstView(timeoutSeconds: Self.firstViewTimeoutSeconds) {
+                if !publisher.waitForView(coveringApplied: cluster.catalog.appliedIndex, timeoutSeconds: Self.firstViewTimeoutSeconds) {
                     logger.warning("the registry's first DNS view is not ready; serving DNS without it meanwhile")
                 }
                 logger.info("raft server \(config.raftNodeID) \(config.raftJoin.map { "joining through \($0)" } ?? "of \(config.raftServers.count)") on \(config.raftListen.host):\(cluster.raftPort); HTTP API on \(config.httpListen.host):\(cluster.httpPort); data in \(config.dataDirectory)")

@@ -104,15 +104,14 @@ final class ServiceViewPublisher: @unchecked Sendable {
         if start { queue.async { self.run() } }
     }
 
-    private let firstView = DispatchSemaphore(value: 0)
-    private var published = false
+    /// The catalog's applied index as of the newest rebuild attempted (guarded by `lock`).
+    private var attemptedApplied: UInt64?
 
-    /// Waits until the first rebuild has published a view (true), or `timeoutSeconds` passed.
-    func waitForFirstView(timeoutSeconds: Double) -> Bool {
-        if lock.withLock({ published }) { return true }
-        guard firstView.wait(timeout: .now() + timeoutSeconds) == .success else { return false }
-        firstView.signal()  // for any other waiter
-        return true
+    /// Waits until a rebuild that read the catalog at `appliedIndex` or later has been attempted
+    /// (true: published, or failed and logged, the previous view kept), or `timeoutSeconds`
+    /// passed. Call `changed()` first if nothing else will start one.
+    func waitForView(coveringApplied appliedIndex: UInt64, timeoutSeconds: Double) -> Bool {
+        pollUntil(seconds: timeoutSeconds) { lock.withLock { attemptedApplied.map { $0 >= appliedIndex } ?? false } }
     }
 
     private func run() {
@@ -131,28 +130,38 @@ final class ServiceViewPublisher: @unchecked Sendable {
                 defer { pending = [] }
                 return pending
             }
+            // The applied index before the state: the state is at least as new.
+            let applied = catalog.appliedIndex
             let state = catalog.state
+            defer { lock.withLock { attemptedApplied = max(attemptedApplied ?? 0, applied) } }
             let started = DispatchTime.now().uptimeNanoseconds
             defer { restNanoseconds = (DispatchTime.now().uptimeNanoseconds - started) * Self.restFactor }
             do throws(ZoneLoadError) {
                 composer.publish(serviceZone: try builder.zone(from: state, changed: changed,
                                                                nowMilliseconds: disco_monotonic_milliseconds()))
                 let panicking = builder.servicesInPanic
-                let first = lock.withLock { () -> Bool in
-                    self.panicking = panicking
-                    defer { published = true }
-                    return !published
-                }
-                if first { firstView.signal() }
+                lock.withLock { self.panicking = panicking }
                 logger.debug("registry view rebuilt", metadata: [
                     "catalog.index": "\(state.index)",
                     "dns.rebuild_microseconds": "\((DispatchTime.now().uptimeNanoseconds - started) / 1000)"])
             } catch {
                 logger.error("the registry's DNS view could not be built; answering from the previous one",
                              metadata: ["dns.error": "\(error)", "catalog.index": "\(state.index)"])
-                // Start-up waits for a first attempt, not for a success.
-                if lock.withLock({ () -> Bool in defer { published = true }; return !published }) { firstView.signal() }
+                // Start-up waits for an attempt, not for a success (`waitForView`).
             }
         }
     }
+}
+
+/// How often start-up looks whether what it waits for is there.
+let startupPollMicroseconds: UInt32 = 2_000
+
+/// Polls `condition` (start-up only) until it holds (true) or `seconds` passed (false).
+func pollUntil(seconds: Double, _ condition: () -> Bool) -> Bool {
+    let deadline = DispatchTime.now() + seconds
+    while !condition() {
+        guard DispatchTime.now() < deadline else { return false }
+        usleep(startupPollMicroseconds)
+    }
+    return true
 }
