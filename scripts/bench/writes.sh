@@ -179,21 +179,36 @@ end
 PY
 echo "$tail_lua" >>"$tmp/etcd.lua"
 
+# CPU time (user + system, ms) of one system's three servers so far, from /proc: far steadier
+# than writes/s on a shared host, so it shows what a change saves at one client too.
+hz=$(getconf CLK_TCK)
+cpu_ms() { # name -> ms
+  local first=$([ "$1" = etcd ] && echo 3 || echo 0) total=0 t
+  for pid in "${pids[@]:first:3}"; do
+    t=$(awk '{ print $14 + $15 }' "/proc/$pid/stat" 2>/dev/null || echo 0)
+    total=$((total + t))
+  done
+  echo $((total * 1000 / hz))
+}
 slice() { # name url script clients seconds index: one wrk run, its output kept for merge
-  local threads=$(($4 < 2 ? 1 : 2))
+  local threads=$(($4 < 2 ? 1 : 2)) cpu_before
+  cpu_before=$(cpu_ms "$1")
   wrk -t$threads -c"$4" -d"${5}s" --latency -s "$3" "$2" >"$tmp/$1-$4-$6.txt" 2>&1
+  echo "cpu_ms $(($(cpu_ms "$1") - cpu_before))" >>"$tmp/$1-$4-$6.txt"
 }
 merge() { # name clients -> "writes/s p50 p99 p99.9 errors" over all of that point's slices
   python3 - "$tmp" "$1" "$2" <<'PY'
 import glob, sys
 tmp, name, clients = sys.argv[1:]
-requests = duration = status = socket = 0
+requests = duration = status = socket = cpu = 0
 buckets = {}
 for path in glob.glob("%s/%s-%s-*.txt" % (tmp, name, clients)):
     for line in open(path):
         f = line.split()
         if f[:1] == ["slice"]:
             requests += int(f[1]); duration += int(f[2]); status += int(f[3]); socket += int(f[4])
+        elif f[:1] == ["cpu_ms"]:
+            cpu += int(f[1])
         elif f[:1] == ["bucket"]:
             buckets[int(f[1])] = buckets.get(int(f[1]), 0) + int(f[2])
 total = sum(buckets.values())
@@ -207,7 +222,8 @@ def pct(p):  # wrk's stats_percentile: the first bucket whose running count reac
         if seen >= rank:
             return v / 1000
     return 0.0
-print("%.0f %.2f %.2f %.2f %d%s" % (requests / (duration / 1e6), pct(50), pct(99), pct(99.9), status, "+" if socket else ""))
+print("%.0f %.2f %.2f %.2f %d%s %.3f" % (requests / (duration / 1e6), pct(50), pct(99), pct(99.9), status, "+" if socket else "",
+                                     cpu / requests if requests else 0))
 PY
 }
 # A point's seconds as slices: n of them, about SLICE long each, summing to DURATION. Without
@@ -276,15 +292,16 @@ for c in $CLIENTS; do
   # Disco's metrics move only in its own slices: etcd's leave them alone.
   term_after=$(term)
   stages_after=$(stages) followers_after=$(follower_stages)
-  read -r dw dp50 dp99 dp999 derr < <(merge disco "$c")
+  read -r dw dp50 dp99 dp999 derr dcpu < <(merge disco "$c")
   if [ "$ETCD" = 1 ]; then
-    read -r ew ep50 ep99 ep999 eerr < <(merge etcd "$c")
+    read -r ew ep50 ep99 ep999 eerr ecpu < <(merge etcd "$c")
     ratio=$(python3 -c "print('%.2fx' % ($dw / $ew))")
   else
-    ew=- ep50=- ep99=- ep999=- eerr=- ratio=-
+    ew=- ep50=- ep99=- ep999=- eerr=- ratio=- ecpu=-
   fi
   printf '%-8s %10s %7s %7s %8s %6s   %10s %7s %7s %8s %6s   %6s %s\n' "$c" "$dw" "$dp50" "$dp99" "$dp999" "$derr" "$ew" "$ep50" "$ep99" "$ep999" "$eerr" "$ratio" "$term_before->${term_after:-gone}"
   printf '         %s\n' "$(stage_means "$stages_before" "$stages_after" "$followers_before" "$followers_after")"
+  printf '         CPU per write, three servers together (ms): Disco %s, etcd %s\n' "$dcpu" "$ecpu"
   if [ "$VIA" = follower ]; then
     # What forwarding cost in connections: opened by the follower so far (a build with the
     # pool reports it), and sockets to the leader's HTTP port in TIME_WAIT now (kept 60 s).
