@@ -51,6 +51,9 @@ public final class RaftStorage {
     private var coveredThrough: UInt64 = 0
     /// The snapshot file the stored row names (its name, beside raft.db), if any.
     private var dataFile: String?
+    /// No stored entry has an index above this (0: none stored). A save whose first entry comes
+    /// after it has no suffix to replace, and skips that DELETE: the common case, an append.
+    private var storedLastIndex: UInt64 = 0
 
     /// Every save deletes at least this many covered entries while any are left, and at least
     /// twice as many as it appends, so they are gone well before the next compaction whatever
@@ -114,6 +117,7 @@ public final class RaftStorage {
                 coveredThrough = UInt64(index)
                 if case .text(let name) = row[1] { dataFile = name }
             }
+            if case .integer(let last)? = try database.scalar("SELECT max(idx) FROM entries") { storedLastIndex = UInt64(last) }
         } catch {
             throw RaftStorageError(path: path, message: "cannot read the snapshot's index", underlying: error)
         }
@@ -233,18 +237,24 @@ public final class RaftStorage {
     public func save(snapshot: Snapshot?, entries: [Entry], hardState: HardState?) throws(RaftStorageError) {
         guard snapshot != nil || !entries.isEmpty || hardState != nil else { return }
         var covered = (from: coveredFrom, through: coveredThrough)
+        var storedLast = storedLastIndex
         do {
             try database.transaction { () throws(StoreError) in
-                if let snapshot { covered = try writeSnapshot(snapshot, file: nil, covered) }
+                if let snapshot {
+                    covered = try writeSnapshot(snapshot, file: nil, covered)
+                    // The whole log was replaced: nothing is stored above the snapshot.
+                    if covered.from > snapshot.index.rawValue { storedLast = snapshot.index.rawValue }
+                }
                 if covered.through >= covered.from {
                     let count = UInt64(max(Self.coveredEntriesDeletedPerSaveMin, 2 * entries.count))
                     let last = min(covered.through, covered.from + count - 1)
                     try deleteEntriesThrough.run(.integer(Int64(last)))
                     covered.from = last + 1
                 }
-                if let first = entries.first {
+                if let first = entries.first, let last = entries.last {
                     // Raft §5.3: a conflicting suffix is replaced by the leader's entries.
-                    try deleteEntriesFrom.run(.integer(Int64(first.index.rawValue)))
+                    if first.index.rawValue <= storedLast { try deleteEntriesFrom.run(.integer(Int64(first.index.rawValue))) }
+                    storedLast = last.index.rawValue
                     for entry in entries {
                         try insertEntry.run(.integer(Int64(entry.index.rawValue)), .integer(Int64(entry.term.rawValue)),
                                             .integer(Int64(entry.kind.rawValue)), .blob(entry.data),
@@ -261,6 +271,7 @@ public final class RaftStorage {
             throw RaftStorageError(path: path, message: "cannot persist Raft state", underlying: error as? StoreError)
         }
         (coveredFrom, coveredThrough) = covered
+        storedLastIndex = storedLast
         if snapshot != nil { replaceDataFile(with: nil) }
     }
 

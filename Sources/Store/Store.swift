@@ -104,8 +104,31 @@ public final class Database {
     }
 
     deinit {
+        sqlite3_finalize(beginImmediate)
+        sqlite3_finalize(commit)
         sqlite3_close_v2(handle)
     }
+
+    /// `BEGIN IMMEDIATE` and `COMMIT`, prepared once: every write transaction runs both, and
+    /// parsing them again each time was a visible part of a one-entry transaction's CPU (issue 16).
+    private var beginImmediate: OpaquePointer?
+    private var commit: OpaquePointer?
+
+    /// Runs a statement without parameters or rows, prepared on first use and kept in `slot`.
+    private func runKept(_ slot: inout OpaquePointer?, _ sql: String) throws(StoreError) {
+        if slot == nil {
+            var statement: OpaquePointer?
+            let result = sqlite3_prepare_v3(handle, sql, -1, UInt32(SQLITE_PREPARE_PERSISTENT), &statement, nil)
+            guard result == SQLITE_OK, let statement else { throw error(result, sql: sql) }
+            slot = statement
+        }
+        let result = sqlite3_step(slot)
+        sqlite3_reset(slot)
+        guard result == SQLITE_DONE else { throw error(result, sql: sql) }
+    }
+
+    private func begin() throws(StoreError) { try runKept(&beginImmediate, "BEGIN IMMEDIATE") }
+    private func commitOpenTransaction() throws(StoreError) { try runKept(&commit, "COMMIT") }
 
     func error(_ result: Int32, sql: String?) -> StoreError {
         StoreError(code: result & 0xFF, extendedCode: sqlite3_extended_errcode(handle),
@@ -143,10 +166,10 @@ public final class Database {
     /// A batch left open by `batchedTransaction` is committed first.
     public func transaction<T, E: Error>(_ body: () throws(E) -> T) throws -> T {
         try commitBatch()
-        try execute("BEGIN IMMEDIATE")
+        try begin()
         do {
             let value = try body()
-            try execute("COMMIT")
+            try commitOpenTransaction()
             return value
         } catch {
             rollbackIfOpen()
@@ -174,7 +197,7 @@ public final class Database {
     /// entries in it too): the caller must stop and let the next start replay them.
     public func batchedTransaction<T, E: Error>(_ body: () throws(E) -> T) throws -> T {
         if !batchOpen {
-            try execute("BEGIN IMMEDIATE")
+            try begin()
             batchOpen = true
         }
         do {
@@ -191,7 +214,7 @@ public final class Database {
         guard batchOpen else { return }
         batchOpen = false
         do {
-            try execute("COMMIT")
+            try commitOpenTransaction()
         } catch {
             rollbackIfOpen()
             throw error

@@ -55,6 +55,26 @@ struct RaftStorageTests {
         #expect(state.hardState == HardState(term: 2, vote: 3, commit: 3))
     }
 
+    /// A save skips the suffix DELETE when its entries come after every stored one: a reopened
+    /// file, or one whose log a snapshot replaced, must still know where its log ends.
+    @Test func aConflictingSuffixIsReplacedAfterARestartAndAfterASnapshot() throws {
+        let directory = try Directory()
+        try RaftStorage(path: directory.path).save(snapshot: nil, entries: entries(1...5, term: 1),
+                                                   hardState: HardState(term: 1, vote: 2, commit: 2))
+        let reopened = try RaftStorage(path: directory.path)
+        try reopened.save(snapshot: nil, entries: entries(4...4, term: 2), hardState: HardState(term: 2, vote: 3, commit: 3))
+        var state = try RaftStorage(path: directory.path).load()
+        #expect(state.entries.map { "\($0.term.rawValue)/\($0.index.rawValue)" } == ["1/1", "1/2", "1/3", "2/4"])
+        // A leader's snapshot past the log replaces all of it; appends follow it, then a conflict.
+        let membership = Membership(voters: [1, 2, 3])
+        try reopened.save(snapshot: Snapshot(index: 9, term: 3, membership: membership, data: [7]), entries: [],
+                          hardState: HardState(term: 3, commit: 9))
+        try reopened.save(snapshot: nil, entries: entries(10...12, term: 3), hardState: nil)
+        try reopened.save(snapshot: nil, entries: entries(11...11, term: 4), hardState: HardState(term: 4, commit: 9))
+        state = try RaftStorage(path: directory.path).load()
+        #expect(state.entries.map { "\($0.term.rawValue)/\($0.index.rawValue)" } == ["3/10", "4/11"])
+    }
+
     @Test func snapshotsDropTheLogTheyCover() throws {
         let directory = try Directory()
         let storage = try RaftStorage(path: directory.path)
