@@ -207,46 +207,87 @@ public final class DiscoDaemon: @unchecked Sendable {
         }
     }
 
+    /// A TCP socket bound (not listening) to `address` with port 0: the kernel's pick of a port
+    /// no TCP socket holds, which nothing else can take while it stays open. nil: it cannot be
+    /// had (UDP then picks the port, and TCP may find it taken).
+    private static func reserveTCPPort(_ address: ListenAddress) -> (fd: Int32, port: Int)? {
+        var storage = sockaddr_storage()
+        let length = disco_parse_address(address.host, 0, &storage)
+        guard length > 0 else { return nil }
+        let fd = socket(Int32(storage.ss_family), Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return nil }
+        let bound = withUnsafePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) }
+        }
+        let port = disco_socket_port(fd)
+        guard bound == 0, port > 0 else {
+            close(fd)
+            return nil
+        }
+        return (fd, Int(port))
+    }
+
     /// Binds the DNS sockets and starts answering.
     private func startDNS() throws(StartError) {
         let limits = clientLimits
         let selection = SelectionOptions(policy: config.dnsSelection, ttlJitterPercent: config.dnsTTLJitterPercent)
         DNSMetrics.shared.enabled = config.dnsMetrics
-        let udp = UDPServer(addresses: config.dnsListen, workers: config.dnsWorkers, store: store,
-                            udpPayloadBytes: config.dnsUDPPayloadBytes, minimalResponses: config.dnsMinimalResponses,
-                            limits: limits, selection: selection, logger: logger)
-        let queryLog = config.dnsQueryLogEvery > 0 ? QueryLog(every: UInt64(config.dnsQueryLogEvery), logger: logger) : nil
-        udp.queryLog = queryLog
-        udp.realtime = config.dnsRealtime
-        udp.overload = config.dnsOverload
         let inherited = !activation.udp.isEmpty || !activation.tcp.isEmpty
         if inherited {
-            udp.inheritedSockets = activation.udp
             if activation.tcp.isEmpty { logger.warning("socket activation passed no TCP socket: DNS over TCP is not served") }
             if activation.udp.isEmpty { logger.warning("socket activation passed no UDP socket: DNS over UDP is not served") }
         }
+        let queryLog = config.dnsQueryLogEvery > 0 ? QueryLog(every: UInt64(config.dnsQueryLogEvery), logger: logger) : nil
         // TCP is not the hot path: one event loop is plenty, and leaves the cores to UDP.
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        // With port 0 the kernel picks a free UDP port, which TCP may already use: then pick again.
-        let attempts = config.dnsListen.contains { $0.port == 0 } ? Self.portZeroAttemptsMax : 1
+        // With port 0 one number must serve UDP and TCP. TCP picks it: every outgoing TCP
+        // connection holds a port of the same range (thousands under load), UDP sockets are few.
+        // The port is held by a bound TCP socket until UDP has it, then TCP listens on it; if UDP
+        // cannot have it, or another socket takes it in between, pick again.
+        let attempts = config.dnsListen.contains { $0.port == 0 } && !inherited ? Self.portZeroAttemptsMax : 1
+        var started: (udp: UDPServer, tcp: TCPServer)?
         for attempt in 1...attempts {
+            var reserved: [Int32] = []
+            defer { reserved.forEach { close($0) } }
+            var addresses = config.dnsListen
+            for k in addresses.indices where addresses[k].port == 0 && !inherited {
+                guard let (fd, port) = Self.reserveTCPPort(addresses[k]) else { continue }
+                reserved.append(fd)
+                addresses[k].port = port
+            }
+            let udp = UDPServer(addresses: addresses, workers: config.dnsWorkers, store: store,
+                                udpPayloadBytes: config.dnsUDPPayloadBytes, minimalResponses: config.dnsMinimalResponses,
+                                limits: limits, selection: selection, logger: logger)
+            udp.queryLog = queryLog
+            udp.realtime = config.dnsRealtime
+            udp.overload = config.dnsOverload
+            udp.inheritedSockets = activation.udp
             do throws(ServerError) {
                 try udp.start()
+                reserved.forEach { close($0) }
+                reserved = []
                 // TCP binds the ports UDP got, so with port 0 one number serves both.
                 let tcp = TCPServer(addresses: inherited ? [] : udp.boundAddresses, store: store, group: group, limits: limits,
                                     minimalResponses: config.dnsMinimalResponses, selection: selection, logger: logger)
                 tcp.inheritedSockets = activation.tcp
                 tcp.queryLog = queryLog
                 try tcp.start()
-                self.tcp = tcp
+                started = (udp, tcp)
                 break
             } catch {
                 udp.stop()
-                if attempt < attempts, case .bind(_, "tcp", EADDRINUSE) = error { continue }
+                if attempt < attempts, case .bind(let address, let transport, EADDRINUSE) = error {
+                    logger.info("the DNS port picked for port 0 is taken; picking another",
+                                metadata: ["dns.address": "\(address)", "dns.transport": "\(transport)", "dns.attempt": "\(attempt)"])
+                    continue
+                }
                 try? group.syncShutdownGracefully()
                 throw StartError(code: .unavailable, message: error.description)
             }
         }
+        guard let started else { preconditionFailure("the DNS start loop ends started or throwing") }
+        let udp = started.udp
+        self.tcp = started.tcp
         self.udp = udp
         self.group = group
 
