@@ -17,8 +17,8 @@
 # Disco: PUT /v1/kv/bench/<n> on the leader (found with /v1/status/leader), or with --via
 # follower on a follower, which forwards each write to the leader (its forwarding pool). etcd: POST
 # /v3/kv/put {"key","value"} (base64) on its leader too (found with /v3/maintenance/status), or
-# with --via follower on a follower, which forwards. Prints writes/s, p50, p99 and p99.9 for both
-# and the ratio.
+# with --via follower on a follower, which forwards. Prints writes/s, p50, p99 and p99.9 for both,
+# the ratio, and the CPU time per write of each system's three servers.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION=${DURATION:-10}
@@ -38,7 +38,7 @@ while (($#)); do
     --keys) KEYS=$2; shift ;;
     --value-bytes) VALUE_BYTES=$2; shift ;;
     --slice) SLICE=$2; shift ;;
-    -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "writes.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -196,7 +196,7 @@ slice() { # name url script clients seconds index: one wrk run, its output kept 
   wrk -t$threads -c"$4" -d"${5}s" --latency -s "$3" "$2" >"$tmp/$1-$4-$6.txt" 2>&1
   echo "cpu_ms $(($(cpu_ms "$1") - cpu_before))" >>"$tmp/$1-$4-$6.txt"
 }
-merge() { # name clients -> "writes/s p50 p99 p99.9 errors" over all of that point's slices
+merge() { # name clients -> "writes/s p50 p99 p99.9 errors cpu-ms-per-write" over all of that point's slices
   python3 - "$tmp" "$1" "$2" <<'PY'
 import glob, sys
 tmp, name, clients = sys.argv[1:]
